@@ -1,0 +1,1 @@
+"""Scoring: step segmentation, the scoring forward (log-probs, entropy, FCI), branch selection."""

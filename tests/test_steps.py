@@ -1,0 +1,139 @@
+"""Step segmentation: separator sets, per-response fallbacks, </think>, and the padded arrays."""
+
+import numpy as np
+import pytest
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from attnrl_jax.data.tokenizer import build_tiny_tokenizer
+from attnrl_jax.scoring.steps import (
+    SeparatorIds,
+    StepLayout,
+    pad_step_ids,
+    segment_steps,
+    step_bucket,
+    token_step_ids,
+)
+
+# Hand-built word-level vocabulary: "\n\n" inside merged tokens, "</think>" as three tokens.
+WORDS = ["[UNK]", "a", "b", ".\n\n", "\n", "\n\n", "</", "think", ">", "x\ny", "!\n\n!"]
+A, B, DOT2, NL, NL2, LT, THINK, GT, XNY, BANG = range(1, 11)
+
+
+@pytest.fixture(scope="module")
+def word_tok():
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    pattern = "|".join(sorted((w.replace(".", r"\.") for w in WORDS[1:]), key=len, reverse=True))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
+@pytest.fixture(scope="module")
+def word_seps(word_tok):
+    return SeparatorIds.from_tokenizer(word_tok)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny_tokenizer()
+
+
+def test_separator_ids_from_word_tokenizer(word_seps):
+    assert word_seps.double_newline == (DOT2, NL2, BANG)
+    assert word_seps.newline == (DOT2, NL, NL2, XNY, BANG)
+    assert word_seps.think_end == (LT, THINK, GT)
+    hash(word_seps)  # usable as a static jit argument
+
+
+def test_separator_ids_from_tiny_bpe(tiny):
+    seps = SeparatorIds.from_tokenizer(tiny)
+    texts = [tiny.decode([i]) for i in range(len(tiny))]
+    assert set(seps.double_newline) == {i for i, t in enumerate(texts) if "\n\n" in t}
+    assert set(seps.double_newline) < set(seps.newline)
+    assert tiny.convert_tokens_to_ids(tiny.tokenize(".\n\n"))[0] in seps.double_newline
+    assert seps.think_end == (tiny.convert_tokens_to_ids("</think>"),)
+
+
+def test_double_newline_cuts_after_merged_tokens_and_ignores_single_newlines(word_seps):
+    # response: a .\n\n b \n a \n\n b  -> steps [a .\n\n] [b \n a \n\n] [b]
+    lay = segment_steps(3, [A, DOT2, B, NL, A, NL2, B], word_seps)
+    assert lay.bounds == ((0, 3), (3, 5), (5, 9), (9, 10))
+    assert lay.num_steps == 3 and lay.total_len == 10 and lay.response_len == 7
+    assert lay.think_end_step is None
+
+
+def test_newline_fallback_then_every_token(word_seps):
+    assert segment_steps(2, [A, NL, B, XNY, A], word_seps).bounds == (
+        (0, 2),
+        (2, 4),
+        (4, 6),
+        (6, 7),
+    )
+    assert segment_steps(1, [A, B, A], word_seps).bounds == ((0, 1), (1, 2), (2, 3), (3, 4))
+
+
+def test_fallback_is_chosen_per_response(word_seps):
+    with_double = segment_steps(0, [A, NL, B, NL2, A], word_seps)
+    only_single = segment_steps(0, [A, NL, B, NL, A], word_seps)
+    assert with_double.bounds[1:] == ((0, 4), (4, 5))
+    assert only_single.bounds[1:] == ((0, 2), (2, 4), (4, 5))
+
+
+def test_separator_at_end_adds_no_empty_step_and_empty_response(word_seps):
+    assert segment_steps(2, [A, DOT2, B, NL2], word_seps).bounds == ((0, 2), (2, 4), (4, 6))
+    empty = segment_steps(4, [], word_seps)
+    assert empty.bounds == ((0, 4),) and empty.num_steps == 0 and empty.think_end_step is None
+
+
+def test_multi_token_think_end(word_seps):
+    # steps: [a </ think > .\n\n] [b </ think > b]; last full "</think>" ends at index 8 (step 2)
+    ids = [A, LT, THINK, GT, DOT2, B, LT, THINK, GT, B]
+    assert segment_steps(5, ids, word_seps).think_end_step == 2
+    # only the first occurrence is complete; a stray ">" later is not a </think>
+    ids = [A, LT, THINK, GT, DOT2, B, LT, THINK, B, DOT2, GT]
+    assert segment_steps(5, ids, word_seps).think_end_step == 1
+    assert segment_steps(5, [A, THINK, GT, NL2, GT], word_seps).think_end_step is None
+
+
+def test_single_token_think_end_on_real_text(tiny):
+    seps = SeparatorIds.from_tokenizer(tiny)
+    text = "<think>\nWe need x.\n\nSo x = 2.</think>\n\nThe answer is \\boxed{2}.<|im_end|>"
+    ids = tiny(text)["input_ids"]
+    lay = segment_steps(7, ids, seps)
+    pieces = [tiny.decode(ids[s - 7 : e - 7]) for s, e in lay.bounds[1:]]
+    assert "".join(pieces) == text
+    assert pieces == [
+        "<think>\nWe need x.\n\n",
+        "So x = 2.</think>\n\n",
+        "The answer is \\boxed{2}.<|im_end|>",
+    ]
+    assert lay.think_end_step == 2
+
+
+def test_token_step_ids_pads_with_minus_one():
+    lay = StepLayout(prompt_len=2, bounds=((0, 2), (2, 3), (3, 6)), think_end_step=None)
+    np.testing.assert_array_equal(token_step_ids(lay, 8), [0, 0, 1, 2, 2, 2, -1, -1])
+    assert token_step_ids(lay, 6).dtype == np.int32
+    with pytest.raises(ValueError, match="total_len"):
+        token_step_ids(lay, 5)
+
+
+def test_pad_step_ids_batch(word_seps):
+    long = segment_steps(2, [A, NL2] * 8 + [B], word_seps)  # S = 9 -> 10 slots -> bucket 16
+    short = segment_steps(3, [A, LT, THINK, GT, NL2, B], word_seps)
+    batch = pad_step_ids([long, short], total_len=24)
+    assert batch.step_ids.shape == (2, 24) and batch.step_ids.dtype == np.int32
+    np.testing.assert_array_equal(batch.step_ids[1, :11], [0, 0, 0, 1, 1, 1, 1, 1, 2, -1, -1])
+    np.testing.assert_array_equal(batch.step_ids[0], token_step_ids(long, 24))
+    np.testing.assert_array_equal(batch.num_steps, [9, 2])
+    np.testing.assert_array_equal(batch.think_end_step, [-1, 1])
+    assert batch.max_steps == 16
+    assert pad_step_ids([short]).step_ids.shape == (1, 9)
+    assert pad_step_ids([short]).max_steps == 8
+    with pytest.raises(ValueError, match="max_steps"):
+        pad_step_ids([long], max_steps=8)
+
+
+def test_step_bucket():
+    assert [step_bucket(n) for n in (1, 8, 9, 16, 17, 100)] == [8, 8, 16, 16, 32, 128]
+    assert step_bucket(3, minimum=1) == 4
