@@ -137,3 +137,9 @@ def test_pad_step_ids_batch(word_seps):
 def test_step_bucket():
     assert [step_bucket(n) for n in (1, 8, 9, 16, 17, 100)] == [8, 8, 16, 16, 32, 128]
     assert step_bucket(3, minimum=1) == 4
+
+
+def test_think_end_opening_a_step_belongs_to_that_step():
+    seps = SeparatorIds(double_newline=(NL2,), newline=(NL, NL2), think_end=(THINK,))
+    assert segment_steps(1, [A, NL2, THINK, B], seps).think_end_step == 2
+    assert segment_steps(1, [A, THINK, NL2, B], seps).think_end_step == 1
