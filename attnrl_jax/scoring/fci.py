@@ -1,0 +1,170 @@
+"""FCI (Forward Context Influence, ALGORITHM.md section 2) accumulated inside the forward pass.
+
+For layer l and head h with attention A (post-RoPE, causal, exact softmax),
+
+    a[l,h,j,k] = c_j c_k sum_{i in step j} sum_{t in step k} A[l,h,i,t]      c = 1/|step| (mean)
+    y[l,h,k]   = sum_{j >= k + delta} a[l,h,j,k]                             or c = 1 (sum)
+
+Substituting a into y, the two sums over steps collapse into one masked column sum of A:
+
+    y[l,h,k] = c_k sum_{t in step k} z[l,h,t],
+    z[l,h,t] = sum_i c_{step(i)} [step(i) >= step(t) + delta] A[l,h,i,t].
+
+So instead of the (S+1) x (S+1) step matrix per head, each layer accumulates z [B, H, T] over
+query chunks (the chunk's probabilities [B, H, chunk, T] are the ones the attention output uses;
+nothing T x T is ever held), then sums z into steps once per layer. This is exact (no
+approximation; float32 throughout), costs an elementwise multiply and a reduction over the chunk's
+queries (no matmul), and its memory grows linearly in T, whatever the number of steps (one-token
+steps, the last segmentation fallback, included).
+
+The running state is the aggregate over the layers seen so far, [B, S_max] float32: the max over
+heads and layers, or the sum of per-layer head means (divided by the layer count in `finish_fci`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from attnrl_jax.models.attention import (
+    MASK_VALUE,
+    Attend,
+    attention_output,
+    attention_scores,
+    causal_attend,
+    causal_segment_mask,
+)
+
+POOLINGS = ("mean", "sum")
+AGGREGATIONS = ("max", "mean")
+
+
+@dataclass(frozen=True)
+class FciConfig:
+    """Static FCI settings (hashable: part of the jitted scorer's static configuration).
+
+    pooling: "mean" (mean over the tokens of both steps, default) or "sum" (attention mass).
+    delta: a query step j counts towards key step k when j >= k + delta.
+    aggregation: "max" (default) or "mean" over the heads and layers.
+    layers: indices of the layers that count; None = all layers.
+    """
+
+    pooling: str = "mean"
+    delta: int = 4
+    aggregation: str = "max"
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.delta < 1:
+            raise ValueError(f"delta must be >= 1, got {self.delta}")
+        if self.layers is not None and not self.layers:
+            raise ValueError("layers must be None (all layers) or a non-empty tuple")
+
+    def layer_mask(self, num_layers: int) -> tuple[bool, ...]:
+        """Which of the model's layers count (static)."""
+        if self.layers is None:
+            return (True,) * num_layers
+        bad = [i for i in self.layers if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f"FCI layers {bad} out of range for a {num_layers}-layer model")
+        return tuple(i in self.layers for i in range(num_layers))
+
+
+def step_sizes(step_ids: jax.Array, max_steps: int) -> jax.Array:
+    """Tokens per step, [B, S_max] float32, from step_ids [B, T] (-1 = padding)."""
+    one = jnp.ones(step_ids.shape[1], jnp.float32)
+    return jax.vmap(lambda s: jax.ops.segment_sum(one, s, max_steps))(step_ids)
+
+
+def _sum_into_steps(z: jax.Array, step_ids: jax.Array, max_steps: int) -> jax.Array:
+    """z [B, H, T] -> per-step sums [B, H, S_max]; padding (-1) positions are dropped."""
+    per_row = jax.vmap(lambda zb, s: jax.ops.segment_sum(zb.T, s, max_steps).T)
+    return per_row(z, step_ids)
+
+
+def fci_attend(
+    step_ids: jax.Array, config: FciConfig, num_layers: int, max_steps: int, query_chunk: int
+) -> Attend:
+    """The causal attention of `causal_attend`, plus FCI statistics folded into the state.
+
+    step_ids: [B, T] int32, the step of every position (0 = prompt), -1 for padding; padding
+    positions are masked out of attention (as segment 0). State: [B, S_max] float32, zeros first.
+    Layers outside `config.layers` run the plain kernel.
+    """
+    valid = step_ids >= 0
+    segment_ids = valid.astype(jnp.int32)
+    sizes = step_sizes(step_ids, max_steps)
+    if config.pooling == "mean":
+        row_size = jnp.take_along_axis(sizes, jnp.maximum(step_ids, 0), axis=1)
+        query_weight = jnp.where(valid, 1.0 / jnp.maximum(row_size, 1.0), 0.0)
+        key_weight = 1.0 / jnp.maximum(sizes, 1.0)
+    else:
+        query_weight = valid.astype(jnp.float32)
+        key_weight = jnp.ones_like(sizes)
+    include = jnp.asarray(config.layer_mask(num_layers))
+
+    def with_statistics(layer, q, k, v, state):
+        b, t, hq, _ = q.shape
+        chunk = min(query_chunk, t)
+        if t % chunk:
+            raise ValueError(f"sequence length {t} is not a multiple of query_chunk {chunk}")
+        index = jnp.arange(t)
+
+        def one_chunk(z, start):
+            qc = jax.lax.dynamic_slice_in_dim(q, start, chunk, axis=1)
+            seg_q = jax.lax.dynamic_slice_in_dim(segment_ids, start, chunk, axis=1)
+            step_q = jax.lax.dynamic_slice_in_dim(step_ids, start, chunk, axis=1)
+            weight_q = jax.lax.dynamic_slice_in_dim(query_weight, start, chunk, axis=1)
+            mask = causal_segment_mask(seg_q, segment_ids, start + jnp.arange(chunk), index)
+            scores = jnp.where(mask, attention_scores(qc, k), MASK_VALUE)
+            probs = jax.nn.softmax(scores, axis=-1)  # [B, Hkv, G, chunk, T] float32
+            later = step_q[:, :, None] >= step_ids[:, None, :] + config.delta  # [B, chunk, T]
+            weight = jnp.where(later, weight_q[:, :, None], 0.0)
+            z = z + jnp.sum(probs * weight[:, None, None], axis=3)
+            return z, attention_output(probs, v)
+
+        z0 = jnp.zeros((b, k.shape[2], hq // k.shape[2], t), jnp.float32)
+        z, outs = jax.lax.scan(one_chunk, z0, jnp.arange(0, t, chunk))  # outs [n, B, chunk, Hq, D]
+        out = jnp.moveaxis(outs, 0, 1).reshape(q.shape)
+        y = _sum_into_steps(z.reshape(b, hq, t), step_ids, max_steps) * key_weight[:, None, :]
+        if config.aggregation == "max":
+            state = jnp.maximum(state, jnp.max(y, axis=1))
+        else:
+            state = state + jnp.mean(y, axis=1)
+        return out, state
+
+    plain = causal_attend(segment_ids, query_chunk)
+
+    def attend(layer, q, k, v, state):
+        if config.layers is None:
+            return with_statistics(layer, q, k, v, state)
+        return jax.lax.cond(include[layer], with_statistics, plain, layer, q, k, v, state)
+
+    return attend
+
+
+def finish_fci(
+    state: jax.Array, think_end_step: jax.Array, config: FciConfig, num_layers: int
+) -> jax.Array:
+    """The accumulated state [B, S_max] -> FCI [B, S_max] with the masks applied.
+
+    Step 0 (prompt), step 1 and every step from think_end_step on ([B] int32, -1 = none) are 0;
+    slots past a row's last step are 0 already (they hold no tokens).
+    """
+    if config.aggregation == "mean":
+        state = state / sum(config.layer_mask(num_layers))
+    steps = jnp.arange(state.shape[1])
+    think = jnp.where(think_end_step >= 0, think_end_step, state.shape[1])
+    keep = (steps >= 2)[None, :] & (steps[None, :] < think[:, None])
+    return jnp.where(keep, state, 0.0)
+
+
+def initial_state(batch: int, max_steps: int) -> jax.Array:
+    """Zeros [B, S_max] float32: the identity of both aggregations (all y are >= 0)."""
+    return jnp.zeros((batch, max_steps), jnp.float32)

@@ -1,0 +1,177 @@
+"""The scoring forward: per-token log-probs, entropies and per-step FCI in one compiled graph.
+
+`score_batch` is the jitted device function over padded arrays; `score_sequences` is the host
+entry point over (prompt ids, response ids) pairs: it segments steps, pads to buckets (batch,
+length, step count, so the compiled shapes stay few), runs `score_batch` and returns unpadded
+numpy results per sequence.
+
+With `with_fci=False` the function is exactly the plain forward (`causal_attend`) plus the chunked
+log-probs; with FCI the attention kernel is `fci.fci_attend`, the same kernel with its attention
+probabilities also folded into the FCI state (see fci.py for why no step matrix is needed).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnrl_jax.models.attention import causal_attend
+from attnrl_jax.models.config import ModelConfig
+from attnrl_jax.models.qwen2 import Params, default_positions, forward_hidden
+from attnrl_jax.scoring.fci import FciConfig, fci_attend, finish_fci, initial_state
+from attnrl_jax.scoring.logprobs import token_logprobs_entropies
+from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, pad_step_ids, segment_steps
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Static settings of the scoring forward (hashable: a static jit argument).
+
+    with_fci: also compute FCI (else the plain forward + log-probs, and `fci` is None).
+    fci: pooling, delta, aggregation and layer subset.
+    query_chunk: attention query rows per chunk; probabilities live as [B, H, chunk, T].
+    logit_chunk: token positions per vocabulary-projection chunk; logits live as [chunk, V].
+    Both chunks are powers of two, so they divide the power-of-two length buckets.
+    """
+
+    with_fci: bool = True
+    fci: FciConfig = field(default_factory=FciConfig)
+    query_chunk: int = 512
+    logit_chunk: int = 256
+
+    def __post_init__(self):
+        for name in ("query_chunk", "logit_chunk"):
+            if not _is_power_of_two(getattr(self, name)):
+                raise ValueError(f"{name} must be a power of two, got {getattr(self, name)}")
+
+
+class ScoreOutput(NamedTuple):
+    """Per-token arrays aligned with the input tokens, per-step FCI with step 0 first.
+
+    logprobs, entropies: [B, T] float32; entry t is about the distribution that predicts token t
+    (0 at t = 0 and at padding). fci: [B, S_max] float32, or None without FCI.
+    """
+
+    logprobs: jax.Array
+    entropies: jax.Array
+    fci: jax.Array | None
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "config", "max_steps"))
+def score_batch(
+    params: Params,
+    tokens: jax.Array,
+    step_ids: jax.Array,
+    think_end_step: jax.Array,
+    *,
+    cfg: ModelConfig,
+    config: ScoringConfig,
+    max_steps: int,
+) -> ScoreOutput:
+    """Scores B right-padded sequences.
+
+    tokens: [B, T] int32. step_ids: [B, T] int32, each position's step (0 = prompt), -1 past the
+    sequence (as `steps.pad_step_ids` builds them). think_end_step: [B] int32, -1 = none.
+    max_steps: S_max, the number of step slots (>= 1 + the largest S).
+    """
+    valid = step_ids >= 0
+    positions = default_positions(tokens)
+    if config.with_fci:
+        attend = fci_attend(step_ids, config.fci, cfg.num_layers, max_steps, config.query_chunk)
+        state = initial_state(tokens.shape[0], max_steps)
+    else:
+        attend = causal_attend(valid.astype(jnp.int32), config.query_chunk)
+        state = None
+    hidden, state = forward_hidden(params, cfg, tokens, positions, attend, state)
+    logprobs, entropies = token_logprobs_entropies(
+        params, hidden, tokens, valid, config.logit_chunk
+    )
+    fci = finish_fci(state, think_end_step, config.fci, cfg.num_layers) if config.with_fci else None
+    return ScoreOutput(logprobs, entropies, fci)
+
+
+_PADDING_ROW = StepLayout(prompt_len=0, bounds=((0, 0),), think_end_step=None)  # all positions -1
+
+
+def length_bucket(n: int, minimum: int = 16) -> int:
+    """Smallest power of two >= n (and >= minimum): the padded sequence length."""
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class ScoredSequence:
+    """Results for one (prompt, response): response tokens only, steps with step 0 first.
+
+    logprobs, entropies: float32[R]; fci: float32[S + 1] or None without FCI.
+    """
+
+    layout: StepLayout
+    logprobs: np.ndarray
+    entropies: np.ndarray
+    fci: np.ndarray | None
+
+
+def score_sequences(
+    params: Params,
+    cfg: ModelConfig,
+    config: ScoringConfig,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    seps: SeparatorIds,
+    batch_size: int = 8,
+) -> list[ScoredSequence]:
+    """Scores each (prompt ids, response ids) pair; results in input order.
+
+    Sequences are grouped by length into batches of at most `batch_size`; every batch is padded
+    to a power-of-two batch (capped at batch_size), length and step-slot count. Prompts must be
+    non-empty (the first response token is predicted from the last prompt token).
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"sequence {i}: the prompt is empty (needs at least one token)")
+    layouts = [segment_steps(len(p), r, seps) for p, r in zip(prompts, responses, strict=True)]
+    order = sorted(range(len(layouts)), key=lambda i: layouts[i].total_len)
+    results: list[ScoredSequence | None] = [None] * len(layouts)
+    for first in range(0, len(order), batch_size):
+        group = order[first : first + batch_size]
+        rows = min(batch_size, length_bucket(len(group), minimum=1))
+        length = length_bucket(max(layouts[i].total_len for i in group))
+        padded = [layouts[i] for i in group] + [_PADDING_ROW] * (rows - len(group))
+        steps = pad_step_ids(padded, total_len=length)
+        tokens = np.zeros((rows, length), np.int32)
+        for row, i in enumerate(group):
+            ids = np.concatenate([np.asarray(prompts[i]), np.asarray(responses[i])])
+            tokens[row, : ids.size] = ids
+        out = jax.device_get(
+            score_batch(
+                params,
+                jnp.asarray(tokens),
+                jnp.asarray(steps.step_ids),
+                jnp.asarray(steps.think_end_step),
+                cfg=cfg,
+                config=config,
+                max_steps=steps.max_steps,
+            )
+        )
+        for row, i in enumerate(group):
+            lay = layouts[i]
+            response = slice(lay.prompt_len, lay.total_len)
+            results[i] = ScoredSequence(
+                layout=lay,
+                logprobs=np.asarray(out.logprobs[row, response]),
+                entropies=np.asarray(out.entropies[row, response]),
+                fci=None if out.fci is None else np.asarray(out.fci[row, : lay.num_steps + 1]),
+            )
+    return results
