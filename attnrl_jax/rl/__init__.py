@@ -1,0 +1,1 @@
+"""RL core: per-problem trees and advantages, adaptive sampling (ADS), the policy loss."""
