@@ -22,6 +22,7 @@ code calls; `Qwen2ForCausalLM` is the Flax NNX module users hold, a thin owner o
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -155,22 +156,40 @@ def forward_hidden(
 ) -> tuple[jax.Array, Any]:
     """tokens, positions [B, T] int32 -> final-normed hidden states [B, T, E], attention state.
 
-    `attend` and its `attn_state` are threaded through the layer scan: the default kernel keeps
+    `attend` and its `attn_state` are threaded through the layers: the default kernel keeps
     no state; a KV cache or attention-statistics accumulator keeps its arrays there.
+
+    Stacked layers run as a `lax.scan` (the layer index is a traced int32). Layers given as a
+    list (`unstack_layers`) run as a Python loop with a static int index: more to compile, but
+    each layer's weights are separate buffers, so a decode loop does not re-slice them per step.
     """
     x = jnp.take(params["embed"], tokens, axis=0).astype(cfg.compute_dtype)
     cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
 
-    def body(carry, xs):
-        x, state = carry
-        layer, p = xs
-        return decoder_layer(cfg, layer, p, x, cos, sin, attend, state), None
+    def run_layer(layer, p, x, state):
+        fn = functools.partial(decoder_layer, cfg, layer, attend=attend)
+        if cfg.remat:
+            fn = jax.checkpoint(fn, prevent_cse=False)
+        return fn(p, x, cos, sin, attn_state=state)
 
-    if cfg.remat:
-        body = jax.checkpoint(body, prevent_cse=False)
-    layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-    (x, attn_state), _ = jax.lax.scan(body, (x, attn_state), (layers, params["layers"]))
+    if isinstance(params["layers"], list):
+        for layer, p in enumerate(params["layers"]):
+            x, attn_state = run_layer(layer, p, x, attn_state)
+    else:
+
+        def body(carry, xs):
+            return run_layer(*xs, *carry), None
+
+        layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+        (x, attn_state), _ = jax.lax.scan(body, (x, attn_state), (layers, params["layers"]))
     return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), attn_state
+
+
+def unstack_layers(params: Params) -> Params:
+    """The same params with `layers` as a list of per-layer dicts (see `forward_hidden`)."""
+    stacked = params["layers"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    return {**params, "layers": [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n)]}
 
 
 def lm_head_kernel(params: Params) -> jax.Array:

@@ -1,0 +1,94 @@
+"""The KV cache: one row per sample, each row with its own length, as `Attend` functions.
+
+Row r holds its context (prompt + response prefix) in slots [0, length_r) and writes the
+token it generates at step i into slot length_r + i, which is also that token's position. So
+rows continue from different prefix lengths in one batch: there is no shared write offset, and
+no left padding to correct positions for. Slots past a row's current token are never attended.
+
+Layout, chosen for the decode step on CPU (measured: scores over a [.., S, D] key layout ran 6x
+slower than over [.., D, S], which needs no transpose):
+
+    keys[layer]   [R, Hkv, D, S]
+    values[layer] [R, Hkv, S, D]
+
+one array per layer (a tuple), so the decode loop indexes no stacked buffer. Sharded like the
+batch (rows over data x fsdp) and the attention heads (Hkv over tensor).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+
+from attnrl_jax.models import sharding
+from attnrl_jax.models.attention import MASK_VALUE, Attend, causal_attend
+
+KEY_AXES = ("batch", "kv_heads", None, None)
+VALUE_AXES = ("batch", "kv_heads", None, None)
+
+
+class KVCache(NamedTuple):
+    keys: tuple[jax.Array, ...]  # per layer [R, Hkv, D, S]
+    values: tuple[jax.Array, ...]  # per layer [R, Hkv, S, D]
+
+
+def constrain(cache: KVCache, mesh: Mesh | None, rules: sharding.Rules) -> KVCache:
+    """Pins the cache's sharding on `mesh` (a no-op without one)."""
+    if mesh is None:
+        return cache
+
+    def pin(x, axes):
+        spec = sharding.spec_for(axes, x.shape, mesh, rules)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return KVCache(
+        tuple(pin(k, KEY_AXES) for k in cache.keys),
+        tuple(pin(v, VALUE_AXES) for v in cache.values),
+    )
+
+
+def prefill_attend(source: jax.Array, cache_length: int, query_chunk: int | None) -> Attend:
+    """Causal attention over right-padded contexts [P, C] that also fills the rows' cache.
+
+    source [R] int32: the context each row continues, so one prefilled context fans out to
+    all its rows (its n samples) by a gather, not by prefilling n copies. Padding after a
+    context's end is only ever attended by padding queries, so a causal mask suffices.
+    The state is a KVCache of per-layer entries (filled in layer order; layer is a static int).
+    """
+
+    def attend(layer: int, q, k, v, cache: KVCache):
+        out, _ = causal_attend(jnp.ones(q.shape[:2], jnp.int32), query_chunk)(layer, q, k, v, None)
+        pad = cache_length - k.shape[1]
+        keys = jnp.pad(jnp.transpose(k[source], (0, 2, 3, 1)), ((0, 0), (0, 0), (0, 0), (0, pad)))
+        values = jnp.pad(jnp.transpose(v[source], (0, 2, 1, 3)), ((0, 0), (0, 0), (0, pad), (0, 0)))
+        return out, KVCache(cache.keys + (keys,), cache.values + (values,))
+
+    return attend
+
+
+def decode_attend(positions: jax.Array) -> Attend:
+    """One new token per row: writes its k/v into slot positions[r] of row r, then attends
+    over slots [0, positions[r]]. q, k, v [R, 1, H, D]; positions [R] int32 (in range)."""
+
+    def attend(layer: int, q, k, v, cache: KVCache):
+        rows = jnp.arange(q.shape[0])
+        keys = cache.keys[layer].at[rows, :, :, positions].set(k[:, 0], mode="promise_in_bounds")
+        values = cache.values[layer].at[rows, :, positions].set(v[:, 0], mode="promise_in_bounds")
+        r, _, hq, d = q.shape
+        hkv, slots = keys.shape[1], keys.shape[3]
+        qg = q.reshape(r, hkv, hq // hkv, d)
+        scores = jnp.einsum("rhgd,rhds->rhgs", qg, keys, preferred_element_type=jnp.float32)
+        visible = jnp.arange(slots)[None, :] <= positions[:, None]
+        scores = jnp.where(visible[:, None, None, :], scores * d**-0.5, MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+        out = jnp.einsum("rhgs,rhsd->rhgd", probs, values).reshape(r, 1, hq, d)
+        cache = KVCache(
+            cache.keys[:layer] + (keys,) + cache.keys[layer + 1 :],
+            cache.values[:layer] + (values,) + cache.values[layer + 1 :],
+        )
+        return out, cache
+
+    return attend

@@ -1,0 +1,216 @@
+"""Requests in, samples out: the host side of the sampler.
+
+A call mixes two kinds of requests (ALGORITHM.md section 7): a prompt sampled n times, and a
+prompt plus response prefix continued n times. Both are a context and a sample count; the
+context is prefilled once and fanned out to its n rows. Requests are grouped by context length
+into device batches of at most `Buckets.max_rows` rows, padded to bucket sizes, and run by
+`sampler.sample_batch`; samples come back in request order.
+
+Row (request i, sample s) draws from the random stream (seed, Request.index or i, s), so its
+tokens do not depend on which other requests share the call or how they were batched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from attnrl_jax.models.config import ModelConfig
+from attnrl_jax.models.qwen2 import Params
+from attnrl_jax.models.sharding import batch_sharding
+from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
+from attnrl_jax.sampling.token_choice import SamplingParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """n samples continuing prompt_ids + prefix_ids (prefix: response tokens, may be empty).
+
+    max_new_tokens: this request's budget (default: the call's). index: its random-stream
+    identity (default: its position in the call).
+    """
+
+    prompt_ids: Sequence[int]
+    prefix_ids: Sequence[int] = ()
+    n: int = 1
+    max_new_tokens: int | None = None
+    index: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """Per-call settings; all of them reach the compiled program as arrays (no recompiling),
+    except that max_new_tokens picks a length bucket.
+
+    temperature 0 is greedy; top_p 1 and top_k 0 turn those filters off. eos_ids: generation of
+    a row stops after any of them (empty: only the budget stops it).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    eos_ids: tuple[int, ...] = ()
+
+    def check(self, config: SamplerConfig) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: off), got {self.top_k}")
+        if len(self.eos_ids) > config.max_eos_ids:
+            raise ValueError(
+                f"{len(self.eos_ids)} EOS ids, more than SamplerConfig.max_eos_ids="
+                f"{config.max_eos_ids}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One generated row: tokens after the context, their log-probs (see token_choice.py)."""
+
+    request: int  # position of its request in the call
+    sample: int  # 0 .. n-1
+    token_ids: np.ndarray  # [T] int32
+    logprobs: np.ndarray  # [T] float32
+    finish_reason: str  # "eos" (ended with an EOS id) or "length" (budget or model limit)
+
+
+def check_request(request: Request, cfg: ModelConfig) -> list[int]:
+    """The request's context (prompt + prefix), or a ValueError saying what is wrong with it."""
+    if request.n < 1:
+        raise ValueError(f"n must be >= 1, got {request.n}")
+    if request.max_new_tokens is not None and request.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+    if len(request.prompt_ids) == 0:
+        raise ValueError("the prompt is empty")
+    context = [int(t) for t in request.prompt_ids] + [int(t) for t in request.prefix_ids]
+    bad = [t for t in context if not 0 <= t < cfg.vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {cfg.vocab_size})")
+    if len(context) >= cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt + prefix is {len(context)} tokens; the model's limit "
+            f"(max_position_embeddings={cfg.max_position_embeddings}) leaves no room to generate"
+        )
+    return context
+
+
+def sample(
+    params: Params,
+    cfg: ModelConfig,
+    requests: Sequence[Request],
+    options: SamplingOptions = SamplingOptions(),
+    config: SamplerConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Sample]:
+    """Samples every request; returns its n samples per request, in request order.
+
+    A row's budget is its request's max_new_tokens, cut to what the model's position limit
+    leaves. config: static settings (default SamplerConfig()). progress(k) is called after
+    each device batch with its k finished rows.
+    """
+    config = config or SamplerConfig()
+    options.check(config)
+    contexts = []
+    for i, request in enumerate(requests):
+        try:
+            contexts.append(check_request(request, cfg))
+        except ValueError as e:
+            raise ValueError(f"request {i}: {e}") from None
+    budgets = [
+        min(r.max_new_tokens or options.max_new_tokens, cfg.max_position_embeddings - len(c))
+        for r, c in zip(requests, contexts, strict=True)
+    ]
+    by_length = sorted(range(len(requests)), key=lambda i: -len(contexts[i]))
+    rows = [(i, s) for i in by_length for s in range(requests[i].n)]
+    samples = []
+    for start in range(0, len(rows), config.buckets.max_rows):
+        chunk = rows[start : start + config.buckets.max_rows]
+        batch, new_tokens, cache_length = _pack(chunk, requests, contexts, budgets, options, config)
+        result = sample_batch(params, batch, cfg, config, new_tokens, cache_length)
+        tokens, logprobs, counts = jax.device_get(result)
+        eos = set(options.eos_ids)
+        for r, (i, s) in enumerate(chunk):
+            ids = tokens[r, : counts[r]]
+            reason = "eos" if len(ids) and int(ids[-1]) in eos else "length"
+            samples.append(Sample(i, s, ids, logprobs[r, : counts[r]], reason))
+        if progress is not None:
+            progress(len(chunk))
+    return sorted(samples, key=lambda x: (x.request, x.sample))
+
+
+def _pack(
+    rows: list[tuple[int, int]],
+    requests: Sequence[Request],
+    contexts: list[list[int]],
+    budgets: list[int],
+    options: SamplingOptions,
+    config: SamplerConfig,
+) -> tuple[DeviceBatch, int, int]:
+    """One device batch for rows (request, sample), padded to buckets; plus M and S."""
+    buckets, shards = config.buckets, config.batch_shards
+    used = list(dict.fromkeys(i for i, _ in rows))  # each context once, in row order
+    slot = {i: p for p, i in enumerate(used)}
+    num_contexts = buckets.fit_rows(len(used), shards)
+    num_rows = buckets.fit_rows(len(rows), shards)
+    context_length = buckets.fit_length(max(len(contexts[i]) for i in used))
+    new_tokens = buckets.fit_length(max(budgets[i] for i in used))
+    longest = max(len(contexts[i]) + budgets[i] for i in used)
+    cache_length = buckets.cache_length(context_length, new_tokens, longest)
+
+    tokens = np.zeros((num_contexts, context_length), np.int32)
+    lengths = np.ones(num_contexts, np.int32)
+    for p, i in enumerate(used):
+        tokens[p, : len(contexts[i])] = contexts[i]
+        lengths[p] = len(contexts[i])
+    row_arrays = np.zeros((4, num_rows), np.int32)  # source, budget, request index, sample
+    for r, (i, s) in enumerate(rows):
+        index = i if requests[i].index is None else requests[i].index
+        row_arrays[:, r] = slot[i], budgets[i], index, s
+    eos = np.full(config.max_eos_ids, -1, np.int32)
+    eos[: len(options.eos_ids)] = options.eos_ids
+
+    def per_row(value, dtype):
+        return np.full(num_rows, value, dtype)
+
+    batch = DeviceBatch(
+        contexts=tokens,
+        context_lengths=lengths,
+        source=row_arrays[0],
+        budget=row_arrays[1],
+        request_index=row_arrays[2],
+        sample_index=row_arrays[3],
+        sampling=SamplingParams(
+            per_row(options.temperature, np.float32),
+            per_row(options.top_p, np.float32),
+            per_row(options.top_k, np.int32),
+        ),
+        seed=np.int32(options.seed),
+        eos_ids=eos,
+    )
+    return _place(batch, config), new_tokens, cache_length
+
+
+def _place(batch: DeviceBatch, config: SamplerConfig) -> DeviceBatch:
+    """Device arrays: without a mesh on the default device; with one, rows split over the
+    batch axes and the seed and EOS ids replicated."""
+    if config.mesh is None:
+        return jax.device_put(batch)
+    replicated = NamedSharding(config.mesh, PartitionSpec())
+    by_rows = batch._replace(seed=None, eos_ids=None)
+    placed = jax.tree.map(lambda x: jax.device_put(x, batch_sharding(config.mesh, x.ndim)), by_rows)
+    return placed._replace(
+        seed=jax.device_put(batch.seed, replicated),
+        eos_ids=jax.device_put(batch.eos_ids, replicated),
+    )

@@ -1,0 +1,170 @@
+"""The compiled sampler: prefill, fan-out and the whole decode loop in one jitted program.
+
+One call takes a padded device batch (see `requests.py` for how requests become one):
+
+    contexts [P, C]  --prefill once-->  first logits [P], KV of every context
+                     --fan out (gather by `source`)-->  R rows, each with its own length
+    rows [R]         --lax.while_loop: decode one token per row per step-->  tokens [R, M]
+
+Rows generate in lock step (token i of every row at step i), but each writes its cache at its
+own position, so fresh samples and continuations of different prefixes mix in one batch. A row
+stops at one of the EOS ids or at its budget; the loop ends when every row has stopped.
+
+Static (a new value compiles a new program): the model config, `SamplerConfig`, and the padded
+sizes (array shapes, M and cache length S, all from buckets). Traced (never recompiles): tokens,
+lengths, budgets, temperature/top-p/top-k per row, the seed and the EOS ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from attnrl_jax.models import sharding
+from attnrl_jax.models.config import ModelConfig
+from attnrl_jax.models.qwen2 import Params, forward_hidden, logits_from_hidden, unstack_layers
+from attnrl_jax.sampling.buckets import Buckets
+from attnrl_jax.sampling.cache import KVCache, constrain, decode_attend, prefill_attend
+from attnrl_jax.sampling.token_choice import SamplingParams, choose_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Static sampler settings (hashable: part of the compiled program's identity).
+
+    buckets: padded sizes. max_eos_ids: length of the padded EOS-id array. query_chunk:
+    prefill attention processes queries in chunks of this many (memory ~ chunk x C, not C^2).
+    mesh / rules: run sharded (rows over data x fsdp, heads over tensor); None: one device.
+    """
+
+    buckets: Buckets = Buckets()
+    max_eos_ids: int = 8
+    query_chunk: int | None = 512
+    mesh: Mesh | None = None
+    rules: sharding.Rules = sharding.DEFAULT_RULES
+
+    def __post_init__(self):
+        chunk = self.query_chunk
+        if chunk is not None and any(n > chunk and n % chunk for n in self.buckets.lengths):
+            raise ValueError(f"every length bucket above query_chunk={chunk} must be a multiple")
+
+    @property
+    def batch_shards(self) -> int:
+        """Device batches split rows over this many devices (data x fsdp)."""
+        if self.mesh is None:
+            return 1
+        return self.mesh.shape.get("data", 1) * self.mesh.shape.get("fsdp", 1)
+
+
+class DeviceBatch(NamedTuple):
+    """One padded batch; every field is traced. Padding rows have budget 0."""
+
+    contexts: jax.Array  # [P, C] int32, each context right-padded
+    context_lengths: jax.Array  # [P] int32, >= 1
+    source: jax.Array  # [R] int32: the context each row continues
+    budget: jax.Array  # [R] int32: most tokens the row may generate
+    request_index: jax.Array  # [R] int32 } a row's random stream is fold_in(fold_in(
+    sample_index: jax.Array  # [R] int32 }   key(seed), request_index), sample_index)
+    sampling: SamplingParams  # [R] each
+    seed: jax.Array  # [] int32
+    eos_ids: jax.Array  # [E] int32, padded with -1
+
+
+class DeviceResult(NamedTuple):
+    tokens: jax.Array  # [R, M] int32; entries past num_tokens are 0
+    logprobs: jax.Array  # [R, M] float32 (see token_choice.py for which distribution)
+    num_tokens: jax.Array  # [R] int32
+
+
+class _Loop(NamedTuple):
+    step: jax.Array  # [] int32: the index of the token being chosen
+    token: jax.Array  # [R]: the last chosen token
+    done: jax.Array  # [R] bool
+    result: DeviceResult
+    cache: KVCache
+
+
+def _row_uniforms(batch: DeviceBatch, step: jax.Array) -> jax.Array:
+    """u [R] for this step, from each row's own stream (independent of the batch's make-up)."""
+    base = jax.random.key(batch.seed)
+
+    def one(request, sample):
+        key = jax.random.fold_in(jax.random.fold_in(base, request), sample)
+        return jax.random.uniform(jax.random.fold_in(key, step))
+
+    return jax.vmap(one)(batch.request_index, batch.sample_index)
+
+
+def _record(loop: _Loop, step, token, logprob, eos_ids, budget) -> _Loop:
+    """Stores step's tokens of the rows still running, and stops rows at EOS or budget."""
+    live = ~loop.done
+    result = loop.result
+    result = DeviceResult(
+        result.tokens.at[:, step].set(jnp.where(live, token, 0)),
+        result.logprobs.at[:, step].set(jnp.where(live, logprob, 0.0)),
+        result.num_tokens + live,
+    )
+    stop = jnp.any(token[:, None] == eos_ids[None, :], axis=-1) | (step + 1 >= budget)
+    return loop._replace(step=step + 1, token=token, done=loop.done | stop, result=result)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "config", "max_new_tokens", "cache_length"))
+def sample_batch(
+    params: Params,
+    batch: DeviceBatch,
+    cfg: ModelConfig,
+    config: SamplerConfig,
+    max_new_tokens: int,
+    cache_length: int,
+) -> DeviceResult:
+    """Generates up to max_new_tokens (M) tokens for each of the batch's R rows.
+
+    cache_length (S) must hold every row: S >= context_length + budget for each.
+    """
+    layers = unstack_layers(params)  # sliced once here, not once per decode step
+    contexts = batch.contexts
+    context_length = contexts.shape[1]
+    rows = batch.source.shape[0]
+    chunk = (
+        config.query_chunk if config.query_chunk and config.query_chunk < context_length else None
+    )
+
+    positions = jnp.broadcast_to(jnp.arange(context_length, dtype=jnp.int32), contexts.shape)
+    attend = prefill_attend(batch.source, cache_length, chunk)
+    hidden, cache = forward_hidden(layers, cfg, contexts, positions, attend, KVCache((), ()))
+    cache = constrain(cache, config.mesh, config.rules)
+    last = jnp.take_along_axis(hidden, (batch.context_lengths - 1)[:, None, None], axis=1)
+    logits = logits_from_hidden(params, last[batch.source, 0])  # [R, V]
+    lengths = batch.context_lengths[batch.source]
+
+    def choose(logits, step):
+        return choose_tokens(logits, batch.sampling, _row_uniforms(batch, step))
+
+    empty = DeviceResult(
+        jnp.zeros((rows, max_new_tokens), jnp.int32),
+        jnp.zeros((rows, max_new_tokens), jnp.float32),
+        jnp.zeros((rows,), jnp.int32),
+    )
+    step0 = jnp.int32(0)
+    loop = _Loop(step0, jnp.zeros((rows,), jnp.int32), batch.budget <= 0, empty, cache)
+    loop = _record(loop, step0, *choose(logits, step0), batch.eos_ids, batch.budget)
+
+    def running(loop: _Loop):
+        return (loop.step < max_new_tokens) & ~jnp.all(loop.done)
+
+    def decode(loop: _Loop) -> _Loop:
+        # The last token goes into slot length + step - 1; finished rows stay in range.
+        positions = jnp.minimum(lengths + loop.step - 1, cache_length - 1)
+        attend = decode_attend(positions)
+        tokens = loop.token[:, None]
+        hidden, cache = forward_hidden(layers, cfg, tokens, positions[:, None], attend, loop.cache)
+        token, logprob = choose(logits_from_hidden(params, hidden[:, 0]), loop.step)
+        loop = loop._replace(cache=cache)
+        return _record(loop, loop.step, token, logprob, batch.eos_ids, batch.budget)
+
+    return jax.lax.while_loop(running, decode, loop).result
