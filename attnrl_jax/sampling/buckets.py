@@ -22,7 +22,7 @@ class Buckets:
     lengths: allowed context lengths, new-token budgets and cache lengths."""
 
     rows: tuple[int, ...] = _powers_of_two(1, 64)
-    lengths: tuple[int, ...] = _powers_of_two(16, 32768)
+    lengths: tuple[int, ...] = _powers_of_two(16, 131072)
 
     def __post_init__(self):
         for name in ("rows", "lengths"):
