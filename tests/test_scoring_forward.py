@@ -12,7 +12,12 @@ from hf_reference import make_hf_checkpoint
 
 from attnrl_jax.models import load_pretrained
 from attnrl_jax.scoring.fci import FciConfig, fci_attend, finish_fci, initial_state
-from attnrl_jax.scoring.forward import ScoringConfig, score_batch, score_sequences
+from attnrl_jax.scoring.forward import (
+    ScoringConfig,
+    length_bucket,
+    score_batch,
+    score_sequences,
+)
 from attnrl_jax.scoring.steps import SeparatorIds, pad_step_ids, segment_steps
 
 NL2, NL, THINK = 7, 8, 9
@@ -179,6 +184,13 @@ def test_no_recompilation_within_buckets(model):
         score_sequences(params, cfg, ScoringConfig(**CHUNKS), [[11, 12]], [response], SEPS, 8)
         sizes.append(score_batch._cache_size())
     assert sizes[0] == sizes[1] == sizes[2]
+
+
+def test_length_buckets_are_powers_of_two_then_multiples():
+    assert [length_bucket(n) for n in (1, 17, 1000, 1025, 9216, 9217)] == [
+        16, 32, 1024, 2048, 9216, 10240
+    ]  # fmt: skip
+    assert length_bucket(3000, granule=2048) == 4096
 
 
 def test_uniform_attention_hand_computed():

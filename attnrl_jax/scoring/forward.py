@@ -41,7 +41,7 @@ class ScoringConfig:
     fci: pooling, delta, aggregation and layer subset.
     query_chunk: attention query rows per chunk; probabilities live as [B, H, chunk, T].
     logit_chunk: token positions per vocabulary-projection chunk; logits live as [chunk, V].
-    Both chunks are powers of two, so they divide the power-of-two length buckets.
+    Both chunks are powers of two, so they divide every `length_bucket`.
     """
 
     with_fci: bool = True
@@ -103,9 +103,12 @@ def score_batch(
 _PADDING_ROW = StepLayout(prompt_len=0, bounds=((0, 0),), think_end_step=None)  # all positions -1
 
 
-def length_bucket(n: int, minimum: int = 16) -> int:
-    """Smallest power of two >= n (and >= minimum): the padded sequence length."""
-    return max(minimum, 1 << max(0, n - 1).bit_length())
+def length_bucket(n: int, granule: int = 1024) -> int:
+    """Padded sequence length: the next power of two (at least 16) up to `granule`, then the
+    next multiple of `granule` (a power of two), so a 9,216-token sequence costs 9,216, not 16,384.
+    """
+    power = max(16, 1 << max(0, n - 1).bit_length())
+    return power if power <= granule else -(-n // granule) * granule
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,8 @@ def score_sequences(
     """Scores each (prompt ids, response ids) pair; results in input order.
 
     Sequences are grouped by length into batches of at most `batch_size`; every batch is padded
-    to a power-of-two batch (capped at batch_size), length and step-slot count. Prompts must be
+    to a power-of-two row count (capped at batch_size), a `length_bucket` and a power-of-two
+    step-slot count. Prompts must be
     non-empty (the first response token is predicted from the last prompt token).
     """
     if len(prompts) != len(responses):
@@ -143,11 +147,12 @@ def score_sequences(
             raise ValueError(f"sequence {i}: the prompt is empty (needs at least one token)")
     layouts = [segment_steps(len(p), r, seps) for p, r in zip(prompts, responses, strict=True)]
     order = sorted(range(len(layouts)), key=lambda i: layouts[i].total_len)
+    granule = max(1024, config.query_chunk, config.logit_chunk)
     results: list[ScoredSequence | None] = [None] * len(layouts)
     for first in range(0, len(order), batch_size):
         group = order[first : first + batch_size]
-        rows = min(batch_size, length_bucket(len(group), minimum=1))
-        length = length_bucket(max(layouts[i].total_len for i in group))
+        rows = min(batch_size, 1 << (len(group) - 1).bit_length())
+        length = length_bucket(max(layouts[i].total_len for i in group), granule)
         padded = [layouts[i] for i in group] + [_PADDING_ROW] * (rows - len(group))
         steps = pad_step_ids(padded, total_len=length)
         tokens = np.zeros((rows, length), np.int32)
