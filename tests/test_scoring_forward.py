@@ -187,9 +187,8 @@ def test_no_recompilation_within_buckets(model):
 
 
 def test_length_buckets_are_powers_of_two_then_multiples():
-    assert [length_bucket(n) for n in (1, 17, 1000, 1025, 9216, 9217)] == [
-        16, 32, 1024, 2048, 9216, 10240
-    ]  # fmt: skip
+    lengths = (1, 17, 1000, 1025, 9216, 9217)
+    assert [length_bucket(n) for n in lengths] == [16, 32, 1024, 2048, 9216, 10240]
     assert length_bucket(3000, granule=2048) == 4096
 
 
