@@ -23,9 +23,11 @@ from attnrl_jax.sampling.cache import KVCache, constrain
 
 VOCAB = 101
 MAX_POSITIONS = 64
-# Small buckets shared by every test here, so the programs compile once; query_chunk 16 runs
-# the chunked prefill attention for contexts of 32 and 64.
-CONFIG = SamplerConfig(Buckets(rows=(4, 8, 16), lengths=(16, 32, 64)), query_chunk=16)
+# Small buckets shared by every test here, so the programs compile once. Chunks of 16 run the
+# chunked paths: prefill attention for contexts of 32 and 64, decode attention for caches > 16.
+CONFIG = SamplerConfig(
+    Buckets(rows=(4, 8, 16), lengths=(16, 32, 64)), query_chunk=16, attention_chunk=16
+)
 
 
 @pytest.fixture(scope="module")

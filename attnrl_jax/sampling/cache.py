@@ -69,26 +69,59 @@ def prefill_attend(source: jax.Array, cache_length: int, query_chunk: int | None
     return attend
 
 
-def decode_attend(positions: jax.Array) -> Attend:
+def decode_attend(positions: jax.Array, chunk: int) -> Attend:
     """One new token per row: writes its k/v into slot positions[r] of row r, then attends
-    over slots [0, positions[r]]. q, k, v [R, 1, H, D]; positions [R] int32 (in range)."""
+    over slots [0, positions[r]]. q, k, v [R, 1, H, D]; positions [R] int32 (in range).
+
+    Slots are read in chunks (chunk divides the cache length), and only up to the chunk of the
+    furthest row: early in a long generation most of the cache is not read at all.
+    """
 
     def attend(layer: int, q, k, v, cache: KVCache):
         rows = jnp.arange(q.shape[0])
         keys = cache.keys[layer].at[rows, :, :, positions].set(k[:, 0], mode="promise_in_bounds")
         values = cache.values[layer].at[rows, :, positions].set(v[:, 0], mode="promise_in_bounds")
         r, _, hq, d = q.shape
-        hkv, slots = keys.shape[1], keys.shape[3]
-        qg = q.reshape(r, hkv, hq // hkv, d)
-        scores = jnp.einsum("rhgd,rhds->rhgs", qg, keys, preferred_element_type=jnp.float32)
-        visible = jnp.arange(slots)[None, :] <= positions[:, None]
-        scores = jnp.where(visible[:, None, None, :], scores * d**-0.5, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-        out = jnp.einsum("rhgs,rhsd->rhgd", probs, values).reshape(r, 1, hq, d)
+        qg = q.reshape(r, keys.shape[1], hq // keys.shape[1], d)
+        out = _attend_chunks(qg, keys, values, positions, chunk).astype(q.dtype)
         cache = KVCache(
             cache.keys[:layer] + (keys,) + cache.keys[layer + 1 :],
             cache.values[:layer] + (values,) + cache.values[layer + 1 :],
         )
-        return out, cache
+        return out.reshape(r, 1, hq, d), cache
 
     return attend
+
+
+def _attend_chunks(qg, keys, values, positions, chunk: int) -> jax.Array:
+    """Softmax attention [R, Hkv, G, D] (float32) of qg [R, Hkv, G, D] over the slots
+    [0, positions[r]] of keys [R, Hkv, D, S] and values [R, Hkv, S, D], one chunk of slots at a
+    time with a running (online) softmax, skipping the chunks past every row's position."""
+    scale = qg.shape[-1] ** -0.5
+
+    def step(j, carry):
+        peak, total, acc = carry
+        start = j * chunk
+        k = jax.lax.dynamic_slice_in_dim(keys, start, chunk, axis=3)
+        v = jax.lax.dynamic_slice_in_dim(values, start, chunk, axis=2)
+        scores = jnp.einsum("rhgd,rhds->rhgs", qg, k, preferred_element_type=jnp.float32)
+        visible = start + jnp.arange(chunk)[None, :] <= positions[:, None]
+        scores = jnp.where(visible[:, None, None, :], scores * scale, MASK_VALUE)
+        new_peak = jnp.maximum(peak, jnp.max(scores, axis=-1))
+        probs = jnp.exp(scores - new_peak[..., None])
+        shrink = jnp.exp(peak - new_peak)
+        total = total * shrink + jnp.sum(probs, axis=-1)
+        update = jnp.einsum(
+            "rhgs,rhsd->rhgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+        )
+        return new_peak, total, acc * shrink[..., None] + update
+
+    stats = qg.shape[:-1]
+    init = (
+        jnp.full(stats, MASK_VALUE, jnp.float32),  # slot 0 is visible to every row
+        jnp.zeros(stats, jnp.float32),
+        jnp.zeros(qg.shape, jnp.float32),
+    )
+    needed = jnp.max(positions) // chunk + 1
+    _, total, acc = jax.lax.fori_loop(0, needed, step, init)
+    return acc / total[..., None]

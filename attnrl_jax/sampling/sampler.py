@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -39,12 +40,15 @@ class SamplerConfig:
 
     buckets: padded sizes. max_eos_ids: length of the padded EOS-id array. query_chunk:
     prefill attention processes queries in chunks of this many (memory ~ chunk x C, not C^2).
+    attention_chunk: decode attention reads the cache in chunks of gcd(S, this) slots, and
+    none past the furthest row's position.
     mesh / rules: run sharded (rows over data x fsdp, heads over tensor); None: one device.
     """
 
     buckets: Buckets = Buckets()
     max_eos_ids: int = 8
     query_chunk: int | None = 512
+    attention_chunk: int = 512
     mesh: Mesh | None = None
     rules: sharding.Rules = sharding.DEFAULT_RULES
 
@@ -160,7 +164,7 @@ def sample_batch(
     def decode(loop: _Loop) -> _Loop:
         # The last token goes into slot length + step - 1; finished rows stay in range.
         positions = jnp.minimum(lengths + loop.step - 1, cache_length - 1)
-        attend = decode_attend(positions)
+        attend = decode_attend(positions, math.gcd(cache_length, config.attention_chunk))
         tokens = loop.token[:, None]
         hidden, cache = forward_hidden(layers, cfg, tokens, positions[:, None], attend, loop.cache)
         token, logprob = choose(logits_from_hidden(params, hidden[:, 0]), loop.step)
