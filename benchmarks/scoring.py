@@ -1,19 +1,24 @@
 """Scoring forward: time and memory with and without FCI, against a materialising reference.
 
-Systems, each timed in its own process (so peak memory is its own):
+Systems (small model: hidden 256, 4 layers, vocab 8192, GQA 8:2; prompt 128 tokens, then steps
+of 40 tokens):
   plain_forward           qwen2.forward: logits [B, T, V] float32, the same chunked attention
   scoring                 score_batch(with_fci=False): plain forward + chunked log-probs/entropies
   scoring_fci             score_batch(with_fci=True): the same, plus FCI from query chunks
   materialised_reference  full [B, H, T, T] attention per layer and the step matrix W A W^T (the
                           published approach, in JAX), + the same log-probs; checks our FCI
 
-Then, without weights (abstract inputs, `.lower().compile().memory_analysis()`), the compiled
-memory of the scoring forward for the DeepSeek-R1-Distill-Qwen-1.5B shape at 8192 tokens, and FCI's
-extra temporary memory at 2k/4k/8k/16k tokens (linear in T means about 2x per doubling).
+Times come from one process running the systems round-robin (the machine's load drifts, so each
+system sees the same conditions); the FCI cost is the median over rounds of the paired
+scoring_fci / scoring ratio. Peak memory comes from one fresh process per system: on GPU the
+device's peak bytes in use above the inputs; on CPU the peak resident memory above the level
+before the first run (/proc/self/clear_refs resets the high-water mark; glibc is told to return
+large blocks when freed). Compiled temp bytes are XLA's buffer assignment for the program.
 
-Peak memory is measured: on GPU as the device's peak bytes in use above the inputs; on CPU as the
-process's peak resident memory above the level after warm-up (Linux /proc/self/clear_refs resets
-the high-water mark). Compiled temp bytes are XLA's buffer assignment for the program.
+Then, without weights (abstract inputs, `.lower().compile().memory_analysis()` on the default
+backend), the compiled memory for the DeepSeek-R1-Distill-Qwen-1.5B shape (bf16) at 8192 tokens,
+and FCI's extra temporary memory at 2k/4k/8k/16k tokens (linear in T: at most 2x per doubling).
+On XLA:CPU about 5 GB of that temp is the bf16 weights converted to float32 for CPU matmuls.
 
     python benchmarks/scoring.py --json scoring.json                        # CPU: small model
     python benchmarks/scoring.py --lengths 1024,2048,4096,8192 --real-shape-timing --json gpu.json
@@ -284,6 +289,9 @@ def bench_memory_plan(where: str) -> list:
         params = {"model": "r1-distill-qwen-1.5b", "tokens": f"{short}->{long}", "device": where}
         rows.append(row("scoring_fci", params, "fci_extra_growth", growth, "x per doubling of T"))
         print(f"FCI extra temp {short} -> {long} tokens: {growth:.2f}x", flush=True)
+    growths = [r["value"] for r in rows if r["metric"] == "fci_extra_growth"]
+    verdict = "at most linear" if max(growths) <= 2.2 else "FASTER THAN LINEAR"
+    print(f"FCI extra memory grows {verdict} in T (quadratic would be 4x per doubling)")
     return rows
 
 
