@@ -248,7 +248,7 @@ def bench_small(model: str, length: int, batch: int, systems, repeats: int, wher
     print(f"  scoring_fci / scoring time: {ratio:.3f}x", flush=True)
     if "materialised_reference" in results:
         ours, ref = results["scoring_fci"]["fci"], results["materialised_reference"]["fci"]
-        diff = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+        diff = float(np.max(np.abs(ours - ref)) / max(np.max(np.abs(ref)), 1e-30))
         rows.append(row("scoring_fci", params, "fci_max_rel_diff_vs_reference", diff, "relative"))
         print(f"  FCI vs materialised reference: max rel diff {diff:.1e}", flush=True)
     return rows
@@ -319,16 +319,20 @@ def main(argv: list[str] | None = None) -> None:
     device = jax.devices()[0]
     where = f"{device.platform}:{device.device_kind}"
     rows = []
+
+    def add(new_rows: list) -> None:  # written after every part, so a timeout keeps the rest
+        rows.extend(new_rows)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
     for length in lengths:
-        rows += bench_small(args.model, length, args.batch, SYSTEMS, args.repeats, where)
+        add(bench_small(args.model, length, args.batch, SYSTEMS, args.repeats, where))
     if args.real_shape_timing:
         systems = ("scoring", "scoring_fci")
-        rows += bench_small("r1-distill-qwen-1.5b", 8192, 1, systems, args.repeats, where)
+        add(bench_small("r1-distill-qwen-1.5b", 8192, 1, systems, args.repeats, where))
     if not args.skip_memory_plan:
-        rows += bench_memory_plan(where)
+        add(bench_memory_plan(where))
     print(f"# {datetime.datetime.now().isoformat(timespec='seconds')} on {where}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
