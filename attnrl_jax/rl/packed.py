@@ -1,0 +1,266 @@
+"""Training rows from problem trees: per-path rows or tree-packed rows, and their log-probs.
+
+Two layouts of the same training data (ALGORITHM.md section 5), both fed to one jitted function:
+
+- "path": one row per root-to-leaf path, prompt + path tokens; every path token has weight 1.
+  A shared first segment is processed once per path through it (five times for 2 x 2 branching).
+- "tree": one row per expanded response, holding the prompt and every segment of that response's
+  tree once, parents before children: [prompt | S0 | S1 | S2 | continuations of b1 | of b2].
+  Each token has weight = its segment's path count, so the weighted token sums (loss, gradient,
+  denominator) equal the per-path ones exactly.
+
+Attention in a packed row follows the tree: a token attends to itself and earlier tokens of its
+own node and to every token of its ancestors (the prompt is everyone's ancestor). A row carries
+node ids per token and a small node-ancestor matrix [K, K]; the mask is
+`ancestor[node[i], node[j]] and j <= i` (ancestors are always placed before their descendants,
+so this is causal). Position ids restart at each node's place in its path (prompt_len + start),
+so every token sees exactly the positions and context it has in its per-path row. The first
+token of a node is predicted from the last token of its nearest non-empty ancestor, not from the
+token before it in the row: rows carry `predictor`, the index each token's distribution is read
+from. A path row is the special case K = 1, predictor = index - 1.
+
+Why one row per response rather than one per problem: segments of different responses share
+only the prompt, so per-response rows cost one extra prompt copy per response and keep rows short
+(the attention mask is T x T per row).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnrl_jax.models.attention import (
+    MASK_VALUE,
+    Attend,
+    attention_output,
+    attention_scores,
+)
+from attnrl_jax.models.config import ModelConfig
+from attnrl_jax.models.qwen2 import Params, forward_hidden
+from attnrl_jax.rl.tree import ProblemTree
+from attnrl_jax.scoring.logprobs import token_logprobs_entropies
+
+PACKINGS = ("tree", "path")
+ROW_FIELDS = (
+    "tokens",
+    "positions",
+    "nodes",
+    "predictor",
+    "ancestors",
+    "weights",
+    "advantages",
+    "old_logp",
+    "versions",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainProblem:
+    """One problem's tree with the behaviour log-prob and policy version of every segment token.
+
+    segment_logp[i], segment_version[i]: float32[L_i], int32[L_i] for tree.segments[i]: prefix
+    (original-response) tokens carry the scoring pass values of the policy that sampled them,
+    continuation tokens the sampler's values of the policy that sampled the continuation.
+    """
+
+    prompt_ids: np.ndarray  # int32[P]
+    tree: ProblemTree
+    segment_logp: tuple[np.ndarray, ...]
+    segment_version: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Row:
+    """One unpadded training row (fields as in ROW_FIELDS, each [L] except ancestors [K, K])."""
+
+    tokens: np.ndarray
+    positions: np.ndarray
+    nodes: np.ndarray
+    predictor: np.ndarray
+    ancestors: np.ndarray
+    weights: np.ndarray
+    advantages: np.ndarray
+    old_logp: np.ndarray
+    versions: np.ndarray
+
+
+def _row(prompt: np.ndarray, parts: list, ancestors: np.ndarray) -> Row:
+    """parts: (node, parent_node, start, tokens, weight, advantage, logp, version), parents first.
+
+    Node 0 is the prompt; predictor of a node's first token: the last token of its nearest
+    non-empty ancestor.
+    """
+    p = len(prompt)
+    tokens, positions, nodes, predictor = [prompt], [np.arange(p)], [np.zeros(p, int)], []
+    predictor.append(np.maximum(np.arange(p) - 1, 0))
+    weights, adv, logp, ver = [np.zeros(p)], [np.zeros(p)], [np.zeros(p)], [np.full(p, -1)]
+    last = {0: p - 1}  # node -> row index of its last token (or of its nearest ancestor's)
+    offset = p
+    for node, parent, start, toks, w, a, lp, v in parts:
+        n = len(toks)
+        first = last[parent]
+        idx = offset + np.arange(n)
+        tokens.append(toks)
+        positions.append(p + start + np.arange(n))
+        nodes.append(np.full(n, node))
+        predictor.append(np.concatenate([[first], idx[:-1]])[:n])
+        weights.append(np.full(n, w))
+        adv.append(np.full(n, a))
+        logp.append(lp)
+        ver.append(v)
+        last[node] = idx[-1] if n else first
+        offset += n
+
+    def cat(xs, dtype):
+        return np.concatenate(xs).astype(dtype)
+
+    return Row(
+        cat(tokens, np.int32),
+        cat(positions, np.int32),
+        cat(nodes, np.int32),
+        cat(predictor, np.int32),
+        ancestors,
+        cat(weights, np.float32),
+        cat(adv, np.float32),
+        cat(logp, np.float32),
+        cat(ver, np.int32),
+    )
+
+
+def path_rows(problem: TrainProblem) -> list[Row]:
+    """One row per training path; each path token weight 1 (prompt tokens weight 0)."""
+    tree, rows = problem.tree, []
+    for path in tree.paths:
+        parts = [
+            (
+                0,
+                0,
+                tree.segments[s].start,
+                tree.segments[s].tokens,
+                1.0,
+                tree.segments[s].advantage,
+                problem.segment_logp[s],
+                problem.segment_version[s],
+            )
+            for s in path.segments
+        ]
+        rows.append(_row(problem.prompt_ids, parts, np.ones((1, 1), bool)))
+    return rows
+
+
+def tree_rows(problem: TrainProblem) -> list[Row]:
+    """One row per expanded response with its segments once, weight = path count."""
+    tree, rows = problem.tree, []
+    for response in sorted({s.response for s in tree.segments}):
+        ids = [i for i, s in enumerate(tree.segments) if s.response == response]
+        node = {i: k + 1 for k, i in enumerate(ids)}  # segment -> node id (0 = prompt)
+        k = len(ids) + 1
+        ancestors = np.eye(k, dtype=bool)
+        ancestors[:, 0] = True
+        parts = []
+        for i in ids:
+            seg = tree.segments[i]
+            parent = node[seg.parent] if seg.parent >= 0 else 0
+            ancestors[node[i]] |= ancestors[parent]
+            parts.append(
+                (
+                    node[i],
+                    parent,
+                    seg.start,
+                    seg.tokens,
+                    float(seg.path_count),
+                    seg.advantage,
+                    problem.segment_logp[i],
+                    problem.segment_version[i],
+                )
+            )
+        rows.append(_row(problem.prompt_ids, parts, ancestors))
+    return rows
+
+
+def make_rows(problems: Sequence[TrainProblem], packing: str) -> list[Row]:
+    if packing not in PACKINGS:
+        raise ValueError(f"packing={packing!r}; allowed: {PACKINGS}")
+    build = tree_rows if packing == "tree" else path_rows
+    return [row for problem in problems for row in build(problem)]
+
+
+def power_of_two(n: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+def stack_rows(rows: Sequence[Row], num_rows: int, length: int, max_nodes: int) -> dict:
+    """Right-pad rows to [num_rows, length] (ancestors [num_rows, K, K]); padding has node -1
+    and weight 0. Padding rows are all padding."""
+    if len(rows) > num_rows:
+        raise ValueError(f"{len(rows)} rows do not fit {num_rows}")
+    out = {
+        "tokens": np.zeros((num_rows, length), np.int32),
+        "positions": np.zeros((num_rows, length), np.int32),
+        "nodes": np.full((num_rows, length), -1, np.int32),
+        "predictor": np.zeros((num_rows, length), np.int32),
+        "ancestors": np.zeros((num_rows, max_nodes, max_nodes), bool),
+        "weights": np.zeros((num_rows, length), np.float32),
+        "advantages": np.zeros((num_rows, length), np.float32),
+        "old_logp": np.zeros((num_rows, length), np.float32),
+        "versions": np.full((num_rows, length), -1, np.int32),
+    }
+    for r, row in enumerate(rows):
+        n, k = len(row.tokens), len(row.ancestors)
+        if n > length or k > max_nodes:
+            raise ValueError(f"row {r} ({n} tokens, {k} nodes) exceeds [{length}, {max_nodes}]")
+        for name in ROW_FIELDS:
+            if name == "ancestors":
+                out[name][r, :k, :k] = row.ancestors
+            else:
+                out[name][r, :n] = getattr(row, name)
+    return out
+
+
+def tree_attend(nodes: jax.Array, ancestors: jax.Array) -> Attend:
+    """Attention over packed tree rows: query i sees key j iff node[j] is an ancestor-or-self of
+    node[i] and j <= i. nodes: [B, T] int32 (-1 = padding); ancestors: [B, K, K] bool."""
+    safe = jnp.maximum(nodes, 0)
+    rows = jnp.take_along_axis(ancestors, safe[:, :, None], axis=1)  # [B, T, K]
+    index = jnp.arange(nodes.shape[1])
+    key_node = jnp.broadcast_to(safe[:, None, :], rows.shape[:2] + (nodes.shape[1],))
+    mask = jnp.take_along_axis(rows, key_node, axis=2)  # [B, Tq, Tk]
+    mask &= (index[None, :, None] >= index[None, None, :]) & (nodes[:, None, :] >= 0)
+    mask = mask[:, None, None]  # [B, 1, 1, Tq, Tk]
+
+    def attend(layer, q, k, v, state):
+        del layer
+        scores = jnp.where(mask, attention_scores(q, k), MASK_VALUE)
+        return attention_output(jax.nn.softmax(scores, axis=-1), v), state
+
+    return attend
+
+
+@partial(jax.jit, static_argnames=("cfg", "logit_chunk"))
+def row_logprobs(
+    params: Params, batch: dict, *, cfg: ModelConfig, logit_chunk: int = 256
+) -> tuple[jax.Array, jax.Array]:
+    """Log-probs and entropies [B, T] of each row token under `params` (0 at node-0 tokens).
+
+    batch: the stack_rows arrays (tokens, positions, nodes, predictor, ancestors used).
+    """
+    attend = tree_attend(batch["nodes"], batch["ancestors"])
+    hidden, _ = forward_hidden(params, cfg, batch["tokens"], batch["positions"], attend)
+    # token_logprobs_entropies reads token t's distribution from hidden[t - 1]; putting each
+    # token's predictor state there makes it read hidden[predictor[t]].
+    source = jnp.take_along_axis(hidden, batch["predictor"][:, :, None], axis=1)
+    shifted = jnp.roll(source, -1, axis=1)
+    valid = batch["nodes"] >= 0
+    chunk = math.gcd(valid.size, logit_chunk)
+    return token_logprobs_entropies(params, shifted, batch["tokens"], valid, chunk)
+
+
+def tokens_processed(problems: Sequence[TrainProblem], packing: str) -> int:
+    """Row tokens (prompts included) a layout makes the model process."""
+    return sum(len(r.tokens) for r in make_rows(problems, packing))
