@@ -1,0 +1,1 @@
+"""Rewards: the math answer grader (``math.grade``) and its deadline-bounded batch form."""

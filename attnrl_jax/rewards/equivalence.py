@@ -1,0 +1,148 @@
+"""Answer equivalence: exact normalised match, then structure + sympy, then Math-Verify.
+
+The order mirrors the paper's hybrid verifier (DeepScaleR's string/sympy grader, Math-Verify as
+the final fallback). Each symbolic stage runs under :func:`limits.time_limit` with what is left
+of the caller's deadline, and only on inputs that pass :func:`limits.intractable`. A stage that
+times out is treated as "not proven equal" and the next stage still runs.
+
+Structure veto: Math-Verify is skipped when both answers are containers of incompatible kinds
+(a tuple against a set, ``(a, b)`` against ``[a, b]``, a matrix against a list), because it equates
+e.g. ``(1, 2)`` with ``\\{1, 2\\}``; an ordered pair is not a set of solutions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from attnrl_jax.rewards.limits import StageTimeout, intractable, time_limit
+from attnrl_jax.rewards.normalize import canonical, normalize, strip_lhs
+from attnrl_jax.rewards.structure import Structure, parse_structure
+from attnrl_jax.rewards.symbolic import sympy_equal, to_sympy
+
+SYMPY_STAGE_S = 2.0
+MATH_VERIFY_STAGE_S = 2.0
+_UNORDERED = {"set", "list", "union"}
+
+
+def _drop_timeout_notice(record: logging.LogRecord) -> bool:
+    """Math-Verify warns on every call made without its signal timeout; ours replaces it."""
+    return not str(record.msg).startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_drop_timeout_notice)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``reason``: exact | sympy | math_verify | mismatch | guarded | stage_timeout."""
+
+    equal: bool
+    reason: str
+
+
+def _scalar_equal(a: str, b: str) -> bool:
+    if canonical(a) == canonical(b):
+        return True
+    a, b = strip_lhs(a), strip_lhs(b)
+    if canonical(a) == canonical(b):
+        return True
+    if intractable(a) or intractable(b):
+        return False
+    ea, eb = to_sympy(a), to_sympy(b)
+    return ea is not None and eb is not None and sympy_equal(ea, eb)
+
+
+def _unordered_equal(xs: tuple[str, ...], ys: tuple[str, ...]) -> bool:
+    if len(xs) != len(ys):
+        return False
+    left = list(ys)
+    for x in xs:
+        j = next((k for k, y in enumerate(left) if structured_equal(x, y)), None)
+        if j is None:
+            return False
+        left.pop(j)
+    return True
+
+
+def structured_equal(a: str, b: str) -> bool:
+    """Equality of two normalised answers, recursing into tuples, sets, lists and matrices."""
+    if canonical(a) == canonical(b):
+        return True
+    sa, sb = parse_structure(a), parse_structure(b)
+    if sa.kind == "scalar" and sb.kind == "scalar":
+        return _scalar_equal(a, b)
+    if sa.kind in _UNORDERED and sb.kind in _UNORDERED and "union" not in (sa.kind, sb.kind):
+        return _unordered_equal(sa.items, sb.items)  # {1, 2} and "1, 2" are both collections
+    if sa.kind != sb.kind or sa.brackets != sb.brackets:
+        return _lhs_list_equal(sa, sb)
+    if sa.kind in _UNORDERED:
+        return _unordered_equal(sa.items, sb.items)
+    return len(sa.items) == len(sb.items) and all(
+        structured_equal(x, y) for x, y in zip(sa.items, sb.items, strict=True)
+    )
+
+
+def _lhs_list_equal(sa: Structure, sb: Structure) -> bool:
+    """``x = 1, y = 2`` against ``(1, 2)``: compare right-hand sides in order."""
+    for lst, seq in ((sa, sb), (sb, sa)):
+        if lst.kind == "list" and seq.kind == "seq" and all("=" in x for x in lst.items):
+            rhs = tuple(strip_lhs(x) for x in lst.items)
+            if len(rhs) == len(seq.items):
+                return all(structured_equal(x, y) for x, y in zip(rhs, seq.items, strict=True))
+    return False
+
+
+def _vetoed(a: str, b: str) -> bool:
+    """Both answers are containers whose kinds (or bracket types) cannot be equal."""
+    sa, sb = parse_structure(a), parse_structure(b)
+    if "scalar" in (sa.kind, sb.kind):
+        return False
+    if sa.kind in _UNORDERED and sb.kind in _UNORDERED:
+        return False
+    return (sa.kind, sa.brackets) != (sb.kind, sb.brackets)
+
+
+def _math_verify_equal(a: str, b: str) -> bool:
+    from math_verify import parse, verify  # heavy import, needed only on this fallback path
+
+    gold = parse("\\boxed{" + b + "}", parsing_timeout=None)
+    pred = parse("\\boxed{" + a + "}", parsing_timeout=None)
+    return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+
+
+def _remaining(deadline: float, cap: float) -> float:
+    return max(0.0, min(cap, deadline - time.monotonic()))
+
+
+def equivalent(pred: str, gold: str, deadline: float) -> Verdict:
+    """Is the extracted ``pred`` equal to ``gold``? Bounded by ``deadline`` (monotonic clock)."""
+    a, b = normalize(pred), normalize(gold)
+    if canonical(a) == canonical(b):
+        return Verdict(True, "exact")
+    if intractable(a) == "too_long" and len(a) > 4 * len(b) + 100:
+        return Verdict(False, "guarded")
+    timed_out = False
+    for stage, fn, cap in (
+        ("sympy", structured_equal, SYMPY_STAGE_S),
+        ("math_verify", _math_verify_equal, MATH_VERIFY_STAGE_S),
+    ):
+        if stage == "math_verify" and (intractable(a) or intractable(b) or _vetoed(a, b)):
+            break
+        budget = _remaining(deadline, cap)
+        if budget <= 0:
+            timed_out = True
+            break
+        try:
+            with time_limit(budget):
+                if fn(a, b):
+                    return Verdict(True, stage)
+        except StageTimeout:
+            timed_out = True
+        except Exception:  # noqa: BLE001 - a parser crash on odd input means "not proven equal"
+            continue
+    if timed_out:
+        return Verdict(False, "stage_timeout")
+    return Verdict(False, "guarded" if intractable(a) else "mismatch")

@@ -1,0 +1,101 @@
+"""Cheap pre-checks and an in-process time limit for the symbolic stages.
+
+Why both: a SIGALRM timer only interrupts Python bytecode, not a single huge big-integer
+operation inside sympy (``9^{9^{9^9}}`` evaluates eagerly on construction), so inputs that can
+explode are refused *before* sympy or Math-Verify sees them. The timer then bounds everything
+else when we run on the main thread (worker processes, the CLI, a trainer calling ``grade``);
+off the main thread no timer is possible and the batch grader's process deadline is the bound.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+MAX_EXPR_CHARS = 400  # longer answers are compared as strings only
+MAX_DEPTH = 12  # brace/bracket nesting
+MAX_EXPONENT = 10_000  # |integer literal| allowed in an exponent
+MAX_FACTORIAL = 500
+MAX_DIGITS = 300
+
+
+class StageTimeout(BaseException):
+    """Raised by the timer; a BaseException so that sympy's ``except Exception`` cannot eat it."""
+
+
+def _operand(s: str, i: int) -> tuple[str, int]:
+    """The exponent operand starting at ``s[i]`` (a brace group or one token) and its end."""
+    while i < len(s) and s[i] == " ":
+        i += 1
+    if i < len(s) and s[i] == "{":
+        depth = 0
+        for j in range(i, len(s)):
+            depth += {"{": 1, "}": -1}.get(s[j], 0)
+            if depth == 0:
+                return s[i + 1 : j], j + 1
+        return s[i + 1 :], len(s)
+    m = re.match(r"-?\d+|\\?[A-Za-z]+|.", s[i:])
+    tok = m.group(0) if m else ""
+    return tok, i + len(tok)
+
+
+def _max_depth(s: str) -> int:
+    depth = best = 0
+    for c in s:
+        if c in "{([":
+            depth += 1
+            best = max(best, depth)
+        elif c in "})]":
+            depth -= 1
+    return best
+
+
+def intractable(expr: str) -> str | None:
+    """Why ``expr`` must not reach sympy (too long, too deep, exponent tower, ...), else None."""
+    if len(expr) > MAX_EXPR_CHARS:
+        return "too_long"
+    if _max_depth(expr) > MAX_DEPTH:
+        return "too_deep"
+    s = expr.replace("**", "^")
+    if re.search(rf"\d{{{MAX_DIGITS + 1},}}", s):
+        return "too_many_digits"
+    for m in re.finditer(r"\^", s):
+        op, end = _operand(s, m.end())
+        rest = s[end:].lstrip()
+        if "^" in op or "\\exp" in op or rest.startswith("^") or "!" in op:
+            return "exponent_tower"
+        if any(abs(int(n)) > MAX_EXPONENT for n in re.findall(r"\d+", op)):
+            return "huge_exponent"
+    for n in re.findall(r"(\d+)\s*!", s):
+        if int(n) > MAX_FACTORIAL:
+            return "huge_factorial"
+    if re.search(r"[)}]\s*!|!\s*!", s) or "\\binom" in s and re.search(r"\d{6,}", s):
+        return "huge_factorial"
+    return None
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`StageTimeout` after ``seconds`` (main thread only; elsewhere unbounded here).
+
+    Saves and restores any SIGALRM handler/timer that the caller had installed.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _fire(signum: int, frame: object) -> None:
+        raise StageTimeout
+
+    previous = signal.signal(signal.SIGALRM, _fire)
+    outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_delay:
+            signal.setitimer(signal.ITIMER_REAL, outer_delay)

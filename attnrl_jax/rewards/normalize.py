@@ -1,0 +1,77 @@
+"""Answer normalisation: strip presentation so that equal answers become equal strings.
+
+Policy: remove what does not change the mathematical value of a final answer (``$``, ``\\left`` /
+``\\right``, LaTeX spacing, ``\\text{}`` wrappers, trailing units after a number, degrees, percent
+signs, a trailing period, thousands separators of a lone number, a short left-hand side
+``x =``). Percent and degree signs are dropped, not converted: ``50\\%`` equals ``50`` (not
+``0.5``), as in DeepScaleR's and Hendrycks' graders. Spaces are kept single for the LaTeX parser;
+:func:`canonical` removes them for string comparison.
+"""
+
+from __future__ import annotations
+
+import re
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_TEXT_WRAP = re.compile(
+    r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|mathit|operatorname\*?|rm)\s*\{([^{}]*)\}"
+)
+_LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\.?")
+_SPACING = re.compile(r"(?<!\\)\\[,;:> ]|\\(?:quad|qquad|displaystyle|limits)(?![A-Za-z])|~")
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
+_PERCENT = re.compile(r"\\?%")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_UNIT_TAIL = re.compile(r"(?<=[\d}).])\s+(?:[A-Za-z]{2,}\s*(?:\^\s*\{?\d\}?)?\s*)+$")
+_UNIT_WORDS = re.compile(
+    r"^(?:units?|square|sq|cubic|cm|mm|km|m|meters?|inch(?:es)?|feet|ft|foot|miles?|yards?|"
+    r"degrees?|dollars?|cents?|hours?|minutes?|seconds?|days?|years?|kg|g|grams?|lbs?|pounds?|"
+    r"Hz|GHz|MHz|eV|keV|MeV|J|W|K|s|mph|mi)$"
+)
+_SHORT_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?\s*=(?!=)")
+_CHOICE = re.compile(r"^\(([A-E])\)$")
+
+
+def _strip_unit_tail(s: str) -> str:
+    """Drop trailing unit words (``12 cm``, ``4.4e14 Hz``) after a number; keep other words."""
+    m = _UNIT_TAIL.search(s)
+    if not m:
+        return s
+    words = re.findall(r"[A-Za-z]+", m.group(0))
+    return s[: m.start()].rstrip() if all(_UNIT_WORDS.match(w) for w in words) else s
+
+
+def normalize(answer: str) -> str:
+    """Normalised LaTeX of a final answer (single spaces kept)."""
+    s = _CONTROL.sub(" ", answer)
+    s = s.replace("\\$", "").replace("$", "").replace("\\!", "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = _DEGREES.sub("", s)
+    s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)  # \frac43
+    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", s)
+    s = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", s)  # \sqrt2
+    for _ in range(3):  # nested \text{\textbf{..}} unwrap from the inside out
+        s = _TEXT_WRAP.sub(r" \1 ", s)
+    s = _LEFT_RIGHT.sub("", s)
+    s = _SPACING.sub(" ", s)
+    s = _PERCENT.sub("", s)
+    s = re.sub(r"(\d)\{,\}(\d)", r"\1,\2", s)
+    s = " ".join(s.split())
+    s = s.rstrip(". ").strip()
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    s = _strip_unit_tail(s)
+    m = _CHOICE.match(s)
+    return m.group(1) if m else s
+
+
+def strip_lhs(s: str) -> str:
+    """``x = 3`` -> ``3`` when the left side is a bare variable (DeepScaleR's equation rule)."""
+    m = _SHORT_LHS.match(s)
+    if m and "=" not in s[m.end() :]:
+        return s[m.end() :].strip()
+    return s
+
+
+def canonical(s: str) -> str:
+    """Space-free form for exact string comparison."""
+    return re.sub(r"\s+", "", s)

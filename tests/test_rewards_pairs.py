@@ -1,0 +1,230 @@
+"""Hand-written tricky pairs: (boxed answer, gold, expected correctness)."""
+
+from __future__ import annotations
+
+import pytest
+
+from attnrl_jax.rewards.math import grade
+
+EQUIVALENT = [
+    # fractions
+    ("\\frac{1}{2}", "0.5"),
+    ("\\dfrac{1}{2}", "\\frac12"),
+    ("\\tfrac{3}{4}", "\\frac{3}{4}"),
+    ("1/2", "\\frac{1}{2}"),
+    ("\\frac{6}{8}", "\\frac{3}{4}"),
+    ("-\\frac{1}{2}", "\\frac{-1}{2}"),
+    ("\\frac{-1}{2}", "-0.5"),
+    ("\\frac43", "\\frac{4}{3}"),
+    ("\\frac{10}{4}", "2.5"),
+    ("2\\frac{1}{2}", "\\frac{5}{2}"),
+    ("0.25", "\\frac{1}{4}"),
+    ("\\frac{1}{3}", "0.33333"),
+    # radicals
+    ("\\sqrt{8}", "2\\sqrt{2}"),
+    ("\\sqrt2", "\\sqrt{2}"),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}"),
+    ("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}"),
+    ("\\sqrt{12}", "2\\sqrt{3}"),
+    ("3\\sqrt{13}", "\\sqrt{117}"),
+    ("\\sqrt[3]{8}", "2"),
+    ("2+\\sqrt{3}", "\\sqrt{3}+2"),
+    ("\\frac{8}{\\sqrt[3]{7}}", "\\frac{8\\sqrt[3]{49}}{7}"),
+    ("1 \\pm \\sqrt{19}", "1\\pm\\sqrt{19}"),
+    # pi and expressions
+    ("2\\pi", "\\pi \\cdot 2"),
+    ("\\frac{\\pi}{2}", "0.5\\pi"),
+    ("12\\pi", "12 \\pi"),
+    ("18+2\\pi", "2\\pi+18"),
+    ("x^2+2x+1", "(x+1)^2"),
+    ("p - q", "-q + p"),
+    ("6r^2-4r-24", "2(3r^2-2r-12)"),
+    ("\\frac{t}{m}", "t/m"),
+    ("n^{2}+1", "n^2+1"),
+    ("\\frac{3m}{2}-1", "1.5m-1"),
+    ("e^{i\\pi}", "-1"),
+    ("\\sin^2 x + \\cos^2 x", "1"),
+    ("2 \\cos (\\pi t+\\pi / 3)", "2\\cos(\\pi t + \\frac{\\pi}{3})"),
+    ("1+\\sqrt{3}i", "1+i\\sqrt{3}"),
+    ("\\log_2 8", "3"),
+    # decimals and tolerance
+    ("3.14159", "\\pi"),
+    ("0.50", "0.5"),
+    ("1.000", "1"),
+    ("9.60", "9.6"),
+    ("2.718281828", "e"),
+    # integers, AIME leading zeros
+    ("025", "25"),
+    ("080", "80"),
+    ("007", "7"),
+    ("25", "025"),
+    ("+5", "5"),
+    ("-0", "0"),
+    # thousands separators
+    ("1,000", "1000"),
+    ("10,080", "10080"),
+    ("10{,}080", "10080"),
+    ("1,000,000", "10^6"),
+    ("10,\\!080", "10080"),
+    ("1\\,000", "1000"),
+    # scientific notation
+    ("4.4 \\times 10^7", "4.4e7"),
+    ("1.70e4", "17000"),
+    ("3.3\\times10^{-10}", "3.3e-10"),
+    ("7 \\times 10^{37}", "7e37"),
+    ("2.75 \\times 10^{11}", "275000000000"),
+    ("1.77 \\cdot 10^{-6}", "1.77 \\times 10^{-6}"),
+    ("10^{3}", "1000"),
+    # percent
+    ("62.5\\%", "62.5"),
+    ("62.5%", "62.5\\%"),
+    ("8 \\%", "8"),
+    ("50\\%", "50"),
+    # degrees
+    ("55^\\circ", "55"),
+    ("28.71^{\\circ}", "28.71"),
+    ("30°", "30"),
+    ("90^{\\circ}", "90^\\circ"),
+    ("336^\\circ", "336"),
+    # units and \text
+    ("12 \\text{ cm}", "12"),
+    ("12\\text{ cm}^2", "12"),
+    ("5 \\text{ inches}", "5"),
+    ("\\$18.90", "18.90"),
+    ("18.90 \\text{ dollars}", "18.9"),
+    ("4.4677 \\times 10^{14} Hz", "4.4677 \\times 10^{14}"),
+    ("2 \\mathrm{~kg}", "2"),
+    ("\\text{ellipse}", "ellipse"),
+    ("\\text{Evelyn}", "\\text{Evelyn}"),
+    ("\\textbf{(B)}", "B"),
+    ("(C)", "C"),
+    ("\\mbox{odd}", "\\text{odd}"),
+    ("100 \\text{ square units}", "100"),
+    # $ and spacing
+    ("$\\frac{5}{2}$", "\\frac{5}{2}"),
+    ("\\frac{5}{2}", "$\\frac{5}{2}$"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+    ("3 .", "3"),
+    ("\\displaystyle \\frac{1}{2}", "\\frac{1}{2}"),
+    ("\\; 7 \\quad", "7"),
+    # tuples and intervals, in order with bracket types
+    ("(8,-2)", "(8, -2)"),
+    ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("(0.5, 1)", "(\\frac12, 1)"),
+    ("[0, 1)", "[0,1)"),
+    ("(5,\\infty)", "(5, \\infty)"),
+    ("(-\\infty, 0) \\cup \\{1\\}", "$(-\\infty, 0) \\cup\\{1\\}$."),
+    ("[1,2] \\cup [3,4]", "[3,4]\\cup[1,2]"),
+    ("\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]", "[\\pi^2/8, 5\\pi^2/4]"),
+    ("(6,31,-1)", "(6, 31, -1)"),
+    ("(\\frac{1}{4}, \\frac{1}{27})", "(0.25, \\frac{1}{27})"),
+    # sets unordered
+    ("\\{1, 2\\}", "\\{2, 1\\}"),
+    ("\\{-1, 1\\}", "\\left\\{1,-1\\right\\}"),
+    ("\\{1,2\\}", "1, 2"),
+    # multiple answers (unordered)
+    ("1, 2", "2, 1"),
+    ("-2,0,2", "$-2,0,2$"),
+    ("2, -1, -18", "$-18, -1, 2$"),
+    ("3,1,-1,1+\\sqrt{2}, 1-\\sqrt{2}", "$3,1,-1,1+\\sqrt{2}, 1-\\sqrt{2}$"),
+    ("(0,2),(0,-2),(4,23),(4,-23)", "(4,-23),(4,23),(0,-2),(0,2)"),
+    ("-1,2,-2", "$-1$,$2$,$-2$"),
+    ("90, 60", "$90^{\\circ}$,$60^{\\circ}$"),
+    ("\\frac{1}{2}, \\sqrt{2}", "\\sqrt{2}, 0.5"),
+    # equations
+    ("x=3", "3"),
+    ("3", "x = 3"),
+    ("k = \\frac{1}{2}", "\\frac{1}{2}"),
+    ("y = -2x", "y=-2x"),
+    ("y = -2x", "-2x"),
+    ("f(x)=x^2-2x+2", "g(x)=x^2-2x+2"),
+    ("5x - 7y + 11z + 4 = 0", "-5x + 7y - 11z - 4 = 0"),
+    ("x = 1, y = 2", "(1, 2)"),
+    # matrices
+    (
+        "\\begin{pmatrix} -7 \\\\ 16 \\\\ 5 \\end{pmatrix}",
+        "\\begin{pmatrix}-7\\\\16\\\\5\\end{pmatrix}",
+    ),
+    (
+        "\\begin{bmatrix} -1 & 0 \\\\ 0 & -1 \\end{bmatrix}",
+        "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}",
+    ),
+    (
+        "\\begin{pmatrix} \\frac12 & 0 \\\\ 0 & 1 \\end{pmatrix}",
+        "\\begin{pmatrix} 0.5 & 0 \\\\ 0 & 1 \\end{pmatrix}",
+    ),
+    # complex numbers
+    ("3+4i", "4i+3"),
+    ("\\frac{1}{2} - \\frac{i}{2}", "0.5 - 0.5i"),
+]
+
+NOT_EQUIVALENT = [
+    ("\\frac{1}{2}", "\\frac{1}{3}"),
+    ("0.333", "\\frac{1}{3}"),
+    ("0.33", "\\frac{1}{3}"),
+    ("3.14", "\\pi"),
+    ("2\\sqrt{2}", "\\sqrt{2}"),
+    ("\\sqrt{3}", "3"),
+    ("100000", "100001"),
+    ("123456789", "123456788"),
+    ("25", "250"),
+    ("025", "250"),
+    ("9.62", "9.6"),
+    ("4.5 \\times 10^7", "4.4 \\times 10^7"),
+    ("4.4 \\times 10^6", "4.4 \\times 10^7"),
+    ("-5", "5"),
+    ("x^2+1", "x^2-1"),
+    ("2x", "2y"),
+    ("p - q", "q - p"),
+    ("5", "x + 5"),
+    ("x", "1"),
+    ("(1,2)", "(2,1)"),
+    ("(1,2)", "[1,2]"),
+    ("[0,1)", "[0,1]"),
+    ("(1,2)", "\\{1,2\\}"),
+    ("(1,2)", "1, 2"),
+    ("(1,2,3)", "(1,2)"),
+    ("1, 2", "1, 2, 3"),
+    ("1, 2", "1, 3"),
+    ("\\{1,2\\}", "\\{1,3\\}"),
+    ("(2,4)", "(2,\\infty)"),
+    ("(5,\\infty)", "[5,\\infty)"),
+    ("(-\\infty, 0) \\cup \\{1\\}", "(-\\infty, 0)"),
+    ("\\infty", "-\\infty"),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}"),
+    ("\\begin{pmatrix} 1 & 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "(1, 2)"),
+    ("50\\%", "0.5"),
+    ("\\text{Evelyn}", "\\text{Emily}"),
+    ("\\text{odd}", "\\text{even}"),
+    ("A", "B"),
+    ("x = 3", "x = 4"),
+    ("y = 2x", "y = 3x"),
+    ("y = 2x", "3x"),
+    ("1 \\pm \\sqrt{19}", "1 + \\sqrt{19}"),
+    ("10^{3}", "10^{4}"),
+    ("e", "2.71"),
+    ("i", "-i"),
+    ("3+4i", "4+3i"),
+    ("\\frac{7}{2}", "72"),
+    ("12 \\text{ cm}", "13"),
+    ("1,000", "1"),
+    ("0", "\\emptyset"),
+    ("2", "2, 3"),
+    ("\\sqrt{2}/2", "\\sqrt{2}"),
+]
+
+CASES = [pytest.param(a, b, True, id=f"eq-{i}") for i, (a, b) in enumerate(EQUIVALENT)] + [
+    pytest.param(a, b, False, id=f"ne-{i}") for i, (a, b) in enumerate(NOT_EQUIVALENT)
+]
+
+
+def test_enough_pairs():
+    assert len(CASES) >= 150
+
+
+@pytest.mark.parametrize(("answer", "gold", "expected"), CASES)
+def test_pair(answer: str, gold: str, expected: bool):
+    r = grade("Reasoning ... so the answer is \\boxed{" + answer + "}.", gold)
+    assert r.correct is expected, r
+    assert r.extracted == answer.strip()
