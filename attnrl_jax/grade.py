@@ -60,7 +60,7 @@ def write_atomic(path: Path, rows: list[dict]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.write(json.dumps(r) + "\n")  # ASCII-escaped: lone surrogates stay writable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ MAX_DEPTH = 12  # brace/bracket nesting
 MAX_EXPONENT = 10_000  # |integer literal| allowed in an exponent
 MAX_FACTORIAL = 500
 MAX_DIGITS = 300
+MAX_RESULT_DIGITS = 100_000  # digits of an integer power N^k, estimated as len(N) * k
 
 
 class StageTimeout(BaseException):
@@ -40,6 +41,22 @@ def _operand(s: str, i: int) -> tuple[str, int]:
     m = re.match(r"-?\d+|\\?[A-Za-z]+|.", s[i:])
     tok = m.group(0) if m else ""
     return tok, i + len(tok)
+
+
+def _base(s: str, i: int) -> str:
+    """The base before the ``^`` at ``s[i]``: a bracket group or a run of digits/letters."""
+    j = i - 1
+    while j >= 0 and s[j] == " ":
+        j -= 1
+    if j >= 0 and s[j] in ")}]":
+        depth = 0
+        for k in range(j, -1, -1):
+            depth += {")": 1, "}": 1, "]": 1, "(": -1, "{": -1, "[": -1}.get(s[k], 0)
+            if depth == 0:
+                return s[k : j + 1]
+        return s[: j + 1]
+    m = re.search(r"[\\\w.]*$", s[: j + 1])
+    return m.group(0) if m else ""
 
 
 def _max_depth(s: str) -> int:
@@ -65,9 +82,13 @@ def intractable(expr: str) -> str | None:
     for m in re.finditer(r"\^", s):
         op, end = _operand(s, m.end())
         rest = s[end:].lstrip()
-        if "^" in op or "\\exp" in op or rest.startswith("^") or "!" in op:
+        base = _base(s, m.start())
+        if "^" in op or "\\exp" in op or rest.startswith("^") or "!" in op or "^" in base:
             return "exponent_tower"
-        if any(abs(int(n)) > MAX_EXPONENT for n in re.findall(r"\d+", op)):
+        exps = [int(n) for n in re.findall(r"\d+", op)]
+        if any(e > MAX_EXPONENT for e in exps):
+            return "huge_exponent"
+        if base.isdigit() and exps and len(base) * max(exps) > MAX_RESULT_DIGITS:
             return "huge_exponent"
     for n in re.findall(r"(\d+)\s*!", s):
         if int(n) > MAX_FACTORIAL:

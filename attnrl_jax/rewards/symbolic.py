@@ -1,22 +1,21 @@
 """Scalar equality with sympy: numbers within tolerance, expressions by simplification.
 
-Policy: two exact values (integers, fractions, radicals, pi) must agree to 1e-9 relative, so
-``100000`` never equals ``100001``; when either side is a decimal (a Float), 1e-4 relative is
-enough (``0.333`` vs ``1/3`` fails, ``4.4e7`` vs ``4.4 \\times 10^7`` passes). Expressions with
-free symbols are equal when ``simplify(a - b) == 0`` and never equal a plain number (a cheap
-reject); equations are equal when their ``lhs - rhs`` agree up to sign. Callers must screen
-inputs with :func:`limits.intractable` and run under a time limit.
+Policy: two rationals must be equal; other exact values (radicals, pi) must agree to 1e-30
+relative at 50 digits, so ``2^{100}`` never equals ``2^{100}+1``; when either side is a decimal
+(a Float), 1e-4 relative is enough (``0.333`` vs ``1/3`` fails, ``4.4e7`` vs ``4.4 \\times 10^7``
+passes). Expressions with free symbols are equal when ``simplify(a - b) == 0`` and never equal
+a plain number (a cheap reject); equations are equal when their ``lhs - rhs`` agree up to sign.
+Callers must screen inputs with :func:`limits.intractable` and run under a time limit.
 """
 
 from __future__ import annotations
 
-import math
 import re
 
 import sympy
 from latex2sympy2_extended import latex2sympy
 
-EXACT_RTOL = 1e-9
+EXACT_RTOL = 1e-30
 FLOAT_RTOL = 1e-4
 _I = sympy.Symbol("i")  # a final answer's "i" is the imaginary unit (``3+4i``, ``e^{i\\pi}``)
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -37,15 +36,20 @@ def to_sympy(s: str) -> sympy.Basic | None:
 
 
 def _numeric_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
-    rtol = FLOAT_RTOL if (a.has(sympy.Float) or b.has(sympy.Float)) else EXACT_RTOL
-    try:
-        va, vb = complex(sympy.N(a, 30)), complex(sympy.N(b, 30))
-    except (TypeError, ValueError, OverflowError):
+    inexact = a.has(sympy.Float) or b.has(sympy.Float)
+    if not inexact:
+        a, b = a.doit(), b.doit()  # the LaTeX parser leaves 2^{100} + 1 unevaluated
+        if a.is_Rational and b.is_Rational:
+            return a == b
+    rtol = FLOAT_RTOL if inexact else EXACT_RTOL
+    if any(x.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) for x in (a, b)):
+        return a == b  # oo only equals oo; nan never
+    try:  # sympy Floats (mpmath) have unbounded exponents: 9999^9999 does not overflow
+        va, vb = sympy.N(a, 50), sympy.N(b, 50)
+        scale = max(abs(va), abs(vb))
+        return bool(abs(va - vb) <= rtol * scale)
+    except (TypeError, ValueError, ArithmeticError):
         return False
-    if not all(map(math.isfinite, (va.real, va.imag, vb.real, vb.imag))):
-        return va == vb  # oo only equals oo; nan never
-    scale = max(abs(va), abs(vb))
-    return abs(va - vb) <= rtol * scale if scale else True
 
 
 def _is_zero(e: sympy.Basic) -> bool:

@@ -1,0 +1,59 @@
+"""Gold self-consistency on every shared eval set, through the parallel grader.
+
+Every accepted gold form, boxed at the end of a response, must grade correct; a different
+problem's gold must grade incorrect unless the two golds are equal after normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from attnrl_jax.rewards.batch import Grader
+from attnrl_jax.rewards.normalize import canonical, normalize
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FILES = sorted(DATA.glob("*.jsonl")) + sorted(DATA.glob("attnrl_eval/*.jsonl"))
+pytestmark = pytest.mark.skipif(not FILES, reason=f"shared eval data not found under {DATA}")
+
+
+def _golds(path: Path) -> list[list[str]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r.get("answers") or [r["answer"]] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(timeout_s=10.0, num_workers=2) as g:
+        yield g
+
+
+def test_every_gold_form_grades_correct(grader):
+    responses, golds, where = [], [], []
+    for path in FILES:
+        for i, forms in enumerate(_golds(path)):
+            for form in forms:
+                responses.append("Some reasoning. Therefore the answer is \\boxed{" + form + "}.")
+                golds.append(forms)
+                where.append(f"{path.relative_to(DATA)}:{i + 1} {form!r}")
+    assert len(responses) > 4000
+    out = grader.grade(responses, golds)
+    failures = [(w, r) for w, r in zip(where, out.results, strict=True) if not r.correct]
+    assert not failures, failures[:20]
+    assert out.num_timeouts == 0
+
+
+def test_other_problems_gold_grades_incorrect(grader):
+    pool = [forms for path in FILES for forms in _golds(path)]
+    rng = random.Random(0)
+    pairs = [rng.sample(pool, 2) for _ in range(600)]
+    out = grader.grade(["\\boxed{" + a[0] + "}" for a, _ in pairs], [b for _, b in pairs])
+    same = 0
+    for (a, b), r in zip(pairs, out.results, strict=True):
+        genuinely_equal = any(canonical(normalize(a[0])) == canonical(normalize(g)) for g in b)
+        same += genuinely_equal
+        assert r.correct == genuinely_equal, (a, b, r)
+    assert same < 60  # the sample mostly pairs different answers
