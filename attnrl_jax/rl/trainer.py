@@ -1,0 +1,289 @@
+"""The training loop: rollout (pipeline.py), update (update.py), metrics and checkpoints.
+
+Step k (0-based; the params are theta_k, policy version k):
+- off-policy (default): grade the pending Generation(k) (sampled by theta_{k-1}; by theta_0 in
+  the warm-up), plan its branches, ONE sampler call with theta_k for the next prompt batch's G
+  samples and this batch's continuations, score the next batch with theta_k, grade the
+  continuations, build trees, update to theta_{k+1}; the next batch becomes the pending one.
+- on-policy: sample and score batch k with theta_k, grade, plan, a second sampler call for the
+  continuations, grade, build trees, update.
+
+Randomness is a function of (seed, step): the host Generator of step k is
+default_rng([seed, k]) and sampler seeds are derived from (seed, k, call), so a resumed run
+draws exactly what an uninterrupted one would, and the RNG state in a checkpoint is (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from attnrl_jax.data.pipeline import Prompt, PromptStream
+from attnrl_jax.models.qwen2 import Params
+from attnrl_jax.models.sharding import optimizer_state_shardings, param_shardings
+from attnrl_jax.rl import ads
+from attnrl_jax.rl import pipeline as pl
+from attnrl_jax.rl.checkpoint import Checkpointer
+from attnrl_jax.rl.settings import Settings
+from attnrl_jax.rl.update import make_optimizer, run_updates
+from attnrl_jax.sampling import Buckets, SamplerConfig
+from attnrl_jax.scoring.steps import SeparatorIds
+
+
+class Trainer:
+    """Owns the training state; `run(total_steps)` trains and checkpoints, resuming if it can.
+
+    Built by `setup.build_trainer` from a config; parts passed in so tests can swap the reward.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        model_cfg,
+        params: Params,
+        mesh: Mesh,
+        tokenizer,
+        prompts: list[Prompt],
+        reward_fn: pl.RewardFn,
+        workdir: str | Path,
+        seed: int,
+        off_policy: bool = True,
+        checkpoint_every: int = 1,
+        checkpoint_keep: int = 2,
+        sampler_rows: int = 64,
+        log_fn: Callable[[dict], None] | None = None,
+    ):
+        self.settings, self.cfg, self.mesh = settings, model_cfg, mesh
+        self.tokenizer, self.reward_fn, self.seed = tokenizer, reward_fn, seed
+        self.off_policy = off_policy
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_every = checkpoint_every
+        self.log_fn = log_fn
+        eos = {tokenizer.eos_token_id} | {
+            tokenizer.convert_tokens_to_ids(t)
+            for t in ("<|im_end|>",)
+            if t in tokenizer.get_vocab()
+        }
+        self.rollout = pl.RolloutConfig(
+            **{**settings.rollout.__dict__, "eos_ids": tuple(sorted(eos))}
+        )
+        self.seps = SeparatorIds.from_tokenizer(tokenizer)
+        single = mesh.devices.size == 1
+        self.sampler = SamplerConfig(
+            buckets=Buckets(rows=tuple(1 << i for i in range(sampler_rows.bit_length()))),
+            mesh=None if single else mesh,
+        )
+        shardings = param_shardings(params, mesh)
+        self.params = jax.device_put(params, shardings)
+        # The frozen initial policy for the KL term (a copy: updates donate the params' buffers).
+        self.ref_params = None
+        if settings.loss.kl_weight > 0:
+            self.ref_params = jax.tree.map(jnp.copy, self.params)
+        opt_state = jax.jit(make_optimizer(settings.optim).init)(self.params)
+        self.opt_state = jax.device_put(
+            opt_state, optimizer_state_shardings(opt_state, self.params, shardings, mesh)
+        )
+        self.stream = PromptStream(prompts, seed=seed)
+        self.step = 0
+        self.filter_state = ads.AttentionFilterState()
+        self.prompt_batch_size = settings.initial_prompt_batch_size
+        self.pending: pl.Generation | None = None
+        self.checkpointer = Checkpointer(self.workdir, checkpoint_keep)
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            self._restore(latest)
+
+    # ----- state -----
+
+    def _host_state(self) -> dict:
+        host = {
+            "step": self.step,
+            "seed": self.seed,
+            "filter_total": self.filter_state.total,
+            "filter_count": self.filter_state.count,
+            "prompt_batch_size": self.prompt_batch_size,
+            "stream": self.stream.get_state(),
+            "pending": None,
+        }
+        arrays = None
+        if self.pending is not None:
+            arrays, host["pending"] = pl.generation_to_state(self.pending)
+        return host, arrays
+
+    def save(self) -> None:
+        host, arrays = self._host_state()
+        state = {"params": self.params, "opt_state": self.opt_state}
+        self.checkpointer.save(self.step, state, host, arrays)
+
+    def _restore(self, step: int) -> None:
+        target = {"params": self.params, "opt_state": self.opt_state}
+        state, host, arrays = self.checkpointer.restore(step, target)
+        if host["seed"] != self.seed:
+            raise ValueError(
+                f"the checkpoint in {self.workdir} was trained with seed {host['seed']}, "
+                f"this run has seed {self.seed}; use the same seed or a new workdir"
+            )
+        self.params, self.opt_state = state["params"], state["opt_state"]
+        self.step = int(host["step"])
+        self.filter_state = ads.AttentionFilterState(host["filter_total"], host["filter_count"])
+        self.prompt_batch_size = int(host["prompt_batch_size"])
+        self.stream.set_state(host["stream"])
+        self.pending = None
+        if host["pending"] is not None:
+            arrays = {k: np.asarray(v) for k, v in arrays.items()}
+            self.pending = pl.generation_from_state(arrays, host["pending"], self.seps)
+
+    # ----- one step -----
+
+    def _seed(self, call: int) -> int:
+        return int(np.random.default_rng([self.seed, self.step, call]).integers(2**31))
+
+    def _grade(self, token_lists, golds) -> np.ndarray:
+        if not token_lists:
+            return np.zeros(0)
+        texts = self.tokenizer.batch_decode(
+            [np.asarray(t).tolist() for t in token_lists], skip_special_tokens=True
+        )
+        return np.asarray(self.reward_fn(texts, golds), dtype=np.float64)
+
+    def _sample_and_score(self, prompts, plan_of, timer, call):
+        """One sampler call: G samples per prompt, plus T continuations per branch point of
+        `plan_of` = (Generation, BranchPlan) when given; then the scoring pass over the new
+        responses. Returns (Generation of the prompts or None, continuation samples)."""
+        requests = pl.initial_requests(prompts, self.rollout.group_size)
+        if plan_of is not None:
+            requests += pl.continuation_requests(
+                *plan_of, self.rollout.continuations, first_index=len(requests)
+            )
+        with timer("sampling"):
+            out = pl.sample_all(
+                self.params, self.cfg, requests, self.rollout, self._seed(call), self.sampler
+            )
+        gen = None
+        if prompts:
+            with timer("scoring"):
+                gen = pl.score_generation(
+                    self.params, self.cfg, self.rollout, prompts, out[: len(prompts)], self.seps,
+                    self.step,
+                )  # fmt: skip
+        return gen, out[len(prompts) :]
+
+    def train_step(self) -> dict:
+        times: dict[str, float] = {}
+
+        class timer:
+            def __init__(self, name):
+                self.name = name
+
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                times[self.name] = times.get(self.name, 0.0) + time.perf_counter() - self.t
+
+        start = time.perf_counter()
+        rng = np.random.default_rng([self.seed, self.step])
+        if self.off_policy and self.pending is None:  # warm-up: batch 1 with theta_0, no update
+            prompts = self.stream.take(self.prompt_batch_size)
+            self.pending, _ = self._sample_and_score(prompts, None, timer, call=0)
+        if self.off_policy:
+            gen = self.pending
+        else:
+            prompts = self.stream.take(self.prompt_batch_size)
+            gen, _ = self._sample_and_score(prompts, None, timer, call=1)
+        with timer("grading"):
+            rewards = self._grade(gen.responses, pl.golds_of(gen))
+        plan = pl.plan_branches(gen, rewards, self.filter_state, rng, self.rollout)
+        next_prompts = self.stream.take(self.prompt_batch_size) if self.off_policy else []
+        next_gen, conts = self._sample_and_score(next_prompts, (gen, plan), timer, call=2)
+        with timer("grading"):
+            owners = pl.branch_owners(plan)
+            g = self.rollout.group_size
+            flat = [
+                (s, gen.prompts[i // g].problem.answers)
+                for i, group in zip(owners, conts, strict=True)
+                for s in group
+            ]
+            flat_rewards = self._grade([s.token_ids for s, _ in flat], [a for _, a in flat])
+            cont_rewards, i = [], 0
+            for group in conts:
+                cont_rewards.append(flat_rewards[i : i + len(group)])
+                i += len(group)
+        problems, stats = pl.build_problems(
+            gen, rewards, plan, conts, cont_rewards, self.step, self.rollout
+        )
+        staleness = max(
+            (self.step - int(v.min()) for p in problems for v in p.segment_version if v.size),
+            default=0,
+        )
+        with timer("update"):
+            s = self.settings
+            self.params, self.opt_state, update_metrics = run_updates(
+                self.params, self.opt_state, self.ref_params, problems,
+                cfg=self.cfg, loss=s.loss, optim=s.optim, packing=s.packing,
+                minibatch_problems=s.minibatch_problems, microbatch_rows=s.microbatch_rows,
+                mesh=None if self.mesh.devices.size == 1 else self.mesh,
+            )  # fmt: skip
+        metrics = {
+            "step": self.step + 1,
+            "reward": stats.mean_leaf_reward,
+            "accuracy": float(np.mean(rewards > 0)),
+            "valid_ratio": stats.kept / max(stats.problems, 1),
+            "filtered_ratio": plan.num_filtered / max(stats.problems, 1),
+            "prompt_batch_size": len(gen.prompts),
+            "sequences": stats.sequences,
+            "expanded": sum(1 for p in plan.branch_points if p),
+            "tokens_generated": int(
+                sum(len(s.token_ids) for group in conts for s in group)
+                + (sum(len(r) for r in next_gen.responses) if next_gen else 0)
+                + (0 if self.off_policy else sum(len(r) for r in gen.responses))
+            ),
+            "max_staleness": staleness,
+            "policy_version": self.step,
+            **{f"time_{k}": v for k, v in times.items()},
+            **update_metrics,
+        }
+        self.filter_state = plan.filter_state
+        if self.settings.adaptive_batch_size:
+            self.prompt_batch_size = ads.next_prompt_batch_size(
+                len(gen.prompts), stats.sequences, self.rollout.ads
+            )
+        self.pending = next_gen if self.off_policy else None
+        self.step += 1
+        metrics["time_step"] = time.perf_counter() - start
+        return metrics
+
+    # ----- loop -----
+
+    def run(self, total_steps: int, progress: bool = False) -> list[dict]:
+        """Trains from the current step to total_steps; returns this call's metrics."""
+        from tqdm.auto import tqdm
+
+        out = []
+        bar = tqdm(total=total_steps, initial=self.step, disable=not progress, desc="train")
+        with open(self.workdir / "metrics.jsonl", "a") as f:
+            while self.step < total_steps:
+                metrics = self.train_step()
+                f.write(json.dumps(metrics) + "\n")
+                f.flush()
+                if self.log_fn is not None:
+                    self.log_fn(metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward']:.3f}", valid=metrics["valid_ratio"])
+                if self.step % self.checkpoint_every == 0 or self.step == total_steps:
+                    self.save()
+                out.append(metrics)
+        bar.close()
+        return out
+
+    def close(self) -> None:
+        self.checkpointer.close()

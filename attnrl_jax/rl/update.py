@@ -1,0 +1,146 @@
+"""The policy update: mini-batches of problems, micro-batches of rows, exact token means.
+
+One training step runs one epoch over its problems in mini-batches of `minibatch_problems`; each
+mini-batch is one AdamW update. A mini-batch's rows (per path or tree-packed, packed.py) are cut
+into micro-batches of a static `microbatch_rows` rows, padded with zero-weight rows; every
+micro-batch returns the gradient of the weighted token SUM and the weight sum, and the update
+divides the summed gradient by the summed weight once, so the result is the exact token mean over
+the mini-batch whatever the micro-batching (and equal for both packings).
+
+Static shapes: micro-batches are [microbatch_rows, T] with T a power of two (>= 16) and node
+slots K a power of two (>= 8), fixed per step from its longest row, so a run compiles one program
+per (T, K) pair it meets and nothing after warm-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from attnrl_jax.models.config import ModelConfig
+from attnrl_jax.models.qwen2 import Params
+from attnrl_jax.models.sharding import batch_sharding
+from attnrl_jax.rl.loss import LossConfig, policy_loss
+from attnrl_jax.rl.packed import TrainProblem, make_rows, power_of_two, row_logprobs, stack_rows
+from attnrl_jax.rl.settings import OptimConfig
+
+DEVICE_FIELDS = ("tokens", "positions", "nodes", "predictor", "ancestors")
+LOSS_FIELDS = ("weights", "advantages", "old_logp")
+
+
+def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(optim.grad_clip),
+        optax.adamw(optim.learning_rate, optim.b1, optim.b2, weight_decay=optim.weight_decay),
+    )
+
+
+@partial(jax.jit, static_argnames=("cfg", "loss"))
+def microbatch_gradients(
+    params: Params, ref_params: Params | None, batch: dict, *, cfg: ModelConfig, loss: LossConfig
+):
+    """Gradient of the weighted loss SUM of one micro-batch, and its LossTerms (sums).
+
+    batch: stack_rows arrays [m, T] (ancestors [m, K, K]). ref_params: the frozen initial policy,
+    None when loss.kl_weight == 0 (then no reference forward runs).
+    """
+    ref = None
+    if loss.kl_weight > 0:
+        ref = jax.lax.stop_gradient(row_logprobs(ref_params, batch, cfg=cfg)[0])
+
+    def total(p):
+        new, ent = row_logprobs(p, batch, cfg=cfg)
+        if loss.entropy_weight == 0:
+            ent = jax.lax.stop_gradient(ent)
+        terms = policy_loss(
+            new, batch["old_logp"], batch["advantages"], batch["weights"], ref, ent, config=loss
+        )
+        return terms.total, terms
+
+    grads, terms = jax.grad(total, has_aux=True)(params)
+    return grads, terms
+
+
+@jax.jit
+def _accumulate(acc, grads, terms):
+    return jax.tree.map(jnp.add, acc, (grads, terms))
+
+
+@partial(jax.jit, static_argnames=("optim",), donate_argnums=(0, 1))
+def apply_gradients(params, opt_state, grad_sum, denominator, *, optim: OptimConfig):
+    """One AdamW step on grad_sum / denominator (the token-mean gradient); returns the new params,
+    optimizer state and the pre-clip gradient norm."""
+    grads = jax.tree.map(lambda g: g / denominator, grad_sum)
+    updates, opt_state = make_optimizer(optim).update(grads, opt_state, params)
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    return optax.apply_updates(params, updates), opt_state, norm
+
+
+def _device_batch(arrays: dict, mesh: Mesh | None) -> dict:
+    arrays = {k: arrays[k] for k in DEVICE_FIELDS + LOSS_FIELDS}
+    if mesh is None:
+        return jax.device_put(arrays)
+    return {k: jax.device_put(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()}
+
+
+def run_updates(
+    params: Params,
+    opt_state,
+    ref_params: Params | None,
+    problems: Sequence[TrainProblem],
+    *,
+    cfg: ModelConfig,
+    loss: LossConfig,
+    optim: OptimConfig,
+    packing: str,
+    minibatch_problems: int,
+    microbatch_rows: int,
+    mesh: Mesh | None = None,
+):
+    """One epoch over `problems`; returns (params, opt_state, metrics of the whole step).
+
+    Metrics: token means over the step of the loss terms ("pg_loss", "clip_frac", "kl", ...),
+    "updates", "rows", "row_tokens" (tokens the model processed), "grad_norm" (mean).
+    """
+    rows = make_rows(problems, packing)
+    if not rows:
+        return params, opt_state, {"updates": 0, "rows": 0, "row_tokens": 0}
+    length = power_of_two(max(len(r.tokens) for r in rows), 16)
+    nodes = power_of_two(max(len(r.ancestors) for r in rows), 8)
+    sums: dict[str, float] = {}
+    norms = []
+    for first in range(0, len(problems), minibatch_problems):
+        mini = make_rows(problems[first : first + minibatch_problems], packing)
+        acc = None
+        for m in range(0, len(mini), microbatch_rows):
+            arrays = stack_rows(mini[m : m + microbatch_rows], microbatch_rows, length, nodes)
+            grads, terms = microbatch_gradients(
+                params, ref_params, _device_batch(arrays, mesh), cfg=cfg, loss=loss
+            )
+            acc = (grads, terms) if acc is None else _accumulate(acc, grads, terms)
+        grad_sum, terms = acc
+        denominator = float(terms.denominator)
+        if denominator == 0:
+            continue
+        params, opt_state, norm = apply_gradients(
+            params, opt_state, grad_sum, jnp.float32(denominator), optim=optim
+        )
+        norms.append(float(norm))
+        for k, v in {"loss": terms.total, "tokens": terms.denominator, **terms.metrics}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    tokens = sums.pop("tokens", 0.0)
+    metrics = {k: v / tokens for k, v in sums.items()} if tokens else {}
+    metrics.update(
+        updates=len(norms),
+        rows=len(rows),
+        row_tokens=int(sum(len(r.tokens) for r in rows)),
+        trained_tokens=tokens,
+        grad_norm=float(np.mean(norms)) if norms else 0.0,
+    )
+    return params, opt_state, metrics

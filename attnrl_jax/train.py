@@ -1,0 +1,174 @@
+"""`python -m attnrl_jax.train --config=configs/demo.py --config.key=value`: train a policy.
+
+The config is validated before anything is built or compiled (rl/settings.py); re-running the
+same command in the same workdir resumes from the latest complete checkpoint and trains on to
+total_steps. Metrics go to <workdir>/metrics.jsonl (one JSON object per step) and, when
+tensorboardX is installed, to TensorBoard event files in <workdir>/tensorboard.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from attnrl_jax.rl.settings import ConfigError, resolve
+
+
+def tiny_model_config(c: ml_collections.ConfigDict, vocab_size: int):
+    from attnrl_jax.models.config import ModelConfig
+
+    m = c.model
+    return ModelConfig(
+        vocab_size=vocab_size,
+        hidden_size=m.tiny_hidden_size,
+        intermediate_size=2 * m.tiny_hidden_size,
+        num_layers=m.tiny_layers,
+        num_heads=m.tiny_heads,
+        num_kv_heads=m.tiny_kv_heads,
+        head_dim=m.tiny_hidden_size // m.tiny_heads,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+        dtype=m.dtype,
+        param_dtype=m.dtype,
+    )
+
+
+def initial_model_path(c: ml_collections.ConfigDict) -> Path:
+    """The HF directory to start from: config.model.path, or the project's tiny random model
+    written once to <workdir>/initial_model (seeded by config.seed)."""
+    if c.model.path:
+        return Path(c.model.path)
+    path = Path(c.workdir) / "initial_model"
+    if not (path / "config.json").exists():
+        import jax
+        from flax import nnx
+
+        from attnrl_jax.data.tokenizer import build_tiny_tokenizer
+        from attnrl_jax.models import Qwen2ForCausalLM, save_pretrained
+
+        tokenizer = build_tiny_tokenizer(c.model.tiny_vocab_size)
+        cfg = tiny_model_config(c, len(tokenizer))
+        with jax.default_device(jax.devices("cpu")[0]):
+            model = Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(c.seed))
+        save_pretrained(model, path, tokenizer=tokenizer, overwrite=True)
+    return path
+
+
+def load_prompts(c: ml_collections.ConfigDict, tokenizer):
+    if c.data.train_files == "demo":
+        from attnrl_jax.data.demo_task import demo_prompts
+
+        return demo_prompts(tokenizer, c.data.num_demo_problems, seed=c.seed)
+    from attnrl_jax.data import SourceSpec, prepare_prompts
+
+    specs = [
+        SourceSpec(p.strip(), problem_key=c.data.problem_key, answer_key=c.data.answer_key)
+        for p in c.data.train_files.split(",")
+    ]
+    return prepare_prompts(specs, tokenizer, max_prompt_len=c.data.max_prompt_len)[0]
+
+
+def grade_in_process(texts: Sequence[str], golds: Sequence[tuple[str, ...]]) -> np.ndarray:
+    from attnrl_jax.rewards.math import grade
+
+    return np.array([grade(t, list(g)).correct for t, g in zip(texts, golds, strict=True)], float)
+
+
+def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
+    """A Trainer for config c (validated first); reward_fn defaults to the math grader."""
+    settings = resolve(c)
+    import jax
+    from transformers import AutoTokenizer
+
+    from attnrl_jax.models import load_pretrained, make_mesh
+    from attnrl_jax.rl.trainer import Trainer
+
+    mesh_sizes = c.mesh.to_dict()
+    fixed = int(np.prod([s for s in mesh_sizes.values() if s > 0]))
+    devices = jax.devices() if -1 in mesh_sizes.values() else jax.devices()[:fixed]
+    mesh = make_mesh(**mesh_sizes, devices=devices)
+    path = initial_model_path(c)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = load_pretrained(path, dtype=c.model.dtype, mesh=mesh)
+    prompts = load_prompts(c, tokenizer)
+    if reward_fn is None and c.grading.workers > 0:
+        from attnrl_jax.rewards.batch import Grader
+
+        grader = Grader(timeout_s=c.grading.timeout_s, num_workers=c.grading.workers)
+
+        def reward_fn(texts, golds):
+            return np.array([r.correct for r in grader.grade(texts, golds).results], float)
+
+    return Trainer(
+        settings=settings,
+        model_cfg=model.config,
+        params=model.params(),
+        mesh=mesh,
+        tokenizer=tokenizer,
+        prompts=prompts,
+        reward_fn=reward_fn or grade_in_process,
+        workdir=c.workdir,
+        seed=c.seed,
+        off_policy=c.off_policy,
+        checkpoint_every=c.checkpoint.every,
+        checkpoint_keep=c.checkpoint.keep,
+        sampler_rows=c.rollout.sampler_rows,
+        log_fn=log_fn,
+    )
+
+
+def tensorboard_logger(workdir: str):
+    """A metrics callback writing TensorBoard scalars, or None (with a note) without tensorboardX
+    (TensorBoard's own writers need TensorFlow, which this project does not install)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        print("TensorBoard: tensorboardX is not installed; metrics go to metrics.jsonl only")
+        return None
+    writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def log(metrics: dict) -> None:
+        for k, v in metrics.items():
+            if k != "step" and isinstance(v, int | float):
+                writer.add_scalar(k, v, metrics["step"])
+        writer.flush()
+
+    return log
+
+
+def main(argv: Sequence[str]) -> None:
+    from absl import flags, logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    c = flags.FLAGS.config
+    try:
+        resolve(c)
+    except ConfigError as e:
+        sys.exit(str(e))
+    log_fn = tensorboard_logger(c.workdir) if c.log.tensorboard else None
+    trainer = build_trainer(c, log_fn=log_fn)
+    try:
+        trainer.run(c.total_steps, progress=c.log.progress)
+    finally:
+        trainer.close()
+    print(f"trained to step {trainer.step}; metrics in {Path(c.workdir) / 'metrics.jsonl'}")
+
+
+def run() -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/demo.py")
+    flags.mark_flags_as_required(["config"])
+    try:
+        app.run(main)
+    except AttributeError as e:  # ml_collections: an override of a key the config lacks
+        sys.exit(f"unknown config key: {e}")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,95 @@
+"""The published AttnRL setting (ALGORITHM.md sections 6-9): every key a training run reads.
+
+Every config starts from this one (configs/demo.py overrides a few values); the dict is locked,
+so a misspelt key is an error. Override any key on the command line:
+`python -m attnrl_jax.train --config=configs/base.py --config.workdir=/tmp/run
+--config.method=grpo`.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.workdir = ""  # required: checkpoints, metrics.jsonl, TensorBoard events, the initial model
+    c.total_steps = 500
+    c.method = "attnrl"  # attnrl | treerl (entropy branching, no ADS) | grpo (no tree)
+    c.seed = 0
+    c.off_policy = True  # one sampling call per step; False: the on-policy two-call variant
+    c.branching = ""  # "" = the method's own (attnrl: atb, treerl: entropy, grpo: none)
+    c.mesh = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # make_mesh(**mesh); -1: the rest
+
+    # path: a Hugging Face Qwen2 directory. "" builds the project's tiny random model (tiny_*).
+    c.model = ConfigDict(
+        {
+            "path": "",
+            "dtype": "float32",
+            "tiny_hidden_size": 64,
+            "tiny_layers": 2,
+            "tiny_heads": 4,
+            "tiny_kv_heads": 2,
+            "tiny_vocab_size": 512,
+        }
+    )
+    # train_files: comma-separated data files (jsonl/json/parquet/HF/TFDS), or "demo" for the
+    # built-in arithmetic task (num_demo_problems problems).
+    c.data = ConfigDict(
+        {
+            "train_files": "demo",
+            "problem_key": "problem",
+            "answer_key": "answer",
+            "max_prompt_len": 1024,
+            "num_demo_problems": 512,
+        }
+    )
+    c.rollout = ConfigDict(
+        {
+            "group_size": 6,  # G
+            "continuations": 2,  # T per branch point
+            "num_points": 2,  # N branch points per expanded response
+            "max_new_tokens": 8192,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "rho": 0.2,
+            "min_token_distance": 512,
+            "merge_duplicates": True,
+            "score_batch_size": 8,
+            "sampler_rows": 64,  # rows per sampler device batch
+        }
+    )
+    # ADS (used by method attnrl; treerl and grpo expand every response with a fixed batch size).
+    # The paper's Table 2 ablations: attention_filter=False, difficulty_expansion=False.
+    c.ads = ConfigDict(
+        {
+            "difficulty_expansion": True,
+            "rounding": "ceil",
+            "attention_filter": True,
+            "adaptive_batch_size": True,
+            "zero_advantage_filter": "same_reward",
+            "target_sequences": 1920,
+            "batch_lambda": 0.9,
+            "initial_prompt_batch_size": 64,
+        }
+    )
+    c.fci = ConfigDict({"pooling": "mean", "delta": 4, "aggregation": "max"})
+    # dual_clip 0 disables the dual clip; kl_weight 0 skips the reference forward.
+    c.loss = ConfigDict(
+        {
+            "clip_low": 0.2,
+            "clip_high": 0.28,
+            "dual_clip": 3.0,
+            "kl_weight": 0.001,
+            "entropy_weight": 0.0,
+        }
+    )
+    c.optim = ConfigDict(
+        {"learning_rate": 1e-6, "weight_decay": 0.01, "grad_clip": 1.0, "b1": 0.9, "b2": 0.999}
+    )
+    # packing: "tree" (each shared token once, weight = path count) or "path" (one row per path).
+    # One optimizer update per minibatch_problems problems; micro-batches of microbatch_rows rows.
+    c.train = ConfigDict({"packing": "tree", "minibatch_problems": 32, "microbatch_rows": 8})
+    c.grading = ConfigDict({"workers": 0, "timeout_s": 5.0})  # workers 0: grade in-process
+    c.checkpoint = ConfigDict({"every": 10, "keep": 2})
+    c.log = ConfigDict({"progress": True, "tensorboard": True})
+    c.lock()
+    return c
