@@ -7,11 +7,14 @@ times out is treated as "not proven equal" and the next stage still runs.
 
 Structure veto: Math-Verify is skipped when both answers are containers of incompatible kinds
 (a tuple against a set, ``(a, b)`` against ``[a, b]``, a matrix against a list), because it equates
-e.g. ``(1, 2)`` with ``\\{1, 2\\}``; an ordered pair is not a set of solutions.
+e.g. ``(1, 2)`` with ``\\{1, 2\\}``; an ordered pair is not a set of solutions. Two literal
+numbers skip it too: sympy compared them exactly (or within 1e-4 for decimals), while its
+6-decimal rounding would equate ``1e-7`` with ``2e-7``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from attnrl_jax.rewards.limits import StageTimeout, intractable, time_limit
 from attnrl_jax.rewards.normalize import canonical, normalize, strip_lhs
 from attnrl_jax.rewards.structure import Structure, parse_structure
-from attnrl_jax.rewards.symbolic import sympy_equal, to_sympy
+from attnrl_jax.rewards.symbolic import PLAIN_NUMBER, sympy_equal, to_sympy
 
 SYMPY_STAGE_S = 2.0
 MATH_VERIFY_STAGE_S = 2.0
@@ -95,6 +98,13 @@ def _lhs_list_equal(sa: Structure, sb: Structure) -> bool:
     return False
 
 
+def _skip_math_verify(a: str, b: str) -> bool:
+    """Not for intractable input, vetoed structures, or two literal numbers (sympy was exact)."""
+    if intractable(a) or intractable(b) or _vetoed(a, b):
+        return True
+    return bool(PLAIN_NUMBER.fullmatch(strip_lhs(a)) and PLAIN_NUMBER.fullmatch(strip_lhs(b)))
+
+
 def _vetoed(a: str, b: str) -> bool:
     """Both answers are containers whose kinds (or bracket types) cannot be equal."""
     sa, sb = parse_structure(a), parse_structure(b)
@@ -105,11 +115,18 @@ def _vetoed(a: str, b: str) -> bool:
     return (sa.kind, sa.brackets) != (sb.kind, sb.brackets)
 
 
-def _math_verify_equal(a: str, b: str) -> bool:
-    from math_verify import parse, verify  # heavy import, needed only on this fallback path
+@functools.lru_cache(maxsize=4096)
+def _mv_parse(s: str) -> list:
+    """Math-Verify's parse, cached: an RL step grades many samples against the same gold."""
+    from math_verify import parse  # heavy import, needed only on this fallback path
 
-    gold = parse("\\boxed{" + b + "}", parsing_timeout=None)
-    pred = parse("\\boxed{" + a + "}", parsing_timeout=None)
+    return parse("\\boxed{" + s + "}", parsing_timeout=None)
+
+
+def _math_verify_equal(a: str, b: str) -> bool:
+    from math_verify import verify
+
+    gold, pred = _mv_parse(b), _mv_parse(a)
     return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
 
 
@@ -129,7 +146,7 @@ def equivalent(pred: str, gold: str, deadline: float) -> Verdict:
         ("sympy", structured_equal, SYMPY_STAGE_S),
         ("math_verify", _math_verify_equal, MATH_VERIFY_STAGE_S),
     ):
-        if stage == "math_verify" and (intractable(a) or intractable(b) or _vetoed(a, b)):
+        if stage == "math_verify" and _skip_math_verify(a, b):
             break
         budget = _remaining(deadline, cap)
         if budget <= 0:

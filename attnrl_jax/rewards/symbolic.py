@@ -10,6 +10,7 @@ Callers must screen inputs with :func:`limits.intractable` and run under a time 
 
 from __future__ import annotations
 
+import functools
 import re
 
 import sympy
@@ -18,12 +19,16 @@ from latex2sympy2_extended import latex2sympy
 EXACT_RTOL = 1e-30
 FLOAT_RTOL = 1e-4
 _I = sympy.Symbol("i")  # a final answer's "i" is the imaginary unit (``3+4i``, ``e^{i\\pi}``)
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
+@functools.lru_cache(maxsize=4096)
 def to_sympy(s: str) -> sympy.Basic | None:
-    """Parse a normalised answer; plain numbers directly (``025``, ``1.70e4``), else via LaTeX."""
-    if _PLAIN_NUMBER.fullmatch(s):
+    """Parse a normalised answer; plain numbers directly (``025``, ``1.70e4``), else via LaTeX.
+
+    Cached: the LaTeX parser costs ~20 ms and golds repeat across an RL step's samples.
+    """
+    if PLAIN_NUMBER.fullmatch(s):
         exact = not re.search(r"[.eE]", s)
         return sympy.Integer(int(s)) if exact else sympy.Float(s, 30)
     try:
