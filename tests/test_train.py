@@ -64,6 +64,7 @@ def test_off_policy_run_logs_and_updates(uninterrupted):
                 "time_update", "kl", "entropy", "clip_frac"):  # fmt: skip
         assert key in lines[-1], key
     assert all(m["updates"] >= 1 for m in metrics)
+    assert [m["sampler_calls"] for m in metrics] == [1, 1, 1]
     assert trainer.step == 3
 
 
@@ -79,23 +80,28 @@ def test_resume_gives_the_same_metrics(uninterrupted, tmp_path):
     first, _ = run(small_config(tmp_path), steps=2)
     # An interrupted write of step 3: orbax's temporary directory is never loaded.
     (tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1234").mkdir()
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # a step-3 line cut off by a kill
+        f.write('{"step": 3, "rew')
     rest, trainer = run(small_config(tmp_path))
     assert trainer.step == 3 and len(rest) == 1
     assert strip(first + rest) == strip(full)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert strip(lines) == strip(full)
 
 
 @pytest.mark.parametrize(
-    "overrides, staleness",
+    "overrides, calls",
     [
-        ({"method": "grpo"}, 0),
-        ({"method": "treerl", "train.packing": "path"}, 0),
-        ({"off_policy": False, "ads.attention_filter": False}, 0),
+        ({"method": "grpo"}, 1),
+        ({"method": "treerl", "train.packing": "path"}, 1),
+        ({"off_policy": False, "ads.attention_filter": False}, 2),
     ],
 )
-def test_methods_and_variants_train(tmp_path, overrides, staleness):
+def test_methods_and_variants_train(tmp_path, overrides, calls):
     metrics, _ = run(small_config(tmp_path, total_steps=1, **overrides))
     assert metrics[0]["updates"] >= 1
-    assert metrics[0]["max_staleness"] == staleness
+    assert metrics[0]["max_staleness"] == 0
+    assert metrics[0]["sampler_calls"] == calls
 
 
 @pytest.mark.parametrize(

@@ -137,10 +137,26 @@ class Trainer:
         self.filter_state = ads.AttentionFilterState(host["filter_total"], host["filter_count"])
         self.prompt_batch_size = int(host["prompt_batch_size"])
         self.stream.set_state(host["stream"])
+        self._drop_metrics_after(self.step)
         self.pending = None
         if host["pending"] is not None:
             arrays = {k: np.asarray(v) for k, v in arrays.items()}
             self.pending = pl.generation_from_state(arrays, host["pending"], self.seps)
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Forget metrics lines of steps after the restored checkpoint (and a line cut off by a
+        kill), so metrics.jsonl reads as one uninterrupted run."""
+        path = self.workdir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        path.write_text("".join(kept))
 
     # ----- one step -----
 
@@ -164,6 +180,7 @@ class Trainer:
             requests += pl.continuation_requests(
                 *plan_of, self.rollout.continuations, first_index=len(requests)
             )
+        self._sampler_calls += 1
         with timer("sampling"):
             out = pl.sample_all(
                 self.params, self.cfg, requests, self.rollout, self._seed(call), self.sampler
@@ -192,9 +209,11 @@ class Trainer:
 
         start = time.perf_counter()
         rng = np.random.default_rng([self.seed, self.step])
+        self._sampler_calls = 0
         if self.off_policy and self.pending is None:  # warm-up: batch 1 with theta_0, no update
             prompts = self.stream.take(self.prompt_batch_size)
             self.pending, _ = self._sample_and_score(prompts, None, timer, call=0)
+            self._sampler_calls = 0  # the warm-up is not part of the step's pipeline
         if self.off_policy:
             gen = self.pending
         else:
@@ -248,6 +267,7 @@ class Trainer:
                 + (0 if self.off_policy else sum(len(r) for r in gen.responses))
             ),
             "max_staleness": staleness,
+            "sampler_calls": self._sampler_calls,
             "policy_version": self.step,
             **{f"time_{k}": v for k, v in times.items()},
             **update_metrics,

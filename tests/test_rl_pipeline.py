@@ -1,0 +1,144 @@
+"""Rollout pipeline pieces on hand-made data: branch plans, stitched behaviour log-probs and
+versions, GRPO groups, the pending batch's save format, and one sampler call per step."""
+
+import numpy as np
+import pytest
+
+from attnrl_jax.data.pipeline import Prompt
+from attnrl_jax.data.records import Problem
+from attnrl_jax.data.tokenizer import build_tiny_tokenizer
+from attnrl_jax.rl import ads
+from attnrl_jax.rl import pipeline as pl
+from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree
+from attnrl_jax.rl.tree import ORIGINAL
+from attnrl_jax.sampling import Sample
+from attnrl_jax.scoring.forward import ScoringConfig
+from attnrl_jax.scoring.selection import SelectionConfig
+from attnrl_jax.scoring.steps import SeparatorIds, segment_steps
+
+G = 3
+
+
+@pytest.fixture(scope="module")
+def seps():
+    return SeparatorIds.from_tokenizer(build_tiny_tokenizer())
+
+
+def generation(seps, version=4):
+    """Two prompts x G responses; separators every 3rd token so every response has steps."""
+    rng = np.random.default_rng(0)
+    sep = seps.double_newline[0]
+    prompts = tuple(
+        Prompt(Problem(f"p{j}", (str(j),), f"t:{j}"), tuple(range(10 + j, 15 + j)))
+        for j in range(2)
+    )
+    responses, logp, ent, fci, layouts = [], [], [], [], []
+    for _ in range(2 * G):
+        r = rng.integers(100, 200, 12).astype(np.int32)
+        r[2::3] = sep
+        lay = segment_steps(5, r, seps)
+        responses.append(r)
+        logp.append(-rng.uniform(0.1, 3, 12).astype(np.float32))
+        ent.append(rng.uniform(0, 2, 12).astype(np.float32))
+        fci.append(rng.uniform(0, 1, lay.num_steps + 1).astype(np.float32))
+        layouts.append(lay)
+    return pl.Generation(
+        prompts, tuple(responses), tuple(logp), tuple(ent), tuple(fci), tuple(layouts), version
+    )
+
+
+def rollout_config(**kw):
+    base = dict(
+        group_size=G,
+        continuations=2,
+        selection=SelectionConfig(num_points=2, min_token_distance=0),
+        ads=ads.ADSConfig(),
+    )
+    return pl.RolloutConfig(**{**base, **kw})
+
+
+def fake_samples(requests, rng, version_logp):
+    """Samples for continuation requests; log-probs all equal version_logp (marks the source)."""
+    out = []
+    for r in requests:
+        out.append(
+            [
+                Sample(0, s, rng.integers(100, 200, 4).astype(np.int32),
+                       np.full(4, version_logp, np.float32), "length")
+                for s in range(r.n)
+            ]
+        )  # fmt: skip
+    return out
+
+
+def test_stitched_behaviour_logprobs_and_versions(seps):
+    gen = generation(seps, version=4)
+    rc = rollout_config()
+    rewards = np.array([1, 0, 0, 0, 0, 0], float)  # problem 0 mixed, problem 1 all wrong
+    plan = pl.plan_branches(gen, rewards, ads.AttentionFilterState(), np.random.default_rng(1), rc)
+    # mixed 1/3: ceil(3 exp(-1/3)) = 3 expanded; all-wrong: all 3
+    assert all(len(p) == 2 for p in plan.branch_points)
+    requests = pl.continuation_requests(gen, plan, rc.continuations, first_index=7)
+    assert [r.index for r in requests] == list(range(7, 7 + 12))
+    for r, owner in zip(requests, pl.branch_owners(plan), strict=True):
+        assert tuple(r.prompt_ids) == gen.prompts[owner // G].prompt_ids
+    conts = fake_samples(requests, np.random.default_rng(2), version_logp=-0.5)
+    cont_rewards = [np.array([1.0, 0.0])] * len(conts)
+    problems, stats = pl.build_problems(gen, rewards, plan, conts, cont_rewards, 5, rc)
+    assert stats.problems == 2 and stats.kept == 2
+    for j, problem in enumerate(problems):
+        for seg, logp, ver in zip(
+            problem.tree.segments, problem.segment_logp, problem.segment_version, strict=True
+        ):
+            i = j * G + seg.response
+            if seg.branch == ORIGINAL:  # prefix tokens: stored scoring values, version k-1
+                np.testing.assert_array_equal(
+                    logp, gen.logprobs[i][seg.start : seg.start + len(seg.tokens)]
+                )
+                assert (ver == 4).all()
+            else:  # continuation tokens: the sampler's values, version k
+                assert (logp == -0.5).all() and (ver == 5).all()
+                prefix = requests[pl.cursor_of(plan, i, seg.branch)].prefix_ids
+                assert len(prefix) == seg.start
+
+
+def test_all_correct_problems_use_the_attention_filter(seps):
+    gen = generation(seps)
+    rc = rollout_config()
+    rewards = np.ones(2 * G)
+    plan = pl.plan_branches(gen, rewards, ads.AttentionFilterState(), np.random.default_rng(0), rc)
+    # the running mean includes both problems: exactly the one above the mean expands
+    expanded = [any(plan.branch_points[j * G + g] for g in range(G)) for j in range(2)]
+    assert sorted(expanded) == [False, True] and plan.num_filtered == 1
+    always = rollout_config(ads=ads.ADSConfig(all_correct="always"))
+    plan = pl.plan_branches(
+        gen, rewards, ads.AttentionFilterState(), np.random.default_rng(0), always
+    )
+    assert plan.num_filtered == 0
+
+
+def test_grpo_groups(seps):
+    gen = generation(seps)
+    rc = rollout_config(tree=False, scoring=ScoringConfig(with_fci=False))
+    rewards = np.array([1, 0, 0, 1, 1, 1], float)
+    plan = pl.plan_branches(gen, rewards, ads.AttentionFilterState(), np.random.default_rng(0), rc)
+    assert plan.branch_points == ((),) * 6
+    problems, stats = pl.build_problems(gen, rewards, plan, [], [], 5, rc)
+    assert (stats.kept, stats.sequences) == (1, 3)  # the all-correct group has no signal
+    adv = [p.advantages[0] for p in problems[0].tree.paths]
+    np.testing.assert_allclose(adv, grpo_advantages(np.array([1.0, 0.0, 0.0])), rtol=1e-6)
+    std = np.std([1, 0, 0], ddof=1)
+    np.testing.assert_allclose(adv[0], (1 - 1 / 3) / (std + 1e-6), rtol=1e-6)
+    tree = grpo_tree([np.arange(3)] * 2, np.array([1.0, 1.0]))
+    assert [s.advantage for s in tree.segments] == [0.0, 0.0]
+
+
+def test_pending_generation_round_trip(seps):
+    gen = generation(seps)
+    arrays, meta = pl.generation_to_state(gen)
+    back = pl.generation_from_state(arrays, meta, seps)
+    assert back.prompts == gen.prompts and back.version == gen.version
+    assert back.layouts == gen.layouts
+    for name in ("responses", "logprobs", "entropies", "fci"):
+        for a, b in zip(getattr(gen, name), getattr(back, name), strict=True):
+            np.testing.assert_array_equal(a, b)
