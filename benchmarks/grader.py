@@ -7,8 +7,10 @@ The mix (seeded) is built from the shared eval sets' gold answers, as an RL step
   no_answer   no box at all
   adversarial exponent towers, 100 kB responses, deep nesting: refused by the guards
   slow        ``(x+1)^{9999}`` vs ``(x+2)^{9999}``: runs until the in-process stage limit
-Also the serial in-process ``grade`` on the first 1,000 items (the no-pool baseline) and the
-pool's start-up time (spawned workers importing sympy).
+Reported: items/s of the whole mix (the slow items cost a worker the 4 s stage budget each), of
+the mix without them, and of the serial in-process ``grade`` on 2,000 of those (the no-pool
+baseline). Each run starts cold (a fresh pool, fresh parse caches); the pool's start-up time
+(spawned workers importing sympy); and whether each kind got the expected verdict.
 
     python benchmarks/grader.py --json grader.json [--n 10000] [--workers N] [--timeout 5]
 """
@@ -24,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from attnrl_jax.rewards.batch import Grader
+from attnrl_jax.rewards.batch import BatchResult, Grader
 from attnrl_jax.rewards.math import grade
+from attnrl_jax.rewards.normalize import canonical, normalize
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FALLBACK_GOLDS = ["25", "\\frac{3}{4}", "2\\sqrt{2}", "(1, 2)", "\\{1, 3\\}", "x^2+1", "9.6"]
@@ -64,18 +67,20 @@ def build(n: int, seed: int = 0) -> tuple[list[str], list[str], list[str]]:
     responses, answers = [], []
     for kind in kinds:
         gold = rng.choice(golds)
+        norm_gold = canonical(normalize(gold))
         if kind == "exact":
             box = gold
         elif kind == "equivalent":
             box = other_form(gold, rng)
         elif kind == "wrong":
-            box = rng.choice(golds)
+            others = [g for g in rng.sample(golds, 8) if canonical(normalize(g)) != norm_gold]
+            box = others[0]
         elif kind == "slow":
             box, gold = "(x+1)^{9999}", "(x+2)^{9999}"
         if kind == "no_answer":
             resp = f"<think>{pad}</think> The answer is {gold}."
         elif kind == "adversarial":
-            resp = rng.choice(ADVERSARIAL)
+            resp, gold = rng.choice(ADVERSARIAL), "-7"
         else:
             resp = f"<think>{pad}\\boxed{{0}}</think> So the answer is \\boxed{{{box}}}."
         responses.append(resp)
@@ -107,13 +112,20 @@ def main() -> None:
             }
         )
 
-    start = time.monotonic()
-    with Grader(timeout_s=args.timeout, num_workers=workers) as grader:
-        grader.grade(["\\boxed{1}"] * workers, ["1"] * workers)
-        row("pool_startup", time.monotonic() - start, "s")
-        out = grader.grade(responses, answers)
+    def run_pool(rs: list[str], gs: list[str]) -> tuple[float, BatchResult]:
+        """A fresh pool per run, so parse caches start cold; returns (start-up s, result)."""
+        start = time.monotonic()
+        with Grader(timeout_s=args.timeout, num_workers=workers) as grader:
+            grader.grade(["\\boxed{1}"] * workers, ["1"] * workers)
+            return time.monotonic() - start, grader.grade(rs, gs)
+
+    startup, out = run_pool(responses, answers)
+    row("pool_startup", startup, "s")
+    fast = [i for i, k in enumerate(kinds) if k != "slow"]
+    _, out_fast = run_pool([responses[i] for i in fast], [answers[i] for i in fast])
     row("items_per_s", out.items_per_s, "items/s", mode="parallel")
     row("elapsed", out.elapsed_s, "s", mode="parallel")
+    row("items_per_s", out_fast.items_per_s, "items/s", mode="parallel_without_slow", n=len(fast))
     row("accuracy", out.accuracy, "fraction")
     row("timeouts", out.num_timeouts, "items")
     row("stage_timeouts", out.reasons.get("stage_timeout", 0), "items")
@@ -124,11 +136,11 @@ def main() -> None:
         total = kinds.count(k)
         row(f"expected_verdicts_{k}", ok[k] / total if total else 1.0, "fraction", items=total)
 
-    m = min(1000, args.n)
+    m = min(2000, len(fast))
     t0 = time.monotonic()
-    for r, g in zip(responses[:m], answers[:m], strict=True):
-        grade(r, g, time_budget_s=0.8 * args.timeout)
-    row("items_per_s", m / (time.monotonic() - t0), "items/s", mode="serial_in_process", n=m)
+    for i in fast[:m]:
+        grade(responses[i], answers[i], time_budget_s=0.8 * args.timeout)
+    row("items_per_s", m / (time.monotonic() - t0), "items/s", mode="serial_without_slow", n=m)
 
     print(f"{'metric':<34}{'value':>12}  unit")
     for r in rows:

@@ -30,7 +30,12 @@ GradeFn = Callable[..., GradeResult]  # (response, golds, *, time_budget_s) -> G
 
 
 def _worker_main(conn: Connection, time_budget_s: float, grade_fn: GradeFn) -> None:
-    """Worker loop: grade (index, response, golds) until a None arrives or the pipe closes."""
+    """Worker loop: grade (index, response, golds) until a None arrives or the pipe closes.
+
+    One warm-up item first (imports Math-Verify, builds the LaTeX parser: about a second) so that
+    no real item's deadline pays for it.
+    """
+    grade_fn("\\boxed{\\frac{x}{2}}", "0.5x + y", time_budget_s=time_budget_s)
     conn.send(_READY)
     while True:
         try:
@@ -61,6 +66,11 @@ class BatchResult:
     @property
     def num_correct(self) -> int:
         return sum(r.correct for r in self.results)
+
+    @property
+    def num_stage_timeouts(self) -> int:
+        """Items whose symbolic stages ran out of in-process time (graded, but unproven)."""
+        return self.reasons.get("stage_timeout", 0)
 
     @property
     def accuracy(self) -> float:

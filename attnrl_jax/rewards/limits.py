@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -102,21 +103,26 @@ def intractable(expr: str) -> str | None:
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise :class:`StageTimeout` after ``seconds`` (main thread only; elsewhere unbounded here).
 
-    Saves and restores any SIGALRM handler/timer that the caller had installed.
+    ``None`` means no limit. Saves and restores any SIGALRM handler and timer that the caller
+    had installed; the caller's timer keeps counting (it fires at once if it expired meanwhile).
     """
-    if not seconds or threading.current_thread() is not threading.main_thread():
+    if seconds is None or threading.current_thread() is not threading.main_thread():
         yield
         return
+    if seconds <= 0:
+        raise StageTimeout
 
     def _fire(signum: int, frame: object) -> None:
         raise StageTimeout
 
     previous = signal.signal(signal.SIGALRM, _fire)
     outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if outer_delay:
-            signal.setitimer(signal.ITIMER_REAL, outer_delay)
+            left = outer_delay - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6))

@@ -32,7 +32,9 @@ def grade(
     response: str, gold: str | Sequence[str], *, time_budget_s: float = DEFAULT_TIME_BUDGET_S
 ) -> GradeResult:
     """Grade one response against a gold answer or a list of accepted gold forms."""
-    golds = [gold] if isinstance(gold, str) else [g for g in gold if isinstance(g, str)]
+    if isinstance(gold, str | int | float):  # a number from JSON is accepted as its text
+        gold = [str(gold)]
+    golds = [g for g in gold if isinstance(g, str)]
     extracted = extract_answer(response)
     if extracted is None:
         return GradeResult(False, None, "no_answer")

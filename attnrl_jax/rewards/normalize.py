@@ -25,7 +25,7 @@ _UNIT_TAIL = re.compile(r"(?<=[\d}).])\s+(?:[A-Za-z]{2,}\s*(?:\^\s*\{?\d\}?)?\s*
 _UNIT_WORDS = re.compile(
     r"^(?:units?|square|sq|cubic|cm|mm|km|m|meters?|inch(?:es)?|feet|ft|foot|miles?|yards?|"
     r"degrees?|dollars?|cents?|hours?|minutes?|seconds?|days?|years?|kg|g|grams?|lbs?|pounds?|"
-    r"Hz|GHz|MHz|eV|keV|MeV|J|W|K|s|mph|mi)$"
+    r"Hz|GHz|MHz|eV|keV|MeV|J|W|K|s|mph|mi|percent)$"
 )
 _SHORT_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?\s*=(?!=)")
 _CHOICE = re.compile(r"^\(([A-E])\)$")
