@@ -101,6 +101,10 @@ EQUIVALENT = [
     ("(C)", "C"),
     ("\\mbox{odd}", "\\text{odd}"),
     ("100 \\text{ square units}", "100"),
+    ("1.5 \\times 10^{3} \\mathrm{~m}", "1500"),
+    ("3 \\text{ apples}", "3"),
+    ("12\\,\\mathrm{kg}.", "12"),
+    ("5\\text{ m}^2", "5"),
     # $ and spacing
     ("$\\frac{5}{2}$", "\\frac{5}{2}"),
     ("\\frac{5}{2}", "$\\frac{5}{2}$"),
@@ -141,6 +145,9 @@ EQUIVALENT = [
     ("f(x)=x^2-2x+2", "g(x)=x^2-2x+2"),
     ("5x - 7y + 11z + 4 = 0", "-5x + 7y - 11z - 4 = 0"),
     ("x = 1, y = 2", "(1, 2)"),
+    ("x \\in [2, 5)", "[2,5)"),
+    ("\\pm 2", "2, -2"),
+    ("3 \\text{ and } 5", "3, 5"),
     # matrices
     (
         "\\begin{pmatrix} -7 \\\\ 16 \\\\ 5 \\end{pmatrix}",
@@ -202,6 +209,8 @@ NOT_EQUIVALENT = [
     ("50\\%", "0.5"),
     ("\\text{Evelyn}", "\\text{Emily}"),
     ("\\text{odd}", "\\text{even}"),
+    ("2x", "2y \\text{ s}"),
+    ("\\sin 30", "\\frac{1}{2}"),
     ("A", "B"),
     ("x = 3", "x = 4"),
     ("y = 2x", "y = 3x"),

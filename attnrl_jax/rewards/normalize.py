@@ -25,7 +25,13 @@ _UNIT_TAIL = re.compile(r"(?<=[\d}).])\s+(?:[A-Za-z]{2,}\s*(?:\^\s*\{?\d\}?)?\s*
 _UNIT_WORDS = re.compile(
     r"^(?:units?|square|sq|cubic|cm|mm|km|m|meters?|inch(?:es)?|feet|ft|foot|miles?|yards?|"
     r"degrees?|dollars?|cents?|hours?|minutes?|seconds?|days?|years?|kg|g|grams?|lbs?|pounds?|"
-    r"Hz|GHz|MHz|eV|keV|MeV|J|W|K|s|mph|mi|percent)$"
+    r"Hz|GHz|MHz|eV|keV|MeV|J|W|K|s|mph|mi|percent|L|mL|N|Pa|V|nm|mol|atm|sec|min|hrs?)$"
+)
+# A unit set off as text at the end (``1.5 \mathrm{~m}``): single letters count here too, and so
+# do any words that start with a space (``3 \text{ apples}``), as in DeepScaleR's unit rule.
+_TEXT_UNIT_TAIL = re.compile(
+    r"(?<=[\d}) ])\s*\\(?:text|mathrm|mbox|textrm|rm)\s*\{(\s*~?\s*)([A-Za-z ]+?)\s*\}"
+    r"(?:\s*\^\s*\{?\d\}?)?\s*\.?\s*$"
 )
 _SHORT_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?\s*=(?!=)")
 _CHOICE = re.compile(r"^\(([A-E])\)$")
@@ -49,6 +55,9 @@ def normalize(answer: str) -> str:
     s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)  # \frac43
     s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", s)
     s = re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", s)  # \sqrt2
+    m = _TEXT_UNIT_TAIL.search(s)
+    if m and (m.group(1) or all(_UNIT_WORDS.match(w) for w in m.group(2).split())):
+        s = s[: m.start()]
     for _ in range(3):  # nested \text{\textbf{..}} unwrap from the inside out
         s = _TEXT_WRAP.sub(r" \1 ", s)
     s = _LEFT_RIGHT.sub("", s)
