@@ -72,10 +72,16 @@ def test_truncated_last_box_falls_back_to_previous_complete_box():
     assert extract_answer("\\boxed{1} then \\boxed{\\frac{2}{") == "1"
 
 
+def test_empty_box_is_no_answer():
+    assert grade("\\boxed{ }", "1") == GradeResult(False, " ".strip(), "no_answer")
+
+
 def test_only_text_after_last_think_counts():
     assert extract_answer("\\boxed{1}</think>no box here") is None
     assert extract_answer("<think>\\boxed{1}</think>x</think>\\boxed{2}") == "2"
     assert extract_answer("no think tag \\boxed{3}") == "3"
     assert extract_answer("\\fbox{4}") == "4"
+    assert extract_answer("\\boxed{\\boxed{\\frac{1}{2}}}") == "\\frac{1}{2}"
+    assert extract_answer("\\boxed{\\boxed{1} + 2}") == "\\boxed{1} + 2"
     assert extract_answer("\\boxed 5$.") == "5"
     assert extract_answer("\\boxed{\\{1, 2\\}}") == "\\{1, 2\\}"

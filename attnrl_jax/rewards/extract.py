@@ -3,7 +3,7 @@
 Policy (ALGORITHM.md section 4): a reasoning model may box intermediate results while thinking, so
 only the text after the last ``</think>`` counts when the tag is present; within it the *last*
 ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces) or ``\\boxed 5`` (one token) is the answer.
-Unbalanced braces give no answer rather than a guessed one.
+An unclosed last box gives the previous complete box, or no answer, never a guessed one.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import re
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _THINK_END = "</think>"
-_MAX_TRIES = 8
 
 
 def answer_region(response: str) -> str:
@@ -21,50 +20,62 @@ def answer_region(response: str) -> str:
     return response if i < 0 else response[i + len(_THINK_END) :]
 
 
-def _braced(text: str, start: int) -> str | None:
-    """Contents of the brace group opening at ``text[start] == '{'``, or None if unbalanced.
+def _brace_pairs(text: str) -> dict[int, int]:
+    """Position of each ``{`` -> its matching ``}``, in one pass (unmatched ones are absent).
 
-    ``\\{`` and ``\\}`` (set braces) are escaped and do not change the depth.
+    A backslash escapes the next character, so ``\\{``/``\\}`` (set braces) are not groups.
     """
-    depth = 0
-    i = start
-    n = len(text)
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    i, n = 0, len(text)
     while i < n:
         c = text[i]
         if c == "\\":
             i += 2
             continue
         if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i]
+            stack.append(i)
+        elif c == "}" and stack:
+            pairs[stack.pop()] = i
         i += 1
-    return None
+    return pairs
 
 
 def last_boxed(text: str) -> str | None:
-    """Contents of the last well-formed ``\\boxed``/``\\fbox`` in ``text``, or None.
+    """Contents of the last complete outermost ``\\boxed``/``\\fbox`` in ``text``, or None.
 
-    Scans matches from the end so that a later malformed box (e.g. truncated generation) falls
-    back to the previous complete one, as a human reader would.
+    A box inside another is part of it (``\\boxed{\\boxed{1} + 2}`` gives ``\\boxed{1} + 2``);
+    an unclosed box (a truncated generation) is skipped, so the previous complete one counts.
+    Linear time: braces are matched once for the whole text.
     """
-    for m in reversed(list(_BOX_RE.finditer(text))[-_MAX_TRIES:]):
+    pairs = _brace_pairs(text) if "{" in text else {}
+    answer, pos = None, 0
+    while (m := _BOX_RE.search(text, pos)) is not None:
         j = m.end()
         while j < len(text) and text[j] in " \t":
             j += 1
+        pos = m.end()
         if j < len(text) and text[j] == "{":
-            inner = _braced(text, j)
-            if inner is not None:
-                return inner.strip()
+            if j in pairs:
+                answer, pos = text[j + 1 : pairs[j]].strip(), pairs[j] + 1
         elif j > m.end():  # "\boxed 5": the token after the space, up to whitespace or '$'
             tok = re.match(r"[^\s$]+", text[j:])
             if tok:
-                return tok.group(0).rstrip(".")
-    return None
+                answer, pos = tok.group(0).rstrip("."), j + tok.end()
+    return answer
 
 
 def extract_answer(response: str) -> str | None:
-    """The final boxed answer of a model response, or None when there is none."""
-    return last_boxed(answer_region(response))
+    """The final boxed answer of a model response, or None when there is none.
+
+    A box that only holds another box (``\\boxed{\\boxed{3}}``) gives the inner answer.
+    """
+    answer = last_boxed(answer_region(response))
+    for _ in range(8):
+        if answer is None or not _BOX_RE.match(answer):
+            break
+        inner = last_boxed(answer)
+        if inner is None or not answer.endswith("}"):
+            break
+        answer = inner
+    return answer

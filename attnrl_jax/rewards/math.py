@@ -36,8 +36,8 @@ def grade(
         gold = [str(gold)]
     golds = [g for g in gold if isinstance(g, str)]
     extracted = extract_answer(response)
-    if extracted is None:
-        return GradeResult(False, None, "no_answer")
+    if extracted is None or not extracted.strip():  # an empty box is no answer either
+        return GradeResult(False, extracted, "no_answer")
     if not golds:
         return GradeResult(False, extracted, "no_gold")
     deadline = time.monotonic() + time_budget_s
