@@ -74,7 +74,8 @@ def decode_attend(positions: jax.Array, chunk: int) -> Attend:
     over slots [0, positions[r]]. q, k, v [R, 1, H, D]; positions [R] int32 (in range).
 
     Slots are read in chunks (chunk divides the cache length), and only up to the chunk of the
-    furthest row: early in a long generation most of the cache is not read at all.
+    furthest row: early in a long generation most of the cache is not read at all. (A chunk is
+    copied before use, so a cache of one chunk, read whole, is cheapest when it is short.)
     """
 
     def attend(layer: int, q, k, v, cache: KVCache):
@@ -122,6 +123,9 @@ def _attend_chunks(qg, keys, values, positions, chunk: int) -> jax.Array:
         jnp.zeros(stats, jnp.float32),
         jnp.zeros(qg.shape, jnp.float32),
     )
-    needed = jnp.max(positions) // chunk + 1
-    _, total, acc = jax.lax.fori_loop(0, needed, step, init)
+    if chunk == keys.shape[-1]:
+        _, total, acc = step(0, init)
+    else:
+        needed = jnp.max(positions) // chunk + 1
+        _, total, acc = jax.lax.fori_loop(0, needed, step, init)
     return acc / total[..., None]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -40,8 +39,8 @@ class SamplerConfig:
 
     buckets: padded sizes. max_eos_ids: length of the padded EOS-id array. query_chunk:
     prefill attention processes queries in chunks of this many (memory ~ chunk x C, not C^2).
-    attention_chunk: decode attention reads the cache in chunks of gcd(S, this) slots, and
-    none past the furthest row's position.
+    attention_chunk: decode attention reads the cache in chunks of at most this many slots
+    (the largest such divisor of S), and none past the furthest row's position.
     mesh / rules: run sharded (rows over data x fsdp, heads over tensor); None: one device.
     """
 
@@ -63,6 +62,11 @@ class SamplerConfig:
         if self.mesh is None:
             return 1
         return self.mesh.shape.get("data", 1) * self.mesh.shape.get("fsdp", 1)
+
+
+def chunk_size(length: int, most: int) -> int:
+    """The largest divisor of length that is at most `most`."""
+    return max(d for d in range(1, min(length, most) + 1) if length % d == 0)
 
 
 class DeviceBatch(NamedTuple):
@@ -93,13 +97,13 @@ class _Loop(NamedTuple):
     cache: KVCache
 
 
-def _row_uniforms(batch: DeviceBatch, step: jax.Array) -> jax.Array:
-    """u [R] for this step, from each row's own stream (independent of the batch's make-up)."""
+def _row_keys(batch: DeviceBatch) -> jax.Array:
+    """Each row's random stream [R]: a function of (seed, request, sample) alone, so a row's
+    tokens do not depend on the rest of the batch."""
     base = jax.random.key(batch.seed)
 
     def one(request, sample):
-        key = jax.random.fold_in(jax.random.fold_in(base, request), sample)
-        return jax.random.uniform(jax.random.fold_in(key, step))
+        return jax.random.fold_in(jax.random.fold_in(base, request), sample)
 
     return jax.vmap(one)(batch.request_index, batch.sample_index)
 
@@ -117,6 +121,26 @@ def _record(loop: _Loop, step, token, logprob, eos_ids, budget) -> _Loop:
     return loop._replace(step=step + 1, token=token, done=loop.done | stop, result=result)
 
 
+def _prefill(
+    params: Params,
+    layers: Params,
+    batch: DeviceBatch,
+    cfg: ModelConfig,
+    config: SamplerConfig,
+    cache_length: int,
+) -> tuple[jax.Array, KVCache]:
+    """Runs each context once: the first logits of every row [R, V] and the rows' cache."""
+    contexts = batch.contexts
+    length = contexts.shape[1]
+    chunk = config.query_chunk if config.query_chunk and config.query_chunk < length else None
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), contexts.shape)
+    attend = prefill_attend(batch.source, cache_length, chunk)
+    hidden, cache = forward_hidden(layers, cfg, contexts, positions, attend, KVCache((), ()))
+    last = jnp.take_along_axis(hidden, (batch.context_lengths - 1)[:, None, None], axis=1)
+    logits = logits_from_hidden(params, last[batch.source, 0])
+    return logits, constrain(cache, config.mesh, config.rules)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "config", "max_new_tokens", "cache_length"))
 def sample_batch(
     params: Params,
@@ -131,32 +155,24 @@ def sample_batch(
     cache_length (S) must hold every row: S >= context_length + budget for each.
     """
     layers = unstack_layers(params)  # sliced once here, not once per decode step
-    contexts = batch.contexts
-    context_length = contexts.shape[1]
-    rows = batch.source.shape[0]
-    chunk = (
-        config.query_chunk if config.query_chunk and config.query_chunk < context_length else None
-    )
-
-    positions = jnp.broadcast_to(jnp.arange(context_length, dtype=jnp.int32), contexts.shape)
-    attend = prefill_attend(batch.source, cache_length, chunk)
-    hidden, cache = forward_hidden(layers, cfg, contexts, positions, attend, KVCache((), ()))
-    cache = constrain(cache, config.mesh, config.rules)
-    last = jnp.take_along_axis(hidden, (batch.context_lengths - 1)[:, None, None], axis=1)
-    logits = logits_from_hidden(params, last[batch.source, 0])  # [R, V]
-    lengths = batch.context_lengths[batch.source]
+    logits, cache = _prefill(params, layers, batch, cfg, config, cache_length)
+    lengths = batch.context_lengths[batch.source]  # [R]
+    rows = lengths.shape[0]
+    keys = _row_keys(batch)
+    eos_ids, budget = batch.eos_ids, batch.budget
 
     def choose(logits, step):
-        return choose_tokens(logits, batch.sampling, _row_uniforms(batch, step))
+        u = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, step)))(keys)
+        return choose_tokens(logits, batch.sampling, u)
 
     empty = DeviceResult(
         jnp.zeros((rows, max_new_tokens), jnp.int32),
         jnp.zeros((rows, max_new_tokens), jnp.float32),
         jnp.zeros((rows,), jnp.int32),
     )
-    step0 = jnp.int32(0)
-    loop = _Loop(step0, jnp.zeros((rows,), jnp.int32), batch.budget <= 0, empty, cache)
-    loop = _record(loop, step0, *choose(logits, step0), batch.eos_ids, batch.budget)
+    first = jnp.int32(0)
+    loop = _Loop(first, jnp.zeros((rows,), jnp.int32), budget <= 0, empty, cache)
+    loop = _record(loop, first, *choose(logits, first), eos_ids, budget)
 
     def running(loop: _Loop):
         return (loop.step < max_new_tokens) & ~jnp.all(loop.done)
@@ -164,11 +180,10 @@ def sample_batch(
     def decode(loop: _Loop) -> _Loop:
         # The last token goes into slot length + step - 1; finished rows stay in range.
         positions = jnp.minimum(lengths + loop.step - 1, cache_length - 1)
-        attend = decode_attend(positions, math.gcd(cache_length, config.attention_chunk))
+        attend = decode_attend(positions, chunk_size(cache_length, config.attention_chunk))
         tokens = loop.token[:, None]
         hidden, cache = forward_hidden(layers, cfg, tokens, positions[:, None], attend, loop.cache)
         token, logprob = choose(logits_from_hidden(params, hidden[:, 0]), loop.step)
-        loop = loop._replace(cache=cache)
-        return _record(loop, loop.step, token, logprob, batch.eos_ids, batch.budget)
+        return _record(loop._replace(cache=cache), loop.step, token, logprob, eos_ids, budget)
 
     return jax.lax.while_loop(running, decode, loop).result
