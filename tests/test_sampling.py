@@ -50,11 +50,17 @@ def _run(model, requests, config=CONFIG, **options):
     return sample(model.params(), model.config, requests, SamplingOptions(**options), config)
 
 
+_forward = jax.jit(forward, static_argnums=1)
+
+
 def _score(model, context, tokens, temperature=1.0):
-    """log p(token) for each generated token, from one full forward over context + tokens."""
-    sequence = jnp.asarray([list(context) + list(tokens)])
-    logits = np.asarray(forward(model.params(), model.config, sequence))[0] / temperature
-    logprobs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    """log p(token) for each generated token, from one full forward over context + tokens
+    (right-padded to MAX_POSITIONS, so one compiled forward serves every test)."""
+    sequence = np.zeros((1, MAX_POSITIONS), np.int32)
+    n = len(context) + len(tokens)
+    sequence[0, :n] = list(context) + list(tokens)
+    logits = np.asarray(_forward(model.params(), model.config, jnp.asarray(sequence)))[0]
+    logprobs = np.asarray(jax.nn.log_softmax(logits / temperature, axis=-1))
     start = len(context) - 1
     return logprobs[start + np.arange(len(tokens)), tokens]
 
@@ -191,10 +197,14 @@ def test_new_request_sizes_within_buckets_compile_nothing(model):
 def test_unstacked_layers_compute_the_same_forward(model):
     tokens = jnp.asarray(_prompts([13, 13], seed=6))
     positions = jnp.broadcast_to(jnp.arange(13), tokens.shape)
-    attend = causal_attend(jnp.ones_like(tokens))
-    params = model.params()
-    stacked, _ = forward_hidden(params, model.config, tokens, positions, attend)
-    unstacked, _ = forward_hidden(unstack_layers(params), model.config, tokens, positions, attend)
+
+    @jax.jit
+    def hidden(params):
+        attend = causal_attend(jnp.ones_like(tokens))
+        return forward_hidden(params, model.config, tokens, positions, attend)[0]
+
+    stacked = hidden(model.params())
+    unstacked = hidden(unstack_layers(model.params()))
     np.testing.assert_allclose(np.asarray(unstacked), np.asarray(stacked), atol=1e-5)
 
 

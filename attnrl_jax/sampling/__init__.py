@@ -1,4 +1,17 @@
-"""The sampler: jitted KV-cache generation with fan-out and continuation from any prefix."""
+"""The sampler: jitted KV-cache generation with fan-out and continuation from any prefix.
+
+    from attnrl_jax.sampling import Request, SamplingOptions, sample
+
+    samples = sample(params, cfg, [
+        Request(prompt_ids, n=6),               # six fresh responses to one prompt
+        Request(prompt_ids, prefix_ids, n=2),   # two continuations of a response prefix
+    ], SamplingOptions(max_new_tokens=8192, temperature=1.0, eos_ids=(eos_id,)))
+
+Files, one concept each: requests.py (requests -> padded device batches -> samples),
+sampler.py (the compiled prefill + decode loop), cache.py (the KV cache with a length per row,
+as attention hooks), token_choice.py (greedy / temperature / top-k / top-p and the behaviour
+log-prob), buckets.py (the padded sizes that keep compiles few).
+"""
 
 from attnrl_jax.sampling.buckets import Buckets
 from attnrl_jax.sampling.requests import Request, Sample, SamplingOptions, check_request, sample
