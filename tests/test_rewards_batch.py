@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -17,6 +18,9 @@ def hang_or_grade(response: str, golds, *, time_budget_s: float) -> GradeResult:
         time.sleep(3600)
     if response == "CRASH":
         os._exit(3)
+    if response == "SLEEP":
+        time.sleep(0.6)
+        return GradeResult(True, "slept", "exact")
     return grade(response, golds, time_budget_s=time_budget_s)
 
 
@@ -57,6 +61,24 @@ def test_crashed_worker_gives_error_and_is_replaced(hanging_grader):
     out = hanging_grader.grade(["CRASH", "\\boxed{2}", "CRASH", "\\boxed{3}"], ["2", "2", "3", "3"])
     assert [r.reason for r in out.results] == ["error", "exact", "error", "exact"]
     assert out.num_errors == 2 and out.num_timeouts == 0
+
+
+def test_interrupted_call_leaves_no_stale_results(hanging_grader):
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    hanging_grader.grade(["\\boxed{1}"] * 2, ["1"] * 2)  # workers ready: the items go out
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            hanging_grader.grade(["SLEEP", "SLEEP"], ["1", "1"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    time.sleep(0.5)  # the interrupted items would have finished by now
+    out = hanging_grader.grade(["\\boxed{4}", "\\boxed{5}"], ["4", "6"])
+    assert [(r.correct, r.extracted) for r in out.results] == [(True, "4"), (False, "5")]
 
 
 def test_real_sympy_hang_is_bounded():

@@ -153,11 +153,24 @@ class Grader:
         self._workers[self._workers.index(w)] = self._new_worker()
 
     def grade(self, responses: Sequence[str], golds: Sequence[str | Sequence[str]]) -> BatchResult:
-        """Grade ``responses[i]`` against ``golds[i]``; returns in input order."""
+        """Grade ``responses[i]`` against ``golds[i]``; returns in input order.
+
+        Not thread-safe: one call at a time per ``Grader``. If the call is interrupted (e.g.
+        KeyboardInterrupt), busy workers are replaced so no stale result reaches a later call.
+        """
         if self._closed:
             raise RuntimeError("Grader is closed")
         if len(responses) != len(golds):
             raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
+        try:
+            return self._grade(responses, golds)
+        except BaseException:
+            for w in list(self._workers):
+                if w.item is not None:
+                    self._replace(w)
+            raise
+
+    def _grade(self, responses: Sequence[str], golds: Sequence[str | Sequence[str]]) -> BatchResult:
         start = time.monotonic()
         results: list[GradeResult | None] = [None] * len(responses)
         pending = list(range(len(responses)))[::-1]
