@@ -27,12 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
+# On a GPU, let transformers have memory too: JAX would otherwise take 75% of it up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from attnrl_jax.models import ModelConfig, init_params, load_pretrained, save_pretrained
-from attnrl_jax.models.qwen2 import from_params
-from attnrl_jax.sampling import Request, SamplingOptions, sample
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from attnrl_jax.models import ModelConfig, init_params, load_pretrained, save_pretrained  # noqa: E402
+from attnrl_jax.models.qwen2 import from_params  # noqa: E402
+from attnrl_jax.sampling import Request, SamplingOptions, sample  # noqa: E402
 
 MODELS = {
     "small": dict(hidden_size=256, num_layers=4, vocab_size=8192, num_heads=8, num_kv_heads=2),

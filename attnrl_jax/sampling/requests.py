@@ -142,9 +142,9 @@ def sample(
         tokens, logprobs, counts = jax.device_get(result)
         eos = set(options.eos_ids)
         for r, (i, s) in enumerate(chunk):
-            ids = tokens[r, : counts[r]]
+            ids = tokens[r, : counts[r]].copy()
             reason = "eos" if len(ids) and int(ids[-1]) in eos else "length"
-            samples.append(Sample(i, s, ids, logprobs[r, : counts[r]], reason))
+            samples.append(Sample(i, s, ids, logprobs[r, : counts[r]].copy(), reason))
         if progress is not None:
             progress(len(chunk))
     return sorted(samples, key=lambda x: (x.request, x.sample))
