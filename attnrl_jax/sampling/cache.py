@@ -26,8 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from attnrl_jax.models import sharding
 from attnrl_jax.models.attention import MASK_VALUE, Attend, causal_attend
 
-KEY_AXES = ("batch", "kv_heads", None, None)
-VALUE_AXES = ("batch", "kv_heads", None, None)
+CACHE_AXES = ("batch", "kv_heads", None, None)  # logical axes of keys and values alike
 
 
 class KVCache(NamedTuple):
@@ -40,14 +39,11 @@ def constrain(cache: KVCache, mesh: Mesh | None, rules: sharding.Rules) -> KVCac
     if mesh is None:
         return cache
 
-    def pin(x, axes):
-        spec = sharding.spec_for(axes, x.shape, mesh, rules)
+    def pin(x):
+        spec = sharding.spec_for(CACHE_AXES, x.shape, mesh, rules)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
-    return KVCache(
-        tuple(pin(k, KEY_AXES) for k in cache.keys),
-        tuple(pin(v, VALUE_AXES) for v in cache.values),
-    )
+    return jax.tree.map(pin, cache)
 
 
 def prefill_attend(source: jax.Array, cache_length: int, query_chunk: int | None) -> Attend:
