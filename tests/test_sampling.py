@@ -1,6 +1,8 @@
 """The sampler end to end on a tiny random Qwen2: transformers parity, continuation, fan-out,
 log-probs, stopping, compile counts and sharding."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +21,8 @@ from attnrl_jax.sampling import (
     SamplingOptions,
     sample,
 )
-from attnrl_jax.sampling.cache import KVCache, constrain
+from attnrl_jax.sampling.requests import _pack, check_request
+from attnrl_jax.sampling.sampler import sample_batch
 
 VOCAB = 101
 MAX_POSITIONS = 64
@@ -212,19 +215,25 @@ def test_sharded_sampling_equals_one_device(checkpoint, model):
     assert jax.device_count() == 8, "conftest forces 8 CPU devices"
     mesh = make_mesh(2, 2, 2)
     sharded = load_pretrained(checkpoint, mesh=mesh)
-    config = SamplerConfig(CONFIG.buckets, query_chunk=16, mesh=mesh)
+    config = dataclasses.replace(CONFIG, mesh=mesh)
     requests = [Request(p, n=2) for p in _prompts([6, 13, 3], seed=7)]
     requests.append(Request(*_prompts([5, 9], seed=8), n=2))
-    options = dict(max_new_tokens=10, temperature=0.9, seed=11)
-    ours = _run(sharded, requests, config=config, **options)
-    single = _run(model, requests, **options)
+    options = SamplingOptions(max_new_tokens=10, temperature=0.9, seed=11)
+    ours = sample(sharded.params(), sharded.config, requests, options, config)
+    single = sample(model.params(), model.config, requests, options, CONFIG)
     for a, b in zip(ours, single, strict=True):
         np.testing.assert_array_equal(a.token_ids, b.token_ids)
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
-    cfg = model.config
-    keys = jnp.zeros((8, cfg.num_kv_heads, cfg.head_dim, 16))
-    values = jnp.zeros((8, cfg.num_kv_heads, 16, cfg.head_dim))
-    pinned = jax.jit(lambda c: constrain(c, mesh, config.rules))(KVCache((keys,), (values,)))
-    spec = jax.sharding.PartitionSpec(("data", "fsdp"), "tensor", None, None)
-    for x in (pinned.keys[0], pinned.values[0]):
-        assert x.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, spec), x.ndim)
+
+    # The cache is sharded too: the compiled program holds only per-device blocks of it
+    # (8 rows over data x fsdp = 4, 2 KV heads over tensor = 2), never a whole layer.
+    contexts = [check_request(r, model.config) for r in requests]
+    rows = [(i, s) for i in range(len(requests)) for s in range(2)]
+    batch, new_tokens, length = _pack(rows, requests, contexts, [10] * 4, options, config)
+    program = sample_batch.lower(
+        sharded.params(), batch, sharded.config, config, new_tokens, length
+    )
+    hlo = program.compile().as_text()
+    d = model.config.head_dim
+    assert f"f32[2,1,{d},{length}]" in hlo and f"f32[2,1,{length},{d}]" in hlo
+    assert f"f32[8,2,{d},{length}]" not in hlo and f"f32[8,2,{length},{d}]" not in hlo
