@@ -115,10 +115,13 @@ def time_transformers(model, prompts: np.ndarray, new_tokens: int, repeats: int)
 
 def load_transformers(path: Path, dtype: str):
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    version = tuple(int(v) for v in transformers.__version__.split(".")[:2])
+    dtype_arg = "dtype" if version >= (4, 56) else "torch_dtype"  # renamed in 4.56
+    model = AutoModelForCausalLM.from_pretrained(str(path), **{dtype_arg: getattr(torch, dtype)})
     return model.to(device).eval(), device
 
 
