@@ -8,8 +8,9 @@ times out is treated as "not proven equal" and the next stage still runs.
 Structure veto: Math-Verify is skipped when both answers are containers of incompatible kinds
 (a tuple against a set, ``(a, b)`` against ``[a, b]``, a matrix against a list), because it equates
 e.g. ``(1, 2)`` with ``\\{1, 2\\}``; an ordered pair is not a set of solutions. Two literal
-numbers skip it too: sympy compared them exactly (or within 1e-4 for decimals), while its
-6-decimal rounding would equate ``1e-7`` with ``2e-7``.
+constants (numbers, radicals, scientific notation) skip it too: sympy compared their values
+exactly (or within 1e-4 relative for decimals), while Math-Verify's 6-decimal rounding equates
+``8.224 \\times 10^{-19}`` with ``1.325 \\times 10^{-27}`` (seen on Minerva golds).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
+
+import sympy
 
 from attnrl_jax.rewards.limits import StageTimeout, intractable, time_limit
 from attnrl_jax.rewards.normalize import canonical, normalize, strip_lhs
@@ -98,11 +101,22 @@ def _lhs_list_equal(sa: Structure, sb: Structure) -> bool:
     return False
 
 
+def _is_constant(s: str) -> bool:
+    """A scalar that sympy reads as a number without variables (``2.88 \\times 10^{-19}``)."""
+    s = strip_lhs(s)
+    if PLAIN_NUMBER.fullmatch(s):
+        return True
+    if parse_structure(s).kind != "scalar":
+        return False
+    e = to_sympy(s)  # cached from the sympy stage
+    return isinstance(e, sympy.Expr) and not e.free_symbols
+
+
 def _skip_math_verify(a: str, b: str) -> bool:
-    """Not for intractable input, vetoed structures, or two literal numbers (sympy was exact)."""
+    """Not for intractable input, vetoed structures, or two constants (sympy's verdict stands)."""
     if intractable(a) or intractable(b) or _vetoed(a, b):
         return True
-    return bool(PLAIN_NUMBER.fullmatch(strip_lhs(a)) and PLAIN_NUMBER.fullmatch(strip_lhs(b)))
+    return _is_constant(a) and _is_constant(b)
 
 
 def _vetoed(a: str, b: str) -> bool:
