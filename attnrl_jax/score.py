@@ -55,7 +55,7 @@ def read_input(path: Path, tokenizer, vocab_size: int) -> tuple[list[list[int]],
     """Prompt and response ids of every non-blank line of a JSON-lines file."""
     prompts, responses = [], []
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 is valid JSON
     except OSError as e:
         raise ScoreInputError(f"cannot read {path}: {e.strerror}") from None
     for number, line in enumerate(lines, 1):

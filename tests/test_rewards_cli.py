@@ -18,15 +18,15 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_cli_grades_and_keeps_input_fields(tmp_path: Path):
     rows = [
         {"id": 1, "response": "<think>\\boxed{1}</think>\\boxed{\\dfrac{1}{2}}", "answer": "0.5"},
-        {"id": 2, "response": "no box", "answer": "3"},
+        {"id": 2, "response": "no box\u2028here", "answer": "3"},  # U+2028 is not a line end
         {"id": 3, "response": "\\boxed{9.6}", "answer": ["9.60", "9.6 \\AA"]},
         {"id": 4, "response": "\\boxed{(1,2)}", "answer": "\\{1,2\\}"},
     ]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    inp.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    inp.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n")
     p = _run("--input", str(inp), "--output", str(out), "--workers", "1", "--timeout", "5")
     assert p.returncode == 0, p.stderr
-    got = [json.loads(line) for line in out.read_text().splitlines()]
+    got = [json.loads(line) for line in out.read_text().split("\n") if line]
     assert [g["id"] for g in got] == [1, 2, 3, 4]
     assert [g["correct"] for g in got] == [True, False, True, False]
     assert [g["extracted"] for g in got] == ["\\dfrac{1}{2}", None, "9.6", "(1,2)"]
