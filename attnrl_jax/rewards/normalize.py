@@ -20,7 +20,7 @@ _LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\.?")
 _SPACING = re.compile(r"(?<!\\)\\[,;:> ]|\\(?:quad|qquad|displaystyle|limits)(?![A-Za-z])|~")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
 _PERCENT = re.compile(r"\\?%")
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:, ?\d{3})+(?:\.\d+)?")  # "11,\! 111" leaves a space
 _UNIT_TAIL = re.compile(r"(?<=[\d}).])\s+(?:[A-Za-z]{2,}\s*(?:\^\s*\{?\d\}?)?\s*)+$")
 _UNIT_WORDS = re.compile(
     r"^(?:units?|square|sq|cubic|cm|mm|km|m|meters?|inch(?:es)?|feet|ft|foot|miles?|yards?|"
@@ -67,7 +67,7 @@ def normalize(answer: str) -> str:
     s = " ".join(s.split())
     s = s.rstrip(". ").strip()
     if _THOUSANDS.fullmatch(s):
-        s = s.replace(",", "")
+        s = s.replace(",", "").replace(" ", "")
     s = _strip_unit_tail(s)
     m = _CHOICE.match(s)
     return m.group(1) if m else s
