@@ -7,14 +7,16 @@ the usual recipes are slow at RL batch sizes (measured at 64 x 16384: `jax.rando
 - Sampling is by inverse CDF: one uniform number per row, found in the cumulative weights with
   a two-level search (block sums, then one block), about 0.7 ms at 64 x 16384.
 - Top-k and top-p need no sort: the cut-off weight is found by bisection on the float32 bit
-  pattern (exact after 30 halvings), and only runs (`lax.cond`) when some row truncates.
+  pattern (exact after 30 halvings; 12 ms for top-p, 34 ms for both at 64 x 16384), and only
+  runs (`lax.cond`) when some row truncates.
 - Greedy (temperature 0) is the same search with u = 0 over the weights that equal the
   maximum, so it returns the first maximal token, as `argmax` does.
 
 The log-probability returned with each token is under the untruncated, temperature-scaled
 distribution: log_softmax(logits / T)[token], even when top-k/top-p restricted the draw. This is
-the behaviour log-prob the loss uses (as verl/vLLM report it with their default settings). For
-greedy rows (T = 0) it is under the unscaled distribution, log_softmax(logits)[token].
+what the loss uses as the behaviour log-prob: the same quantity the scoring pass recomputes for
+the current policy, finite for every token, and unaffected by where a filter happened to cut.
+For greedy rows (T = 0) it is under the unscaled distribution, log_softmax(logits)[token].
 """
 
 from __future__ import annotations
