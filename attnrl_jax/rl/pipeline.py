@@ -296,6 +296,18 @@ def branch_owners(plan: BranchPlan) -> list[int]:
     return [i for i, points in enumerate(plan.branch_points) for _ in points]
 
 
+def continuation_golds(
+    gen: Generation, plan: BranchPlan, continuations: Sequence[Sequence[Sample]]
+) -> list[tuple[str, ...]]:
+    """The gold answers of every continuation sample, flattened in request then sample order."""
+    g = len(gen.responses) // len(gen.prompts)
+    return [
+        gen.prompts[i // g].problem.answers
+        for i, group in zip(branch_owners(plan), continuations, strict=True)
+        for _ in group
+    ]
+
+
 def cursor_of(plan: BranchPlan, response: int, branch: int) -> int:
     """Index of (response, branch) among all branch points in continuation_requests order."""
     return sum(len(p) for p in plan.branch_points[:response]) + branch

@@ -15,6 +15,7 @@ draws exactly what an uninterrupted one would, and the RNG state in a checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -35,6 +36,18 @@ from attnrl_jax.rl.settings import Settings
 from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
 from attnrl_jax.scoring.steps import SeparatorIds
+
+
+class PhaseTimes(dict):
+    """Seconds per phase: `with times("sampling"): ...` adds the block's wall time."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - start
 
 
 class Trainer:
@@ -195,18 +208,7 @@ class Trainer:
         return gen, out[len(prompts) :]
 
     def train_step(self) -> dict:
-        times: dict[str, float] = {}
-
-        class timer:
-            def __init__(self, name):
-                self.name = name
-
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                times[self.name] = times.get(self.name, 0.0) + time.perf_counter() - self.t
-
+        timer = PhaseTimes()
         start = time.perf_counter()
         rng = np.random.default_rng([self.seed, self.step])
         self._sampler_calls = 0
@@ -225,18 +227,10 @@ class Trainer:
         next_prompts = self.stream.take(self.prompt_batch_size) if self.off_policy else []
         next_gen, conts = self._sample_and_score(next_prompts, (gen, plan), timer, call=2)
         with timer("grading"):
-            owners = pl.branch_owners(plan)
-            g = self.rollout.group_size
-            flat = [
-                (s, gen.prompts[i // g].problem.answers)
-                for i, group in zip(owners, conts, strict=True)
-                for s in group
-            ]
-            flat_rewards = self._grade([s.token_ids for s, _ in flat], [a for _, a in flat])
-            cont_rewards, i = [], 0
-            for group in conts:
-                cont_rewards.append(flat_rewards[i : i + len(group)])
-                i += len(group)
+            flat = [s.token_ids for group in conts for s in group]
+            golds = pl.continuation_golds(gen, plan, conts)
+            splits = np.cumsum([len(group) for group in conts])[:-1]
+            cont_rewards = np.split(self._grade(flat, golds), splits) if conts else []
         problems, stats = pl.build_problems(
             gen, rewards, plan, conts, cont_rewards, self.step, self.rollout
         )
@@ -269,7 +263,7 @@ class Trainer:
             "max_staleness": staleness,
             "sampler_calls": self._sampler_calls,
             "policy_version": self.step,
-            **{f"time_{k}": v for k, v in times.items()},
+            **{f"time_{k}": v for k, v in timer.items()},
             **update_metrics,
         }
         self.filter_state = plan.filter_state

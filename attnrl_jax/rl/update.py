@@ -82,6 +82,12 @@ def apply_gradients(params, opt_state, grad_sum, denominator, *, optim: OptimCon
     return optax.apply_updates(params, updates), opt_state, norm
 
 
+def row_length_bucket(n: int, granule: int = 128) -> int:
+    """Padded row length: a power of two (>= 16) up to `granule`, then a multiple of it (a
+    600-token packed row pads to 640, not 1024)."""
+    return power_of_two(n, 16) if n <= granule else -(-n // granule) * granule
+
+
 def _device_batch(arrays: dict, mesh: Mesh | None) -> dict:
     arrays = {k: arrays[k] for k in DEVICE_FIELDS + LOSS_FIELDS}
     if mesh is None:
@@ -111,7 +117,7 @@ def run_updates(
     rows = make_rows(problems, packing)
     if not rows:
         return params, opt_state, {"updates": 0, "rows": 0, "row_tokens": 0}
-    length = power_of_two(max(len(r.tokens) for r in rows), 16)
+    length = row_length_bucket(max(len(r.tokens) for r in rows))
     nodes = power_of_two(max(len(r.ancestors) for r in rows), 8)
     sums: dict[str, float] = {}
     norms = []
