@@ -57,7 +57,7 @@ def _ids(value, name: str, where: str) -> list[int]:
 def read_requests(path: Path, tokenizer, chat_template: bool, n: int) -> list[Request]:
     """One Request per non-blank line; Request.index is the 0-based line number."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 is valid JSON
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     requests = []
