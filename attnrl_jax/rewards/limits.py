@@ -99,30 +99,44 @@ def intractable(expr: str) -> str | None:
     return None
 
 
+_REFIRE_S = 0.05  # after the deadline the timer keeps firing, so one swallowed raise is not enough
+
+
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise :class:`StageTimeout` after ``seconds`` (main thread only; elsewhere unbounded here).
 
-    ``None`` means no limit. Saves and restores any SIGALRM handler and timer that the caller
-    had installed; the caller's timer keeps counting (it fires at once if it expired meanwhile).
+    ``None`` means no limit. Once the deadline passes the alarm repeats every ``_REFIRE_S``
+    until the block exits: a raise that lands inside code which swallows every exception (a gc
+    callback, a bare ``except:`` in a library) is followed by another. Saves and restores any
+    SIGALRM handler and timer that the caller had installed; the caller's timer keeps counting
+    (it fires at once if it expired meanwhile).
     """
     if seconds is None or threading.current_thread() is not threading.main_thread():
         yield
         return
     if seconds <= 0:
         raise StageTimeout
+    armed = [True]
 
     def _fire(signum: int, frame: object) -> None:
-        raise StageTimeout
+        if armed[0]:
+            raise StageTimeout
 
     previous = signal.signal(signal.SIGALRM, _fire)
-    outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds, _REFIRE_S)
     start = time.monotonic()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        while True:  # a late alarm may still raise while we disarm; disarming is idempotent
+            try:
+                armed[0] = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+                break
+            except StageTimeout:
+                continue
         if outer_delay:
             left = outer_delay - (time.monotonic() - start)
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6))
