@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "math-verify==0.9.0",
     "latex2sympy2-extended==1.11.0",
+    "tqdm==4.70.1",  # progress bars
+    "tensorboardX==2.6.5",  # TensorBoard event files from the trainer
+    "matplotlib==3.11.2",  # the demo's plot
 ]
 
 EXTRAS_REQUIRE = {
