@@ -1,9 +1,11 @@
 """A tiny self-generated, verifiable multi-step arithmetic task for demos and tests.
 
-Each problem chains 2-3 operations on one-digit numbers, e.g. "Start with 7. Add 5. Multiply
-by 2." with gold answer "24". The reference solution writes one operation per step, steps
-separated by "\\n\\n", and ends with \\boxed{answer}, the format the grader and the step
-segmentation expect. Problems are a pure function of (seed, index), so nothing is downloaded.
+Each problem chains 1-3 additions or subtractions of one-digit numbers, e.g. "Start with 7.
+Add 5. Subtract 9." with gold answer "3" (values never go negative). The reference solution
+writes one operation per step, steps separated by "\\n\\n", and ends with \\boxed{answer}: the
+format the grader and the step segmentation expect. The number of operations varies, so
+problems differ in difficulty, which is what adaptive sampling reacts to. Problems are a pure
+function of (seed, index), so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -11,20 +13,23 @@ from __future__ import annotations
 import numpy as np
 
 from attnrl_jax.data.pipeline import Prompt
-from attnrl_jax.data.prompts import encode_prompts
+from attnrl_jax.data.prompts import encode_prompts, format_problem
 from attnrl_jax.data.records import Problem
+from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 
-_OPS = (("Add", "+"), ("Subtract", "-"), ("Multiply by", "*"))
+HELD_OUT_SEED_OFFSET = 10_000  # held-out problems come from another stream of the same task
 
 
 def make_problem(rng: np.random.Generator, index: int) -> tuple[Problem, str]:
     """A problem and its reference solution."""
     value = int(rng.integers(1, 10))
     text, steps = [f"Start with {value}."], []
-    for _ in range(int(rng.integers(2, 4))):
-        word, sym = _OPS[int(rng.integers(0, len(_OPS)))]
+    for _ in range(int(rng.integers(1, 4))):
         x = int(rng.integers(1, 10))
-        new = value + x if sym == "+" else value - x if sym == "-" else value * x
+        if value - x >= 0 and rng.random() < 0.5:
+            word, sym, new = "Subtract", "-", value - x
+        else:
+            word, sym, new = "Add", "+", value + x
         text.append(f"{word} {x}.")
         steps.append(f"{value} {sym} {x} = {new}")
         value = new
@@ -33,8 +38,33 @@ def make_problem(rng: np.random.Generator, index: int) -> tuple[Problem, str]:
 
 
 def demo_problems(num: int, seed: int = 0) -> list[tuple[Problem, str]]:
+    """The first `num` problems (with reference solutions) of the stream `seed`."""
     rng = np.random.default_rng(seed)
     return [make_problem(rng, i) for i in range(num)]
+
+
+def held_out_problems(num: int, num_train: int, seed: int = 0) -> list[tuple[Problem, str]]:
+    """`num` problems from another stream, none of whose text occurs among the `num_train`
+    training problems of stream `seed` (short problems repeat, so this filter matters)."""
+    seen = {p.problem for p, _ in demo_problems(num_train, seed)}
+    rng = np.random.default_rng(seed + HELD_OUT_SEED_OFFSET)
+    out: list[tuple[Problem, str]] = []
+    index = 0
+    while len(out) < num:
+        problem, solution = make_problem(rng, index)
+        index += 1
+        if problem.problem not in seen:
+            seen.add(problem.problem)
+            out.append((problem, solution))
+        if index > 100 * num + 1000:
+            raise ValueError(f"the demo task has fewer than {num} problems outside the train set")
+    return out
+
+
+def demo_tokenizer(vocab_size: int = 512):
+    """The project's tiny tokenizer with merges fitted to this task (prompts ~40 tokens)."""
+    corpus = [format_problem(p.problem) + " " + s for p, s in demo_problems(200, seed=0)]
+    return build_tiny_tokenizer(vocab_size, corpus=corpus)
 
 
 def demo_prompts(tokenizer, num: int, seed: int = 0) -> list[Prompt]:
