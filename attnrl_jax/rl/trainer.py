@@ -53,7 +53,7 @@ class PhaseTimes(dict):
 class Trainer:
     """Owns the training state; `run(total_steps)` trains and checkpoints, resuming if it can.
 
-    Built by `setup.build_trainer` from a config; parts passed in so tests can swap the reward.
+    Built by `train.build_trainer` from a config; parts passed in so tests can swap the reward.
     """
 
     def __init__(
@@ -73,6 +73,7 @@ class Trainer:
         checkpoint_keep: int = 2,
         sampler_rows: int = 64,
         log_fn: Callable[[dict], None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ):
         self.settings, self.cfg, self.mesh = settings, model_cfg, mesh
         self.tokenizer, self.reward_fn, self.seed = tokenizer, reward_fn, seed
@@ -81,6 +82,7 @@ class Trainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_every = checkpoint_every
         self.log_fn = log_fn
+        self.on_close = on_close  # e.g. stops a grading worker pool
         eos = {tokenizer.eos_token_id} | {
             tokenizer.convert_tokens_to_ids(t)
             for t in ("<|im_end|>",)
@@ -91,9 +93,12 @@ class Trainer:
         )
         self.seps = SeparatorIds.from_tokenizer(tokenizer)
         single = mesh.devices.size == 1
+        # One row bucket: every device batch has exactly sampler_rows rows (and context slots).
+        # A step's row count changes with the ADS plan; with power-of-two row buckets each new
+        # (rows, contexts) pair compiled a sampler program mid-run. Padding costs at most one
+        # partly empty device batch per call (padding rows have budget 0 and stop at once).
         self.sampler = SamplerConfig(
-            buckets=Buckets(rows=tuple(1 << i for i in range(sampler_rows.bit_length()))),
-            mesh=None if single else mesh,
+            buckets=Buckets(rows=(sampler_rows,)), mesh=None if single else mesh
         )
         shardings = param_shardings(params, mesh)
         self.params = jax.device_put(params, shardings)
@@ -244,6 +249,7 @@ class Trainer:
                 self.params, self.opt_state, self.ref_params, problems,
                 cfg=self.cfg, loss=s.loss, optim=s.optim, packing=s.packing,
                 minibatch_problems=s.minibatch_problems, microbatch_rows=s.microbatch_rows,
+                temperature=self.rollout.temperature,
                 mesh=None if self.mesh.devices.size == 1 else self.mesh,
             )  # fmt: skip
         metrics = {
@@ -301,3 +307,5 @@ class Trainer:
 
     def close(self) -> None:
         self.checkpointer.close()
+        if self.on_close is not None:
+            self.on_close()
