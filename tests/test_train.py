@@ -22,7 +22,7 @@ def test_off_policy_run_logs_and_updates(uninterrupted):
     assert [m["step"] for m in lines] == [1, 2, 3]
     for key in ("reward", "valid_ratio", "prompt_batch_size", "accuracy", "filtered_ratio",
                 "tokens_generated", "time_sampling", "time_scoring", "time_grading",
-                "time_update", "kl", "entropy", "clip_frac"):  # fmt: skip
+                "time_update", "time_reference", "kl", "entropy", "clip_frac"):  # fmt: skip
         assert key in lines[-1], key
     assert all(m["updates"] >= 1 for m in metrics)
     assert [m["sampler_calls"] for m in metrics] == [1, 1, 1]

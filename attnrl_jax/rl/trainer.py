@@ -37,9 +37,17 @@ from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
 from attnrl_jax.scoring.steps import SeparatorIds
 
+PHASES = ("sampling", "scoring", "grading", "reference", "update")
+
 
 class PhaseTimes(dict):
-    """Seconds per phase: `with times("sampling"): ...` adds the block's wall time."""
+    """Seconds per phase: `with times("sampling"): ...` adds the block's wall time.
+
+    The trainer's phases (PHASES, metrics "time_<phase>"): sampling (sampler calls), scoring
+    (the scoring pass: log-probs, entropies, FCI), grading (reward function), reference (the
+    frozen policy's forward for the KL term; 0 with kl_weight 0) and update (the policy's
+    forward, backward and optimizer steps, without the reference forward).
+    """
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -213,7 +221,7 @@ class Trainer:
         return gen, out[len(prompts) :]
 
     def train_step(self) -> dict:
-        timer = PhaseTimes()
+        timer = PhaseTimes.fromkeys(PHASES, 0.0)
         start = time.perf_counter()
         rng = np.random.default_rng([self.seed, self.step])
         self._sampler_calls = 0
@@ -250,8 +258,9 @@ class Trainer:
                 cfg=self.cfg, loss=s.loss, optim=s.optim, packing=s.packing,
                 minibatch_problems=s.minibatch_problems, microbatch_rows=s.microbatch_rows,
                 temperature=self.rollout.temperature,
-                mesh=None if self.mesh.devices.size == 1 else self.mesh,
+                mesh=None if self.mesh.devices.size == 1 else self.mesh, timer=timer,
             )  # fmt: skip
+        timer["update"] -= timer.get("reference", 0.0)  # "update": the policy's own share
         metrics = {
             "step": self.step + 1,
             "reward": stats.mean_leaf_reward,
