@@ -26,7 +26,7 @@ def tiny_model_config(c: ml_collections.ConfigDict, vocab_size: int):
     return ModelConfig(
         vocab_size=vocab_size,
         hidden_size=m.tiny_hidden_size,
-        intermediate_size=2 * m.tiny_hidden_size,
+        intermediate_size=m.tiny_intermediate_size or 2 * m.tiny_hidden_size,
         num_layers=m.tiny_layers,
         num_heads=m.tiny_heads,
         num_kv_heads=m.tiny_kv_heads,

@@ -160,6 +160,8 @@ def run_updates(
             batch = _device_batch(arrays, mesh)
             ref = None
             if loss.kl_weight > 0:
+                if timer is not None and acc is not None:
+                    jax.block_until_ready(acc)  # queued gradient work is not reference time
                 with phase("reference"):
                     ref = reference_logprobs(ref_params, batch, temp, cfg=cfg)
                     ref.block_until_ready()
