@@ -155,8 +155,8 @@ def summarise(steps: list[dict]) -> dict:
     """Phase statistics over steps 2..n that compiled nothing (a step that meets a new bucket,
     say a longer context, compiles; its compile time is reported, not averaged)."""
     later = [s for s in steps[1:] if s["compiles"] == 0]
-    if not later:
-        raise SystemExit("every step after the first compiled something: use more --steps")
+    includes_compiles = not later  # too few steps to meet every bucket: say so, average all
+    later = later or steps[1:]
 
     def stats(key):
         values = [s[key] for s in later]
@@ -166,6 +166,7 @@ def summarise(steps: list[dict]) -> dict:
     path = sum(s["tokens_path"] for s in steps[1:])
     return {
         "steps_averaged": len(later),
+        "averages_include_compiles": includes_compiles,
         "steps_not_averaged": [i + 1 for i, s in enumerate(steps) if s not in later],
         "phase_s": {p: stats(f"time_{p}") for p in PHASES},
         "step_s": stats("time_step"),
@@ -206,9 +207,11 @@ def markdown(result: dict) -> str:
         ("**step**", lambda s: f"**{s['step_s']['mean']:.3f}**"),
         ("sampler calls per step", lambda s: f"{s['sampler_calls_per_step']['mean']:.0f}"),
         ("tokens generated per step", lambda s: f"{s['tokens_generated']['mean']:.0f}"),
+        ("prompt batch size (mean)", lambda s: f"{s['prompt_batch_size']['mean']:.1f}"),
         ("first step: wall / compile (s)",
          lambda s: f"{s['first_step']['wall_s']:.1f} / {s['first_step']['compile_s']:.1f}"),
-        ("steps averaged (of 2..n; the rest compiled)", lambda s: f"{s['steps_averaged']}"),
+        ("steps averaged (of 2..n; the rest compiled)",
+         lambda s: f"{s['steps_averaged']}{' (with compiles)' * s['averages_include_compiles']}"),
         ("compiles in steps 2..n (new buckets)",
          lambda s: f"{s['later_steps_compiles']} ({s['later_steps_compile_s']:.1f} s)"),
         ("row tokens tree / path (steps 2..n)",
