@@ -2,8 +2,9 @@
 
 The config is validated before anything is built or compiled (rl/settings.py); re-running the
 same command in the same workdir resumes from the latest complete checkpoint and trains on to
-total_steps. Metrics go to <workdir>/metrics.jsonl (one JSON object per step) and, when
-tensorboardX is installed, to TensorBoard event files in <workdir>/tensorboard.
+total_steps. Metrics go to <workdir>/metrics.jsonl (one JSON object per step; every line has the
+same keys, loss terms are null on a step without an update) and, with log.tensorboard and
+tensorboardX installed, to TensorBoard event files in <workdir>/tensorboard.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def tiny_model_config(c: ml_collections.ConfigDict, vocab_size: int):
     return ModelConfig(
         vocab_size=vocab_size,
         hidden_size=m.tiny_hidden_size,
-        intermediate_size=2 * m.tiny_hidden_size,
+        intermediate_size=m.tiny_intermediate_size or 2 * m.tiny_hidden_size,
         num_layers=m.tiny_layers,
         num_heads=m.tiny_heads,
         num_kv_heads=m.tiny_kv_heads,
@@ -78,8 +79,26 @@ def grade_in_process(texts: Sequence[str], golds: Sequence[tuple[str, ...]]) -> 
     return np.array([grade(t, list(g)).correct for t, g in zip(texts, golds, strict=True)], float)
 
 
+def make_reward_fn(c: ml_collections.ConfigDict):
+    """(reward_fn, close): the math grader, in a pool of c.grading.workers processes with a
+    per-item deadline of c.grading.timeout_s (close stops the pool), or in-process when workers
+    is 0 (close does nothing). Both give the same verdicts; the pool bounds slow items."""
+    if c.grading.workers <= 0:
+        return grade_in_process, lambda: None
+    from attnrl_jax.rewards.batch import Grader
+
+    grader = Grader(timeout_s=c.grading.timeout_s, num_workers=c.grading.workers)
+
+    def reward_fn(texts: Sequence[str], golds: Sequence[tuple[str, ...]]) -> np.ndarray:
+        return np.array([r.correct for r in grader.grade(texts, golds).results], float)
+
+    return reward_fn, grader.close
+
+
 def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
-    """A Trainer for config c (validated first); reward_fn defaults to the math grader."""
+    """A Trainer for config c (validated first); reward_fn defaults to the math grader
+    (make_reward_fn). Metrics go to log_fn too and, with c.log.tensorboard, to TensorBoard;
+    Trainer.close() stops the grading pool and the TensorBoard writer."""
     settings = resolve(c)
     import jax
     from transformers import AutoTokenizer
@@ -95,49 +114,76 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = load_pretrained(path, dtype=c.model.dtype, mesh=mesh)
     prompts = load_prompts(c, tokenizer)
-    if reward_fn is None and c.grading.workers > 0:
-        from attnrl_jax.rewards.batch import Grader
+    closers = []
+    if reward_fn is None:
+        reward_fn, close_grader = make_reward_fn(c)
+        closers.append(close_grader)
+    loggers = [log_fn] if log_fn is not None else []
+    if c.log.tensorboard:
+        board = tensorboard_logger(c.workdir)
+        if board is not None:
+            loggers.append(board)
+            closers.append(board.close)
 
-        grader = Grader(timeout_s=c.grading.timeout_s, num_workers=c.grading.workers)
+    def log_all(metrics: dict) -> None:
+        for log in loggers:
+            log(metrics)
 
-        def reward_fn(texts, golds):
-            return np.array([r.correct for r in grader.grade(texts, golds).results], float)
+    def close_all() -> None:
+        for close in closers:
+            close()
 
-    return Trainer(
-        settings=settings,
-        model_cfg=model.config,
-        params=model.params(),
-        mesh=mesh,
-        tokenizer=tokenizer,
-        prompts=prompts,
-        reward_fn=reward_fn or grade_in_process,
-        workdir=c.workdir,
-        seed=c.seed,
-        off_policy=c.off_policy,
-        checkpoint_every=c.checkpoint.every,
-        checkpoint_keep=c.checkpoint.keep,
-        sampler_rows=c.rollout.sampler_rows,
-        log_fn=log_fn,
-    )
-
-
-def tensorboard_logger(workdir: str):
-    """A metrics callback writing TensorBoard scalars, or None (with a note) without tensorboardX
-    (TensorBoard's own writers need TensorFlow, which this project does not install)."""
     try:
+        return Trainer(
+            settings=settings,
+            model_cfg=model.config,
+            params=model.params(),
+            mesh=mesh,
+            tokenizer=tokenizer,
+            prompts=prompts,
+            reward_fn=reward_fn,
+            workdir=c.workdir,
+            seed=c.seed,
+            off_policy=c.off_policy,
+            checkpoint_every=c.checkpoint.every,
+            checkpoint_keep=c.checkpoint.keep,
+            sampler_rows=c.rollout.sampler_rows,
+            log_fn=log_all,
+            on_close=close_all,
+        )
+    except BaseException:  # do not leave grading workers behind
+        close_all()
+        raise
+
+
+class TensorBoardLogger:
+    """Writes each step's numeric metrics as scalars to <workdir>/tensorboard (tensorboardX:
+    TensorBoard's own writers need TensorFlow, which this project does not install). Metrics
+    that are None (loss terms on a step without an update) are skipped."""
+
+    def __init__(self, workdir: str | Path):
         from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def __call__(self, metrics: dict) -> None:
+        for k, v in metrics.items():
+            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
+                self.writer.add_scalar(k, v, metrics["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def tensorboard_logger(workdir: str | Path) -> TensorBoardLogger | None:
+    """A TensorBoardLogger, or None (with a note) when tensorboardX is not installed."""
+    try:
+        import tensorboardX  # noqa: F401
     except ImportError:
         print("TensorBoard: tensorboardX is not installed; metrics go to metrics.jsonl only")
         return None
-    writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
-
-    def log(metrics: dict) -> None:
-        for k, v in metrics.items():
-            if k != "step" and isinstance(v, int | float):
-                writer.add_scalar(k, v, metrics["step"])
-        writer.flush()
-
-    return log
+    return TensorBoardLogger(workdir)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -149,8 +195,7 @@ def main(argv: Sequence[str]) -> None:
         resolve(c)
     except ConfigError as e:
         sys.exit(str(e))
-    log_fn = tensorboard_logger(c.workdir) if c.log.tensorboard else None
-    trainer = build_trainer(c, log_fn=log_fn)
+    trainer = build_trainer(c)
     try:
         trainer.run(c.total_steps, progress=c.log.progress)
     finally:

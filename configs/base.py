@@ -25,6 +25,7 @@ def get_config() -> ConfigDict:
             "path": "",
             "dtype": "float32",
             "tiny_hidden_size": 64,
+            "tiny_intermediate_size": 0,  # 0: 2 x tiny_hidden_size
             "tiny_layers": 2,
             "tiny_heads": 4,
             "tiny_kv_heads": 2,

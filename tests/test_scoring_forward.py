@@ -175,6 +175,23 @@ def test_without_fci_gives_the_same_logprobs(model, cases, scored):
         np.testing.assert_allclose(a.entropies, b.entropies, rtol=1e-6, atol=1e-6)
 
 
+def test_temperature_scales_logits(model, cases, reference):
+    """Log-probs and entropies of softmax(logits / T), the sampler's distribution at T."""
+    params, cfg = model[1].params(), model[1].config
+    prompts, responses = zip(*cases, strict=True)
+    config = ScoringConfig(with_fci=False, **CHUNKS)  # compiled by the test above
+    scored = score_sequences(params, cfg, config, prompts, responses, SEPS, 8, temperature=0.7)
+    for s, (prompt, response), (_, logits) in zip(scored, cases, reference, strict=True):
+        scaled = logits / 0.7
+        logp = scaled - np.logaddexp.reduce(scaled, axis=-1, keepdims=True)
+        predictors = np.arange(len(prompt) - 1, len(prompt) + len(response) - 1)
+        np.testing.assert_allclose(s.logprobs, logp[predictors, response], rtol=1e-4, atol=1e-5)
+        entropy = -(np.exp(logp) * logp).sum(-1)[predictors]
+        np.testing.assert_allclose(s.entropies, entropy, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        score_sequences(params, cfg, config, prompts, responses, SEPS, 8, temperature=0.0)
+
+
 def test_no_recompilation_within_buckets(model):
     params, cfg = model[1].params(), model[1].config
     rng = np.random.default_rng(1)

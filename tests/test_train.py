@@ -3,49 +3,10 @@ resume, interrupted checkpoints, config validation."""
 
 import json
 
-import numpy as np
 import pytest
+from train_helpers import run, small_config, strip
 
 from attnrl_jax.rl.settings import ConfigError, resolve
-from attnrl_jax.train import build_trainer
-from configs.demo import get_config
-
-TIMING = ("time_",)
-
-
-def parity_reward(texts, golds):
-    """Mixed 0/1 rewards from a random model: whether the response text has even length."""
-    return np.array([len(t) % 2 == 0 for t in texts], float)
-
-
-def small_config(path, **overrides):
-    c = get_config()
-    c.workdir = str(path)
-    c.total_steps = 3
-    c.log.progress = False
-    c.rollout.update(max_new_tokens=16, group_size=4)
-    c.ads.initial_prompt_batch_size = 2
-    c.ads.target_sequences = 24
-    c.loss.kl_weight = 0.001
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
-
-
-def run(config, steps=None):
-    trainer = build_trainer(config, reward_fn=parity_reward)
-    try:
-        return trainer.run(steps or config.total_steps), trainer
-    finally:
-        trainer.close()
-
-
-def strip(metrics):
-    return [{k: v for k, v in m.items() if not k.startswith(TIMING)} for m in metrics]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +22,7 @@ def test_off_policy_run_logs_and_updates(uninterrupted):
     assert [m["step"] for m in lines] == [1, 2, 3]
     for key in ("reward", "valid_ratio", "prompt_batch_size", "accuracy", "filtered_ratio",
                 "tokens_generated", "time_sampling", "time_scoring", "time_grading",
-                "time_update", "kl", "entropy", "clip_frac"):  # fmt: skip
+                "time_update", "time_reference", "kl", "entropy", "clip_frac"):  # fmt: skip
         assert key in lines[-1], key
     assert all(m["updates"] >= 1 for m in metrics)
     assert [m["sampler_calls"] for m in metrics] == [1, 1, 1]
@@ -112,6 +73,7 @@ def test_methods_and_variants_train(tmp_path, overrides, calls):
         ({"train.microbatch_rows": 3, "mesh.data": 2}, "multiple of mesh"),
         ({"loss.dual_clip": 0.5}, "dual_clip"),
         ({"workdir": ""}, "workdir is required"),
+        ({"rollout.temperature": 0.0}, "temperature must be > 0"),
     ],
 )
 def test_config_errors_before_anything_is_built(overrides, message):

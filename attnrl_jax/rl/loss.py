@@ -62,6 +62,19 @@ class LossTerms(NamedTuple):
     metrics: dict[str, jax.Array]  # float32[] each
 
 
+def metric_names(config: LossConfig, with_entropy: bool = True) -> tuple[str, ...]:
+    """The LossTerms.metrics keys policy_loss returns for this config (reference log-probs given
+    iff kl_weight > 0, entropies iff with_entropy)."""
+    names = ["pg_loss", "clip_frac", "approx_kl"]
+    if config.dual_clip is not None:
+        names.append("clip_frac_lower")
+    if config.kl_weight > 0:
+        names.append("kl")
+    if with_entropy:
+        names.append("entropy")
+    return tuple(names)
+
+
 def k3_kl(new_logp: jax.Array, ref_logp: jax.Array, clamp: float = 20.0) -> jax.Array:
     """Low-variance KL estimate exp(ref - new) - (ref - new) - 1, clamped as in verl; shape kept."""
     d = jnp.clip(ref_logp - new_logp, -clamp, clamp)

@@ -244,11 +244,18 @@ def tree_attend(nodes: jax.Array, ancestors: jax.Array) -> Attend:
 
 @partial(jax.jit, static_argnames=("cfg", "logit_chunk"))
 def row_logprobs(
-    params: Params, batch: dict, *, cfg: ModelConfig, logit_chunk: int = 256
+    params: Params,
+    batch: dict,
+    temperature: jax.Array | float = 1.0,
+    *,
+    cfg: ModelConfig,
+    logit_chunk: int = 256,
 ) -> tuple[jax.Array, jax.Array]:
     """Log-probs and entropies [B, T] of each row token under `params` (0 at node-0 tokens).
 
     batch: the stack_rows arrays (tokens, positions, nodes, predictor, ancestors used).
+    temperature: float32 scalar (traced); the distribution is softmax(logits / temperature), the
+    one the behaviour log-probs were taken under.
     """
     attend = tree_attend(batch["nodes"], batch["ancestors"])
     hidden, _ = forward_hidden(params, cfg, batch["tokens"], batch["positions"], attend)
@@ -258,7 +265,7 @@ def row_logprobs(
     shifted = jnp.roll(source, -1, axis=1)
     valid = batch["nodes"] >= 0
     chunk = math.gcd(valid.size, logit_chunk)
-    return token_logprobs_entropies(params, shifted, batch["tokens"], valid, chunk)
+    return token_logprobs_entropies(params, shifted, batch["tokens"], valid, chunk, temperature)
 
 
 def tokens_processed(problems: Sequence[TrainProblem], packing: str) -> int:

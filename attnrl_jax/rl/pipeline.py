@@ -145,12 +145,16 @@ def score_generation(
     seps: SeparatorIds,
     version: int,
 ) -> Generation:
-    """The scoring forward over freshly sampled initial responses with the sampling weights."""
+    """The scoring forward over freshly sampled initial responses with the sampling weights, at
+    the sampling temperature: the behaviour log-probs of the prefix tokens are then under the
+    same distribution as the sampler's continuation log-probs and the trainer's new log-probs
+    (logits / temperature everywhere, as verl's actor does)."""
     responses = [s.token_ids.astype(np.int32) for group in samples for s in group]
     prompt_ids = [p.prompt_ids for p, group in zip(prompts, samples, strict=True) for _ in group]
     scored = score_sequences(
-        params, cfg, rc.scoring, prompt_ids, responses, seps, batch_size=rc.score_batch_size
-    )
+        params, cfg, rc.scoring, prompt_ids, responses, seps,
+        batch_size=rc.score_batch_size, temperature=rc.temperature,
+    )  # fmt: skip
     return Generation(
         prompts=tuple(prompts),
         responses=tuple(responses),

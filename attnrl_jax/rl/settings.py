@@ -80,6 +80,9 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
     _check(errors, r.group_size >= 2, f"rollout.group_size must be >= 2, got {r.group_size}")
     _check(errors, r.continuations >= 1, "rollout.continuations must be >= 1")
     _check(errors, r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+    # Greedy sampling (0) would give G identical responses and no defined behaviour policy.
+    _check(errors, r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
+    _check(errors, r.sampler_rows >= 1, "rollout.sampler_rows must be >= 1")
     mb, micro = c.train.minibatch_problems, c.train.microbatch_rows
     _check(errors, mb >= 1 and micro >= 1, "train.minibatch_problems and microbatch_rows >= 1")
     _check(errors, c.train.packing in PACKINGS, f"train.packing must be one of {PACKINGS}")

@@ -37,9 +37,17 @@ from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
 from attnrl_jax.scoring.steps import SeparatorIds
 
+PHASES = ("sampling", "scoring", "grading", "reference", "update")
+
 
 class PhaseTimes(dict):
-    """Seconds per phase: `with times("sampling"): ...` adds the block's wall time."""
+    """Seconds per phase: `with times("sampling"): ...` adds the block's wall time.
+
+    The trainer's phases (PHASES, metrics "time_<phase>"): sampling (sampler calls), scoring
+    (the scoring pass: log-probs, entropies, FCI), grading (reward function), reference (the
+    frozen policy's forward for the KL term; 0 with kl_weight 0) and update (the policy's
+    forward, backward and optimizer steps, without the reference forward).
+    """
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -53,7 +61,7 @@ class PhaseTimes(dict):
 class Trainer:
     """Owns the training state; `run(total_steps)` trains and checkpoints, resuming if it can.
 
-    Built by `setup.build_trainer` from a config; parts passed in so tests can swap the reward.
+    Built by `train.build_trainer` from a config; parts passed in so tests can swap the reward.
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class Trainer:
         checkpoint_keep: int = 2,
         sampler_rows: int = 64,
         log_fn: Callable[[dict], None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ):
         self.settings, self.cfg, self.mesh = settings, model_cfg, mesh
         self.tokenizer, self.reward_fn, self.seed = tokenizer, reward_fn, seed
@@ -81,6 +90,7 @@ class Trainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_every = checkpoint_every
         self.log_fn = log_fn
+        self.on_close = on_close  # e.g. stops a grading worker pool
         eos = {tokenizer.eos_token_id} | {
             tokenizer.convert_tokens_to_ids(t)
             for t in ("<|im_end|>",)
@@ -91,9 +101,12 @@ class Trainer:
         )
         self.seps = SeparatorIds.from_tokenizer(tokenizer)
         single = mesh.devices.size == 1
+        # One row bucket: every device batch has exactly sampler_rows rows (and context slots).
+        # A step's row count changes with the ADS plan; with power-of-two row buckets each new
+        # (rows, contexts) pair compiled a sampler program mid-run. Padding costs at most one
+        # partly empty device batch per call (padding rows have budget 0 and stop at once).
         self.sampler = SamplerConfig(
-            buckets=Buckets(rows=tuple(1 << i for i in range(sampler_rows.bit_length()))),
-            mesh=None if single else mesh,
+            buckets=Buckets(rows=(sampler_rows,)), mesh=None if single else mesh
         )
         shardings = param_shardings(params, mesh)
         self.params = jax.device_put(params, shardings)
@@ -208,7 +221,7 @@ class Trainer:
         return gen, out[len(prompts) :]
 
     def train_step(self) -> dict:
-        timer = PhaseTimes()
+        timer = PhaseTimes.fromkeys(PHASES, 0.0)
         start = time.perf_counter()
         rng = np.random.default_rng([self.seed, self.step])
         self._sampler_calls = 0
@@ -244,8 +257,10 @@ class Trainer:
                 self.params, self.opt_state, self.ref_params, problems,
                 cfg=self.cfg, loss=s.loss, optim=s.optim, packing=s.packing,
                 minibatch_problems=s.minibatch_problems, microbatch_rows=s.microbatch_rows,
-                mesh=None if self.mesh.devices.size == 1 else self.mesh,
+                temperature=self.rollout.temperature,
+                mesh=None if self.mesh.devices.size == 1 else self.mesh, timer=timer,
             )  # fmt: skip
+        timer["update"] -= timer.get("reference", 0.0)  # "update": the policy's own share
         metrics = {
             "step": self.step + 1,
             "reward": stats.mean_leaf_reward,
@@ -301,3 +316,5 @@ class Trainer:
 
     def close(self) -> None:
         self.checkpointer.close()
+        if self.on_close is not None:
+            self.on_close()

@@ -14,7 +14,9 @@ per (T, K) pair it meets and nothing after warm-up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 
 import jax
@@ -26,7 +28,7 @@ from jax.sharding import Mesh
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params
 from attnrl_jax.models.sharding import batch_sharding
-from attnrl_jax.rl.loss import LossConfig, policy_loss
+from attnrl_jax.rl.loss import LossConfig, metric_names, policy_loss
 from attnrl_jax.rl.packed import TrainProblem, make_rows, power_of_two, row_logprobs, stack_rows
 from attnrl_jax.rl.settings import OptimConfig
 
@@ -41,26 +43,44 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
     )
 
 
+@partial(jax.jit, static_argnames=("cfg",))
+def reference_logprobs(
+    ref_params: Params, batch: dict, temperature: jax.Array, *, cfg: ModelConfig
+) -> jax.Array:
+    """Log-probs [m, T] of the row tokens under the frozen reference policy (for the KL term).
+
+    Its own program rather than part of microbatch_gradients, so the trainer can time the
+    reference forward as a phase; the arithmetic is the same.
+    """
+    return row_logprobs(ref_params, batch, temperature, cfg=cfg)[0]
+
+
 @partial(jax.jit, static_argnames=("cfg", "loss"))
 def microbatch_gradients(
-    params: Params, ref_params: Params | None, batch: dict, *, cfg: ModelConfig, loss: LossConfig
+    params: Params,
+    batch: dict,
+    temperature: jax.Array,
+    ref_logp: jax.Array | None,
+    *,
+    cfg: ModelConfig,
+    loss: LossConfig,
 ):
     """Gradient of the weighted loss SUM of one micro-batch, and its LossTerms (sums).
 
-    batch: stack_rows arrays [m, T] (ancestors [m, K, K]). ref_params: the frozen initial policy,
-    None when loss.kl_weight == 0 (then no reference forward runs).
+    batch: stack_rows arrays [m, T] (ancestors [m, K, K]). temperature: float32 scalar, the
+    sampling temperature: new, reference and behaviour log-probs (and the entropy) are all of
+    softmax(logits / temperature), so the importance ratio compares like with like. ref_logp:
+    [m, T] from reference_logprobs, None when loss.kl_weight == 0 (no reference forward runs).
     """
-    ref = None
-    if loss.kl_weight > 0:
-        ref = jax.lax.stop_gradient(row_logprobs(ref_params, batch, cfg=cfg)[0])
 
     def total(p):
-        new, ent = row_logprobs(p, batch, cfg=cfg)
+        new, ent = row_logprobs(p, batch, temperature, cfg=cfg)
         if loss.entropy_weight == 0:
             ent = jax.lax.stop_gradient(ent)
         terms = policy_loss(
-            new, batch["old_logp"], batch["advantages"], batch["weights"], ref, ent, config=loss
-        )
+            new, batch["old_logp"], batch["advantages"], batch["weights"], ref_logp, ent,
+            config=loss,
+        )  # fmt: skip
         return terms.total, terms
 
     grads, terms = jax.grad(total, has_aux=True)(params)
@@ -107,18 +127,29 @@ def run_updates(
     packing: str,
     minibatch_problems: int,
     microbatch_rows: int,
+    temperature: float = 1.0,
     mesh: Mesh | None = None,
+    timer: Callable[[str], AbstractContextManager] | None = None,
 ):
     """One epoch over `problems`; returns (params, opt_state, metrics of the whole step).
 
-    Metrics: token means over the step of the loss terms ("pg_loss", "clip_frac", "kl", ...),
-    "updates", "rows", "row_tokens" (tokens the model processed), "grad_norm" (mean).
+    Metrics, the same keys on every step: token means over the step of the loss terms ("loss"
+    and loss.metric_names: "pg_loss", "clip_frac", "kl", ...) and "grad_norm" (mean over
+    updates), all None when no update ran (every problem filtered: there is no loss to report,
+    and 0 would read as a measured value); "updates", "rows", "row_tokens" (tokens the model
+    processed), "trained_tokens" (the token weight sum). temperature: the sampling temperature.
+    timer: `timer("reference")` wraps each reference forward (waited for, so the time is real),
+    e.g. the trainer's PhaseTimes.
     """
+    phase = timer or (lambda name: contextlib.nullcontext())
+    metrics: dict = dict.fromkeys(("loss", *metric_names(loss), "grad_norm"))
+    metrics.update(updates=0, rows=0, row_tokens=0, trained_tokens=0.0)
     rows = make_rows(problems, packing)
     if not rows:
-        return params, opt_state, {"updates": 0, "rows": 0, "row_tokens": 0}
+        return params, opt_state, metrics
     length = row_length_bucket(max(len(r.tokens) for r in rows))
     nodes = power_of_two(max(len(r.ancestors) for r in rows), 8)
+    temp = jnp.float32(temperature)
     sums: dict[str, float] = {}
     norms = []
     for first in range(0, len(problems), minibatch_problems):
@@ -126,9 +157,15 @@ def run_updates(
         acc = None
         for m in range(0, len(mini), microbatch_rows):
             arrays = stack_rows(mini[m : m + microbatch_rows], microbatch_rows, length, nodes)
-            grads, terms = microbatch_gradients(
-                params, ref_params, _device_batch(arrays, mesh), cfg=cfg, loss=loss
-            )
+            batch = _device_batch(arrays, mesh)
+            ref = None
+            if loss.kl_weight > 0:
+                if timer is not None and acc is not None:
+                    jax.block_until_ready(acc)  # queued gradient work is not reference time
+                with phase("reference"):
+                    ref = reference_logprobs(ref_params, batch, temp, cfg=cfg)
+                    ref.block_until_ready()
+            grads, terms = microbatch_gradients(params, batch, temp, ref, cfg=cfg, loss=loss)
             acc = (grads, terms) if acc is None else _accumulate(acc, grads, terms)
         grad_sum, terms = acc
         denominator = float(terms.denominator)
@@ -141,12 +178,13 @@ def run_updates(
         for k, v in {"loss": terms.total, "tokens": terms.denominator, **terms.metrics}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     tokens = sums.pop("tokens", 0.0)
-    metrics = {k: v / tokens for k, v in sums.items()} if tokens else {}
+    if tokens:
+        metrics.update({k: v / tokens for k, v in sums.items()})
+        metrics["grad_norm"] = float(np.mean(norms))
     metrics.update(
         updates=len(norms),
         rows=len(rows),
         row_tokens=int(sum(len(r.tokens) for r in rows)),
         trained_tokens=tokens,
-        grad_norm=float(np.mean(norms)) if norms else 0.0,
     )
     return params, opt_state, metrics

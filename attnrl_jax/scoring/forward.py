@@ -73,6 +73,7 @@ def score_batch(
     tokens: jax.Array,
     step_ids: jax.Array,
     think_end_step: jax.Array,
+    temperature: jax.Array | float = 1.0,
     *,
     cfg: ModelConfig,
     config: ScoringConfig,
@@ -82,6 +83,8 @@ def score_batch(
 
     tokens: [B, T] int32. step_ids: [B, T] int32, each position's step (0 = prompt), -1 past the
     sequence (as `steps.pad_step_ids` builds them). think_end_step: [B] int32, -1 = none.
+    temperature: float32 scalar (traced: any value, one program); log-probs and entropies are of
+    softmax(logits / temperature), the distribution the sampler draws from at that temperature.
     max_steps: S_max, the number of step slots (>= 1 + the largest S).
     """
     valid = step_ids >= 0
@@ -94,7 +97,7 @@ def score_batch(
         state = None
     hidden, state = forward_hidden(params, cfg, tokens, positions, attend, state)
     logprobs, entropies = token_logprobs_entropies(
-        params, hidden, tokens, valid, config.logit_chunk
+        params, hidden, tokens, valid, config.logit_chunk, temperature
     )
     fci = finish_fci(state, think_end_step, config.fci, cfg.num_layers) if config.with_fci else None
     return ScoreOutput(logprobs, entropies, fci)
@@ -132,14 +135,19 @@ def score_sequences(
     responses: Sequence[Sequence[int]],
     seps: SeparatorIds,
     batch_size: int = 8,
+    temperature: float = 1.0,
 ) -> list[ScoredSequence]:
     """Scores each (prompt ids, response ids) pair; results in input order.
 
-    Sequences are grouped by length into batches of at most `batch_size`; every batch is padded
-    to a power-of-two row count (capped at batch_size), a `length_bucket` and a power-of-two
-    step-slot count. Prompts must be
-    non-empty (the first response token is predicted from the last prompt token).
+    Sequences are grouped by length into batches of at most `batch_size`; every batch of a call
+    is padded to the same row count (batch_size, or the next power of two of the number of
+    sequences when that is smaller: a short last batch does not compile a program of its own),
+    a `length_bucket` and a power-of-two step-slot count. Prompts must be non-empty (the first
+    response token is predicted from the last prompt token). temperature > 0: see `score_batch`
+    (the trainer passes its sampling temperature, so behaviour log-probs match the sampler's).
     """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     for i, prompt in enumerate(prompts):
@@ -149,9 +157,9 @@ def score_sequences(
     order = sorted(range(len(layouts)), key=lambda i: layouts[i].total_len)
     granule = max(1024, config.query_chunk, config.logit_chunk)
     results: list[ScoredSequence | None] = [None] * len(layouts)
+    rows = min(batch_size, 1 << max(len(order) - 1, 0).bit_length())
     for first in range(0, len(order), batch_size):
         group = order[first : first + batch_size]
-        rows = min(batch_size, 1 << (len(group) - 1).bit_length())
         length = length_bucket(max(layouts[i].total_len for i in group), granule)
         padded = [layouts[i] for i in group] + [_PADDING_ROW] * (rows - len(group))
         steps = pad_step_ids(padded, total_len=length)
@@ -165,6 +173,7 @@ def score_sequences(
                 jnp.asarray(tokens),
                 jnp.asarray(steps.step_ids),
                 jnp.asarray(steps.think_end_step),
+                jnp.float32(temperature),
                 cfg=cfg,
                 config=config,
                 max_steps=steps.max_steps,

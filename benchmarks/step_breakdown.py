@@ -1,0 +1,291 @@
+"""Time per training step by phase, one-step off-policy vs on-policy, and tree-packing savings.
+
+Runs the real trainer (train.build_trainer, Trainer.train_step) for --steps steps per mode and
+reports, per mode, the mean and median over steps 2..n of the trainer's phase times (metrics
+time_<phase>, rl/trainer.py PHASES): sampling, scoring (log-probs, entropies and FCI), grading,
+reference (the frozen policy's forward for the KL term) and update (the policy's forward,
+backward and AdamW). Step 1 is reported apart: it compiles every program (CompileWatch measures
+the seconds spent tracing and compiling) and, off-policy, also samples the first batch. Later
+steps should compile nothing; their compile counts are reported so a regression shows.
+
+Rewards: a random model never answers the demo task, so every problem would be filtered and no
+update would run. The math grader therefore grades every response (its time is the "grading"
+phase), but the reward used for training is the parity of the response text's length (mixed
+0/1, deterministic). Tree packing: the token counts of both layouts (packed.tokens_processed)
+on the trees each step actually trained; the update-time comparison of the two layouts is
+benchmarks/packing.py's job.
+
+    python benchmarks/step_breakdown.py --preset cpu --steps 8 \\
+        --json benchmarks/results/step_breakdown_cpu.json
+    python benchmarks/step_breakdown.py --preset gpu_0p5b --steps 3 --json step_breakdown_gpu.json
+
+--set key=value overrides any config key (repeatable), after the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from attnrl_jax.compile_watch import CompileWatch  # noqa: E402
+from attnrl_jax.rl import trainer as trainer_module  # noqa: E402
+from attnrl_jax.rl.packed import tokens_processed  # noqa: E402
+from attnrl_jax.rl.trainer import PHASES  # noqa: E402
+from attnrl_jax.train import build_trainer, make_reward_fn  # noqa: E402
+from configs.demo import get_config  # noqa: E402
+
+PRESETS = {
+    # The demo config with longer responses and a few more prompts: a CPU step of ~1 s.
+    "cpu": {
+        "rollout.max_new_tokens": 64,
+        "ads.initial_prompt_batch_size": 4,
+        "ads.target_sequences": 80,
+        "rollout.sampler_rows": 64,
+    },
+    # A random model with the Qwen2.5-0.5B body (24 layers, hidden 896, 14 heads, 2 KV heads,
+    # MLP 4864; the demo tokenizer's 512-token vocabulary, so the LM head is tiny), bf16,
+    # responses of up to 1,024 tokens.
+    "gpu_0p5b": {
+        "model.tiny_hidden_size": 896,
+        "model.tiny_intermediate_size": 4864,
+        "model.tiny_layers": 24,
+        "model.tiny_heads": 14,
+        "model.tiny_kv_heads": 2,
+        "model.dtype": "bfloat16",
+        "rollout.max_new_tokens": 1024,
+        "rollout.min_token_distance": 128,
+        "rollout.sampler_rows": 128,
+        "rollout.score_batch_size": 16,
+        "ads.initial_prompt_batch_size": 4,
+        "ads.target_sequences": 80,
+        "train.minibatch_problems": 4,
+        "train.microbatch_rows": 8,
+        "optim.learning_rate": 1e-6,
+    },
+}
+
+
+def set_key(c, key: str, value) -> None:
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def make_config(preset: str, overrides: list[str], off_policy: bool, workdir: str):
+    c = get_config()
+    for key, value in PRESETS[preset].items():
+        set_key(c, key, value)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        set_key(c, key, parse_value(value))
+    c.off_policy = off_policy
+    c.workdir = workdir
+    c.log.progress = False
+    c.log.tensorboard = False
+    return c
+
+
+def run_mode(c, steps: int) -> list[dict]:
+    """steps train_steps; per step the trainer's metrics plus compile and packing counts."""
+    grade, close_grader = make_reward_fn(c)
+
+    def reward(texts, golds):
+        grade(texts, golds)  # timed as "grading"; see the module docstring
+        return np.array([len(t) % 2 == 0 for t in texts], float)
+
+    trained = []
+    real_run_updates = trainer_module.run_updates
+
+    def recording_run_updates(params, opt_state, ref_params, problems, **kw):
+        trained.append(list(problems))  # counted after the step, outside the update's timer
+        return real_run_updates(params, opt_state, ref_params, problems, **kw)
+
+    trainer_module.run_updates = recording_run_updates
+    trainer = build_trainer(c, reward_fn=reward)
+    out = []
+    try:
+        for _ in range(steps):
+            trained.clear()
+            with CompileWatch() as watch:
+                start = time.perf_counter()
+                m = trainer.train_step()
+                wall = time.perf_counter() - start
+            problems = trained[0] if trained else []
+            m.update(
+                wall_s=wall,
+                compile_s=watch.seconds,
+                compiles=len(watch.names),
+                compiled=sorted(set(watch.names)),
+                tokens_tree=tokens_processed(problems, "tree"),
+                tokens_path=tokens_processed(problems, "path"),
+            )
+            out.append(m)
+    finally:
+        trainer.close()
+        close_grader()
+        trainer_module.run_updates = real_run_updates
+    return out
+
+
+def summarise(steps: list[dict]) -> dict:
+    """Phase statistics over steps 2..n that compiled nothing (a step that meets a new bucket,
+    say a longer context, compiles; its compile time is reported, not averaged)."""
+    later = [s for s in steps[1:] if s["compiles"] == 0]
+    includes_compiles = not later  # too few steps to meet every bucket: say so, average all
+    later = later or steps[1:]
+
+    def stats(key):
+        values = [s[key] for s in later]
+        return {"mean": statistics.mean(values), "median": statistics.median(values)}
+
+    tree = sum(s["tokens_tree"] for s in steps[1:])
+    path = sum(s["tokens_path"] for s in steps[1:])
+    return {
+        "steps_averaged": len(later),
+        "averages_include_compiles": includes_compiles,
+        "steps_not_averaged": [i + 1 for i, s in enumerate(steps) if s not in later],
+        "phase_s": {p: stats(f"time_{p}") for p in PHASES},
+        "step_s": stats("time_step"),
+        "other_s": {  # step time outside the five phases (ADS planning, tree building, ...)
+            "mean": statistics.mean(
+                s["time_step"] - sum(s[f"time_{p}"] for p in PHASES) for s in later
+            )
+        },
+        "first_step": {
+            "wall_s": steps[0]["wall_s"],
+            "compile_s": steps[0]["compile_s"],
+            "compiles": steps[0]["compiles"],
+        },
+        "later_steps_compiles": sum(s["compiles"] for s in steps[1:]),
+        "later_steps_compile_s": sum(s["compile_s"] for s in steps[1:]),
+        "later_steps_compiled": sorted({n for s in steps[1:] for n in s["compiled"]}),
+        "tokens_generated": stats("tokens_generated"),
+        "sampler_calls_per_step": stats("sampler_calls"),
+        "prompt_batch_size": stats("prompt_batch_size"),
+        "packing": {
+            "trained_with": None,  # filled by main
+            "row_tokens_tree": tree,
+            "row_tokens_path": path,
+            "tokens_saved_by_tree": 1 - tree / path if path else None,
+        },
+    }
+
+
+def markdown(result: dict) -> str:
+    modes = result["modes"]
+    head = "| phase (s/step, mean over steady steps) | " + " | ".join(modes) + " |"
+    lines = [head, "|---" * (len(modes) + 1) + "|"]
+    for p in PHASES:
+        cells = [f"{modes[m]['phase_s'][p]['mean']:.3f}" for m in modes]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    rows = [
+        ("other (planning, trees, host)", lambda s: f"{s['other_s']['mean']:.3f}"),
+        ("**step**", lambda s: f"**{s['step_s']['mean']:.3f}**"),
+        ("sampler calls per step", lambda s: f"{s['sampler_calls_per_step']['mean']:.0f}"),
+        ("tokens generated per step", lambda s: f"{s['tokens_generated']['mean']:.0f}"),
+        ("prompt batch size (mean)", lambda s: f"{s['prompt_batch_size']['mean']:.1f}"),
+        ("first step: wall / compile (s)",
+         lambda s: f"{s['first_step']['wall_s']:.1f} / {s['first_step']['compile_s']:.1f}"),
+        ("steps averaged (of 2..n; the rest compiled)",
+         lambda s: f"{s['steps_averaged']}{' (with compiles)' * s['averages_include_compiles']}"),
+        ("compiles in steps 2..n (new buckets)",
+         lambda s: f"{s['later_steps_compiles']} ({s['later_steps_compile_s']:.1f} s)"),
+        ("row tokens tree / path (steps 2..n)",
+         lambda s: f"{s['packing']['row_tokens_tree']} / {s['packing']['row_tokens_path']}"),
+        ("tokens saved by tree packing",
+         lambda s: f"{100 * (s['packing']['tokens_saved_by_tree'] or 0):.1f}%"),
+    ]  # fmt: skip
+    for name, cell in rows:
+        lines.append(f"| {name} | " + " | ".join(cell(modes[m]) for m in modes) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--steps", type=int, default=8, help="per mode; step 1 is the warm-up")
+    parser.add_argument("--modes", default="off_policy,on_policy")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--only_out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be >= 2 (step 1 compiles and is not averaged)")
+    modes = [m.strip() for m in args.modes.split(",")]
+    bad = [m for m in modes if m not in ("off_policy", "on_policy")]
+    if bad:
+        parser.error(f"unknown modes {bad}; known: off_policy, on_policy")
+    device = jax.devices()[0]
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": device.platform,
+            "device_kind": device.device_kind,
+            "devices": jax.device_count(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+        },
+        "preset": {"name": args.preset, **PRESETS[args.preset]},
+        "overrides": args.set,
+        "modes": {},
+        "per_step": {},
+    }
+    if args.only:  # child process: one mode, raw per-step metrics to args.only_out
+        with tempfile.TemporaryDirectory() as workdir:
+            c = make_config(args.preset, args.set, args.only == "off_policy", workdir)
+            steps = run_mode(c, args.steps)
+        Path(args.only_out).write_text(json.dumps({"steps": steps, "packing": c.train.packing}))
+        return
+    for mode in modes:
+        # Each mode in a fresh process, so each pays (and reports) its own compiles.
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "steps.json"
+            child = [sys.executable, __file__, *sys.argv[1:], "--only", mode, "--only_out", raw]
+            subprocess.run([str(x) for x in child], check=True)
+            data = json.loads(raw.read_text())
+        steps = data["steps"]
+        summary = summarise(steps)
+        summary["packing"]["trained_with"] = data["packing"]
+        result["modes"][mode] = summary
+        result["per_step"][mode] = steps
+        print(f"{mode}: {summary['step_s']['mean']:.3f} s/step", file=sys.stderr)
+    if len(modes) == 2:
+        off, on = (result["modes"][m]["step_s"]["mean"] for m in ("off_policy", "on_policy"))
+        result["on_over_off_step_time"] = on / off
+    table = markdown(result)
+    result["markdown"] = table
+    print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
