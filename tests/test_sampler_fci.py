@@ -150,3 +150,53 @@ def test_bad_options_raise(model):
         sample(
             model.params(), model.config, [Request([40])], SamplingOptions(4, fci=option), CONFIG
         )
+
+
+def test_rollout_fci_source_sampler_equals_scoring(model):
+    """pipeline.score_generation with FCI from the sampler (scoring forward only for the rows it
+    cannot score, or for entropies) gives the FCI and branch points of fci_source="scoring"."""
+    from attnrl_jax.data.pipeline import Prompt
+    from attnrl_jax.data.records import Problem
+    from attnrl_jax.rl import ads
+    from attnrl_jax.rl import pipeline as pl
+    from attnrl_jax.scoring.selection import SelectionConfig
+
+    rng = np.random.default_rng(1)
+    prompts = [
+        Prompt(Problem(f"p{j}", ("1",), "t"), tuple(rng.integers(34, VOCAB, 3 + 4 * j).tolist()))
+        for j in range(4)
+    ]
+    scoring = ScoringConfig(fci=FciConfig(delta=1), query_chunk=16, logit_chunk=16)
+    base = dict(group_size=4, max_new_tokens=6, scoring=scoring, score_batch_size=16)
+    atb = SelectionConfig(num_points=2, min_token_distance=0)
+    gens = {}
+    for source, method in [("scoring", "atb"), ("sampler", "atb"), ("sampler", "entropy")]:
+        rc = pl.RolloutConfig(
+            **base, fci_source=source, selection=SelectionConfig(method, 0.2, 2, 0)
+        )
+        requests = pl.initial_requests(prompts, rc.group_size)
+        fci = rc.sampler_fci(SEPS)
+        assert (fci is None) == (source == "scoring")
+        out = pl.sample_all(model.params(), model.config, requests, rc, 7, CONFIG, fci)
+        missing = sum(s.fci is None for group in out for s in group) if fci else 0
+        gen = pl.score_generation(model.params(), model.config, rc, prompts, out, SEPS, 0)
+        gens[source, method] = gen, missing
+    ref, _ = gens["scoring", "atb"]
+    for (source, method), (gen, missing) in gens.items():
+        for a, b in zip(gen.fci, ref.fci, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+        for a, b in zip(gen.logprobs, ref.logprobs, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+        assert gen.layouts == ref.layouts
+        assert (gen.entropies is None) == (source == "sampler" and method == "atb")
+        if source == "sampler":
+            assert 0 < missing < len(gen.responses)  # both paths ran
+    assert sum(np.count_nonzero(f) for f in ref.fci) >= 5
+    rewards = np.tile([1.0, 0.0], 8)
+    rc = pl.RolloutConfig(**base, selection=atb, ads=ads.ADSConfig(expansion="uniform"))
+    plans = [
+        pl.plan_branches(g, rewards, ads.AttentionFilterState(), np.random.default_rng(0), rc)
+        for g in (ref, gens["sampler", "atb"][0])
+    ]
+    assert plans[0].branch_points == plans[1].branch_points
+    assert any(plans[0].branch_points)

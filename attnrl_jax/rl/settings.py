@@ -23,7 +23,7 @@ import ml_collections
 from attnrl_jax.rl.ads import ADSConfig
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.packed import PACKINGS
-from attnrl_jax.rl.pipeline import RolloutConfig
+from attnrl_jax.rl.pipeline import FCI_SOURCES, RolloutConfig
 from attnrl_jax.scoring.fci import FciConfig
 from attnrl_jax.scoring.forward import ScoringConfig
 from attnrl_jax.scoring.selection import SELECTORS, SelectionConfig
@@ -80,6 +80,11 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
     _check(errors, r.group_size >= 2, f"rollout.group_size must be >= 2, got {r.group_size}")
     _check(errors, r.continuations >= 1, "rollout.continuations must be >= 1")
     _check(errors, r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+    _check(
+        errors,
+        r.fci_source in FCI_SOURCES,
+        f"rollout.fci_source={r.fci_source!r}; known: {list(FCI_SOURCES)}",
+    )
     mb, micro = c.train.minibatch_problems, c.train.microbatch_rows
     _check(errors, mb >= 1 and micro >= 1, "train.minibatch_problems and microbatch_rows >= 1")
     _check(errors, c.train.packing in PACKINGS, f"train.packing must be one of {PACKINGS}")
@@ -137,6 +142,7 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
         ads=ads,
         scoring=scoring,
         score_batch_size=r.score_batch_size,
+        fci_source=r.fci_source,
         merge_duplicates=r.merge_duplicates,
     )
     return Settings(
