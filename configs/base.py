@@ -55,6 +55,9 @@ def get_config() -> ConfigDict:
             "min_token_distance": 512,
             "merge_duplicates": True,
             "score_batch_size": 8,
+            # FCI of initial responses: "sampler" (accumulated while decoding; the scoring
+            # forward then runs only for rows it cannot score, or for entropies) | "scoring"
+            "fci_source": "sampler",
             "sampler_rows": 64,  # rows per sampler device batch
         }
     )

@@ -21,11 +21,11 @@ def get_config():
     c.model.update(tiny_hidden_size=128, tiny_layers=2, tiny_heads=4, tiny_kv_heads=2)
     c.data.num_demo_problems = 2048
     c.rollout.update(
-        group_size=6, continuations=2, num_points=2, max_new_tokens=48, min_token_distance=4
+        group_size=6, continuations=2, num_points=2, max_new_tokens=64, min_token_distance=4
     )
     # 16 prompts x 6 responses x 5 paths per expanded response, as the paper's 64 x 6 x 5
     c.ads.update(initial_prompt_batch_size=16, target_sequences=16 * 6 * 5)
-    c.optim.learning_rate = 1e-3
-    c.train.update(minibatch_problems=16, microbatch_rows=64)
+    c.optim.learning_rate = 3e-4
+    c.train.update(minibatch_problems=8, microbatch_rows=64)
     c.checkpoint.every = 10
     return c

@@ -50,6 +50,21 @@ def test_resume_gives_the_same_metrics(uninterrupted, tmp_path):
     assert strip(lines) == strip(full)
 
 
+def test_fci_from_the_sampler_gives_the_run_of_the_scoring_forward(uninterrupted, tmp_path):
+    """rollout.fci_source: the default ("sampler", FCI accumulated while decoding, no scoring
+    forward) and "scoring" give the same branch points, trees and rewards; losses agree to
+    float32 noise (behaviour log-probs come from the sampler instead of the scoring forward)."""
+    _, by_sampler, _ = uninterrupted
+    by_scoring, _ = run(small_config(tmp_path, **{"rollout.fci_source": "scoring"}))
+    for a, b in zip(strip(by_sampler), strip(by_scoring), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], int):
+                assert a[key] == b[key], key
+            else:
+                assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), key
+
+
 @pytest.mark.parametrize(
     "overrides, calls",
     [
@@ -74,6 +89,7 @@ def test_methods_and_variants_train(tmp_path, overrides, calls):
         ({"loss.dual_clip": 0.5}, "dual_clip"),
         ({"workdir": ""}, "workdir is required"),
         ({"rollout.temperature": 0.0}, "temperature must be > 0"),
+        ({"rollout.fci_source": "forward"}, "rollout.fci_source='forward'"),
     ],
 )
 def test_config_errors_before_anything_is_built(overrides, message):

@@ -1,9 +1,10 @@
 """The demo's warm start: a tiny random Qwen2 fine-tuned on reference solutions of the task.
 
-RL with a 0/1 reward needs a policy that is sometimes right. A short supervised run on the
-task's step-by-step solutions gives one that has the format and is right on some problems,
-which AttnRL then improves. The result is a Hugging Face directory, written once per workdir
-and reused by later runs.
+RL with a 0/1 reward needs a policy that is sometimes right. A short supervised run on
+step-by-step solutions from a careless teacher (half of them slip by one in one step:
+SLIP_RATE) gives a policy that has the format and the skill but often slips as its teacher
+did; only the reward tells RL which steps are the slips. The result is a Hugging Face
+directory, written once per workdir and reused by later runs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from attnrl_jax.models.qwen2 import from_params
 from attnrl_jax.rl.sft import pack_examples, supervised_warm_start
 from attnrl_jax.train import tiny_model_config
 
+SLIP_RATE = 0.5
+
 
 def build_warm_start(c: ml_collections.ConfigDict, path: Path, *, steps: int) -> float:
     """Train the warm start for config `c` (model.tiny_*, data.num_demo_problems, seed) and save
@@ -29,7 +32,7 @@ def build_warm_start(c: ml_collections.ConfigDict, path: Path, *, steps: int) ->
     start = time.perf_counter()
     tokenizer = demo_tokenizer(c.model.tiny_vocab_size)
     cfg = tiny_model_config(c, len(tokenizer))
-    pairs = demo_problems(c.data.num_demo_problems, seed=c.seed)
+    pairs = demo_problems(c.data.num_demo_problems, seed=c.seed, slip_rate=SLIP_RATE)
     prompts = encode_prompts(tokenizer, [p.problem for p, _ in pairs])
     responses = tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"]
     tokens, mask = pack_examples(prompts, responses, tokenizer.eos_token_id)

@@ -4,8 +4,8 @@ A checkpoint holds three items:
 - "state": params and optimizer state (sharded arrays, restored with their shardings);
 - "host": JSON: step, seed, ADS running mean, prompt batch size, data stream position, and the
   pending off-policy Generation's prompts and version;
-- "pending": numpy arrays of the pending Generation (responses, behaviour log-probs, entropies,
-  FCI); absent on-policy or before the first step.
+- "pending": numpy arrays of the pending Generation (responses, behaviour log-probs, entropies
+  unless no scoring forward ran, FCI); absent on-policy or before the first step.
 Random numbers are a function of (seed, step) (see trainer.py), so the seed and step are the RNG
 state. Orbax writes each step into a temporary directory and renames it when complete, and lists
 only finalised steps, so a checkpoint interrupted mid-write is never loaded.

@@ -23,7 +23,7 @@ import ml_collections
 from attnrl_jax.rl.ads import ADSConfig
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.packed import PACKINGS
-from attnrl_jax.rl.pipeline import RolloutConfig
+from attnrl_jax.rl.pipeline import FCI_SOURCES, RolloutConfig
 from attnrl_jax.scoring.fci import FciConfig
 from attnrl_jax.scoring.forward import ScoringConfig
 from attnrl_jax.scoring.selection import SELECTORS, SelectionConfig
@@ -83,6 +83,11 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
     # Greedy sampling (0) would give G identical responses and no defined behaviour policy.
     _check(errors, r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
     _check(errors, r.sampler_rows >= 1, "rollout.sampler_rows must be >= 1")
+    _check(
+        errors,
+        r.fci_source in FCI_SOURCES,
+        f"rollout.fci_source={r.fci_source!r}; known: {list(FCI_SOURCES)}",
+    )
     mb, micro = c.train.minibatch_problems, c.train.microbatch_rows
     _check(errors, mb >= 1 and micro >= 1, "train.minibatch_problems and microbatch_rows >= 1")
     _check(errors, c.train.packing in PACKINGS, f"train.packing must be one of {PACKINGS}")
@@ -140,6 +145,7 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
         ads=ads,
         scoring=scoring,
         score_batch_size=r.score_batch_size,
+        fci_source=r.fci_source,
         merge_duplicates=r.merge_duplicates,
     )
     return Settings(

@@ -207,9 +207,11 @@ class Trainer:
                 *plan_of, self.rollout.continuations, first_index=len(requests)
             )
         self._sampler_calls += 1
+        # FCI of the new initial responses from the sampler (rollout.fci_source = "sampler").
+        fci = self.rollout.sampler_fci(self.seps) if prompts else None
         with timer("sampling"):
             out = pl.sample_all(
-                self.params, self.cfg, requests, self.rollout, self._seed(call), self.sampler
+                self.params, self.cfg, requests, self.rollout, self._seed(call), self.sampler, fci
             )
         gen = None
         if prompts:

@@ -8,12 +8,14 @@
     ], SamplingOptions(max_new_tokens=8192, temperature=1.0, eos_ids=(eos_id,)))
 
 Files, one concept each: requests.py (requests -> padded device batches -> samples),
-sampler.py (the compiled prefill + decode loop), cache.py (the KV cache with a length per row,
+sampler.py (the compiled prefill + decode loop), fci_decode.py (FCI of fresh samples accumulated
+while decoding, the `SamplingOptions.fci` option), cache.py (the KV cache with a length per row,
 as attention hooks), token_choice.py (greedy / temperature / top-k / top-p and the behaviour
 log-prob), buckets.py (the padded sizes that keep compiles few).
 """
 
 from attnrl_jax.sampling.buckets import Buckets
+from attnrl_jax.sampling.fci_decode import SamplerFci
 from attnrl_jax.sampling.requests import Request, Sample, SamplingOptions, check_request, sample
 from attnrl_jax.sampling.sampler import DeviceBatch, DeviceResult, SamplerConfig, sample_batch
 from attnrl_jax.sampling.token_choice import SamplingParams, choose_tokens
@@ -25,6 +27,7 @@ __all__ = [
     "Request",
     "Sample",
     "SamplerConfig",
+    "SamplerFci",
     "SamplingOptions",
     "SamplingParams",
     "check_request",

@@ -22,8 +22,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params
 from attnrl_jax.models.sharding import batch_sharding
+from attnrl_jax.sampling import fci_decode
+from attnrl_jax.sampling.fci_decode import SamplerFci
 from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
 from attnrl_jax.sampling.token_choice import SamplingParams
+from attnrl_jax.scoring.steps import segment_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,9 @@ class SamplingOptions:
     except that max_new_tokens picks a length bucket.
 
     temperature 0 is greedy; top_p 1 and top_k 0 turn those filters off. eos_ids: generation of
-    a row stops after any of them (empty: only the budget stops it).
+    a row stops after any of them (empty: only the budget stops it). fci: also compute the FCI
+    of every fresh sample while decoding (`Sample.fci`; see fci_decode.py); its settings and
+    max_steps are static (part of the compiled program).
     """
 
     max_new_tokens: int = 256
@@ -56,6 +61,7 @@ class SamplingOptions:
     top_k: int = 0
     seed: int = 0
     eos_ids: tuple[int, ...] = ()
+    fci: SamplerFci | None = None
 
     def check(self, config: SamplerConfig) -> None:
         if self.max_new_tokens < 1:
@@ -73,6 +79,8 @@ class SamplingOptions:
                 f"{len(self.eos_ids)} EOS ids, more than SamplerConfig.max_eos_ids="
                 f"{config.max_eos_ids}"
             )
+        if self.fci is not None and not isinstance(self.fci, SamplerFci):
+            raise TypeError(f"SamplingOptions.fci must be a SamplerFci, got {type(self.fci)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +92,11 @@ class Sample:
     token_ids: np.ndarray  # [T] int32
     logprobs: np.ndarray  # [T] float32
     finish_reason: str  # "eos" (ended with an EOS id) or "length" (budget or model limit)
+    # With SamplingOptions.fci: per-step FCI float32[S + 1] (step 0 = prompt), as the scoring
+    # forward returns it. None without the option, for continuations, and for responses the
+    # decode loop cannot score exactly (no "\n\n" separator, or too many steps): score those
+    # with scoring.forward.score_sequences.
+    fci: np.ndarray | None = None
 
 
 def check_request(request: Request, cfg: ModelConfig) -> list[int]:
@@ -134,17 +147,35 @@ def sample(
     ]
     by_length = sorted(range(len(requests)), key=lambda i: -len(contexts[i]))
     rows = [(i, s) for i in by_length for s in range(requests[i].n)]
+    separators = None
+    if options.fci is not None:
+        options.fci.config.layer_mask(cfg.num_layers)  # a bad layer subset fails before compiling
+        separators = options.fci.separator_table(cfg.vocab_size)
     samples = []
     for start in range(0, len(rows), config.buckets.max_rows):
         chunk = rows[start : start + config.buckets.max_rows]
-        batch, new_tokens, cache_length = _pack(chunk, requests, contexts, budgets, options, config)
-        result = sample_batch(params, batch, cfg, config, new_tokens, cache_length)
-        tokens, logprobs, counts = jax.device_get(result)
+        batch, new_tokens, cache_length = _pack(
+            chunk, requests, contexts, budgets, options, config, separators
+        )
+        static_fci = None if options.fci is None else options.fci.static()
+        result = sample_batch(params, batch, cfg, config, new_tokens, cache_length, static_fci)
+        tokens, logprobs, counts, raw_fci = jax.device_get(result)
+        ids = [tokens[r, : counts[r]].copy() for r in range(len(chunk))]
+        fci = [None] * len(chunk)
+        if options.fci is not None:
+            layouts = [
+                None
+                if len(requests[i].prefix_ids)
+                else segment_steps(len(requests[i].prompt_ids), ids[r], options.fci.seps)
+                for r, (i, _) in enumerate(chunk)
+            ]
+            fci = fci_decode.finish(
+                raw_fci[: len(chunk)], layouts, ids, options.fci, cfg.num_layers
+            )
         eos = set(options.eos_ids)
         for r, (i, s) in enumerate(chunk):
-            ids = tokens[r, : counts[r]].copy()
-            reason = "eos" if len(ids) and int(ids[-1]) in eos else "length"
-            samples.append(Sample(i, s, ids, logprobs[r, : counts[r]].copy(), reason))
+            reason = "eos" if len(ids[r]) and int(ids[r][-1]) in eos else "length"
+            samples.append(Sample(i, s, ids[r], logprobs[r, : counts[r]].copy(), reason, fci[r]))
         if progress is not None:
             progress(len(chunk))
     return sorted(samples, key=lambda x: (x.request, x.sample))
@@ -157,6 +188,7 @@ def _pack(
     budgets: list[int],
     options: SamplingOptions,
     config: SamplerConfig,
+    separators: np.ndarray | None = None,
 ) -> tuple[DeviceBatch, int, int]:
     """One device batch for rows (request, sample), padded to buckets; plus M and S."""
     buckets, shards = config.buckets, config.batch_shards
@@ -198,6 +230,7 @@ def _pack(
         ),
         seed=np.int32(options.seed),
         eos_ids=eos,
+        separators=separators,
     )
     return _place(batch, config), new_tokens, cache_length
 
@@ -208,9 +241,10 @@ def _place(batch: DeviceBatch, config: SamplerConfig) -> DeviceBatch:
     if config.mesh is None:
         return jax.device_put(batch)
     replicated = NamedSharding(config.mesh, PartitionSpec())
-    by_rows = batch._replace(seed=None, eos_ids=None)
+    by_rows = batch._replace(seed=None, eos_ids=None, separators=None)
     placed = jax.tree.map(lambda x: jax.device_put(x, batch_sharding(config.mesh, x.ndim)), by_rows)
     return placed._replace(
         seed=jax.device_put(batch.seed, replicated),
         eos_ids=jax.device_put(batch.eos_ids, replicated),
+        separators=jax.device_put(batch.separators, replicated),
     )

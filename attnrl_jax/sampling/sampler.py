@@ -28,8 +28,10 @@ from jax.sharding import Mesh
 from attnrl_jax.models import sharding
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params, forward_hidden, logits_from_hidden, unstack_layers
+from attnrl_jax.sampling import fci_decode
 from attnrl_jax.sampling.buckets import Buckets
-from attnrl_jax.sampling.cache import KVCache, constrain, decode_attend, prefill_attend
+from attnrl_jax.sampling.cache import KVCache, StepMass, constrain, decode_attend, prefill_attend
+from attnrl_jax.sampling.fci_decode import DecodeFci, FciState
 from attnrl_jax.sampling.token_choice import SamplingParams, choose_tokens
 
 
@@ -81,12 +83,14 @@ class DeviceBatch(NamedTuple):
     sampling: SamplingParams  # [R] each
     seed: jax.Array  # [] int32
     eos_ids: jax.Array  # [E] int32, padded with -1
+    separators: jax.Array | None = None  # [V] bool: step-ending ids (only with FCI)
 
 
 class DeviceResult(NamedTuple):
     tokens: jax.Array  # [R, M] int32; entries past num_tokens are 0
     logprobs: jax.Array  # [R, M] float32 (see token_choice.py for which distribution)
     num_tokens: jax.Array  # [R] int32
+    fci: jax.Array | None = None  # [R, S_max] float32, fci_decode.aggregate (only with FCI)
 
 
 class _Loop(NamedTuple):
@@ -95,6 +99,7 @@ class _Loop(NamedTuple):
     done: jax.Array  # [R] bool
     result: DeviceResult
     cache: KVCache
+    fci: FciState | None
 
 
 def _row_keys(batch: DeviceBatch) -> jax.Array:
@@ -141,7 +146,9 @@ def _prefill(
     return logits, constrain(cache, config.mesh, config.rules)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "config", "max_new_tokens", "cache_length"))
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "config", "max_new_tokens", "cache_length", "fci")
+)
 def sample_batch(
     params: Params,
     batch: DeviceBatch,
@@ -149,10 +156,13 @@ def sample_batch(
     config: SamplerConfig,
     max_new_tokens: int,
     cache_length: int,
+    fci: DecodeFci | None = None,
 ) -> DeviceResult:
     """Generates up to max_new_tokens (M) tokens for each of the batch's R rows.
 
     cache_length (S) must hold every row: S >= context_length + budget for each.
+    fci: also accumulate FCI while decoding (see fci_decode.py; needs batch.separators); the
+    result's `fci` is then [R, S_max], raw (requests.py applies key weights and masks).
     """
     layers = unstack_layers(params)  # sliced once here, not once per decode step
     logits, cache = _prefill(params, layers, batch, cfg, config, cache_length)
@@ -171,19 +181,53 @@ def sample_batch(
         jnp.zeros((rows,), jnp.int32),
     )
     first = jnp.int32(0)
-    loop = _Loop(first, jnp.zeros((rows,), jnp.int32), budget <= 0, empty, cache)
+    state = None
+    if fci is not None:
+        heads, num_layers = cfg.num_heads, cfg.num_layers
+        state = fci_decode.initial_state(fci, rows, cache_length, heads, num_layers)
+        state = fci_decode.mark_context(state, lengths)
+    loop = _Loop(first, jnp.zeros((rows,), jnp.int32), budget <= 0, empty, cache, state)
     loop = _record(loop, first, *choose(logits, first), eos_ids, budget)
+    chunk = chunk_size(cache_length, config.attention_chunk)
+
+    def feed_last(loop: _Loop) -> tuple[jax.Array, _Loop]:
+        """One forward of every row's last chosen token: hidden [R, E] and the new cache."""
+        # The last token goes into slot length + step - 1; finished rows stay in range.
+        positions = jnp.minimum(lengths + loop.step - 1, cache_length - 1)
+        tokens = loop.token[:, None]
+        if fci is None:
+            attend = decode_attend(positions, chunk)
+            hidden, cache = forward_hidden(
+                layers, cfg, tokens, positions[:, None], attend, loop.cache
+            )
+            return hidden[:, 0], loop._replace(cache=cache)
+        # The token fed now is response token step - 1: new for rows that chose it.
+        fed = loop.step - 1 < loop.result.num_tokens
+        state = fci_decode.feed(loop.fci, positions, fed, fci)
+        counted = fci_decode.counted_layers(fci, cfg.num_layers)
+        attend = decode_attend(
+            positions, chunk, StepMass(state.slot_steps, fed, fci.max_steps, counted)
+        )
+        hidden, (cache, current) = forward_hidden(
+            layers, cfg, tokens, positions[:, None], attend, (loop.cache, state.current)
+        )
+        ends = fed & batch.separators[loop.token]
+        state = fci_decode.fold(state._replace(current=current), ends, fci)
+        return hidden[:, 0], loop._replace(cache=cache, fci=state)
 
     def running(loop: _Loop):
         return (loop.step < max_new_tokens) & ~jnp.all(loop.done)
 
     def decode(loop: _Loop) -> _Loop:
-        # The last token goes into slot length + step - 1; finished rows stay in range.
-        positions = jnp.minimum(lengths + loop.step - 1, cache_length - 1)
-        attend = decode_attend(positions, chunk_size(cache_length, config.attention_chunk))
-        tokens = loop.token[:, None]
-        hidden, cache = forward_hidden(layers, cfg, tokens, positions[:, None], attend, loop.cache)
-        token, logprob = choose(logits_from_hidden(params, hidden[:, 0]), loop.step)
-        return _record(loop._replace(cache=cache), loop.step, token, logprob, eos_ids, budget)
+        hidden, loop = feed_last(loop)
+        token, logprob = choose(logits_from_hidden(params, hidden), loop.step)
+        return _record(loop, loop.step, token, logprob, eos_ids, budget)
 
-    return jax.lax.while_loop(running, decode, loop).result
+    loop = jax.lax.while_loop(running, decode, loop)
+    if fci is None:
+        return loop.result
+    # Nothing is sampled after a row's last token, so the loop never fed it; one more forward
+    # does (rows already complete are not fed), then the unterminated last steps are folded.
+    _, loop = feed_last(loop)
+    state = fci_decode.fold(loop.fci, loop.fci.size > 0, fci)
+    return loop.result._replace(fci=fci_decode.aggregate(state, fci))

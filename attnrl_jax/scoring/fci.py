@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attnrl_jax.models.attention import (
     MASK_VALUE,
@@ -158,14 +159,16 @@ def finish_fci(
     """The accumulated state [B, S_max] -> FCI [B, S_max] with the masks applied.
 
     Step 0 (prompt), step 1 and every step from think_end_step on ([B] int32, -1 = none) are 0;
-    slots past a row's last step are 0 already (they hold no tokens).
+    slots past a row's last step are 0 already (they hold no tokens). NumPy inputs are computed
+    in NumPy (the sampler's host side, whose row counts vary: no compile per shape).
     """
+    xp = np if isinstance(state, np.ndarray) else jnp
     if config.aggregation == "mean":
         state = state / sum(config.layer_mask(num_layers))
-    steps = jnp.arange(state.shape[1])
-    think = jnp.where(think_end_step >= 0, think_end_step, state.shape[1])
+    steps = xp.arange(state.shape[1])
+    think = xp.where(think_end_step >= 0, think_end_step, state.shape[1])
     keep = (steps >= 2)[None, :] & (steps[None, :] < think[:, None])
-    return jnp.where(keep, state, 0.0)
+    return xp.where(keep, state, 0.0)
 
 
 def initial_state(batch: int, max_steps: int) -> jax.Array:

@@ -1,0 +1,221 @@
+"""FCI of fresh samples, accumulated while the sampler decodes them (ALGORITHM.md section 2).
+
+With c = 1/|step| (mean pooling; 1 for sum), the scoring forward computes per layer l, head h
+
+    y[l,h,k] = c_k sum_{j >= k + delta} c_j sum_{i in step j} sum_{t in step k} A[l,h,i,t].
+
+While decoding, query i's attention row over the cache is computed anyway, so each decode step
+adds, per row, layer and head, the row's attention summed by key step (`current`, [R, H, S_max]).
+The query weight c_j is only known when step j ends (its separator is fed), so `current` holds the
+unweighted sums of the step in progress; at the step's end it is folded into `total` with weight
+c_j, for key steps k <= j - delta only (those are complete), and reset. After the last token,
+y = c_k total and the aggregate over heads and layers equals the scoring forward's FCI state.
+
+Exactness conditions, checked per row on the host (`finish`):
+- Steps are tracked with the "\\n\\n" separators only. A response without any falls back to "\\n"
+  or to every token (steps.py), a choice that depends on the whole response: those rows get no
+  FCI here (None) and the caller scores them with the scoring forward.
+- A row with more than max_steps - 1 response steps (the static bucket) also gets None.
+- Prompt queries never count (step 0 >= k + delta never holds), so prefill needs nothing. The
+  response's last token is never fed by the decode loop (nothing is sampled after it), so one
+  extra forward feeds the last tokens after the loop (`sampler.sample_batch`).
+- Continuations (a non-empty response prefix in the context) get None: their prefix queries run
+  in prefill, which is not tracked (the trainer only needs FCI of fresh initial responses).
+
+State per row: 2 x (counted layers) x heads x max_steps float32 plus one int32 step id per cache
+slot; never T x T. Per decode step and layer, the extra work is one sorted segment sum of the
+attention row (O(H x S_cache)), plus O(H x max_steps) for the fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnrl_jax.scoring.fci import FciConfig, finish_fci
+from attnrl_jax.scoring.steps import SeparatorIds, StepLayout
+
+
+@dataclass(frozen=True)
+class SamplerFci:
+    """The sampler option `SamplingOptions.fci`: FCI of every fresh sample, computed in decode.
+
+    seps: the tokenizer's separator ids (only `double_newline` and `think_end` are used here; rows
+    that would need the "\\n" or every-token fallback get `Sample.fci = None`). config: pooling,
+    delta, aggregation and layers, as in the scoring forward. max_steps: step slots per row
+    (static: a new value compiles a new program); a row with more than max_steps - 1 response
+    steps gets None.
+    """
+
+    seps: SeparatorIds
+    config: FciConfig = field(default_factory=FciConfig)
+    max_steps: int = 256
+
+    def __post_init__(self):
+        if not isinstance(self.seps, SeparatorIds):
+            raise TypeError(f"SamplerFci.seps must be a SeparatorIds, got {type(self.seps)}")
+        if self.max_steps < 2:
+            raise ValueError(f"SamplerFci.max_steps must be >= 2, got {self.max_steps}")
+
+    def static(self) -> DecodeFci:
+        return DecodeFci(self.config, self.max_steps)
+
+    def separator_table(self, vocab_size: int) -> np.ndarray:
+        """bool[V]: ids that end a step ("\\n\\n" separators inside the vocabulary)."""
+        table = np.zeros(vocab_size, bool)
+        ids = np.asarray(self.seps.double_newline, np.int64)
+        table[ids[(ids >= 0) & (ids < vocab_size)]] = True
+        return table
+
+
+@dataclass(frozen=True)
+class DecodeFci:
+    """The static part of the option (hashable: a static argument of `sample_batch`)."""
+
+    config: FciConfig
+    max_steps: int
+
+
+class FciState(NamedTuple):
+    """Decode-time FCI accumulators of R rows (carried by the decode loop).
+
+    slot_steps: [R, S_cache] int32, the step of every cache slot: 0 for the context, the response
+        token's step once fed, max_steps - 1 before (nondecreasing along each row, so segment
+        sums can assume sorted ids; unfed slots are never attended).
+    step: [R] int32, the step of the next token fed (1-based, unclamped).
+    size: [R] int32, tokens of that step fed so far.
+    current, total: per counted layer [R, H, S_max] float32 (see the module docstring).
+    """
+
+    slot_steps: jax.Array
+    step: jax.Array
+    size: jax.Array
+    current: tuple[jax.Array, ...]
+    total: tuple[jax.Array, ...]
+
+
+def counted_layers(spec: DecodeFci, num_layers: int) -> tuple[int, ...]:
+    return tuple(i for i, on in enumerate(spec.config.layer_mask(num_layers)) if on)
+
+
+def initial_state(
+    spec: DecodeFci, rows: int, cache_length: int, num_heads: int, num_layers: int
+) -> FciState:
+    zeros = jnp.zeros((rows, num_heads, spec.max_steps), jnp.float32)
+    n = len(counted_layers(spec, num_layers))
+    return FciState(
+        slot_steps=jnp.full((rows, cache_length), spec.max_steps - 1, jnp.int32),
+        step=jnp.ones(rows, jnp.int32),
+        size=jnp.zeros(rows, jnp.int32),
+        current=(zeros,) * n,
+        total=(zeros,) * n,
+    )
+
+
+def mark_context(state: FciState, lengths: jax.Array) -> FciState:
+    """Slots [0, lengths[r]) hold the context: step 0."""
+    slots = jnp.arange(state.slot_steps.shape[1])
+    return state._replace(
+        slot_steps=jnp.where(slots[None, :] < lengths[:, None], 0, state.slot_steps)
+    )
+
+
+def feed(state: FciState, positions: jax.Array, fed: jax.Array, spec: DecodeFci) -> FciState:
+    """Before a decode forward: the token entering slot positions[r] belongs to step[r].
+
+    fed [R] bool: the token is a response token fed for the first time (others change nothing
+    that is read later: their slots are past the row's response).
+    """
+    rows = jnp.arange(positions.shape[0])
+    step = jnp.minimum(state.step, spec.max_steps - 1)
+    slot_steps = state.slot_steps.at[rows, positions].set(step, mode="promise_in_bounds")
+    return state._replace(slot_steps=slot_steps, size=state.size + fed)
+
+
+def step_mass(probs: jax.Array, slot_steps: jax.Array, max_steps: int) -> jax.Array:
+    """Attention probabilities [R, Hkv, G, C] summed by key step -> [R, Hkv, G, S_max].
+
+    slot_steps [R, C] int32, nondecreasing along C (a sorted segment sum).
+    """
+    r, hkv, g, c = probs.shape
+    flat = jnp.moveaxis(probs.reshape(r, hkv * g, c), 2, 1)  # [R, C, H]
+
+    def one(p, s):
+        return jax.ops.segment_sum(p, s, max_steps, indices_are_sorted=True)
+
+    return jnp.moveaxis(jax.vmap(one)(flat, slot_steps), 1, 2).reshape(r, hkv, g, max_steps)
+
+
+def add_layer(current: jax.Array, mass: jax.Array, fed: jax.Array) -> jax.Array:
+    """current [R, H, S_max] += mass [R, Hkv, G, S_max] of the rows fed this step."""
+    return current + jnp.where(fed[:, None, None], mass.reshape(current.shape), 0.0)
+
+
+def fold(state: FciState, ends: jax.Array, spec: DecodeFci) -> FciState:
+    """Rows in `ends` [R] bool finished their step: fold `current` into `total`, next step."""
+    config = spec.config
+    step = jnp.minimum(state.step, spec.max_steps - 1)
+    keys = jnp.arange(spec.max_steps)
+    later = keys[None, :] <= (step - config.delta)[:, None]  # [R, S_max]
+    if config.pooling == "mean":
+        weight = 1.0 / jnp.maximum(state.size, 1).astype(jnp.float32)
+    else:
+        weight = jnp.ones(state.size.shape, jnp.float32)
+    scale = jnp.where(ends[:, None] & later, weight[:, None], 0.0)[:, None, :]  # [R, 1, S_max]
+    keep = jnp.where(ends, 0.0, 1.0)[:, None, None]
+    total = tuple(t + c * scale for t, c in zip(state.total, state.current, strict=True))
+    return state._replace(
+        step=state.step + ends,
+        size=jnp.where(ends, 0, state.size),
+        current=tuple(c * keep for c in state.current),
+        total=total,
+    )
+
+
+def aggregate(state: FciState, spec: DecodeFci) -> jax.Array:
+    """[R, S_max]: the key-step totals aggregated over heads and layers, before the key weight
+    c_k (which factors out of both aggregations: c_k > 0 and the same for every head/layer)."""
+    if spec.config.aggregation == "max":
+        return jnp.max(jnp.stack([jnp.max(t, axis=1) for t in state.total]), axis=0)
+    return sum(jnp.mean(t, axis=1) for t in state.total)
+
+
+def finish(
+    raw: np.ndarray,
+    layouts: list[StepLayout | None],
+    response_ids: list[np.ndarray],
+    option: SamplerFci,
+    num_layers: int,
+) -> list[np.ndarray | None]:
+    """Per row: FCI float32[S + 1] (scoring's layout, masks applied), or None for rows that the
+    decode loop cannot give exactly (layout None: a continuation or padding; no "\\n\\n"
+    separator; more steps than max_steps - 1).
+
+    raw [R, S_max]: `aggregate` of the device batch; layouts[r]: segment_steps of row r.
+    """
+    rows, max_steps = raw.shape
+    exact = [
+        lay is not None
+        and lay.num_steps + 1 <= max_steps
+        and bool(np.isin(ids, option.seps.double_newline).any())
+        for lay, ids in zip(layouts, response_ids, strict=True)
+    ]
+    key_weight = np.ones((rows, max_steps), np.float32)
+    think = np.full(rows, -1, np.int32)
+    for r, lay in enumerate(layouts):
+        if not exact[r]:
+            continue
+        if option.config.pooling == "mean":
+            sizes = np.array([end - start for start, end in lay.bounds], np.float32)
+            key_weight[r, : len(sizes)] = 1.0 / np.maximum(sizes, 1.0)
+        if lay.think_end_step is not None:
+            think[r] = lay.think_end_step
+    scores = finish_fci(raw * key_weight, think, option.config, num_layers)
+    return [
+        scores[r, : lay.num_steps + 1].copy() if ok else None
+        for r, (lay, ok) in enumerate(zip(layouts, exact, strict=True))
+    ]
