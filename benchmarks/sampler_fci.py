@@ -67,8 +67,10 @@ def run(args, name: str) -> list[dict]:
         )
         assert all(len(s.token_ids) == args.new_tokens for s in samples[fci])
 
-    def call_score(with_fci):
-        responses = [s.token_ids for s in samples[False]]
+    def call_score(with_fci, fci_run=False):
+        # timed on the plain run's tokens; checked on the FCI run's own tokens (on a GPU the two
+        # runs may sample differently: bf16 reductions are not bitwise reproducible)
+        responses = [s.token_ids for s in samples[fci_run]]
         config = ScoringConfig(with_fci=with_fci)
         return score_sequences(params, cfg, config, prompts, responses, seps, args.batch)
 
@@ -98,7 +100,7 @@ def run(args, name: str) -> list[dict]:
     for k in calls:
         compile_s[k] -= best[k]
 
-    scored = call_score(True)
+    scored = call_score(True, fci_run=True)
     exact = [
         (s.fci, r.fci) for s, r in zip(samples[True], scored, strict=True) if s.fci is not None
     ]

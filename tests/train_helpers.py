@@ -23,10 +23,16 @@ def small_config(path, **overrides):
     c.total_steps = 3
     c.log.progress = False
     c.log.tensorboard = False
-    c.rollout.update(max_new_tokens=16, group_size=4)
+    # smaller than the demo's learning setting: these tests check mechanics, not learning
+    c.model.update(tiny_hidden_size=64, tiny_layers=2, tiny_heads=4, tiny_kv_heads=2)
+    c.data.num_demo_problems = 64
+    c.rollout.update(max_new_tokens=16, group_size=4, min_token_distance=0)
     c.ads.initial_prompt_batch_size = 2
     c.ads.target_sequences = 24
     c.loss.kl_weight = 0.001
+    c.optim.learning_rate = 1e-3
+    c.train.update(minibatch_problems=4, microbatch_rows=8)
+    c.checkpoint.every = 1
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")

@@ -41,7 +41,8 @@ def step_line(m: dict, total: int) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None = None) -> dict:
+    """Runs the demo; returns summary.json's content. config: instead of configs/demo.py."""
     parser = argparse.ArgumentParser(description="AttnRL on a tiny model and a built-in task")
     parser.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     parser.add_argument("--rl_steps", type=int, default=None, help="default: the demo config's")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     workdir = args.workdir.resolve()
     print(f"attnrl-jax demo; everything goes to {workdir}")
 
-    c = load_config()
+    c = config or load_config()
     c.model.path = str(workdir / "warm_start")
     c.workdir = str(workdir / "rl")
     if args.rl_steps is not None:

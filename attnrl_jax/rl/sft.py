@@ -72,7 +72,7 @@ def supervised_warm_start(
     tokens, mask: pack_examples output [N, T]; on_step(step, loss) is called after each step.
     """
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, min(20, steps), steps, learning_rate / 10
+        0.0, learning_rate, min(20, steps // 10), steps, learning_rate / 10
     )
     optimizer = optax.adamw(schedule, weight_decay=0.0)
     opt_state = optimizer.init(params)
