@@ -25,7 +25,8 @@ def get_config():
     )
     # 16 prompts x 6 responses x 5 paths per expanded response, as the paper's 64 x 6 x 5
     c.ads.update(initial_prompt_batch_size=16, target_sequences=16 * 6 * 5)
-    c.optim.learning_rate = 3e-4
-    c.train.update(minibatch_problems=16, microbatch_rows=64)
+    c.optim.learning_rate = 2e-4
+    c.loss.kl_weight = 0.01
+    c.train.update(minibatch_problems=8, microbatch_rows=64)
     c.checkpoint.every = 10
     return c
