@@ -95,13 +95,23 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = load_pretrained(path, dtype=c.model.dtype, mesh=mesh)
     prompts = load_prompts(c, tokenizer)
-    if reward_fn is None and c.grading.workers > 0:
+    grader = None
+    if c.grading.workers > 0 and (reward_fn is None or c.eval.every > 0):
         from attnrl_jax.rewards.batch import Grader
 
         grader = Grader(timeout_s=c.grading.timeout_s, num_workers=c.grading.workers)
+    if reward_fn is None and grader is not None:
 
         def reward_fn(texts, golds):
             return np.array([r.correct for r in grader.grade(texts, golds).results], float)
+
+    eval_fn = None
+    if c.eval.every > 0:
+        from attnrl_jax.eval.run import in_process_grader, pool_grader
+        from attnrl_jax.eval.training import training_eval_fn
+
+        grade_fn = pool_grader(grader) if grader is not None else in_process_grader
+        eval_fn = training_eval_fn(c, tokenizer, model.config, grade_fn)
 
     return Trainer(
         settings=settings,
@@ -118,6 +128,8 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
         checkpoint_keep=c.checkpoint.keep,
         sampler_rows=c.rollout.sampler_rows,
         log_fn=log_fn,
+        eval_fn=eval_fn,
+        eval_every=c.eval.every,
     )
 
 
