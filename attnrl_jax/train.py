@@ -3,7 +3,9 @@
 The config is validated before anything is built or compiled (rl/settings.py); re-running the
 same command in the same workdir resumes from the latest complete checkpoint and trains on to
 total_steps. Metrics go to <workdir>/metrics.jsonl (one JSON object per step) and, when
-tensorboardX is installed, to TensorBoard event files in <workdir>/tensorboard.
+tensorboardX is installed, to TensorBoard event files in <workdir>/tensorboard. The run's config
+is saved as <workdir>/config.json, and at the end the policy is written as a Hugging Face
+directory to <workdir>/hf_export (export.py; also from any checkpoint later).
 """
 
 from __future__ import annotations
@@ -161,13 +163,18 @@ def main(argv: Sequence[str]) -> None:
         resolve(c)
     except ConfigError as e:
         sys.exit(str(e))
+    from attnrl_jax.export import EXPORT_DIR, export_trainer, save_run_config
+
+    save_run_config(c, c.workdir)  # read back by `python -m attnrl_jax.export`
     log_fn = tensorboard_logger(c.workdir) if c.log.tensorboard else None
     trainer = build_trainer(c, log_fn=log_fn)
     try:
         trainer.run(c.total_steps, progress=c.log.progress)
+        export = export_trainer(trainer, Path(c.workdir) / EXPORT_DIR, initial_model_path(c))
     finally:
         trainer.close()
     print(f"trained to step {trainer.step}; metrics in {Path(c.workdir) / 'metrics.jsonl'}")
+    print(f"the policy as a Hugging Face directory: {export}")
 
 
 def run() -> None:
