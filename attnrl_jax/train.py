@@ -71,7 +71,14 @@ def load_prompts(c: ml_collections.ConfigDict, tokenizer):
         SourceSpec(p.strip(), problem_key=c.data.problem_key, answer_key=c.data.answer_key)
         for p in c.data.train_files.split(",")
     ]
-    return prepare_prompts(specs, tokenizer, max_prompt_len=c.data.max_prompt_len)[0]
+    eval_sets = None
+    if c.data.drop_eval_overlap:
+        from attnrl_jax.eval.benchmarks import eval_source_specs
+
+        eval_sets = eval_source_specs(c.eval.files, c.data.problem_key, c.data.answer_key)
+    return prepare_prompts(
+        specs, tokenizer, max_prompt_len=c.data.max_prompt_len, eval_sets=eval_sets
+    )[0]
 
 
 def grade_in_process(texts: Sequence[str], golds: Sequence[tuple[str, ...]]) -> np.ndarray:

@@ -34,10 +34,12 @@ def get_config() -> ConfigDict:
         }
     )
     # train_files: comma-separated data files (jsonl/json/parquet/HF/TFDS), or "demo" for the
-    # built-in arithmetic task (num_demo_problems problems).
+    # built-in arithmetic task (num_demo_problems problems). drop_eval_overlap: training problems
+    # that appear in a bundled benchmark (attnrl_jax/eval/benchmarks) or eval.files are dropped.
     c.data = ConfigDict(
         {
             "train_files": "demo",
+            "drop_eval_overlap": True,
             "problem_key": "problem",
             "answer_key": "answer",
             "max_prompt_len": 1024,

@@ -189,3 +189,25 @@ def test_bad_input_is_one_clear_error(tmp_path, model_dir, capsys, args, message
     err = capsys.readouterr().err
     assert message in err and err.count("error:") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_training_data_drops_benchmark_problems(tmp_path, tokenizer):
+    """Training files are deduplicated against every bundled benchmark (and eval.files)."""
+    from attnrl_jax.train import load_prompts
+    from configs.demo import get_config
+
+    math500 = load_benchmark("math500", 1, num_problems=2).problems
+    rows = [
+        {"problem": math500[1].problem, "answer": "x"},
+        {"problem": "Fresh: 2 + 2?", "answer": "4"},
+    ]
+    rows.append({"problem": "Mine: 5 - 1?", "answer": "4"})
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    own = tmp_path / "own_eval.jsonl"
+    own.write_text(json.dumps(rows[2]) + "\n")
+    c = get_config()
+    c.data.train_files, c.eval.files = str(train), str(own)
+    assert [p.problem.problem for p in load_prompts(c, tokenizer)] == ["Fresh: 2 + 2?"]
+    c.data.drop_eval_overlap = False
+    assert len(load_prompts(c, tokenizer)) == 3

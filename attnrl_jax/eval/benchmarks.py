@@ -73,6 +73,21 @@ def parse_benchmarks(spec: str, default_k: int) -> list[tuple[str, int]]:
     return list(out.items())
 
 
+def eval_source_specs(
+    files: str = "", problem_key: str = "problem", answer_key: str = "answer"
+) -> dict[str, SourceSpec]:
+    """name -> SourceSpec of every bundled benchmark and of each comma-separated file (what
+    training data is deduplicated against)."""
+    specs = {
+        name: SourceSpec(str(BENCHMARK_DIR / f"{name}.jsonl"), answer_key=key, name=name)
+        for name, key in BUNDLED.items()
+    }
+    for path in filter(None, (p.strip() for p in files.split(","))):
+        spec = SourceSpec(path, problem_key=problem_key, answer_key=answer_key)
+        specs[spec.label] = spec
+    return specs
+
+
 def load_benchmark(
     name: str, k: int, num_problems: int = 0, *, demo_seed: int = 0, demo_train: int = 0
 ) -> Benchmark:
@@ -84,8 +99,7 @@ def load_benchmark(
         return Benchmark(name, problems, k)
     if name not in BUNDLED:
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(NAMES)}")
-    spec = SourceSpec(str(BENCHMARK_DIR / f"{name}.jsonl"), answer_key=BUNDLED[name], name=name)
-    problems, _ = load_problems(spec)
+    problems, _ = load_problems(eval_source_specs()[name])
     return Benchmark(name, problems[:num_problems] if num_problems else problems, k)
 
 
