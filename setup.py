@@ -37,6 +37,8 @@ setup(
     description="AttnRL: attention-guided process-supervised RL for reasoning models, in JAX",
     python_requires=">=3.11",
     packages=find_packages(include=["attnrl_jax", "attnrl_jax.*"]),
+    # the bundled evaluation sets (attnrl_jax/eval/benchmarks/SOURCES.md: origin and licences)
+    package_data={"attnrl_jax.eval": ["benchmarks/*.jsonl", "benchmarks/SOURCES.md"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from attnrl_jax.data.sources import DataError, read_json_lines
 from attnrl_jax.models.config import DTYPES
 from attnrl_jax.models.hf_io import CheckpointError, load_pretrained
 from attnrl_jax.models.sharding import make_mesh
@@ -57,20 +58,13 @@ def _ids(value, name: str, where: str) -> list[int]:
 def read_requests(path: Path, tokenizer, chat_template: bool, n: int) -> list[Request]:
     """One Request per non-blank line; Request.index is the 0-based line number."""
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 is valid JSON
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
+        rows = read_json_lines(path)
+    except DataError as e:
+        raise InputError(str(e)) from None
     requests = []
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
-        where = f"{path} line {number + 1}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: expected a JSON object")
+    for line_number, row in rows:
+        number = line_number - 1
+        where = f"{path} line {line_number}"
         if ("prompt" in row) == ("prompt_ids" in row):
             raise InputError(f"{where}: needs exactly one of 'prompt' (text) and 'prompt_ids'")
         if "prompt" in row:

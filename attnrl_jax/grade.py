@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from attnrl_jax.data.sources import DataError, read_json_lines
 from attnrl_jax.rewards.batch import Grader
 
 
@@ -28,22 +29,12 @@ class GradeInputError(ValueError):
 def read_input(path: Path) -> list[dict]:
     """The JSON objects of every non-blank line, validated."""
     try:
-        lines = path.read_text(encoding="utf-8").split(
-            "\n"
-        )  # not splitlines: U+2028 is valid in JSON strings
-    except (OSError, UnicodeDecodeError) as e:
-        raise GradeInputError(f"cannot read {path}: {e}") from None
+        lines = read_json_lines(path)
+    except DataError as e:
+        raise GradeInputError(str(e)) from None
     rows = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GradeInputError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise GradeInputError(f"{where}: expected a JSON object")
+    for n, obj in lines:
+        where = f"{path} line {n}"
         if not isinstance(obj.get("response"), str):
             raise GradeInputError(f"{where}: 'response' must be a string")
         ans = obj.get("answer")

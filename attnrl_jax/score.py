@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from attnrl_jax.data.sources import DataError, read_json_lines
 from attnrl_jax.models.config import DTYPES
 from attnrl_jax.models.hf_io import CheckpointError, load_pretrained
 from attnrl_jax.scoring.fci import AGGREGATIONS, POOLINGS, FciConfig
@@ -55,19 +56,11 @@ def read_input(path: Path, tokenizer, vocab_size: int) -> tuple[list[list[int]],
     """Prompt and response ids of every non-blank line of a JSON-lines file."""
     prompts, responses = [], []
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 is valid JSON
-    except OSError as e:
-        raise ScoreInputError(f"cannot read {path}: {e.strerror}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+        rows = read_json_lines(path)
+    except DataError as e:
+        raise ScoreInputError(str(e)) from None
+    for number, row in rows:
         where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScoreInputError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ScoreInputError(f"{where}: expected a JSON object")
         if "prompt_ids" in row or "response_ids" in row:
             if "prompt_ids" not in row or "response_ids" not in row:
                 raise ScoreInputError(f"{where}: needs both 'prompt_ids' and 'response_ids'")

@@ -3,8 +3,10 @@
 The config is validated before anything is built or compiled (rl/settings.py); re-running the
 same command in the same workdir resumes from the latest complete checkpoint and trains on to
 total_steps. Metrics go to <workdir>/metrics.jsonl (one JSON object per step; every line has the
-same keys, loss terms are null on a step without an update) and, with log.tensorboard and
-tensorboardX installed, to TensorBoard event files in <workdir>/tensorboard.
+same keys, loss terms are null on a step without an update) and, with log.tensorboard, to
+TensorBoard event files in <workdir>/tensorboard. The run's config is saved as
+<workdir>/config.json, and at the end the policy is written as a Hugging Face directory to
+<workdir>/hf_export (export.py; also from any checkpoint later).
 """
 
 from __future__ import annotations
@@ -70,7 +72,14 @@ def load_prompts(c: ml_collections.ConfigDict, tokenizer):
         SourceSpec(p.strip(), problem_key=c.data.problem_key, answer_key=c.data.answer_key)
         for p in c.data.train_files.split(",")
     ]
-    return prepare_prompts(specs, tokenizer, max_prompt_len=c.data.max_prompt_len)[0]
+    eval_sets = None
+    if c.data.drop_eval_overlap:
+        from attnrl_jax.eval.benchmarks import eval_source_specs
+
+        eval_sets = eval_source_specs(c.eval.files, c.data.problem_key, c.data.answer_key)
+    return prepare_prompts(
+        specs, tokenizer, max_prompt_len=c.data.max_prompt_len, eval_sets=eval_sets
+    )[0]
 
 
 def grade_in_process(texts: Sequence[str], golds: Sequence[tuple[str, ...]]) -> np.ndarray:
@@ -79,20 +88,31 @@ def grade_in_process(texts: Sequence[str], golds: Sequence[tuple[str, ...]]) -> 
     return np.array([grade(t, list(g)).correct for t, g in zip(texts, golds, strict=True)], float)
 
 
-def make_reward_fn(c: ml_collections.ConfigDict):
-    """(reward_fn, close): the math grader, in a pool of c.grading.workers processes with a
-    per-item deadline of c.grading.timeout_s (close stops the pool), or in-process when workers
-    is 0 (close does nothing). Both give the same verdicts; the pool bounds slow items."""
+def make_grader(c: ml_collections.ConfigDict):
+    """A pool of c.grading.workers grading processes with a per-item deadline of
+    c.grading.timeout_s, or None when workers is 0 (grade in-process)."""
     if c.grading.workers <= 0:
-        return grade_in_process, lambda: None
+        return None
     from attnrl_jax.rewards.batch import Grader
 
-    grader = Grader(timeout_s=c.grading.timeout_s, num_workers=c.grading.workers)
+    return Grader(timeout_s=c.grading.timeout_s, num_workers=c.grading.workers)
 
+
+def pool_reward_fn(grader):
     def reward_fn(texts: Sequence[str], golds: Sequence[tuple[str, ...]]) -> np.ndarray:
         return np.array([r.correct for r in grader.grade(texts, golds).results], float)
 
-    return reward_fn, grader.close
+    return reward_fn
+
+
+def make_reward_fn(c: ml_collections.ConfigDict):
+    """(reward_fn, close): the math grader, in a worker pool (make_grader; close stops it) or
+    in-process when workers is 0 (close does nothing). Both give the same verdicts; the pool
+    bounds slow items."""
+    grader = make_grader(c)
+    if grader is None:
+        return grade_in_process, lambda: None
+    return pool_reward_fn(grader), grader.close
 
 
 def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
@@ -115,9 +135,18 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
     model = load_pretrained(path, dtype=c.model.dtype, mesh=mesh)
     prompts = load_prompts(c, tokenizer)
     closers = []
+    grader = make_grader(c) if reward_fn is None or c.eval.every > 0 else None
+    if grader is not None:
+        closers.append(grader.close)
     if reward_fn is None:
-        reward_fn, close_grader = make_reward_fn(c)
-        closers.append(close_grader)
+        reward_fn = grade_in_process if grader is None else pool_reward_fn(grader)
+    eval_fn = None
+    if c.eval.every > 0:
+        from attnrl_jax.eval.run import in_process_grader, pool_grader
+        from attnrl_jax.eval.training import training_eval_fn
+
+        grade_fn = in_process_grader if grader is None else pool_grader(grader)
+        eval_fn = training_eval_fn(c, tokenizer, model.config, grade_fn)
     loggers = [log_fn] if log_fn is not None else []
     if c.log.tensorboard:
         board = tensorboard_logger(c.workdir)
@@ -150,6 +179,8 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
             sampler_rows=c.rollout.sampler_rows,
             log_fn=log_all,
             on_close=close_all,
+            eval_fn=eval_fn,
+            eval_every=c.eval.every,
         )
     except BaseException:  # do not leave grading workers behind
         close_all()
@@ -195,12 +226,17 @@ def main(argv: Sequence[str]) -> None:
         resolve(c)
     except ConfigError as e:
         sys.exit(str(e))
+    from attnrl_jax.export import EXPORT_DIR, export_trainer, save_run_config
+
+    save_run_config(c, c.workdir)  # read back by `python -m attnrl_jax.export`
     trainer = build_trainer(c)
     try:
         trainer.run(c.total_steps, progress=c.log.progress)
+        export = export_trainer(trainer, Path(c.workdir) / EXPORT_DIR, initial_model_path(c))
     finally:
         trainer.close()
     print(f"trained to step {trainer.step}; metrics in {Path(c.workdir) / 'metrics.jsonl'}")
+    print(f"the policy as a Hugging Face directory: {export}")
 
 
 def run() -> None:

@@ -19,10 +19,12 @@ def get_config() -> ConfigDict:
     c.branching = ""  # "" = the method's own (attnrl: atb, treerl: entropy, grpo: none)
     c.mesh = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # make_mesh(**mesh); -1: the rest
 
-    # path: a Hugging Face Qwen2 directory. "" builds the project's tiny random model (tiny_*).
+    # path: a Hugging Face Qwen2 directory. "" builds the project's tiny random model (tiny_*),
+    # unless require_path is set (the paper configs: an empty path is then a ConfigError).
     c.model = ConfigDict(
         {
             "path": "",
+            "require_path": False,
             "dtype": "float32",
             "tiny_hidden_size": 64,
             "tiny_intermediate_size": 0,  # 0: 2 x tiny_hidden_size
@@ -33,10 +35,12 @@ def get_config() -> ConfigDict:
         }
     )
     # train_files: comma-separated data files (jsonl/json/parquet/HF/TFDS), or "demo" for the
-    # built-in arithmetic task (num_demo_problems problems).
+    # built-in arithmetic task (num_demo_problems problems). drop_eval_overlap: training problems
+    # that appear in a bundled benchmark (attnrl_jax/eval/benchmarks) or eval.files are dropped.
     c.data = ConfigDict(
         {
             "train_files": "demo",
+            "drop_eval_overlap": True,
             "problem_key": "problem",
             "answer_key": "answer",
             "max_prompt_len": 1024,
@@ -95,5 +99,23 @@ def get_config() -> ConfigDict:
     c.grading = ConfigDict({"workers": 0, "timeout_s": 5.0})  # workers 0: grade in-process
     c.checkpoint = ConfigDict({"every": 10, "keep": 2})
     c.log = ConfigDict({"progress": True, "tensorboard": True})
+    # Evaluation during training (eval/run.py), every `every` steps and after the last; 0: off.
+    # benchmarks: comma-separated bundled names, each with an optional ":k" (e.g. "aime24:32,
+    # math500:4"), "paper" for the paper's six with their k, or "demo" (held-out demo problems).
+    # files: comma-separated JSONL files of your own (fields problem/answer). k: samples per
+    # problem where a name gives none. num_problems: the first N of each benchmark (0: all).
+    # Metrics go to metrics.jsonl and TensorBoard as eval/<benchmark>/<metric>.
+    c.eval = ConfigDict(
+        {
+            "every": 0,
+            "benchmarks": "",
+            "files": "",
+            "k": 4,
+            "max_new_tokens": 8192,
+            "temperature": 0.6,
+            "top_p": 0.95,
+            "num_problems": 0,
+        }
+    )
     c.lock()
     return c

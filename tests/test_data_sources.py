@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from attnrl_jax.data.records import Problem, SourceSpec, get_field, load_many, load_problems
-from attnrl_jax.data.sources import DataError, infer_format, read_rows
+from attnrl_jax.data.sources import DataError, infer_format, read_json_lines, read_rows
 
 ROWS = [
     {"problem": "What is 1+1?", "answer": "2"},
@@ -244,3 +244,15 @@ def test_load_many_concatenates_in_order(tmp_path):
     problems, reports = load_many(specs)
     assert _pairs(problems) == EXPECTED
     assert [(r.source, r.kept) for r in reports] == [("a", 2), ("B", 1)]
+
+
+def test_read_json_lines_for_tools(tmp_path):
+    """The strict reader the CLIs share: numbered objects; the first bad line is an error."""
+    path = tmp_path / "in.jsonl"
+    path.write_text('\ufeff{"a": "x\u2028y"}\n\n  \n{"b": 2}\n', encoding="utf-8")
+    assert read_json_lines(path) == [(1, {"a": "x\u2028y"}), (4, {"b": 2})]
+    path.write_text('{"a": 1}\n[1]\n{bad\n')
+    with pytest.raises(DataError, match=r"in.jsonl line 2: expected a JSON object, got list"):
+        read_json_lines(path)
+    with pytest.raises(DataError, match="no such file"):
+        read_json_lines(tmp_path / "missing.jsonl")

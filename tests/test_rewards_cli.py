@@ -40,9 +40,9 @@ def test_cli_malformed_line_names_it_and_writes_nothing(tmp_path: Path):
     inp.write_text('{"response": "\\\\boxed{1}", "answer": "1"}\n\n{"response": "", "answer": 3}\n')
     p = _run("--input", str(inp), "--output", str(out))
     assert p.returncode == 2
-    assert f"{inp}:3" in p.stderr and "'answer'" in p.stderr
+    assert f"{inp} line 3:" in p.stderr and "'answer'" in p.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [inp]
     inp.write_text('{"response": "x", "answer": "1"}\n{not json\n')
     p = _run("--input", str(inp), "--output", str(out))
-    assert p.returncode == 2 and f"{inp}:2: not valid JSON" in p.stderr
+    assert p.returncode == 2 and f"{inp} line 2: invalid JSON" in p.stderr
     assert not out.exists()

@@ -93,7 +93,7 @@ def test_chat_template_wraps_text_prompts(tmp_path, model_dir, tokenizer):
 @pytest.mark.parametrize(
     "rows, message",
     [
-        ([{"prompt_ids": [1]}, "{not json"], "line 2: not valid JSON"),
+        ([{"prompt_ids": [1]}, "{not json"], "line 2: invalid JSON"),
         ([{"prompt_ids": [1]}, {"prompt_ids": [3, 600]}], "line 2: token id 600 is outside"),
         ([["a list"]], "line 1: expected a JSON object"),
         ([{"prompt": "hi", "prompt_ids": [1]}], "line 1: needs exactly one of"),

@@ -95,7 +95,7 @@ def test_cli_writes_documented_fields(tmp_path, model_dir, tokenizer):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("{not json", "line 2: not valid JSON"),
+        ("{not json", "line 2: invalid JSON"),
         ({"prompt_ids": [1, 2]}, "line 2: needs both 'prompt_ids' and 'response_ids'"),
         ({"prompt": "a"}, "line 2: needs 'prompt_ids' and 'response_ids', or"),
         ({"prompt_ids": [1], "response_ids": [99999]}, "outside the model's vocabulary"),

@@ -79,6 +79,20 @@ def read_rows(path: str | Path, fmt: str = "auto", split: str = "train") -> Iter
     raise DataError(f"{path}: unknown format {fmt!r}; one of {FORMATS} or 'auto'")
 
 
+def read_json_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) of every non-blank line of a JSONL file, for tools that
+    reject a whole input on its first bad line: a DataError names the file and line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    rows = []
+    for number, raw in _numbered_jsonl(path, _read_text(path)):
+        if raw.error is not None:
+            raise DataError(f"{raw.where}: {raw.error}")
+        rows.append((number, raw.value))
+    return rows
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark is dropped
@@ -95,6 +109,11 @@ def _object_row(where: str, value: Any) -> RawRow:
 
 
 def _read_jsonl(path: Path, text: str) -> Iterator[RawRow]:
+    for _, row in _numbered_jsonl(path, text):
+        yield row
+
+
+def _numbered_jsonl(path: Path, text: str) -> Iterator[tuple[int, RawRow]]:
     # Split on "\n" only: str.splitlines() also breaks at U+2028 and similar characters, which
     # JSON allows unescaped inside strings (gsm8k_train.jsonl has some).
     for number, line in enumerate(text.split("\n"), start=1):
@@ -104,9 +123,9 @@ def _read_jsonl(path: Path, text: str) -> Iterator[RawRow]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
-            yield RawRow(where, None, f"invalid JSON ({e.msg} at column {e.colno})")
+            yield number, RawRow(where, None, f"invalid JSON ({e.msg} at column {e.colno})")
             continue
-        yield _object_row(where, value)
+        yield number, _object_row(where, value)
 
 
 def _read_json(path: Path) -> Iterator[RawRow]:

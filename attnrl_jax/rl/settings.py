@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import ml_collections
 
+from attnrl_jax.eval.benchmarks import parse_benchmarks
 from attnrl_jax.rl.ads import ADSConfig
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.packed import PACKINGS
@@ -63,12 +64,45 @@ def _check(errors: list[str], ok: bool, message: str) -> None:
         errors.append(message)
 
 
+def _check_eval(errors: list[str], e: ml_collections.ConfigDict) -> None:
+    """Evaluation values (eval.files are read, and checked, when the trainer starts)."""
+    _check(errors, e.every >= 0, f"eval.every must be >= 0 (0: off), got {e.every}")
+    if e.every > 0:
+        _check(
+            errors,
+            bool(e.benchmarks.strip() or e.files.strip()),
+            "eval.every > 0 needs eval.benchmarks or eval.files",
+        )
+    _check(errors, e.k >= 1, f"eval.k must be >= 1, got {e.k}")
+    _check(errors, e.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1")
+    _check(errors, e.temperature >= 0, f"eval.temperature must be >= 0, got {e.temperature}")
+    _check(errors, 0 < e.top_p <= 1, f"eval.top_p must be in (0, 1], got {e.top_p}")
+    _check(errors, e.num_problems >= 0, "eval.num_problems must be >= 0 (0: all)")
+    try:
+        parse_benchmarks(e.benchmarks, max(e.k, 1))
+    except ValueError as err:
+        errors.append(f"eval.benchmarks: {err}")
+
+
 def resolve(config: ml_collections.ConfigDict) -> Settings:
     """Validated settings; a ConfigError naming every problem otherwise."""
     errors: list[str] = []
     c = config
     _check(errors, bool(c.workdir), "workdir is required (--config.workdir=/path)")
     _check(errors, c.total_steps >= 1, f"total_steps must be >= 1, got {c.total_steps}")
+    _check(
+        errors,
+        bool(c.model.path) or not c.model.require_path,
+        "model.path is required by this config (a local Hugging Face checkpoint directory, "
+        "e.g. --config.model.path=/models/DeepSeek-R1-Distill-Qwen-1.5B; nothing is downloaded)",
+    )
+    _check(
+        errors,
+        bool(c.data.train_files.strip()),
+        "data.train_files is required: comma-separated data files (JSONL, JSON, Parquet, HF or "
+        "TFDS directories) or 'demo' (--config.data.train_files=/data/train.parquet)",
+    )
+    _check_eval(errors, c.eval)
     _check(errors, c.method in METHODS, f"method={c.method!r}; known: {sorted(METHODS)}")
     branching = c.branching or METHODS.get(c.method, "none")
     _check(errors, branching in SELECTORS, f"branching={branching!r}; known: {sorted(SELECTORS)}")

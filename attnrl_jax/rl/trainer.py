@@ -82,6 +82,8 @@ class Trainer:
         sampler_rows: int = 64,
         log_fn: Callable[[dict], None] | None = None,
         on_close: Callable[[], None] | None = None,
+        eval_fn: Callable[..., dict[str, float]] | None = None,
+        eval_every: int = 0,
     ):
         self.settings, self.cfg, self.mesh = settings, model_cfg, mesh
         self.tokenizer, self.reward_fn, self.seed = tokenizer, reward_fn, seed
@@ -91,6 +93,9 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.log_fn = log_fn
         self.on_close = on_close  # e.g. stops a grading worker pool
+        # eval_fn(params, sampler_config, eos_ids) -> {"eval/<bench>/<metric>": value}, run
+        # after every eval_every-th step and the last one (eval/training.py builds it).
+        self.eval_fn, self.eval_every = eval_fn, eval_every
         eos = {tokenizer.eos_token_id} | {
             tokenizer.convert_tokens_to_ids(t)
             for t in ("<|im_end|>",)
@@ -304,6 +309,10 @@ class Trainer:
         with open(self.workdir / "metrics.jsonl", "a") as f:
             while self.step < total_steps:
                 metrics = self.train_step()
+                if self._eval_due(total_steps):
+                    start = time.perf_counter()
+                    metrics.update(self.eval_fn(self.params, self.sampler, self.rollout.eos_ids))
+                    metrics["time_eval"] = time.perf_counter() - start
                 f.write(json.dumps(metrics) + "\n")
                 f.flush()
                 if self.log_fn is not None:
@@ -315,6 +324,11 @@ class Trainer:
                 out.append(metrics)
         bar.close()
         return out
+
+    def _eval_due(self, total_steps: int) -> bool:
+        if self.eval_fn is None or self.eval_every <= 0:
+            return False
+        return self.step % self.eval_every == 0 or self.step == total_steps
 
     def close(self) -> None:
         self.checkpointer.close()

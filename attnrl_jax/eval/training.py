@@ -1,0 +1,73 @@
+"""Evaluation during training: the config's `eval` section as a trainer callback.
+
+`training_eval_fn(config, tokenizer, model_cfg, grade_fn)` loads the benchmarks once and returns
+eval_fn(params, sampler_config, eos_ids) -> {"eval/<benchmark>/<metric>": value, ...,
+"eval/average/pass@1": value}, which the Trainer calls every config.eval.every steps and after
+the last step, merging the values into that step's metrics.jsonl line and TensorBoard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import ml_collections
+
+from attnrl_jax.eval.benchmarks import (
+    DEMO,
+    Benchmark,
+    load_benchmark,
+    load_benchmark_file,
+    parse_benchmarks,
+)
+from attnrl_jax.eval.run import EvalOptions, GradeFn, evaluate_policy, in_process_grader
+from attnrl_jax.models.config import ModelConfig
+from attnrl_jax.models.qwen2 import Params
+from attnrl_jax.sampling import SamplerConfig
+
+
+def config_benchmarks(c: ml_collections.ConfigDict) -> list[Benchmark]:
+    """The benchmarks named by c.eval (bundled names, then files), each capped at
+    c.eval.num_problems. "demo" avoids the training problems when training on the demo task."""
+    e = c.eval
+    demo_train = c.data.num_demo_problems if c.data.train_files == DEMO else 0
+    out = [
+        load_benchmark(name, k, e.num_problems, demo_seed=c.seed, demo_train=demo_train)
+        for name, k in parse_benchmarks(e.benchmarks, e.k)
+    ]
+    for path in filter(None, (p.strip() for p in e.files.split(","))):
+        out.append(
+            load_benchmark_file(
+                path,
+                e.k,
+                e.num_problems,
+                problem_key=c.data.problem_key,
+                answer_key=c.data.answer_key,
+            )
+        )
+    return out
+
+
+def training_eval_fn(
+    c: ml_collections.ConfigDict,
+    tokenizer,
+    model_cfg: ModelConfig,
+    grade_fn: GradeFn = in_process_grader,
+) -> Callable[[Params, SamplerConfig, Sequence[int]], dict[str, float]]:
+    """The Trainer's eval callback for config c (benchmarks loaded now, so a bad file fails
+    before training starts)."""
+    benchmarks = config_benchmarks(c)
+    options = EvalOptions(
+        max_new_tokens=c.eval.max_new_tokens,
+        temperature=c.eval.temperature,
+        top_p=c.eval.top_p,
+        seed=c.seed,
+    )
+
+    def eval_fn(params: Params, sampler: SamplerConfig, eos_ids: Sequence[int]) -> dict:
+        result = evaluate_policy(
+            params, model_cfg, tokenizer, benchmarks, options, grade_fn,
+            eos_ids=eos_ids, sampler=sampler,
+        )  # fmt: skip
+        return result.flat("eval")
+
+    return eval_fn

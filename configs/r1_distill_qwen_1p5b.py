@@ -1,0 +1,59 @@
+"""The paper's main run: DeepSeek-R1-Distill-Qwen-1.5B, 8k responses (ALGORITHM.md section 9).
+
+    python -m attnrl_jax.train --config=configs/r1_distill_qwen_1p5b.py[:VARIANT] \
+        --config.model.path=/models/DeepSeek-R1-Distill-Qwen-1.5B \
+        --config.data.train_files=/data/deepscaler.parquet --config.workdir=/runs/attnrl_1p5b
+
+VARIANT: attnrl (default), grpo, treerl, ... (configs/variants.py). Two keys have no default and
+must be set: model.path (a local Hugging Face directory; nothing is downloaded) and
+data.train_files. The paper trains on DeepScaleR-Preview (40,315 problems), which this
+repository does not ship. AttnRL's own copy (`data/train/deepscaler_train.parquet` in
+RyanLiu112/AttnRL) loads with --config.data.problem_key=prompt.0.content
+--config.data.answer_key=reward_model.ground_truth; any JSONL/JSON/Parquet file with
+problem/answer fields works too, e.g. the Hendrycks MATH train split.
+
+The mesh is the only thing that changes between machines: fsdp over every device here (1.5B in
+float32 with AdamW is about 24 GB of state, sharded); `--config.mesh.fsdp=1` runs on one device.
+mesh, microbatch_rows and sampler_rows are provisional (to be set from the memory plan).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from base import get_config as base_config  # noqa: E402
+from variants import apply_variant  # noqa: E402
+
+
+def paper_config():
+    """The settings the 1.5B and 7B runs share."""
+    c = base_config()
+    c.model.path = ""
+    c.model.require_path = True
+    # float32: AdamW at lr 1e-6 needs float32 weights (bfloat16 would round most updates away).
+    c.model.dtype = "float32"
+    c.data.train_files = ""  # required: DeepScaleR-style problem/answer data (see above)
+    c.data.max_prompt_len = 1024
+    c.rollout.update(
+        group_size=6, continuations=2, num_points=2, max_new_tokens=8192, temperature=1.0,
+        top_p=1.0, min_token_distance=512,
+    )  # fmt: skip
+    c.ads.update(target_sequences=64 * 6 * 5, initial_prompt_batch_size=64, batch_lambda=0.9)
+    c.loss.update(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_weight=0.001)
+    c.optim.update(learning_rate=1e-6, weight_decay=0.01, grad_clip=1.0)
+    c.train.update(minibatch_problems=32, microbatch_rows=8)  # microbatch: provisional
+    c.rollout.sampler_rows = 256  # provisional
+    c.grading.update(workers=8, timeout_s=5.0)  # a hard per-answer deadline (rewards/batch.py)
+    c.checkpoint.update(every=10, keep=2)
+    # The paper's evaluation (avg@32 AIME24/25, AMC23; avg@4 the rest; temperature 0.6, 32k
+    # tokens) costs hours at this scale, so it is off during training; run attnrl_jax.evaluate
+    # on the exported policy, or set --config.eval.every=50 (--config.eval.num_problems caps it).
+    c.eval.update(benchmarks="paper", every=0, max_new_tokens=32768, temperature=0.6, top_p=0.95)
+    return c
+
+
+def get_config(variant: str = ""):
+    c = paper_config()
+    c.mesh.update(data=1, fsdp=-1, tensor=1)  # provisional: FSDP over all devices
+    return apply_variant(c, variant)

@@ -1,0 +1,24 @@
+"""The paper's 7B run: DeepSeek-R1-Distill-Qwen-7B, otherwise the 1.5B settings.
+
+    python -m attnrl_jax.train --config=configs/r1_distill_qwen_7b.py[:VARIANT] \
+        --config.model.path=/models/DeepSeek-R1-Distill-Qwen-7B \
+        --config.data.train_files=/data/deepscaler.parquet --config.workdir=/runs/attnrl_7b
+
+See configs/r1_distill_qwen_1p5b.py for the data and the variants. The mesh adds tensor
+parallelism (Qwen2-7B has 28 query and 4 key/value heads, so tensor may be 1, 2 or 4); the
+values are provisional (to be set from the memory plan).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from r1_distill_qwen_1p5b import paper_config  # noqa: E402
+from variants import apply_variant  # noqa: E402
+
+
+def get_config(variant: str = ""):
+    c = paper_config()
+    c.mesh.update(data=1, fsdp=-1, tensor=2)  # provisional: FSDP x 2-way tensor parallelism
+    return apply_variant(c, variant)
