@@ -18,10 +18,10 @@ from pathlib import Path
 
 import ml_collections
 
-from attnrl_jax.data.demo_task import held_out_problems
-from attnrl_jax.demo.held_out import held_out_accuracy
 from attnrl_jax.demo.report import plot_metrics, write_summary
 from attnrl_jax.demo.warm_start import load_or_build_warm_start
+from attnrl_jax.eval.benchmarks import Benchmark, demo_heldout
+from attnrl_jax.eval.run import EvalOptions, evaluate_policy
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 
@@ -67,14 +67,19 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(c.model.path)
-    problems = [p for p, _ in held_out_problems(args.held_out, c.data.num_demo_problems, c.seed)]
+    problems = demo_heldout(args.held_out, c.seed, c.data.num_demo_problems)
     k, temperature = 4, c.rollout.temperature
+    options = EvalOptions(
+        max_new_tokens=c.rollout.max_new_tokens, temperature=temperature, top_p=1.0, seed=c.seed
+    )
 
     def accuracy(params) -> float:
-        return held_out_accuracy(
-            params, model.config, tokenizer, problems, k=k, temperature=temperature,
-            max_new_tokens=c.rollout.max_new_tokens, seed=c.seed + 1,
+        """avg@k on the held-out problems (the same samples' seeds before and after)."""
+        result = evaluate_policy(
+            params, model.config, tokenizer, [Benchmark("demo", problems, k)], options,
+            eos_ids=(tokenizer.eos_token_id,),
         )  # fmt: skip
+        return result.metrics["demo"]["pass@1"]
 
     before = accuracy(model.params())
     print(

@@ -31,8 +31,6 @@ BUNDLED = {
 PAPER = "aime24:32,aime25:32,amc23:32,math500:4,minerva:4,olympiadbench:4"
 DEMO = "demo"
 NAMES = (*BUNDLED, DEMO)
-# Held-out demo problems come from this seed offset (training uses config.seed itself).
-DEMO_EVAL_SEED_OFFSET = 1_000_003
 DEMO_EVAL_PROBLEMS = 128
 
 
@@ -118,17 +116,12 @@ def load_benchmark_file(
 
 
 def demo_heldout(num: int, seed: int = 0, num_train: int = 0) -> list[Problem]:
-    """`num` distinct demo problems from seed + DEMO_EVAL_SEED_OFFSET whose text is not among
-    the first num_train training problems of `seed`, renamed "demo_eval:<i>"."""
-    from attnrl_jax.data.demo_task import demo_problems
+    """`num` distinct held-out demo problems (data/demo_task.held_out_problems: none among the
+    first num_train training problems of `seed`), renamed "demo_eval:<i>"."""
+    from attnrl_jax.data.demo_task import held_out_problems
 
-    seen = {p.problem for p, _ in demo_problems(num_train, seed)}
-    pool = demo_problems(4 * num + 64, seed + DEMO_EVAL_SEED_OFFSET)
-    fresh = []
-    for p, _ in pool:
-        if p.problem not in seen:
-            seen.add(p.problem)
-            fresh.append(p)
-    if len(fresh) < num:
-        raise DataError(f"only {len(fresh)} held-out demo problems differ from training")
-    return [dataclasses.replace(p, where=f"demo_eval:{i}") for i, p in enumerate(fresh[:num])]
+    try:
+        held = held_out_problems(num, num_train, seed)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return [dataclasses.replace(p, where=f"demo_eval:{i}") for i, (p, _) in enumerate(held)]
