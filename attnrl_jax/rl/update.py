@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params
 from attnrl_jax.models.sharding import batch_sharding
+from attnrl_jax.models.transfer import to_device
 from attnrl_jax.rl.loss import LossConfig, policy_loss
 from attnrl_jax.rl.packed import TrainProblem, make_rows, power_of_two, row_logprobs, stack_rows
 from attnrl_jax.rl.settings import OptimConfig
@@ -92,7 +93,7 @@ def _device_batch(arrays: dict, mesh: Mesh | None) -> dict:
     arrays = {k: arrays[k] for k in DEVICE_FIELDS + LOSS_FIELDS}
     if mesh is None:
         return jax.device_put(arrays)
-    return {k: jax.device_put(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()}
+    return {k: to_device(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()}
 
 
 def run_updates(

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params
 from attnrl_jax.models.sharding import batch_sharding
+from attnrl_jax.models.transfer import to_device, to_host
 from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
 from attnrl_jax.sampling.token_choice import SamplingParams
 
@@ -139,7 +140,7 @@ def sample(
         chunk = rows[start : start + config.buckets.max_rows]
         batch, new_tokens, cache_length = _pack(chunk, requests, contexts, budgets, options, config)
         result = sample_batch(params, batch, cfg, config, new_tokens, cache_length)
-        tokens, logprobs, counts = jax.device_get(result)
+        tokens, logprobs, counts = to_host(result)
         eos = set(options.eos_ids)
         for r, (i, s) in enumerate(chunk):
             ids = tokens[r, : counts[r]].copy()
@@ -209,8 +210,7 @@ def _place(batch: DeviceBatch, config: SamplerConfig) -> DeviceBatch:
         return jax.device_put(batch)
     replicated = NamedSharding(config.mesh, PartitionSpec())
     by_rows = batch._replace(seed=None, eos_ids=None)
-    placed = jax.tree.map(lambda x: jax.device_put(x, batch_sharding(config.mesh, x.ndim)), by_rows)
+    placed = jax.tree.map(lambda x: to_device(x, batch_sharding(config.mesh, x.ndim)), by_rows)
     return placed._replace(
-        seed=jax.device_put(batch.seed, replicated),
-        eos_ids=jax.device_put(batch.eos_ids, replicated),
+        seed=to_device(batch.seed, replicated), eos_ids=to_device(batch.eos_ids, replicated)
     )

@@ -24,6 +24,7 @@ import numpy as np
 from attnrl_jax.models.attention import causal_attend
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params, default_positions, forward_hidden
+from attnrl_jax.models.transfer import mesh_of, rows_to_device, to_host
 from attnrl_jax.scoring.fci import FciConfig, fci_attend, finish_fci, initial_state
 from attnrl_jax.scoring.logprobs import token_logprobs_entropies
 from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, pad_step_ids, segment_steps
@@ -149,6 +150,7 @@ def score_sequences(
     order = sorted(range(len(layouts)), key=lambda i: layouts[i].total_len)
     granule = max(1024, config.query_chunk, config.logit_chunk)
     results: list[ScoredSequence | None] = [None] * len(layouts)
+    mesh = mesh_of(params)  # the params' mesh: rows split like a training batch
     for first in range(0, len(order), batch_size):
         group = order[first : first + batch_size]
         rows = min(batch_size, 1 << (len(group) - 1).bit_length())
@@ -159,12 +161,12 @@ def score_sequences(
         for row, i in enumerate(group):
             ids = np.concatenate([np.asarray(prompts[i]), np.asarray(responses[i])])
             tokens[row, : ids.size] = ids
-        out = jax.device_get(
+        out = to_host(
             score_batch(
                 params,
-                jnp.asarray(tokens),
-                jnp.asarray(steps.step_ids),
-                jnp.asarray(steps.think_end_step),
+                rows_to_device(tokens, mesh),
+                rows_to_device(steps.step_ids, mesh),
+                rows_to_device(steps.think_end_step, mesh),
                 cfg=cfg,
                 config=config,
                 max_steps=steps.max_steps,
