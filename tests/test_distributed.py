@@ -177,13 +177,20 @@ def metrics_of(workdir):
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    """Two worker processes (2 CPU devices each) training config() for STEPS steps."""
-    workdir = tmp_path_factory.mktemp("two_process")
+def runs(tmp_path_factory):
+    """(two-process workdir, one-process workdir, one-process params after STEPS steps).
+
+    Two worker processes (2 CPU devices each) train config() while this process trains the
+    same config on the first 4 of its 8 devices (the same mesh shape), overlapping the two.
+    """
+    from attnrl_jax.train import build_trainer
+
+    two = tmp_path_factory.mktemp("two_process")
+    one = tmp_path_factory.mktemp("one_process")
     address = f"127.0.0.1:{free_port()}"
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(workdir), address, "2", str(i)],
+            [sys.executable, str(WORKER), str(two), address, "2", str(i)],
             cwd=ROOT,
             env=env_for(2),
             stdout=subprocess.PIPE,
@@ -194,6 +201,11 @@ def two_process_run(tmp_path_factory):
     ]
     outputs = []
     try:
+        trainer = build_trainer(config(one), reward_fn=parity_reward)
+        try:
+            trainer.run(STEPS)
+        finally:
+            trainer.close()
         for p in procs:
             outputs.append(p.communicate(timeout=400)[0])
     finally:
@@ -202,29 +214,15 @@ def two_process_run(tmp_path_factory):
                 p.kill()
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory):
-    """The same config in this process, on the first 4 of its 8 devices (the same mesh shape)."""
-    from attnrl_jax.train import build_trainer
-
-    workdir = tmp_path_factory.mktemp("one_process")
-    trainer = build_trainer(config(workdir), reward_fn=parity_reward)
-    try:
-        trainer.run(STEPS)
-    finally:
-        trainer.close()
-    return workdir, jax.device_get(trainer.params)
+    return two, one, jax.device_get(trainer.params)
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_metrics_of_one(two_process_run, one_process_run):
+def test_two_processes_write_the_metrics_of_one(runs):
     """Counts (tokens, sequences, rows, ...) are equal; float metrics agree to a relative 1e-5
     (measured: about 1e-6): the gradient sums cross the processes through gloo in another
     order than within one process, so step 2 differs in the last float32 bits."""
-    two, one = metrics_of(two_process_run), metrics_of(one_process_run[0])
+    two, one = metrics_of(runs[0]), metrics_of(runs[1])
     assert [m["step"] for m in two] == list(range(1, STEPS + 1))
     assert all(m["updates"] >= 1 for m in two)
     for a, b in zip(two, one, strict=True):
@@ -237,13 +235,13 @@ def test_two_processes_write_the_metrics_of_one(two_process_run, one_process_run
 
 
 @pytest.mark.slow
-def test_two_process_checkpoint_restores_in_one_process(two_process_run, one_process_run):
+def test_two_process_checkpoint_restores_in_one_process(runs):
     """The checkpoint the two processes wrote (params split over both: fsdp spans them) restores
     here onto a single device, with the one-process run's parameters (to 5% of the learning
     rate: see test_distributed_mesh.py for why Adam needs that much)."""
     from attnrl_jax.train import build_trainer
 
-    c = config(two_process_run)
+    c = config(runs[0])
     c.mesh.update(data=1, fsdp=1, tensor=1)
     trainer = build_trainer(c, reward_fn=parity_reward)
     try:
@@ -253,6 +251,6 @@ def test_two_process_checkpoint_restores_in_one_process(two_process_run, one_pro
     finally:
         trainer.close()
     lr = c.optim.learning_rate
-    reference = one_process_run[1]
+    reference = runs[2]
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(reference), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=0.05 * lr)
