@@ -7,6 +7,11 @@ same keys, loss terms are null on a step without an update) and, with log.tensor
 TensorBoard event files in <workdir>/tensorboard. The run's config is saved as
 <workdir>/config.json, and at the end the policy is written as a Hugging Face directory to
 <workdir>/hf_export (export.py; also from any checkpoint later).
+
+Multi-host: run the same command on every host (launch/); `distributed.*` keys or the
+environment say how many processes there are (attnrl_jax/distributed.py), and the job starts
+jax.distributed before any other JAX use. The mesh then spans every process's devices; the
+workdir must be one directory all hosts see (shared disk or a bucket mount) for checkpoints.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from attnrl_jax.distributed import DistributedError, initialize
 from attnrl_jax.rl.settings import ConfigError, resolve
 
 
@@ -45,20 +51,32 @@ def initial_model_path(c: ml_collections.ConfigDict) -> Path:
     written once to <workdir>/initial_model (seeded by config.seed)."""
     if c.model.path:
         return Path(c.model.path)
+    import jax
+
     path = Path(c.workdir) / "initial_model"
-    if not (path / "config.json").exists():
-        import jax
-        from flax import nnx
+    if jax.process_index() == 0 and not (path / "config.json").exists():
+        _write_tiny_model(c, path)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
 
-        from attnrl_jax.data.tokenizer import build_tiny_tokenizer
-        from attnrl_jax.models import Qwen2ForCausalLM, save_pretrained
-
-        tokenizer = build_tiny_tokenizer(c.model.tiny_vocab_size)
-        cfg = tiny_model_config(c, len(tokenizer))
-        with jax.default_device(jax.devices("cpu")[0]):
-            model = Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(c.seed))
-        save_pretrained(model, path, tokenizer=tokenizer, overwrite=True)
+        multihost_utils.sync_global_devices("attnrl_jax.train initial_model")
+        if not (path / "config.json").exists():  # a workdir not shared between hosts
+            _write_tiny_model(c, path)
     return path
+
+
+def _write_tiny_model(c: ml_collections.ConfigDict, path: Path) -> None:
+    import jax
+    from flax import nnx
+
+    from attnrl_jax.data.tokenizer import build_tiny_tokenizer
+    from attnrl_jax.models import Qwen2ForCausalLM, save_pretrained
+
+    tokenizer = build_tiny_tokenizer(c.model.tiny_vocab_size)
+    cfg = tiny_model_config(c, len(tokenizer))
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        model = Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(c.seed))
+    save_pretrained(model, path, tokenizer=tokenizer, overwrite=True)
 
 
 def load_prompts(c: ml_collections.ConfigDict, tokenizer):
@@ -129,6 +147,12 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
     mesh_sizes = c.mesh.to_dict()
     fixed = int(np.prod([s for s in mesh_sizes.values() if s > 0]))
     devices = jax.devices() if -1 in mesh_sizes.values() else jax.devices()[:fixed]
+    if jax.process_count() > 1 and len(devices) != jax.device_count():
+        raise ConfigError(
+            f"mesh {mesh_sizes} uses {len(devices)} of the {jax.device_count()} devices of "
+            f"{jax.process_count()} processes; a multi-host mesh must use every device (set "
+            "one axis to -1)"
+        )
     mesh = make_mesh(**mesh_sizes, devices=devices)
     path = initial_model_path(c)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -148,7 +172,7 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
         grade_fn = in_process_grader if grader is None else pool_grader(grader)
         eval_fn = training_eval_fn(c, tokenizer, model.config, grade_fn)
     loggers = [log_fn] if log_fn is not None else []
-    if c.log.tensorboard:
+    if c.log.tensorboard and jax.process_index() == 0:
         board = tensorboard_logger(c.workdir)
         if board is not None:
             loggers.append(board)
@@ -224,19 +248,30 @@ def main(argv: Sequence[str]) -> None:
     c = flags.FLAGS.config
     try:
         resolve(c)
-    except ConfigError as e:
+        cluster = initialize(c.distributed.to_dict())  # before any other JAX use
+    except (ConfigError, DistributedError) as e:
         sys.exit(str(e))
+    import jax
+
     from attnrl_jax.export import EXPORT_DIR, export_trainer, save_run_config
 
-    save_run_config(c, c.workdir)  # read back by `python -m attnrl_jax.export`
+    primary = jax.process_index() == 0
+    if cluster is not None and primary:
+        print(
+            f"multi-host: {cluster.num_processes} processes ({cluster.source}), "
+            f"{jax.device_count()} devices, coordinator {cluster.coordinator_address}"
+        )
+    if primary:
+        save_run_config(c, c.workdir)  # read back by `python -m attnrl_jax.export`
     trainer = build_trainer(c)
     try:
         trainer.run(c.total_steps, progress=c.log.progress)
         export = export_trainer(trainer, Path(c.workdir) / EXPORT_DIR, initial_model_path(c))
     finally:
         trainer.close()
-    print(f"trained to step {trainer.step}; metrics in {Path(c.workdir) / 'metrics.jsonl'}")
-    print(f"the policy as a Hugging Face directory: {export}")
+    if primary:
+        print(f"trained to step {trainer.step}; metrics in {Path(c.workdir) / 'metrics.jsonl'}")
+        print(f"the policy as a Hugging Face directory: {export}")
 
 
 def run() -> None:

@@ -117,5 +117,19 @@ def get_config() -> ConfigDict:
             "num_problems": 0,
         }
     )
+    # Multi-host (attnrl_jax/distributed.py). mode: auto (these keys, else JAX_COORDINATOR_ADDRESS
+    # / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else SLURM, else TPU_WORKER_* env; one process when
+    # none), tpu (Cloud TPU pod slice, worker list from the VM metadata), off. num_processes 0
+    # and process_id -1 mean unset; port 0: the cluster's default (SLURM, TPU).
+    c.distributed = ConfigDict(
+        {
+            "mode": "auto",
+            "coordinator_address": "",
+            "num_processes": 0,
+            "process_id": -1,
+            "port": 0,
+            "initialization_timeout_s": 300,
+        }
+    )
     c.lock()
     return c

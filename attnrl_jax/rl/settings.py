@@ -84,6 +84,31 @@ def _check_eval(errors: list[str], e: ml_collections.ConfigDict) -> None:
         errors.append(f"eval.benchmarks: {err}")
 
 
+def _check_distributed(errors: list[str], d: ml_collections.ConfigDict) -> None:
+    from attnrl_jax.distributed import MODES, DistributedError, split_address
+
+    _check(errors, d.mode in MODES, f"distributed.mode={d.mode!r}; known: {list(MODES)}")
+    if d.coordinator_address:
+        try:
+            split_address(d.coordinator_address)
+        except DistributedError as e:
+            errors.append(f"distributed.{e}")
+    _check(errors, d.num_processes >= 0, "distributed.num_processes must be >= 0 (0: unset)")
+    _check(errors, d.process_id >= -1, "distributed.process_id must be >= -1 (-1: unset)")
+    if d.num_processes > 0:
+        _check(
+            errors,
+            d.process_id < d.num_processes,
+            f"distributed.process_id={d.process_id} must be < num_processes={d.num_processes}",
+        )
+    _check(errors, 0 <= d.port < 65536, f"distributed.port={d.port} must be in 0..65535")
+    _check(
+        errors,
+        d.initialization_timeout_s > 0,
+        f"distributed.initialization_timeout_s must be > 0, got {d.initialization_timeout_s}",
+    )
+
+
 def resolve(config: ml_collections.ConfigDict) -> Settings:
     """Validated settings; a ConfigError naming every problem otherwise."""
     errors: list[str] = []
@@ -132,6 +157,7 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
             micro % shards == 0,
             f"train.microbatch_rows={micro} must be a multiple of mesh data x fsdp = {shards}",
         )
+    _check_distributed(errors, c.distributed)
     ads_on = c.method == "attnrl"
     attention = ads_on and c.ads.attention_filter
     try:

@@ -11,6 +11,16 @@ Step k (0-based; the params are theta_k, policy version k):
 Randomness is a function of (seed, step): the host Generator of step k is
 default_rng([seed, k]) and sampler seeds are derived from (seed, k, call), so a resumed run
 draws exactly what an uninterrupted one would, and the RNG state in a checkpoint is (seed, step).
+
+Several JAX processes (multi-host, see distributed.py): every process runs this same loop on
+the FULL batch (the prompt stream is not split by process; the devices split the work through
+the mesh), so every host-side decision is a function of values that are identical everywhere:
+(seed, step) randomness, sampler and scoring outputs gathered from the same global arrays,
+and rewards. Rewards alone could differ (a grader's deadline can fire on one host and not on
+another), so each process grades every process_count-th item and the results are all-gathered:
+all hosts then plan the same branches, ADS counts and batch sizes. Process 0 alone writes
+metrics.jsonl, TensorBoard events and the progress bar; checkpoints are written collectively
+(orbax: every process calls save, each writes its shards, process 0 the metadata).
 """
 
 from __future__ import annotations
@@ -178,7 +188,7 @@ class Trainer:
         """Forget metrics lines of steps after the restored checkpoint (and a line cut off by a
         kill), so metrics.jsonl reads as one uninterrupted run."""
         path = self.workdir / "metrics.jsonl"
-        if not path.exists():
+        if jax.process_index() != 0 or not path.exists():
             return
         kept = []
         for line in path.read_text().splitlines():
@@ -195,12 +205,24 @@ class Trainer:
         return int(np.random.default_rng([self.seed, self.step, call]).integers(2**31))
 
     def _grade(self, token_lists, golds) -> np.ndarray:
+        """float[N] rewards; with several processes each grades items p, p + P, ... and all
+        receive every result (so all make the same decisions; see the module docstring)."""
         if not token_lists:
             return np.zeros(0)
+        count, index = jax.process_count(), jax.process_index()
+        mine = range(index, len(token_lists), count)
         texts = self.tokenizer.batch_decode(
-            [np.asarray(t).tolist() for t in token_lists], skip_special_tokens=True
+            [np.asarray(token_lists[i]).tolist() for i in mine], skip_special_tokens=True
         )
-        return np.asarray(self.reward_fn(texts, golds), dtype=np.float64)
+        local = np.asarray(self.reward_fn(texts, [golds[i] for i in mine]), dtype=np.float64)
+        if count == 1:
+            return local
+        from jax.experimental import multihost_utils
+
+        padded = np.zeros(-(-len(token_lists) // count), np.float32)
+        padded[: len(local)] = local
+        gathered = np.asarray(multihost_utils.process_allgather(padded))  # [P, ceil(N / P)]
+        return gathered.T.reshape(-1)[: len(token_lists)].astype(np.float64)
 
     def _sample_and_score(self, prompts, plan_of, timer, call):
         """One sampler call: G samples per prompt, plus T continuations per branch point of
@@ -305,17 +327,22 @@ class Trainer:
         from tqdm.auto import tqdm
 
         out = []
-        bar = tqdm(total=total_steps, initial=self.step, disable=not progress, desc="train")
-        with open(self.workdir / "metrics.jsonl", "a") as f:
+        primary = jax.process_index() == 0  # the one process that writes logs
+        bar = tqdm(
+            total=total_steps, initial=self.step, disable=not (progress and primary), desc="train"
+        )
+        path = self.workdir / "metrics.jsonl"
+        with open(path, "a") if primary else contextlib.nullcontext() as f:
             while self.step < total_steps:
                 metrics = self.train_step()
                 if self._eval_due(total_steps):
                     start = time.perf_counter()
                     metrics.update(self.eval_fn(self.params, self.sampler, self.rollout.eos_ids))
                     metrics["time_eval"] = time.perf_counter() - start
-                f.write(json.dumps(metrics) + "\n")
-                f.flush()
-                if self.log_fn is not None:
+                if primary:
+                    f.write(json.dumps(metrics) + "\n")
+                    f.flush()
+                if self.log_fn is not None and primary:
                     self.log_fn(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward']:.3f}", valid=metrics["valid_ratio"])

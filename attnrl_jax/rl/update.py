@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params
 from attnrl_jax.models.sharding import batch_sharding
+from attnrl_jax.models.transfer import to_device
 from attnrl_jax.rl.loss import LossConfig, metric_names, policy_loss
 from attnrl_jax.rl.packed import TrainProblem, make_rows, power_of_two, row_logprobs, stack_rows
 from attnrl_jax.rl.settings import OptimConfig
@@ -92,14 +93,26 @@ def _accumulate(acc, grads, terms):
     return jax.tree.map(jnp.add, acc, (grads, terms))
 
 
-@partial(jax.jit, static_argnames=("optim",), donate_argnums=(0, 1))
-def apply_gradients(params, opt_state, grad_sum, denominator, *, optim: OptimConfig):
+@partial(jax.jit, static_argnames=("optim", "pin"), donate_argnums=(0, 1))
+def apply_gradients(
+    params, opt_state, grad_sum, denominator, *, optim: OptimConfig, pin: tuple | None = None
+):
     """One AdamW step on grad_sum / denominator (the token-mean gradient); returns the new params,
-    optimizer state and the pre-clip gradient norm."""
+    optimizer state and the pre-clip gradient norm.
+
+    pin: the shardings of the leaves of (params, opt_state), kept for the outputs. Left to
+    itself the compiler may place an output otherwise (a replicated norm scale came back split
+    over fsdp), and every later program would then recompile for the new placement.
+    """
     grads = jax.tree.map(lambda g: g / denominator, grad_sum)
     updates, opt_state = make_optimizer(optim).update(grads, opt_state, params)
     norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-    return optax.apply_updates(params, updates), opt_state, norm
+    out = (optax.apply_updates(params, updates), opt_state)
+    if pin is not None:
+        leaves, treedef = jax.tree.flatten(out)
+        pinned = map(jax.lax.with_sharding_constraint, leaves, pin)
+        out = jax.tree.unflatten(treedef, list(pinned))
+    return *out, norm
 
 
 def row_length_bucket(n: int, granule: int = 128) -> int:
@@ -112,7 +125,7 @@ def _device_batch(arrays: dict, mesh: Mesh | None) -> dict:
     arrays = {k: arrays[k] for k in DEVICE_FIELDS + LOSS_FIELDS}
     if mesh is None:
         return jax.device_put(arrays)
-    return {k: jax.device_put(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()}
+    return {k: to_device(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()}
 
 
 def run_updates(
@@ -171,8 +184,11 @@ def run_updates(
         denominator = float(terms.denominator)
         if denominator == 0:
             continue
+        pin = None
+        if mesh is not None:
+            pin = tuple(x.sharding for x in jax.tree.leaves((params, opt_state)))
         params, opt_state, norm = apply_gradients(
-            params, opt_state, grad_sum, jnp.float32(denominator), optim=optim
+            params, opt_state, grad_sum, jnp.float32(denominator), optim=optim, pin=pin
         )
         norms.append(float(norm))
         for k, v in {"loss": terms.total, "tokens": terms.denominator, **terms.metrics}.items():

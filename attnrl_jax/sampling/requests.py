@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params
 from attnrl_jax.models.sharding import batch_sharding
+from attnrl_jax.models.transfer import to_device, to_host
 from attnrl_jax.sampling import fci_decode
 from attnrl_jax.sampling.fci_decode import SamplerFci
 from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
@@ -159,7 +160,7 @@ def sample(
         )
         static_fci = None if options.fci is None else options.fci.static()
         result = sample_batch(params, batch, cfg, config, new_tokens, cache_length, static_fci)
-        tokens, logprobs, counts, raw_fci = jax.device_get(result)
+        tokens, logprobs, counts, raw_fci = to_host(result)
         ids = [tokens[r, : counts[r]].copy() for r in range(len(chunk))]
         fci = [None] * len(chunk)
         if options.fci is not None:
@@ -242,9 +243,9 @@ def _place(batch: DeviceBatch, config: SamplerConfig) -> DeviceBatch:
         return jax.device_put(batch)
     replicated = NamedSharding(config.mesh, PartitionSpec())
     by_rows = batch._replace(seed=None, eos_ids=None, separators=None)
-    placed = jax.tree.map(lambda x: jax.device_put(x, batch_sharding(config.mesh, x.ndim)), by_rows)
+    placed = jax.tree.map(lambda x: to_device(x, batch_sharding(config.mesh, x.ndim)), by_rows)
     return placed._replace(
-        seed=jax.device_put(batch.seed, replicated),
-        eos_ids=jax.device_put(batch.eos_ids, replicated),
-        separators=jax.device_put(batch.separators, replicated),
+        seed=to_device(batch.seed, replicated),
+        eos_ids=to_device(batch.eos_ids, replicated),
+        separators=to_device(batch.separators, replicated),
     )

@@ -24,6 +24,7 @@ import numpy as np
 from attnrl_jax.models.attention import causal_attend
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params, default_positions, forward_hidden
+from attnrl_jax.models.transfer import mesh_of, rows_to_device, to_host
 from attnrl_jax.scoring.fci import FciConfig, fci_attend, finish_fci, initial_state
 from attnrl_jax.scoring.logprobs import token_logprobs_entropies
 from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, pad_step_ids, segment_steps
@@ -158,6 +159,7 @@ def score_sequences(
     granule = max(1024, config.query_chunk, config.logit_chunk)
     results: list[ScoredSequence | None] = [None] * len(layouts)
     rows = min(batch_size, 1 << max(len(order) - 1, 0).bit_length())
+    mesh = mesh_of(params)  # the params' mesh: rows split like a training batch
     for first in range(0, len(order), batch_size):
         group = order[first : first + batch_size]
         length = length_bucket(max(layouts[i].total_len for i in group), granule)
@@ -167,13 +169,13 @@ def score_sequences(
         for row, i in enumerate(group):
             ids = np.concatenate([np.asarray(prompts[i]), np.asarray(responses[i])])
             tokens[row, : ids.size] = ids
-        out = jax.device_get(
+        out = to_host(
             score_batch(
                 params,
-                jnp.asarray(tokens),
-                jnp.asarray(steps.step_ids),
-                jnp.asarray(steps.think_end_step),
-                jnp.float32(temperature),
+                rows_to_device(tokens, mesh),
+                rows_to_device(steps.step_ids, mesh),
+                rows_to_device(steps.think_end_step, mesh),
+                np.float32(temperature),
                 cfg=cfg,
                 config=config,
                 max_steps=steps.max_steps,
