@@ -102,6 +102,10 @@ TARGETS: dict[str, Target] = {
         Target("v6e-8", "tpu", 8, 32.0, "v6e:2x4", "TPU v6e (Trillium) 8 chips, 32 GiB per chip"),
         Target("h100x8", "cpu", 8, 80.0, "", "8 x H100 80 GB, estimated by XLA:CPU (8 devices)"),
         Target("cpu4", "cpu", 4, 80.0, "", "4 CPU devices (tests)"),
+        # One real GPU and one CPU device: compiling the same program for both measures how far
+        # the XLA:CPU estimate is from XLA:GPU.
+        Target("gpu1", "gpu", 1, 80.0, "", "1 local GPU (XLA:GPU; run on a GPU machine)"),
+        Target("cpu1", "cpu", 1, 80.0, "", "1 CPU device, the XLA:CPU twin of gpu1"),
     )
 }
 
@@ -121,13 +125,13 @@ def target_devices(target: Target) -> list[Any]:
     """The target's devices: TPU topology devices (compile-only) or real CPU devices."""
     import jax
 
-    if target.platform == "cpu":
-        devices = jax.devices("cpu")
+    if target.platform in ("cpu", "gpu"):
+        devices = jax.devices(target.platform)
         if len(devices) < target.num_devices:
             raise RuntimeError(
-                f"target {target.name} needs {target.num_devices} CPU devices, found "
-                f"{len(devices)}; set XLA_FLAGS=--xla_force_host_platform_device_count="
-                f"{target.num_devices} before jax starts"
+                f"target {target.name} needs {target.num_devices} {target.platform} devices, "
+                f"found {len(devices)} (CPU: set XLA_FLAGS=--xla_force_host_platform_device_count"
+                f"={target.num_devices} before jax starts)"
             )
         return devices[: target.num_devices]
     quiet_libtpu()
