@@ -174,6 +174,9 @@ def plan_entries() -> list[Entry]:
     2 shared CPU cores (the sampler, with its layers unrolled, takes ~5 min per compile)."""
     one_row_16 = Shapes(score_rows=16, train_rows=16)
     one_row_4 = Shapes(score_rows=4, train_rows=4)  # one row per data x fsdp shard of 1x4x2
+    # The longest continuation batch: prompt + prefix pads to 16384 (> 8192), and the budget
+    # stays max_new_tokens (sampling/requests.py does not shorten it by the prefix).
+    continuation = Shapes(context_len=16384, cache_len=24576)
     return [
         Entry("1.5b", "v5p-16", "1x8x1", phases=TRAIN, shapes=ONE_ROW_8),
         Entry("7b", "v5p-16", "1x8x1", phases=TRAIN, shapes=ONE_ROW_8),
@@ -184,6 +187,13 @@ def plan_entries() -> list[Entry]:
         Entry("1.5b", "h100x8", "1x8x1", phases=("score", "grad"), shapes=ONE_ROW_8),
         Entry("1.5b", "v5p-16", "1x8x1", remat=False, phases=("grad",), shapes=ONE_ROW_8),
         Entry("7b", "v5p-16", "1x8x1", phases=("sample",), shapes=ONE_ROW_8),
+        Entry("7b", "h100x8", "1x8x1", phases=("score", "grad"), shapes=ONE_ROW_8),
+        Entry("1.5b", "v6e-8", "1x4x2", phases=("grad",), shapes=one_row_4),
+        Entry("1.5b", "v5p-16", "1x8x1", "f32", phases=("grad",), shapes=ONE_ROW_8),
+        Entry("1.5b", "v5p-16", "1x8x1", phases=("grad",), shapes=Shapes(train_rows=16)),
+        Entry(
+            "1.5b", "v5p-16", "1x8x1", phases=("sample",), shapes=continuation, label="continuation"
+        ),
     ]
 
 
