@@ -177,6 +177,7 @@ def plan_entries() -> list[Entry]:
     # The longest continuation batch: prompt + prefix pads to 16384 (> 8192), and the budget
     # stays max_new_tokens (sampling/requests.py does not shorten it by the prefix).
     continuation = Shapes(context_len=16384, cache_len=24576)
+    rest = ("sample", "reference", "accumulate", "apply")
     return [
         Entry("1.5b", "v5p-16", "1x8x1", phases=TRAIN, shapes=ONE_ROW_8),
         Entry("7b", "v5p-16", "1x8x1", phases=TRAIN, shapes=ONE_ROW_8),
@@ -188,6 +189,11 @@ def plan_entries() -> list[Entry]:
         Entry("1.5b", "v5p-16", "1x8x1", remat=False, phases=("grad",), shapes=ONE_ROW_8),
         Entry("7b", "v5p-16", "1x8x1", phases=("sample",), shapes=ONE_ROW_8),
         Entry("7b", "h100x8", "1x8x1", phases=("score", "grad"), shapes=ONE_ROW_8),
+        # XLA:CPU compiles these in seconds: the rest of the 8 x H100 estimate.
+        Entry("1.5b", "h100x8", "1x8x1", phases=rest, shapes=ONE_ROW_8),
+        Entry("7b", "h100x8", "1x8x1", phases=rest, shapes=ONE_ROW_8),
+        Entry("7b", "h100x8", "1x2x4", phases=("grad",), shapes=Shapes(train_rows=2)),
+        Entry("1.5b", "h100x8", "1x8x1", phases=("grad",), shapes=Shapes(train_rows=16)),
         Entry("1.5b", "v6e-8", "1x4x2", phases=("grad",), shapes=one_row_4),
         Entry("1.5b", "v5p-16", "1x8x1", "f32", phases=("grad",), shapes=ONE_ROW_8),
         Entry("1.5b", "v5p-16", "1x8x1", phases=("grad",), shapes=Shapes(train_rows=16)),
