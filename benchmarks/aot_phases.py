@@ -1,0 +1,330 @@
+"""Compiles the project's device programs for abstract inputs and reads their per-device memory.
+
+Each phase lowers the real jitted function (no re-implementation) with jax.ShapeDtypeStruct
+inputs carrying the NamedShardings the trainer gives them, compiles it for the mesh's devices
+and reads `compiled.memory_analysis()`. Nothing is allocated: 7B weights exist only as shapes.
+
+    sample     sampling.sampler.sample_batch      prefill + the whole decode loop, one device batch
+    score      scoring.forward.score_batch        log-probs, entropies and FCI, one scoring batch
+    reference  rl.update.reference_logprobs       the frozen policy's forward for the KL term
+    grad       rl.update.microbatch_gradients     forward + backward of the loss on one micro-batch
+    accumulate rl.update._accumulate              adds a micro-batch's gradients to the running sum
+    apply      rl.update.apply_gradients          the AdamW update (params and moments donated)
+
+A program's own memory is arguments + outputs - aliased (donated) + temporaries. While it runs,
+the trainer also holds buffers that are not its arguments (rl/trainer.py keeps the params, AdamW
+moments and, with a KL term, the reference params on the devices for the whole run; run_updates
+keeps the running gradient sum between micro-batches); `resident` adds their per-device bytes,
+from their shapes and shardings, so `total` is the device memory the phase needs in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from attnrl_jax.models.config import ModelConfig
+from attnrl_jax.models.qwen2 import param_shapes, unflatten
+from attnrl_jax.models.sharding import batch_sharding, optimizer_state_shardings, param_shardings
+from attnrl_jax.rl.loss import LossConfig
+from attnrl_jax.rl.settings import OptimConfig
+from attnrl_jax.rl.update import (
+    DEVICE_FIELDS,
+    LOSS_FIELDS,
+    _accumulate,
+    apply_gradients,
+    make_optimizer,
+    microbatch_gradients,
+    reference_logprobs,
+)
+from attnrl_jax.sampling.buckets import Buckets
+from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
+from attnrl_jax.sampling.token_choice import SamplingParams
+from attnrl_jax.scoring.forward import ScoringConfig, score_batch
+
+PHASES = ("sample", "score", "reference", "grad", "accumulate", "apply")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """Padded sizes of every program, as the trainer's buckets make them.
+
+    sample: `sample_rows` rows (and context slots) per device batch, contexts padded to
+    `context_len`, `new_tokens` decode steps, a KV cache of `cache_len` slots.
+    score: `score_rows` sequences of `score_len` tokens with `score_steps` step slots.
+    reference / grad: micro-batches of `train_rows` rows of `train_len` tokens, `train_nodes`
+    tree-node slots.
+    """
+
+    sample_rows: int = 64
+    context_len: int = 1024
+    new_tokens: int = 8192
+    cache_len: int = 9216
+    score_rows: int = 8
+    score_len: int = 9216
+    score_steps: int = 1024
+    train_rows: int = 8
+    train_len: int = 9216
+    train_nodes: int = 8
+
+    def describe(self, phase: str) -> tuple[int, str]:
+        """(micro-batch rows, a short description of the sequence sizes) of one phase."""
+        if phase == "sample":
+            return self.sample_rows, (
+                f"ctx {self.context_len} + {self.new_tokens} new, cache {self.cache_len}"
+            )
+        if phase == "score":
+            return self.score_rows, f"{self.score_len} tok, {self.score_steps} steps"
+        return self.train_rows, f"{self.train_len} tok"
+
+
+@dataclasses.dataclass
+class PhaseMemory:
+    """Per-device bytes of one compiled phase (see the module docstring for `total`).
+
+    `exhausted`: the TPU compiler refused the program because it does not fit the chip's HBM
+    (RESOURCE_EXHAUSTED); `temporaries` is then the requirement its error message states, the
+    arguments are counted from their shapes and shardings, outputs are unknown (0), so `total`
+    is a lower bound. `message` keeps that error's text.
+    """
+
+    phase: str
+    arguments: int
+    outputs: int
+    aliased: int
+    temporaries: int
+    code: int
+    resident: int
+    compile_s: float
+    exhausted: bool = False
+    message: str = ""
+
+    @property
+    def program(self) -> int:
+        return self.arguments + self.outputs - self.aliased + self.temporaries
+
+    @property
+    def total(self) -> int:
+        return self.program + self.resident
+
+
+# ----- abstract arrays -----
+
+
+def _spec(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
+
+
+def per_device_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded abstract arrays (the largest shard)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def abstract_params(cfg: ModelConfig, mesh: Mesh) -> dict:
+    """The model's params as ShapeDtypeStructs with the trainer's shardings (param_shardings)."""
+    shapes = unflatten(param_shapes(cfg))
+    plain = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, cfg.weight_dtype), shapes, is_leaf=_is_shape
+    )
+    shardings = param_shardings(plain, mesh)
+    return jax.tree.map(lambda a, s: _spec(a.shape, a.dtype, s), plain, shardings)
+
+
+def _is_shape(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(i, int) for i in x)
+
+
+def abstract_opt_state(params: dict, mesh: Mesh, optim: OptimConfig) -> Any:
+    """AdamW state shaped by optax's init, sharded by optimizer_state_shardings."""
+    state = jax.eval_shape(make_optimizer(optim).init, params)
+    shardings = jax.tree.map(lambda a: a.sharding, params)
+    placed = optimizer_state_shardings(state, params, shardings, mesh)
+    return jax.tree.map(lambda a, s: _spec(a.shape, a.dtype, s), state, placed)
+
+
+def _rows(mesh: Mesh, shape, dtype) -> jax.ShapeDtypeStruct:
+    """An array whose leading (row) axis is split over data x fsdp, as the trainer places it."""
+    return _spec(shape, dtype, batch_sharding(mesh, len(shape)))
+
+
+def _replicated(mesh: Mesh, shape, dtype) -> jax.ShapeDtypeStruct:
+    return _spec(shape, dtype, NamedSharding(mesh, PartitionSpec()))
+
+
+def _check_rows(rows: int, mesh: Mesh, what: str) -> None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % shards:
+        raise ValueError(f"{what}={rows} must be a multiple of mesh data x fsdp = {shards}")
+
+
+def sampler_batch(mesh: Mesh, shapes: Shapes, max_eos_ids: int) -> DeviceBatch:
+    """A DeviceBatch placed like sampling/requests._place: rows split, seed and EOS replicated."""
+    r, c = shapes.sample_rows, shapes.context_len
+    _check_rows(r, mesh, "sample_rows")
+    row = lambda dtype: _rows(mesh, (r,), dtype)  # noqa: E731
+    return DeviceBatch(
+        contexts=_rows(mesh, (r, c), jnp.int32),
+        context_lengths=row(jnp.int32),
+        source=row(jnp.int32),
+        budget=row(jnp.int32),
+        request_index=row(jnp.int32),
+        sample_index=row(jnp.int32),
+        sampling=SamplingParams(row(jnp.float32), row(jnp.float32), row(jnp.int32)),
+        seed=_replicated(mesh, (), jnp.int32),
+        eos_ids=_replicated(mesh, (max_eos_ids,), jnp.int32),
+    )
+
+
+def train_batch(mesh: Mesh, shapes: Shapes) -> dict:
+    """The stack_rows arrays run_updates sends to the device (update._device_batch)."""
+    m, t, k = shapes.train_rows, shapes.train_len, shapes.train_nodes
+    _check_rows(m, mesh, "train_rows")
+    dtypes = {"ancestors": jnp.bool_, "weights": jnp.float32, "advantages": jnp.float32}
+    dtypes["old_logp"] = jnp.float32
+    out = {}
+    for name in DEVICE_FIELDS + LOSS_FIELDS:
+        shape = (m, k, k) if name == "ancestors" else (m, t)
+        out[name] = _rows(mesh, shape, dtypes.get(name, jnp.int32))
+    return out
+
+
+# ----- compiling -----
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_TEMPS = re.compile(r"required for HLO temporaries \(([0-9.]+)([KMGT]?)\)")
+
+
+def exhausted_temporaries(message: str) -> int | None:
+    """Bytes of temporaries that a TPU RESOURCE_EXHAUSTED compile error says a program needs."""
+    found = _TEMPS.search(message)
+    if "RESOURCE_EXHAUSTED" not in message or found is None:
+        return None
+    return int(float(found.group(1)) * _UNITS[found.group(2)])
+
+
+def _analyse(phase: str, fn, args: tuple, kwargs: dict, resident: int):
+    """Lowers and compiles fn(*args, **kwargs); returns (PhaseMemory, outputs) where outputs
+    are abstract arrays with the compiled output shardings, or None when the compiler refused
+    the program for lack of memory."""
+    lowered = fn.lower(*args, **kwargs)
+    start = time.perf_counter()
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # jax.errors.JaxRuntimeError; anything but an HBM refusal re-raised
+        temps = exhausted_temporaries(str(e))
+        if temps is None:
+            raise
+        seconds = time.perf_counter() - start
+        memory = PhaseMemory(phase, per_device_bytes(args), 0, 0, temps, 0, resident, seconds)
+        memory.exhausted, memory.message = True, str(e).splitlines()[0][:300]
+        return memory, None
+    seconds = time.perf_counter() - start
+    stats = compiled.memory_analysis()
+    memory = PhaseMemory(
+        phase=phase,
+        arguments=stats.argument_size_in_bytes,
+        outputs=stats.output_size_in_bytes,
+        aliased=stats.alias_size_in_bytes,
+        temporaries=stats.temp_size_in_bytes,
+        code=stats.generated_code_size_in_bytes,
+        resident=resident,
+        compile_s=seconds,
+    )
+    outputs = jax.tree.map(
+        lambda a, s: _spec(a.shape, a.dtype, s), lowered.out_info, compiled.output_shardings
+    )
+    return memory, outputs
+
+
+def plan_phases(
+    cfg: ModelConfig,
+    mesh: Mesh,
+    shapes: Shapes,
+    phases: tuple[str, ...] = PHASES,
+    loss: LossConfig | None = None,
+    optim: OptimConfig | None = None,
+) -> list[PhaseMemory]:
+    """Compiles the requested phases for `mesh` and returns their per-device memory.
+
+    Training phases chain real shardings: the reference log-probs and gradients passed on are
+    abstract arrays with the output shardings of the compiled program that produced them (when
+    the compiler refused that program: the batch's and the params' shardings instead).
+    loss / optim: default LossConfig() / OptimConfig() (KL weight 0.001: reference params held).
+    """
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        raise ValueError(f"unknown phases {sorted(unknown)}; choose from {PHASES}")
+    loss, optim = loss or LossConfig(), optim or OptimConfig()  # the paper's settings
+    params = abstract_params(cfg, mesh)
+    opt_state = abstract_opt_state(params, mesh, optim)
+    with_ref = loss.kl_weight > 0
+    p_bytes, o_bytes = per_device_bytes(params), per_device_bytes(opt_state)
+    ref_bytes = p_bytes if with_ref else 0  # the reference params: a copy of the initial params
+    temperature = _replicated(mesh, (), jnp.float32)
+    out: list[PhaseMemory] = []
+
+    if "sample" in phases:
+        config = SamplerConfig(buckets=Buckets(rows=(shapes.sample_rows,)), mesh=mesh)
+        batch = sampler_batch(mesh, shapes, config.max_eos_ids)
+        statics = dict(
+            cfg=cfg, config=config, max_new_tokens=shapes.new_tokens, cache_length=shapes.cache_len
+        )
+        memory, _ = _analyse("sample", sample_batch, (params, batch), statics, o_bytes + ref_bytes)
+        out.append(memory)
+
+    if "score" in phases:
+        b, t = shapes.score_rows, shapes.score_len
+        _check_rows(b, mesh, "score_rows")
+        args = (
+            params,
+            _rows(mesh, (b, t), jnp.int32),  # tokens
+            _rows(mesh, (b, t), jnp.int32),  # step ids
+            _rows(mesh, (b,), jnp.int32),  # think_end_step
+            temperature,
+        )
+        statics = dict(cfg=cfg, config=ScoringConfig(), max_steps=shapes.score_steps)
+        out.append(_analyse("score", score_batch, args, statics, o_bytes + ref_bytes)[0])
+
+    if not {"reference", "grad", "accumulate", "apply"} & set(phases):
+        return out
+    batch = train_batch(mesh, shapes)
+    ref_logp = reference = None
+    if with_ref:
+        args = (params, batch, temperature)  # the reference params have the params' shapes
+        reference, ref_logp = _analyse("reference", reference_logprobs, args, {"cfg": cfg}, 0)
+        if ref_logp is None:
+            ref_logp = _rows(mesh, (shapes.train_rows, shapes.train_len), jnp.float32)
+    args = (params, batch, temperature, ref_logp)
+    grad, outputs = _analyse("grad", microbatch_gradients, args, dict(cfg=cfg, loss=loss), 0)
+    if outputs is None:  # refused: assume gradients sharded like the params
+        outputs = jax.eval_shape(lambda *a: microbatch_gradients(*a, cfg=cfg, loss=loss), *args)
+        grads = jax.tree.map(lambda g, p: _spec(g.shape, g.dtype, p.sharding), outputs[0], params)
+        terms = jax.tree.map(lambda a: _replicated(mesh, a.shape, a.dtype), outputs[1])
+    else:
+        grads, terms = outputs
+    # Steady state (every micro-batch after the first): the running gradient sum is held too.
+    acc_bytes = per_device_bytes((grads, terms))
+    if reference is not None and "reference" in phases:
+        reference.resident = p_bytes + o_bytes + acc_bytes
+        out.append(reference)
+    if "grad" in phases:
+        grad.resident = o_bytes + ref_bytes + acc_bytes
+        out.append(grad)
+    if "accumulate" in phases:
+        args = ((grads, terms), grads, terms)
+        out.append(_analyse("accumulate", _accumulate, args, {}, p_bytes + o_bytes + ref_bytes)[0])
+    if "apply" in phases:
+        args = (params, opt_state, grads, _replicated(mesh, (), jnp.float32))
+        out.append(_analyse("apply", apply_gradients, args, {"optim": optim}, ref_bytes)[0])
+    return out

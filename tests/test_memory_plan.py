@@ -1,0 +1,125 @@
+"""The ahead-of-time memory plan (benchmarks/memory_plan.py) on a tiny model and 4 CPU devices:
+every phase compiles from abstract inputs, and the per-device accounting matches the shards."""
+
+import json
+import math
+
+import pytest
+
+from attnrl_jax.models.qwen2 import param_shapes
+from attnrl_jax.rl.settings import OptimConfig
+from attnrl_jax.rl.update import DEVICE_FIELDS
+from benchmarks import memory_plan
+from benchmarks.aot_phases import (
+    PHASES,
+    Shapes,
+    abstract_opt_state,
+    abstract_params,
+    exhausted_temporaries,
+    per_device_bytes,
+    plan_phases,
+    train_batch,
+)
+from benchmarks.aot_targets import TARGETS, model_config, parse_mesh, target_devices, target_mesh
+
+TINY = Shapes(
+    sample_rows=4,
+    context_len=16,
+    new_tokens=16,
+    cache_len=32,
+    score_rows=2,
+    score_len=32,
+    score_steps=8,
+    train_rows=2,
+    train_len=32,
+    train_nodes=8,
+)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return target_mesh(TARGETS["cpu4"], (1, 2, 2), target_devices(TARGETS["cpu4"]))
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return model_config("tiny", "f32", remat=True)
+
+
+@pytest.fixture(scope="module")
+def plan(cfg, mesh):
+    return {m.phase: m for m in plan_phases(cfg, mesh, TINY)}
+
+
+def test_per_device_bytes_is_the_shard_size(cfg, mesh):
+    params = abstract_params(cfg, mesh)
+    # Hand count for mesh fsdp=2, tensor=2: "embed" dims split over fsdp, heads/mlp/vocab over
+    # tensor, layers and norms whole; every tiny dimension divides evenly.
+    split = {"vocab": 2, "embed": 2, "heads": 2, "kv_heads": 2, "mlp": 2}
+    from attnrl_jax.models.qwen2 import LOGICAL_AXES
+
+    expected = sum(
+        4 * math.prod(n // split.get(a, 1) for n, a in zip(shape, LOGICAL_AXES[path], strict=True))
+        for path, shape in param_shapes(cfg).items()
+    )
+    assert per_device_bytes(params) == expected
+    total = 4 * sum(math.prod(s) for s in param_shapes(cfg).values())
+    assert expected < total  # sharded, not replicated
+
+
+def test_every_phase_compiles_and_counts_its_arguments(cfg, mesh, plan):
+    assert tuple(plan) == PHASES
+    params = abstract_params(cfg, mesh)
+    p_bytes = per_device_bytes(params)
+    o_bytes = per_device_bytes(abstract_opt_state(params, mesh, OptimConfig()))
+    batch = train_batch(mesh, TINY)
+    # The compiler's argument sizes are our shard sizes: params + the inputs the program reads
+    # (jit drops unused ones: the reference forward reads no loss fields), + the temperature.
+    model_inputs = per_device_bytes({k: batch[k] for k in DEVICE_FIELDS})
+    assert plan["reference"].arguments == p_bytes + model_inputs + 4
+    # score: tokens and step ids [2, 32] int32 and think_end [2], rows split in 2; temperature.
+    assert plan["score"].arguments == p_bytes + 2 * (4 * 32) + 4 + 4
+    for m in plan.values():
+        assert not m.exhausted and m.temporaries >= 0 and m.outputs > 0
+        assert m.total == m.arguments + m.outputs - m.aliased + m.temporaries + m.resident
+    # AdamW donates params and moments: the compiler aliases (most of) them to the outputs.
+    apply = plan["apply"]
+    assert p_bytes <= apply.aliased <= p_bytes + o_bytes
+    # Resident while sampling: the AdamW moments and the KL reference params (kl_weight 0.001).
+    assert plan["sample"].resident == o_bytes + p_bytes
+    # While a micro-batch's gradient runs, the running gradient sum is held as well.
+    # (XLA's output size also counts the output tuple's table, 8 bytes per output array.)
+    grads_and_terms = plan["grad"].outputs
+    running_sum = plan["grad"].resident - o_bytes - p_bytes
+    assert 0 <= grads_and_terms - running_sum <= 8 * 32
+    assert plan["accumulate"].arguments == 2 * running_sum  # the sum so far + new gradients
+
+
+def test_exhausted_compile_message_is_parsed():
+    msg = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (44.38G) exceeds available HBM (15.75G)."
+    )
+    assert exhausted_temporaries(msg) == int(44.38 * 1024**3)
+    assert exhausted_temporaries("INTERNAL: something else") is None
+
+
+def test_cli_writes_json_and_table(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    args = ["--model", "tiny", "--target", "cpu4", "--mesh", "1x2x2", "--precision", "f32"]
+    args += ["--phases", "score", "--score-rows", "2", "--seq", "32", "--score-steps", "8"]
+    memory_plan.main([*args, "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["phase"] for r in rows] == ["score"]
+    assert rows[0]["seq"] == "32 tok, 8 steps" and rows[0]["fits"] == ["v5e", "v6e", "H100", "v5p"]
+    table = capsys.readouterr().out
+    assert table.startswith("| model | phase |") and "| tiny f32 | score |" in table
+
+
+def test_bad_mesh_and_rows_are_refused(cfg, mesh):
+    with pytest.raises(ValueError, match="DATAxFSDPxTENSOR"):
+        parse_mesh("8x1")
+    with pytest.raises(ValueError, match="has 8 devices; target cpu4 has 4"):
+        target_mesh(TARGETS["cpu4"], (1, 8, 1), target_devices(TARGETS["cpu4"]))
+    with pytest.raises(ValueError, match="score_rows=3 must be a multiple of mesh data x fsdp"):
+        plan_phases(cfg, mesh, Shapes(score_rows=3, score_len=32), phases=("score",))
