@@ -16,7 +16,7 @@ from base import get_config as base_config  # noqa: E402
 def get_config():
     c = base_config()
     c.workdir = "/tmp/attnrl_demo"
-    c.total_steps = 40
+    c.total_steps = 60
     c.mesh.data = 1
     c.model.update(tiny_hidden_size=128, tiny_layers=2, tiny_heads=4, tiny_kv_heads=2)
     c.data.num_demo_problems = 2048
