@@ -16,6 +16,7 @@ workdir must be one directory all hosts see (shared disk or a bucket mount) for 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,6 +158,7 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
     path = initial_model_path(c)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = load_pretrained(path, dtype=c.model.dtype, mesh=mesh)
+    model_cfg = dataclasses.replace(model.config, remat=c.model.remat)
     prompts = load_prompts(c, tokenizer)
     closers = []
     grader = make_grader(c) if reward_fn is None or c.eval.every > 0 else None
@@ -170,7 +172,7 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
         from attnrl_jax.eval.training import training_eval_fn
 
         grade_fn = in_process_grader if grader is None else pool_grader(grader)
-        eval_fn = training_eval_fn(c, tokenizer, model.config, grade_fn)
+        eval_fn = training_eval_fn(c, tokenizer, model_cfg, grade_fn)
     loggers = [log_fn] if log_fn is not None else []
     if c.log.tensorboard and jax.process_index() == 0:
         board = tensorboard_logger(c.workdir)
@@ -189,7 +191,7 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
     try:
         return Trainer(
             settings=settings,
-            model_cfg=model.config,
+            model_cfg=model_cfg,
             params=model.params(),
             mesh=mesh,
             tokenizer=tokenizer,
