@@ -5,8 +5,9 @@
         --config.data.train_files=/data/deepscaler.parquet --config.workdir=/runs/attnrl_7b
 
 See configs/r1_distill_qwen_1p5b.py for the data and the variants. The mesh adds tensor
-parallelism (Qwen2-7B has 28 query and 4 key/value heads, so tensor may be 1, 2 or 4); the
-values are provisional (to be set from the memory plan).
+parallelism (Qwen2-7B has 28 query and 4 key/value heads, so tensor may be 1, 2 or 4): on 8
+chips (v5p-16, 8 x H100) the memory plan's train step fits at 1x2x4 with 2-row micro-batches
+(about 32 GiB per device with bf16 parameters, BENCHMARKS.md).
 """
 
 import os
@@ -20,5 +21,6 @@ from variants import apply_variant  # noqa: E402
 
 def get_config(variant: str = ""):
     c = paper_config()
-    c.mesh.update(data=1, fsdp=-1, tensor=2)  # provisional: FSDP x 2-way tensor parallelism
+    c.mesh.update(data=1, fsdp=-1, tensor=4)  # the memory plan's 1x2x4 on 8 devices
+    c.train.microbatch_rows = 2
     return apply_variant(c, variant)
