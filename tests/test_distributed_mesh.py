@@ -55,7 +55,8 @@ def one_update(problems, mesh):
     length = row_length_bucket(max(len(r.tokens) for r in rows))
     nodes = power_of_two(max(len(r.ancestors) for r in rows), 8)
     batch = _device_batch(stack_rows(rows[:MICRO], MICRO, length, nodes), mesh)
-    grads, _ = microbatch_gradients(params, ref, batch, cfg=CFG, loss=LOSS)
+    temperature = jnp.float32(1.0)  # kl_weight 0: no reference log-probs
+    grads, _ = microbatch_gradients(params, batch, temperature, None, cfg=CFG, loss=LOSS)
     grads = jax.device_get(grads)
     params, _, metrics = run_updates(
         params, opt_state, ref, problems, cfg=CFG, loss=LOSS, optim=OPTIM, packing="tree",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import signal
+import sys
 import threading
 import time
 
@@ -33,6 +35,31 @@ def test_time_limit_fires_again_after_a_swallowed_raise():
             pass
     assert time.monotonic() - start < 1.0
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_time_limit_never_raises_inside_a_gc_callback():
+    # jax registers a gc callback; a raise there goes to sys.unraisablehook, not to the stage
+    def slow_callback(phase, info):
+        if phase == "start":
+            end = time.monotonic() + 0.2
+            while time.monotonic() < end:
+                pass
+
+    unraisable, old_hook = [], sys.unraisablehook
+    gc.callbacks.append(slow_callback)
+    sys.unraisablehook = unraisable.append
+    start = time.monotonic()
+    try:
+        with pytest.raises(StageTimeout), time_limit(0.05):
+            while True:  # the alarm comes during the first collection, then Python work
+                gc.collect()
+                end = time.monotonic() + 0.2
+                while time.monotonic() < end:
+                    pass
+    finally:
+        gc.callbacks.remove(slow_callback)
+        sys.unraisablehook = old_hook
+    assert unraisable == [] and time.monotonic() - start < 2.0
 
 
 def test_time_limit_zero_budget_raises_at_once():

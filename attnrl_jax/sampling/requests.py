@@ -247,5 +247,5 @@ def _place(batch: DeviceBatch, config: SamplerConfig) -> DeviceBatch:
     return placed._replace(
         seed=to_device(batch.seed, replicated),
         eos_ids=to_device(batch.eos_ids, replicated),
-        separators=to_device(batch.separators, replicated),
+        separators=None if batch.separators is None else to_device(batch.separators, replicated),
     )
