@@ -17,3 +17,10 @@ die() {
   echo "error: $*" >&2
   exit 2
 }
+
+# Waits for every pid given; returns the last non-zero exit status (0 if all succeeded).
+wait_all() {
+  local status=0 pid
+  for pid in "$@"; do wait "$pid" || status=$?; done
+  return "$status"
+}

@@ -28,6 +28,4 @@ for ((i = 0; i < N; i++)); do
   quote "${cmd[@]}"
   if [[ "$DRY_RUN" != 1 ]]; then "${cmd[@]}" & pids+=($!); fi
 done
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-exit $status
+wait_all "${pids[@]}"

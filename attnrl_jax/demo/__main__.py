@@ -106,29 +106,21 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
 
     plot = plot_metrics(metrics, before, after, workdir / "plot.png")
     wall = time.perf_counter() - start
-    summary = write_summary(
-        workdir / "summary.json",
-        {
-            "accuracy_before": before,
-            "accuracy_after": after,
-            "accuracy_gain_points": 100 * gain,
-            "accuracy_metric": f"avg@{k}, temperature {temperature}, {len(problems)} problems",
-            "steps": trainer.step,
-            "wall_seconds": wall,
-            "warm_start_seconds": sft_seconds,
-            "metrics": str(Path(c.workdir) / "metrics.jsonl"),
-            "plot": str(plot),
-        },
-    )
-    print(f"   plot: {plot}\n   summary: {summary}\n   metrics: {c.workdir}/metrics.jsonl")
+    summary = {
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "accuracy_gain_points": 100 * gain,
+        "accuracy_metric": f"avg@{k}, temperature {temperature}, {len(problems)} problems",
+        "steps": trainer.step,
+        "wall_seconds": wall,
+        "warm_start_seconds": sft_seconds,
+        "metrics": str(Path(c.workdir) / "metrics.jsonl"),
+        "plot": str(plot),
+    }
+    path = write_summary(workdir / "summary.json", summary)
+    print(f"   plot: {plot}\n   summary: {path}\n   metrics: {c.workdir}/metrics.jsonl")
     print(f"done in {wall:.0f} s")
-    return json_summary(summary)
-
-
-def json_summary(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
+    return summary
 
 
 if __name__ == "__main__":
