@@ -142,3 +142,13 @@ def test_pending_generation_round_trip(seps):
     for name in ("responses", "logprobs", "entropies", "fci"):
         for a, b in zip(getattr(gen, name), getattr(back, name), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_mc_valid_ratio_counts_continuations_that_flip_the_outcome():
+    # responses 0 (reward 1) and 2 (reward 0) are expanded; 0 at two points, 2 at one point
+    plan = pl.BranchPlan(((3, 7), (), (5,)), ads.AttentionFilterState(), 0)
+    rewards = np.array([1.0, 0.0, 0.0])
+    conts = [np.array([1.0, 0.0]), np.array([0.0, 0.0]), np.array([1.0, 0.0])]
+    # flips: (0,1)->one of two, (0,0)->two of two, (1,0) vs 0 -> one of two: 4 of 6
+    assert pl.mc_valid_ratio(rewards, plan, conts) == pytest.approx(4 / 6)
+    assert pl.mc_valid_ratio(rewards, pl.BranchPlan(((),) * 3, plan.filter_state, 0), []) is None

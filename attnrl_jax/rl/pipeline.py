@@ -393,6 +393,23 @@ def branch_owners(plan: BranchPlan) -> list[int]:
     return [i for i, points in enumerate(plan.branch_points) for _ in points]
 
 
+def mc_valid_ratio(
+    rewards: np.ndarray, plan: BranchPlan, continuation_rewards: Sequence[np.ndarray]
+) -> float | None:
+    """The paper's "MC valid ratio": the fraction of continuations whose 0/1 reward differs from
+    the reward of the response they branch from (None without continuations).
+
+    rewards: float[P * G] of the initial responses; continuation_rewards[c]: float[T] of the
+    c-th branch point in continuation_requests order.
+    """
+    differs = [
+        float(r != rewards[i])
+        for i, group in zip(branch_owners(plan), continuation_rewards, strict=True)
+        for r in group
+    ]
+    return float(np.mean(differs)) if differs else None
+
+
 def continuation_golds(
     gen: Generation, plan: BranchPlan, continuations: Sequence[Sequence[Sample]]
 ) -> list[tuple[str, ...]]:

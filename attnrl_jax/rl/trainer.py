@@ -254,10 +254,12 @@ class Trainer:
         start = time.perf_counter()
         rng = np.random.default_rng([self.seed, self.step])
         self._sampler_calls = 0
+        warm_up_tokens = 0
         if self.off_policy and self.pending is None:  # warm-up: batch 1 with theta_0, no update
             prompts = self.stream.take(self.prompt_batch_size)
             self.pending, _ = self._sample_and_score(prompts, None, timer, call=0)
             self._sampler_calls = 0  # the warm-up is not part of the step's pipeline
+            warm_up_tokens = sum(len(r) for r in self.pending.responses)
         if self.off_policy:
             gen = self.pending
         else:
@@ -299,11 +301,13 @@ class Trainer:
             "prompt_batch_size": len(gen.prompts),
             "sequences": stats.sequences,
             "expanded": sum(1 for p in plan.branch_points if p),
+            # every token sampled during this step, the off-policy warm-up batch included
             "tokens_generated": int(
                 sum(len(s.token_ids) for group in conts for s in group)
                 + (sum(len(r) for r in next_gen.responses) if next_gen else 0)
-                + (0 if self.off_policy else sum(len(r) for r in gen.responses))
+                + (warm_up_tokens if self.off_policy else sum(len(r) for r in gen.responses))
             ),
+            "mc_valid_ratio": pl.mc_valid_ratio(rewards, plan, cont_rewards),
             "max_staleness": staleness,
             "sampler_calls": self._sampler_calls,
             "policy_version": self.step,
