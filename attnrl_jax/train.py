@@ -84,7 +84,7 @@ def load_prompts(c: ml_collections.ConfigDict, tokenizer):
     if c.data.train_files == "demo":
         from attnrl_jax.data.demo_task import demo_prompts
 
-        return demo_prompts(tokenizer, c.data.num_demo_problems, seed=c.seed)
+        return demo_prompts(tokenizer, c.data.num_demo_problems, seed=c.data.demo_seed)
     from attnrl_jax.data import SourceSpec, prepare_prompts
 
     specs = [

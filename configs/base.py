@@ -38,8 +38,10 @@ def get_config() -> ConfigDict:
         }
     )
     # train_files: comma-separated data files (jsonl/json/parquet/HF/TFDS), or "demo" for the
-    # built-in arithmetic task (num_demo_problems problems). drop_eval_overlap: training problems
-    # that appear in a bundled benchmark (attnrl_jax/eval/benchmarks) or eval.files are dropped.
+    # built-in arithmetic task (num_demo_problems problems of stream demo_seed, which is separate
+    # from `seed` so that runs with different seeds train on one task). drop_eval_overlap:
+    # training problems that appear in a bundled benchmark (attnrl_jax/eval/benchmarks) or
+    # eval.files are dropped.
     c.data = ConfigDict(
         {
             "train_files": "demo",
@@ -48,6 +50,7 @@ def get_config() -> ConfigDict:
             "answer_key": "answer",
             "max_prompt_len": 1024,
             "num_demo_problems": 512,
+            "demo_seed": 0,
         }
     )
     c.rollout = ConfigDict(

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(c.model.path)
-    problems = demo_heldout(args.held_out, c.seed, c.data.num_demo_problems)
+    problems = demo_heldout(args.held_out, c.data.demo_seed, c.data.num_demo_problems)
     k, temperature = 4, c.rollout.temperature
     options = EvalOptions(
         max_new_tokens=c.rollout.max_new_tokens, temperature=temperature, top_p=1.0, seed=c.seed

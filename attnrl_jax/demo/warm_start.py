@@ -27,12 +27,12 @@ SLIP_RATE = 0.5
 
 
 def build_warm_start(c: ml_collections.ConfigDict, path: Path, *, steps: int) -> float:
-    """Train the warm start for config `c` (model.tiny_*, data.num_demo_problems, seed) and save
-    it with its tokenizer to `path`; returns the seconds it took."""
+    """Train the warm start for config `c` (model.tiny_*, data.num_demo_problems, data.demo_seed,
+    seed) and save it with its tokenizer to `path`; returns the seconds it took."""
     start = time.perf_counter()
     tokenizer = demo_tokenizer(c.model.tiny_vocab_size)
     cfg = tiny_model_config(c, len(tokenizer))
-    pairs = demo_problems(c.data.num_demo_problems, seed=c.seed, slip_rate=SLIP_RATE)
+    pairs = demo_problems(c.data.num_demo_problems, seed=c.data.demo_seed, slip_rate=SLIP_RATE)
     prompts = encode_prompts(tokenizer, [p.problem for p, _ in pairs])
     responses = tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"]
     tokens, mask = pack_examples(prompts, responses, tokenizer.eos_token_id)

@@ -31,7 +31,7 @@ def config_benchmarks(c: ml_collections.ConfigDict) -> list[Benchmark]:
     e = c.eval
     demo_train = c.data.num_demo_problems if c.data.train_files == DEMO else 0
     out = [
-        load_benchmark(name, k, e.num_problems, demo_seed=c.seed, demo_train=demo_train)
+        load_benchmark(name, k, e.num_problems, demo_seed=c.data.demo_seed, demo_train=demo_train)
         for name, k in parse_benchmarks(e.benchmarks, e.k)
     ]
     for path in filter(None, (p.strip() for p in e.files.split(","))):

@@ -1,0 +1,372 @@
+"""Sample efficiency of GRPO, TreeRL, AttnRL and its ablations at one budget of generated tokens.
+
+    python benchmarks/sample_efficiency.py --out benchmarks/results/sample_efficiency
+    python benchmarks/sample_efficiency.py --out ... --report --json OUT.json   # tables, plots
+
+Tasks: `demo` is the `make demo` setting (its warm start: 600 supervised steps); `weak` is the
+same task from a weak warm start (WEAK_WARM_START_STEPS steps), where most answers are wrong.
+Per task one warm start is shared by every run. A run (task, method, seed) trains from it with
+configs/demo.py and the method's keys from configs/variants.py (their step counts are not used)
+until it has generated --token_budget tokens, and measures held-out accuracy (avg@k on problems
+outside the training set, the same evaluation seeds for every run) at fixed fractions of the
+budget. `seed` is the run's seed (sampling, data order); the task's problems and the warm start
+do not change with it (data.demo_seed).
+
+Wall time is the training steps' time without JAX compilation (CompileWatch) and without the
+evaluations, so the method that happens to run first does not pay for everyone's compiles.
+Each finished run is appended to OUT/runs.jsonl, and runs already there are skipped: an
+interrupted benchmark resumes. --report reads runs.jsonl and writes OUT/*.png plus a markdown
+table (stdout) and, with --json, rows in the benchmarks' common format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "configs"))
+
+METHODS = (
+    "grpo",
+    "treerl",
+    "treerl_atb",
+    "no_attention_filter",
+    "no_difficulty_expansion",
+    "attnrl",
+)
+LABELS = {
+    "grpo": "GRPO",
+    "treerl": "TreeRL (entropy branching)",
+    "treerl_atb": "TreeRL + ATB",
+    "no_attention_filter": "ATB + ADS without attention filter",
+    "no_difficulty_expansion": "AttnRL without difficulty-aware expansion",
+    "attnrl": "AttnRL",
+}
+TASKS = ("demo", "weak")
+WEAK_WARM_START_STEPS = 150
+EVAL_FRACTIONS = (1 / 3, 2 / 3, 1.0)
+STEP_KEYS = (
+    "tokens_generated", "valid_ratio", "prompt_batch_size", "sequences", "mc_valid_ratio",
+    "reward", "accuracy",
+)  # fmt: skip
+
+
+def task_config(task: str, method: str, seed: int, out: Path):
+    """The demo config with `method`'s variant keys, for one run (model.path: the warm start)."""
+    from variants import apply_variant
+
+    from attnrl_jax.demo.__main__ import load_config
+
+    c = load_config()
+    apply_variant(c, method)
+    c.seed = seed
+    c.model.path = str(out / f"warm_start_{task}")
+    c.workdir = str(out / "workdirs" / f"{task}_{method}_{seed}")
+    c.log.tensorboard = False
+    return c
+
+
+def warm_start(task: str, out: Path):
+    from attnrl_jax.demo.warm_start import load_or_build_warm_start
+
+    c = task_config(task, "attnrl", 0, out)
+    steps = 600 if task == "demo" else WEAK_WARM_START_STEPS
+    model, seconds = load_or_build_warm_start(c, Path(c.model.path), steps=steps)
+    if seconds:
+        print(f"[{task}] warm start: {steps} supervised steps in {seconds:.0f} s", flush=True)
+    return model
+
+
+class HeldOut:
+    """avg@k on held-out problems of the task, with fixed sampling seeds."""
+
+    def __init__(self, model, c, problems: int, k: int):
+        from transformers import AutoTokenizer
+
+        from attnrl_jax.eval.benchmarks import Benchmark, demo_heldout
+        from attnrl_jax.eval.run import EvalOptions
+
+        self.cfg, self.tokenizer = model.config, AutoTokenizer.from_pretrained(c.model.path)
+        held = demo_heldout(problems, c.data.demo_seed, c.data.num_demo_problems)
+        self.benchmarks = [Benchmark("demo", held, k)]
+        self.options = EvalOptions(
+            max_new_tokens=c.rollout.max_new_tokens, temperature=c.rollout.temperature,
+            top_p=1.0, seed=1234,
+        )  # fmt: skip
+
+    def __call__(self, params) -> float:
+        from attnrl_jax.eval.run import evaluate_policy
+
+        result = evaluate_policy(
+            params, self.cfg, self.tokenizer, self.benchmarks, self.options,
+            eos_ids=(self.tokenizer.eos_token_id,),
+        )  # fmt: skip
+        return result.metrics["demo"]["pass@1"]
+
+
+def run_one(task: str, method: str, seed: int, out: Path, budget: int, held: HeldOut) -> dict:
+    from attnrl_jax.compile_watch import CompileWatch
+    from attnrl_jax.train import build_trainer
+
+    c = task_config(task, method, seed, out)
+    shutil.rmtree(c.workdir, ignore_errors=True)
+    trainer = build_trainer(c)
+    steps, curve = [], []
+    tokens, wall, compile_s = 0, 0.0, 0.0
+    marks = [f * budget for f in EVAL_FRACTIONS]
+    try:
+        while marks:
+            with CompileWatch() as watch:
+                m = trainer.train_step()
+            tokens += m["tokens_generated"]
+            wall += max(m["time_step"] - watch.seconds, 0.0)
+            compile_s += watch.seconds
+            steps.append({k: m[k] for k in STEP_KEYS} | {"step": m["step"]})
+            if tokens >= marks[0]:
+                while marks and tokens >= marks[0]:
+                    marks.pop(0)
+                accuracy = held(trainer.params)
+                curve.append(
+                    {"step": m["step"], "tokens": tokens, "wall": wall, "accuracy": accuracy}
+                )
+                print(
+                    f"[{task} {method} seed {seed}] step {m['step']}: {tokens:,} tokens, "
+                    f"{wall:.0f} s, held-out {accuracy:.3f}", flush=True,
+                )  # fmt: skip
+    finally:
+        trainer.close()
+    shutil.rmtree(c.workdir, ignore_errors=True)
+    return {
+        "task": task, "method": method, "seed": seed, "token_budget": budget,
+        "off_policy": bool(c.off_policy), "compile_seconds": compile_s, "curve": curve,
+        "steps": steps,
+    }  # fmt: skip
+
+
+def read_runs(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_all(args) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs_path, base_path = args.out / "runs.jsonl", args.out / "warm_starts.json"
+    done = {(r["task"], r["method"], r["seed"]) for r in read_runs(runs_path)}
+    bases = json.loads(base_path.read_text()) if base_path.exists() else {}
+    held = {}
+    for task in args.tasks:
+        model = warm_start(task, args.out)
+        held[task] = HeldOut(model, task_config(task, "attnrl", 0, args.out), args.held_out, args.k)
+        if task not in bases:
+            bases[task] = held[task](model.params())
+            base_path.write_text(json.dumps(bases, indent=1))
+        print(f"[{task}] warm start held-out accuracy {bases[task]:.3f}", flush=True)
+    # seeds outermost, so that an interrupted benchmark has whole seeds of every task and method;
+    # methods interleaved, so that drift in the machine's load hits every method alike
+    for seed in args.seeds:
+        for task in args.tasks:
+            for method in args.methods:
+                if (task, method, seed) in done:
+                    continue
+                start = time.perf_counter()
+                record = run_one(task, method, seed, args.out, args.token_budget, held[task])
+                record["elapsed_seconds"] = time.perf_counter() - start
+                with open(runs_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+
+
+# ----- report -----
+
+
+def mean_spread(values) -> tuple[float, float, float, float]:
+    v = np.asarray(values, float)
+    return (
+        float(v.mean()),
+        float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        float(v.min()),
+        float(v.max()),
+    )
+
+
+def summarize(runs: list[dict], bases: dict) -> list[dict]:
+    """One row per (task, method): final accuracy and the per-step statistics over seeds."""
+    rows = []
+    for task in TASKS:
+        for method in METHODS:
+            group = [r for r in runs if r["task"] == task and r["method"] == method]
+            if not group:
+                continue
+            final = [r["curve"][-1]["accuracy"] for r in group]
+            steps = [s for r in group for s in r["steps"]]
+            mc = [s["mc_valid_ratio"] for s in steps if s["mc_valid_ratio"] is not None]
+            rows.append({
+                "task": task, "method": method, "seeds": len(group),
+                "before": bases.get(task), "final": mean_spread(final),
+                "tokens": float(np.mean([r["curve"][-1]["tokens"] for r in group])),
+                "wall": float(np.mean([r["curve"][-1]["wall"] for r in group])),
+                "steps": float(np.mean([len(r["steps"]) for r in group])),
+                "valid_ratio": float(np.mean([s["valid_ratio"] for s in steps])),
+                "mc_valid_ratio": float(np.mean(mc)) if mc else None,
+                "prompts_first_last": (
+                    float(np.mean([r["steps"][0]["prompt_batch_size"] for r in group])),
+                    float(np.mean([r["steps"][-1]["prompt_batch_size"] for r in group])),
+                ),
+            })  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| task | method | seeds | held-out accuracy, final (mean ± sd, min-max) | gain (points) "
+        "| tokens | wall (s) | steps | valid ratio | MC valid ratio | prompts first -> last |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        mean, sd, lo, hi = r["final"]
+        gain = "" if r["before"] is None else f"{100 * (mean - r['before']):+.1f}"
+        mc = "-" if r["mc_valid_ratio"] is None else f"{r['mc_valid_ratio']:.2f}"
+        first, last = r["prompts_first_last"]
+        lines.append(
+            f"| {r['task']} | {LABELS[r['method']]} | {r['seeds']} | {mean:.3f} ± {sd:.3f} "
+            f"({lo:.3f}-{hi:.3f}) | {gain} | {r['tokens']:,.0f} | {r['wall']:.0f} "
+            f"| {r['steps']:.0f} | {r['valid_ratio']:.2f} | {mc} | {first:.0f} -> {last:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def json_rows(rows: list[dict], budget: int | None) -> list[dict]:
+    out = []
+    for r in rows:
+        params = {"task": r["task"], "method": r["method"], "seeds": r["seeds"],
+                  "token_budget": budget}  # fmt: skip
+        metrics = {
+            "final_accuracy_mean": (r["final"][0], "avg@k"),
+            "final_accuracy_sd": (r["final"][1], "avg@k"),
+            "final_accuracy_min": (r["final"][2], "avg@k"),
+            "final_accuracy_max": (r["final"][3], "avg@k"),
+            "warm_start_accuracy": (r["before"], "avg@k"),
+            "tokens": (r["tokens"], "tokens"),
+            "wall": (r["wall"], "s"),
+            "steps": (r["steps"], "steps"),
+            "valid_ratio": (r["valid_ratio"], "fraction"),
+            "mc_valid_ratio": (r["mc_valid_ratio"], "fraction"),
+            "prompt_batch_size_first": (r["prompts_first_last"][0], "prompts"),
+            "prompt_batch_size_last": (r["prompts_first_last"][1], "prompts"),
+        }
+        for metric, (value, unit) in metrics.items():
+            row = {"benchmark": "sample_efficiency", "system": "attnrl_jax", "params": params}
+            out.append(row | {"metric": metric, "value": value, "unit": unit})
+    return out
+
+
+def plot(runs: list[dict], bases: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if any(r["task"] == t for r in runs)]
+    colors = dict(zip(METHODS, plt.get_cmap("tab10").colors, strict=False))
+    paths = []
+    for x_key, x_label, name in (
+        ("tokens", "generated tokens", "accuracy_vs_tokens.png"),
+        ("wall", "training wall time without compiles (s)", "accuracy_vs_wall.png"),
+    ):
+        fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+        for ax, task in zip(axes[0], tasks, strict=True):
+            for method in METHODS:
+                group = [r for r in runs if r["task"] == task and r["method"] == method]
+                if not group:
+                    continue
+                points = min(len(r["curve"]) for r in group)
+                x = np.array([[0.0] + [p[x_key] for p in r["curve"][:points]] for r in group])
+                y = np.array(
+                    [[bases[task]] + [p["accuracy"] for p in r["curve"][:points]] for r in group]
+                )
+                ax.plot(x.mean(0), y.mean(0), "o-", color=colors[method], label=LABELS[method])
+                ax.fill_between(x.mean(0), y.min(0), y.max(0), color=colors[method], alpha=0.12)
+            ax.set(title=f"task {task} (mean, min-max over seeds)", xlabel=x_label,
+                   ylabel="held-out accuracy (avg@k)")  # fmt: skip
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / name)
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    keys = (
+        ("valid_ratio", "valid ratio (problems kept)"),
+        ("prompt_batch_size", "prompt batch size"),
+        ("mc_valid_ratio", "MC valid ratio"),
+    )
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(16, 4 * len(tasks)), squeeze=False)
+    for row, task in zip(axes, tasks, strict=True):
+        for ax, (key, label) in zip(row, keys, strict=True):
+            for method in METHODS:
+                group = [r for r in runs if r["task"] == task and r["method"] == method]
+                if not group:
+                    continue
+                n = min(len(r["steps"]) for r in group)
+                vals = np.array([[np.nan if s[key] is None else s[key] for s in r["steps"][:n]]
+                                 for r in group], float)  # fmt: skip
+                ax.plot(np.arange(1, n + 1), np.nanmean(vals, 0), color=colors[method],
+                        label=LABELS[method])  # fmt: skip
+            ax.set(title=f"task {task}: {label}", xlabel="step")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "per_step.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def report(args) -> None:
+    runs = read_runs(args.out / "runs.jsonl")
+    if not runs:
+        raise SystemExit(f"no runs in {args.out / 'runs.jsonl'}: run the benchmark first")
+    bases = json.loads((args.out / "warm_starts.json").read_text())
+    rows = summarize(runs, bases)
+    print(markdown(rows))
+    for path in plot(runs, bases, args.out):
+        print(f"plot: {path}")
+    if args.json:
+        budgets = {r["token_budget"] for r in runs}
+        args.json.write_text(json.dumps(json_rows(rows, max(budgets)), indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    def names(allowed):
+        def parse(text: str) -> list[str]:
+            items = [s.strip() for s in text.split(",") if s.strip()]
+            bad = [s for s in items if s not in allowed]
+            if bad:
+                raise argparse.ArgumentTypeError(f"unknown {bad}; known: {', '.join(allowed)}")
+            return items
+
+        return parse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="runs.jsonl, warm starts, plots")
+    parser.add_argument("--tasks", type=names(TASKS), default=list(TASKS))
+    parser.add_argument("--methods", type=names(METHODS), default=list(METHODS))
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--token_budget", type=int, default=200_000)
+    parser.add_argument("--held_out", type=int, default=128, help="held-out problems")
+    parser.add_argument("--k", type=int, default=4, help="samples per held-out problem")
+    parser.add_argument("--report", action="store_true", help="only summarize runs.jsonl")
+    parser.add_argument("--json", type=Path, help="--report: rows in the common format")
+    args = parser.parse_args(argv)
+    if args.report:
+        report(args)
+    else:
+        run_all(args)
+
+
+if __name__ == "__main__":
+    main()
