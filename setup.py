@@ -29,6 +29,8 @@ EXTRAS_REQUIRE = {
     # torch is only used by tests and benchmarks as the reference implementation.
     # Always an exact pin: an unpinned torch resolves to a multi-GB CUDA build.
     "test": ["torch==2.13.0", "pytest==9.2.0", "ruff==0.17.6"],
+    # Cloud TPU VMs: jax's TPU runtime, the libtpu that jax 0.10.2 installs (launch/tpu_pod.sh).
+    "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],
 }
 
 setup(
