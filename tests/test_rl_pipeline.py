@@ -9,6 +9,7 @@ from attnrl_jax.data.records import Problem
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 from attnrl_jax.rl import ads
 from attnrl_jax.rl import pipeline as pl
+from attnrl_jax.rl import rollout as ro
 from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree
 from attnrl_jax.rl.tree import ORIGINAL
 from attnrl_jax.sampling import Sample
@@ -42,7 +43,7 @@ def generation(seps, version=4):
         ent.append(rng.uniform(0, 2, 12).astype(np.float32))
         fci.append(rng.uniform(0, 1, lay.num_steps + 1).astype(np.float32))
         layouts.append(lay)
-    return pl.Generation(
+    return ro.Generation(
         prompts, tuple(responses), tuple(logp), tuple(ent), tuple(fci), tuple(layouts), version
     )
 
@@ -54,7 +55,7 @@ def rollout_config(**kw):
         selection=SelectionConfig(num_points=2, min_token_distance=0),
         ads=ads.ADSConfig(),
     )
-    return pl.RolloutConfig(**{**base, **kw})
+    return ro.RolloutConfig(**{**base, **kw})
 
 
 def fake_samples(requests, rng, version_logp):
@@ -135,8 +136,8 @@ def test_grpo_groups(seps):
 
 def test_pending_generation_round_trip(seps):
     gen = generation(seps)
-    arrays, meta = pl.generation_to_state(gen)
-    back = pl.generation_from_state(arrays, meta, seps)
+    arrays, meta = ro.generation_to_state(gen)
+    back = ro.generation_from_state(arrays, meta, seps)
     assert back.prompts == gen.prompts and back.version == gen.version
     assert back.layouts == gen.layouts
     for name in ("responses", "logprobs", "entropies", "fci"):

@@ -159,6 +159,7 @@ def test_rollout_fci_source_sampler_equals_scoring(model):
     from attnrl_jax.data.records import Problem
     from attnrl_jax.rl import ads
     from attnrl_jax.rl import pipeline as pl
+    from attnrl_jax.rl import rollout as ro
     from attnrl_jax.scoring.selection import SelectionConfig
 
     rng = np.random.default_rng(1)
@@ -171,15 +172,15 @@ def test_rollout_fci_source_sampler_equals_scoring(model):
     atb = SelectionConfig(num_points=2, min_token_distance=0)
     gens = {}
     for source, method in [("scoring", "atb"), ("sampler", "atb"), ("sampler", "entropy")]:
-        rc = pl.RolloutConfig(
+        rc = ro.RolloutConfig(
             **base, fci_source=source, selection=SelectionConfig(method, 0.2, 2, 0)
         )
-        requests = pl.initial_requests(prompts, rc.group_size)
+        requests = ro.initial_requests(prompts, rc.group_size)
         fci = rc.sampler_fci(SEPS)
         assert (fci is None) == (source == "scoring")
-        out = pl.sample_all(model.params(), model.config, requests, rc, 7, CONFIG, fci)
+        out = ro.sample_all(model.params(), model.config, requests, rc, 7, CONFIG, fci)
         missing = sum(s.fci is None for group in out for s in group) if fci else 0
-        gen = pl.score_generation(model.params(), model.config, rc, prompts, out, SEPS, 0)
+        gen = ro.score_generation(model.params(), model.config, rc, prompts, out, SEPS, 0)
         gens[source, method] = gen, missing
     ref, _ = gens["scoring", "atb"]
     for (source, method), (gen, missing) in gens.items():
@@ -193,7 +194,7 @@ def test_rollout_fci_source_sampler_equals_scoring(model):
             assert 0 < missing < len(gen.responses)  # both paths ran
     assert sum(np.count_nonzero(f) for f in ref.fci) >= 5
     rewards = np.tile([1.0, 0.0], 8)
-    rc = pl.RolloutConfig(**base, selection=atb, ads=ads.ADSConfig(expansion="uniform"))
+    rc = ro.RolloutConfig(**base, selection=atb, ads=ads.ADSConfig(expansion="uniform"))
     plans = [
         pl.plan_branches(g, rewards, ads.AttentionFilterState(), np.random.default_rng(0), rc)
         for g in (ref, gens["sampler", "atb"][0])

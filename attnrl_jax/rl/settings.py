@@ -24,7 +24,7 @@ from attnrl_jax.eval.benchmarks import parse_benchmarks
 from attnrl_jax.rl.ads import ADSConfig
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.packed import PACKINGS
-from attnrl_jax.rl.pipeline import FCI_SOURCES, RolloutConfig
+from attnrl_jax.rl.rollout import FCI_SOURCES, RolloutConfig
 from attnrl_jax.scoring.fci import FciConfig
 from attnrl_jax.scoring.forward import ScoringConfig
 from attnrl_jax.scoring.selection import SELECTORS, SelectionConfig

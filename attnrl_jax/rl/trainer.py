@@ -1,4 +1,4 @@
-"""The training loop: rollout (pipeline.py), update (update.py), metrics and checkpoints.
+"""The training loop: rollout (rollout.py, pipeline.py), update (update.py), metrics, checkpoints.
 
 Step k (0-based; the params are theta_k, policy version k):
 - off-policy (default): grade the pending Generation(k) (sampled by theta_{k-1}; by theta_0 in
@@ -41,6 +41,7 @@ from attnrl_jax.models.qwen2 import Params
 from attnrl_jax.models.sharding import optimizer_state_shardings, param_shardings
 from attnrl_jax.rl import ads
 from attnrl_jax.rl import pipeline as pl
+from attnrl_jax.rl import rollout as ro
 from attnrl_jax.rl.checkpoint import Checkpointer
 from attnrl_jax.rl.settings import Settings
 from attnrl_jax.rl.update import make_optimizer, run_updates
@@ -83,7 +84,7 @@ class Trainer:
         mesh: Mesh,
         tokenizer,
         prompts: list[Prompt],
-        reward_fn: pl.RewardFn,
+        reward_fn: ro.RewardFn,
         workdir: str | Path,
         seed: int,
         off_policy: bool = True,
@@ -111,7 +112,7 @@ class Trainer:
             for t in ("<|im_end|>",)
             if t in tokenizer.get_vocab()
         }
-        self.rollout = pl.RolloutConfig(
+        self.rollout = ro.RolloutConfig(
             **{**settings.rollout.__dict__, "eos_ids": tuple(sorted(eos))}
         )
         self.seps = SeparatorIds.from_tokenizer(tokenizer)
@@ -137,7 +138,7 @@ class Trainer:
         self.step = 0
         self.filter_state = ads.AttentionFilterState()
         self.prompt_batch_size = settings.initial_prompt_batch_size
-        self.pending: pl.Generation | None = None
+        self.pending: ro.Generation | None = None
         self.checkpointer = Checkpointer(self.workdir, checkpoint_keep)
         latest = self.checkpointer.latest_step()
         if latest is not None:
@@ -157,7 +158,7 @@ class Trainer:
         }
         arrays = None
         if self.pending is not None:
-            arrays, host["pending"] = pl.generation_to_state(self.pending)
+            arrays, host["pending"] = ro.generation_to_state(self.pending)
         return host, arrays
 
     def save(self) -> None:
@@ -182,7 +183,7 @@ class Trainer:
         self.pending = None
         if host["pending"] is not None:
             arrays = {k: np.asarray(v) for k, v in arrays.items()}
-            self.pending = pl.generation_from_state(arrays, host["pending"], self.seps)
+            self.pending = ro.generation_from_state(arrays, host["pending"], self.seps)
 
     def _drop_metrics_after(self, step: int) -> None:
         """Forget metrics lines of steps after the restored checkpoint (and a line cut off by a
@@ -228,7 +229,7 @@ class Trainer:
         """One sampler call: G samples per prompt, plus T continuations per branch point of
         `plan_of` = (Generation, BranchPlan) when given; then the scoring pass over the new
         responses. Returns (Generation of the prompts or None, continuation samples)."""
-        requests = pl.initial_requests(prompts, self.rollout.group_size)
+        requests = ro.initial_requests(prompts, self.rollout.group_size)
         if plan_of is not None:
             requests += pl.continuation_requests(
                 *plan_of, self.rollout.continuations, first_index=len(requests)
@@ -237,13 +238,13 @@ class Trainer:
         # FCI of the new initial responses from the sampler (rollout.fci_source = "sampler").
         fci = self.rollout.sampler_fci(self.seps) if prompts else None
         with timer("sampling"):
-            out = pl.sample_all(
+            out = ro.sample_all(
                 self.params, self.cfg, requests, self.rollout, self._seed(call), self.sampler, fci
             )
         gen = None
         if prompts:
             with timer("scoring"):
-                gen = pl.score_generation(
+                gen = ro.score_generation(
                     self.params, self.cfg, self.rollout, prompts, out[: len(prompts)], self.seps,
                     self.step,
                 )  # fmt: skip
@@ -266,7 +267,7 @@ class Trainer:
             prompts = self.stream.take(self.prompt_batch_size)
             gen, _ = self._sample_and_score(prompts, None, timer, call=1)
         with timer("grading"):
-            rewards = self._grade(gen.responses, pl.golds_of(gen))
+            rewards = self._grade(gen.responses, ro.golds_of(gen))
         plan = pl.plan_branches(gen, rewards, self.filter_state, rng, self.rollout)
         next_prompts = self.stream.take(self.prompt_batch_size) if self.off_policy else []
         next_gen, conts = self._sample_and_score(next_prompts, (gen, plan), timer, call=2)
