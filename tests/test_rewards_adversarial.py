@@ -38,6 +38,9 @@ ADVERSARIAL = {
     "huge_matrix": ("\\boxed{\\begin{pmatrix}" + "1 & " * 3000 + "1\\end{pmatrix}}", "1"),
     "long_list": ("\\boxed{" + ",".join(map(str, range(3000))) + "}", "1,2"),
     "interval_junk": ("\\boxed{(,]}", "[,)"),
+    # "i" becomes the imaginary unit, and sympy cannot order complex numbers
+    "complex_order": ("\\boxed{i < 1}", "1"),
+    "complex_order_gold": ("\\boxed{1}", "i > 2"),
 }
 
 
@@ -61,6 +64,8 @@ def test_adversarial_finishes_with_a_result(name: str):
         ("long_boxed", False),
         ("big_power_pair", False),  # both overflow a float: must still differ
         ("sympy_hang", False),
+        ("complex_order", False),
+        ("complex_order_gold", False),
     ],
 )
 def test_adversarial_verdicts(name: str, correct: bool):
@@ -85,3 +90,19 @@ def test_only_text_after_last_think_counts():
     assert extract_answer("\\boxed{\\boxed{1} + 2}") == "\\boxed{1} + 2"
     assert extract_answer("\\boxed 5$.") == "5"
     assert extract_answer("\\boxed{\\{1, 2\\}}") == "\\{1, 2\\}"
+
+
+def test_an_exception_inside_a_comparison_is_an_incorrect_result(monkeypatch):
+    """Any other gold form still counts; the error is the reason when none matches."""
+    import attnrl_jax.rewards.math as math_module
+
+    real = math_module.equivalent
+
+    def flaky(a, b, deadline):
+        if b == "bad":
+            raise TypeError("corner case")
+        return real(a, b, deadline)
+
+    monkeypatch.setattr(math_module, "equivalent", flaky)
+    assert grade("\\boxed{2}", ["bad"]) == GradeResult(False, "2", "error: TypeError")
+    assert grade("\\boxed{2}", ["bad", "2"]).correct

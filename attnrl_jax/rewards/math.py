@@ -21,7 +21,8 @@ DEFAULT_TIME_BUDGET_S = 4.0
 @dataclass(frozen=True)
 class GradeResult:
     """``reason``: exact | sympy | math_verify (correct), mismatch | no_answer | no_gold |
-    guarded | stage_timeout (incorrect); the batch grader adds ``timeout`` and ``error``."""
+    guarded | stage_timeout | error: <exception type> (incorrect); the batch grader adds
+    ``timeout`` and ``error``."""
 
     correct: bool
     extracted: str | None
@@ -43,7 +44,12 @@ def grade(
     deadline = time.monotonic() + time_budget_s
     reason = "mismatch"
     for g in golds:
-        verdict = equivalent(extracted, g, deadline)
+        try:
+            verdict = equivalent(extracted, g, deadline)
+        except Exception as e:  # a parser or sympy corner case: a reward, never a crash
+            if reason == "mismatch":
+                reason = f"error: {type(e).__name__}"
+            continue
         if verdict.equal:
             return GradeResult(True, extracted, verdict.reason)
         if reason == "mismatch":

@@ -37,7 +37,10 @@ def to_sympy(s: str) -> sympy.Basic | None:
         return None
     if not isinstance(expr, sympy.Basic):
         return None
-    return expr.subs(_I, sympy.I) if _I in expr.free_symbols else expr
+    try:  # i -> I can make a relation invalid (``i < 1``: no order on complex numbers)
+        return expr.subs(_I, sympy.I) if _I in expr.free_symbols else expr
+    except Exception:
+        return None
 
 
 def _numeric_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
