@@ -34,16 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
 
 METHODS = (
-    "grpo",
-    "treerl",
-    "treerl_atb",
-    "no_attention_filter",
-    "no_difficulty_expansion",
-    "attnrl",
-)
+    "grpo", "treerl", "treerl_off_policy", "treerl_atb", "no_attention_filter",
+    "no_difficulty_expansion", "attnrl",
+)  # fmt: skip
 LABELS = {
     "grpo": "GRPO",
     "treerl": "TreeRL (entropy branching)",
+    "treerl_off_policy": "TreeRL + one-step off-policy",
     "treerl_atb": "TreeRL + ATB",
     "no_attention_filter": "ATB + ADS without attention filter",
     "no_difficulty_expansion": "AttnRL without difficulty-aware expansion",
