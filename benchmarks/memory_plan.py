@@ -42,6 +42,7 @@ from benchmarks.aot_targets import (  # noqa: E402
     target_devices,
     target_mesh,
 )
+from benchmarks.table_defs import memory_plan_table as markdown_table  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "memory_plan.json"
 HEADROOM = 0.9  # a total "fits" a chip when it is at most 90% of its HBM (runtime, fragments)
@@ -102,26 +103,6 @@ def run_entry(entry: Entry) -> list[dict]:
 def entry_key(entry: Entry) -> str:
     """Identifies an entry (all its settings) in the JSON rows, for --resume."""
     return json.dumps(dataclasses.asdict(entry), sort_keys=True)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """One line per compiled phase; '>=' marks a lower bound (the TPU compiler refused it)."""
-    lines = [
-        "| model | phase | target (compiled for) | mesh d x f x t | rows | seq | remat "
-        "| args | temp | resident | total GiB/device | fits (90% of HBM) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        bound = ">= " if r["lower_bound"] else ""
-        phase = f"{r['phase']} ({r['label']})" if r["label"] else r["phase"]
-        fits = ", ".join(r["fits"]) or "none"
-        lines.append(
-            f"| {r['model']} {r['precision']} | {phase} | {r['target']} ({r['compiled_for']}) "
-            f"| {r['mesh']} | {r['rows']} | {r['seq']} | {'yes' if r['remat'] else 'no'} "
-            f"| {r['arguments_gib']:.2f} | {bound}{r['temporaries_gib']:.2f} "
-            f"| {r['resident_gib']:.2f} | {bound}{r['total_gib']:.2f} | {fits} |"
-        )
-    return "\n".join(lines)
 
 
 def _environment() -> dict:

@@ -1,0 +1,414 @@
+"""The generated tables of BENCHMARKS.md: for each marker name, the result files it reads and a
+function from their contents to markdown. Every number comes from benchmarks/results/; labels
+the rows do not record (model names, the machine and date of a run) are written here.
+
+To add a table: write `def my_table(rows: Rows) -> str` (one argument per source file), add
+`"my_table": Table(("my_results.json",), my_table)` to TABLES, wrap the table in BENCHMARKS.md in
+`<!-- table: my_table -->` ... `<!-- /table -->`, then run `python benchmarks/tables.py`.
+A source with a `*` (e.g. "sample_efficiency*.json") arrives as a list, one item per file.
+No JAX here: the test of the tables must stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+MIB = 2**20
+
+
+class Rows:
+    """The `--json` rows of one result file (dicts with benchmark, system, params, metric, value,
+    unit), looked up by metric, system and params."""
+
+    def __init__(self, name: str, rows: list[dict]):
+        self.name = name
+        self.rows = rows
+
+    def matching(self, metric: str | None = None, system: str | None = None, **params) -> list:
+        return [
+            r
+            for r in self.rows
+            if (metric is None or r["metric"] == metric)
+            and (system is None or r["system"] == system)
+            and all(r["params"].get(k) == v for k, v in params.items())
+        ]
+
+    def row(self, metric: str, system: str | None = None, **params) -> dict:
+        """The one matching row; LookupError when there is none or more than one."""
+        hits = self.matching(metric, system, **params)
+        if len(hits) != 1:
+            raise LookupError(
+                f"{self.name}: {len(hits)} rows with metric={metric!r}, system={system!r}, "
+                f"params {params}; expected one"
+            )
+        return hits[0]
+
+    def value(self, metric: str, system: str | None = None, **params) -> Any:
+        return self.row(metric, system, **params)["value"]
+
+    def find(self, metric: str, system: str | None = None, **params) -> Any:
+        """Like value, but None when no row matches (a system that was not run)."""
+        if not self.matching(metric, system, **params):
+            return None
+        return self.value(metric, system, **params)
+
+    def param_values(self, key: str, **params) -> list:
+        """Distinct values of params[key] among rows with these params, in file order."""
+        seen = []
+        for r in self.matching(**params):
+            if key in r["params"] and r["params"][key] not in seen:
+                seen.append(r["params"][key])
+        return seen
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """sources: file names under benchmarks/results/; render gets their contents in that order
+    (a JSON list as Rows, any other JSON as parsed, a `*` source as a list of those)."""
+
+    sources: tuple[str, ...]
+    render: Callable[..., str]
+
+
+def _f(value: float, decimals: int) -> str:
+    return f"{value:,.{decimals}f}"
+
+
+def _x(value: float, decimals: int = 2) -> str:
+    return f"{value:.{decimals}f}x"
+
+
+def _mib(n_bytes: float) -> str:
+    return _f(n_bytes / MIB, 0)
+
+
+def _bold(text: str, on: bool) -> str:
+    return f"**{text}**" if on else text
+
+
+def _sci(value: float) -> str:
+    """6.6e-3, not Python's 6.6e-03."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _lines(header: str, align: str, rows: list[str]) -> str:
+    return "\n".join([header, align, *rows])
+
+
+# --- sampler.py: tokens/s against transformers ------------------------------------------------
+
+SAMPLER_TARGET_BATCH = 64  # the issue's target ("at batch 64, at least 3x transformers")
+
+
+def _tokens_per_s(rows: Rows, system: str, model: str, batch: int) -> float:
+    return rows.value("generated_tokens_per_s", system, model=model, batch=batch)
+
+
+def _speedup(rows: Rows, model: str, batch: int) -> float:
+    # From the tokens/s rows: the speedup rows are already rounded to 3 decimals, and rounding
+    # them again would turn 2.405 into 2.40.
+    ours = _tokens_per_s(rows, "attnrl_jax", model, batch)
+    return ours / _tokens_per_s(rows, "transformers", model, batch)
+
+
+def sampler_cpu(rows: Rows, repeat: Rows) -> str:
+    out = []
+    for model in rows.param_values("model"):
+        for batch in rows.param_values("batch", model=model):
+            ratio = _bold(_x(_speedup(rows, model, batch)), batch == SAMPLER_TARGET_BATCH)
+            out.append(
+                f"| {model} | {batch} "
+                f"| {_f(_tokens_per_s(rows, 'attnrl_jax', model, batch), 0)} "
+                f"| {_f(_tokens_per_s(rows, 'transformers', model, batch), 0)} "
+                f"| {ratio} | {_x(_speedup(repeat, model, batch))} "
+                f"| {_f(rows.value('compile_time', 'attnrl_jax', model=model, batch=batch), 1)} |"
+            )
+    return _lines(
+        "| model | batch | attnrl_jax tokens/s | transformers tokens/s | ratio "
+        "| repeat run ratio | compile (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        out,
+    )
+
+
+def sampler_gpu(rows: Rows) -> str:
+    out = []
+    for model in rows.param_values("model"):
+        for batch in rows.param_values("batch", model=model):
+            out.append(
+                f"| {batch} | {_f(_tokens_per_s(rows, 'attnrl_jax', model, batch), 0)} "
+                f"| {_f(_tokens_per_s(rows, 'transformers', model, batch), 0)} "
+                f"| {_x(_speedup(rows, model, batch), 1)} "
+                f"| {_f(rows.value('compile_time', 'attnrl_jax', model=model, batch=batch), 1)} |"
+            )
+    return _lines(
+        "| batch | attnrl_jax tokens/s | transformers tokens/s | ratio | attnrl_jax compile (s) |",
+        "|---:|---:|---:|---:|---:|",
+        out,
+    )
+
+
+# --- scoring.py: the scoring forward with and without FCI -------------------------------------
+
+SCORING_TARGET_TOKENS = 4096  # the issue's target ("FCI at most 1.3x ... at 4k tokens")
+SYSTEMS = ("scoring", "scoring_fci", "materialised_reference")
+# When the paired median and the ratio of the minimums differ by more than this (relative), the
+# rounds disagreed (machine noise): the table shows both.
+NOISE_GAP = 0.05
+
+
+def _k(tokens: int) -> str:
+    return f"{tokens // 1024}k"
+
+
+def _fci_ratio(rows: Rows, **params) -> str:
+    paired = rows.value("time_ratio_vs_scoring", "scoring_fci", **params)
+    of_mins = rows.value("time_min", "scoring_fci", **params) / rows.value(
+        "time_min", "scoring", **params
+    )
+    text = _x(paired)
+    if abs(paired / of_mins - 1) > NOISE_GAP:
+        text += f" (min/min {_x(of_mins)}: noise)"
+    return text
+
+
+def scoring_cpu(rows: Rows) -> str:
+    out = []
+    for tokens in rows.param_values("tokens", model="small"):
+        p = dict(model="small", tokens=tokens)
+        times = [rows.value("time_min", s, **p) for s in ("plain_forward", *SYSTEMS)]
+        peaks = [_mib(rows.value("peak_memory_delta", s, **p)) for s in SYSTEMS]
+        ratio = _bold(_fci_ratio(rows, **p), tokens == SCORING_TARGET_TOKENS)
+        out.append(
+            f"| {_k(tokens)} | {' | '.join(_f(t, 3) for t in times)} | {ratio} "
+            f"| {' / '.join(peaks)} |"
+        )
+    return _lines(
+        "| tokens | plain forward (s, min) | scoring | scoring + FCI | materialised "
+        "| FCI / scoring (paired median) | peak MiB scoring / FCI / materialised |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+        out,
+    )
+
+
+REAL_SHAPE = "r1-distill-qwen-1.5b"  # the model of the GPU target (its ratio is in bold)
+# model param -> (label, decimals of the times)
+SCORING_GPU_MODELS = {"small": ("small", 4), REAL_SHAPE: ("1.5B shape, bf16", 3)}
+
+
+def scoring_gpu(rows: Rows) -> str:
+    out = []
+    for model in rows.param_values("model"):
+        label, decimals = SCORING_GPU_MODELS[model]
+        for tokens in rows.param_values("tokens", model=model):
+            p = dict(model=model, tokens=tokens)
+            times = [rows.find("time_median", s, **p) for s in SYSTEMS]
+            temps = [rows.find("compiled_temp_bytes", s, **p) for s in SYSTEMS]
+            ratio = _bold(
+                _x(rows.value("time_ratio_vs_scoring", "scoring_fci", **p)),
+                model == REAL_SHAPE,
+            )
+            out.append(
+                f"| {label} | {_k(tokens)} "
+                f"| {' | '.join('not run' if t is None else _f(t, decimals) for t in times)} "
+                f"| {ratio} | {' / '.join('-' if b is None else _mib(b) for b in temps)} |"
+            )
+    return _lines(
+        "| model | tokens | scoring (s) | scoring + FCI (s) | materialised (s) | FCI / scoring "
+        "| compiled temp MiB scoring / FCI / materialised |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        out,
+    )
+
+
+def scoring_memory_1p5b(rows: Rows) -> str:
+    labels = ("scoring", "scoring + FCI", "materialising reference")
+    p = dict(model=REAL_SHAPE, tokens=8192)
+    out = [
+        f"| {label} | {_mib(rows.value('compiled_temp_bytes', s, **p))} |"
+        for label, s in zip(labels, SYSTEMS, strict=True)
+    ]
+    return _lines("| system | compiled temp MiB |", "|---|---:|", out)
+
+
+# --- grader.py ---------------------------------------------------------------------------------
+
+
+def grader(rows: Rows) -> str:
+    n_full = rows.row("items_per_s", mode="parallel")["params"]["n"]
+    n_fast = rows.row("items_per_s", mode="parallel_without_slow")["params"]["n"]
+    n_serial = rows.row("items_per_s", mode="serial_without_slow")["params"]["n"]
+    kinds = [r for r in rows.rows if r["metric"].startswith("expected_verdicts_")]
+    if not kinds:
+        raise LookupError(f"{rows.name}: no expected_verdicts_* rows")
+    # the per-kind fractions, weighted by the number of items of each kind
+    items = [r["params"]["items"] for r in kinds]
+    expected = sum(r["value"] * n for r, n in zip(kinds, items, strict=True)) / sum(items)
+    out = [
+        ("pool start-up", f"{_f(rows.value('pool_startup'), 2)} s"),
+        ("items/s, full mix", _f(rows.value("items_per_s", mode="parallel"), 1)),
+        (
+            f"items/s, mix without the {n_full - n_fast} slow items",
+            _f(rows.value("items_per_s", mode="parallel_without_slow"), 1),
+        ),
+        (
+            f"items/s, serial in one process ({n_serial:,} items, no pool)",
+            _f(rows.value("items_per_s", mode="serial_without_slow"), 1),
+        ),
+        (
+            "hard timeouts / in-process stage timeouts",
+            f"{rows.value('timeouts')} / {rows.value('stage_timeouts')}",
+        ),
+        ("fraction of items with the expected verdict", str(round(expected, 4))),
+    ]
+    return _lines("| measurement | value |", "|---|---:|", [f"| {m} | {v} |" for m, v in out])
+
+
+# --- sampler_fci.py: FCI inside the sampler against the scoring forward ----------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FciRun:
+    machine: str  # machine and date: the rows do not record them
+    ms_decimals: int  # of ms per token
+    s_decimals: int  # of seconds per batch
+
+
+# One per source file of the table, in order; the GPU's times are 10-100x shorter: one more digit.
+FCI_RUNS = (
+    FciRun("2-core CPU (shared, load 5-7), 2026-11-26 22:16 UTC", 3, 2),
+    FciRun("H200, jax 0.11.2, 2026-11-26 23:05 UTC", 4, 3),
+)
+FCI_MODELS = {
+    "small": "small (hidden {hidden}, {layers} layers)",
+    "medium": "medium",
+    "1.5b": "1.5B width/heads/vocab, {layers} of 28 layers, {dtype}",
+}
+DTYPES = {"bfloat16": "bf16", "float32": "f32"}
+SAMPLE_SYSTEMS = ("sample", "sample_fci")  # the sampler without / with the FCI option
+
+
+def _fci_agreement(rows: Rows, model: str, dtype: str, first: bool) -> str:
+    exact = rows.value("exact_rows", "sample_fci", model=model)
+    batch = rows.row("exact_rows", "sample_fci", model=model)["params"]["batch"]
+    rel = rows.value("max_rel_diff_vs_scoring", "sample_fci", model=model)
+    if rel == 0:
+        return f"equal ({exact}/{batch} rows exact)" if first else f"equal ({exact}/{batch})"
+    return f"max rel {_sci(rel)} ({dtype}; {exact}/{batch} rows)"
+
+
+def sampler_fci(*runs: Rows) -> str:
+    if len(runs) != len(FCI_RUNS):
+        raise LookupError(f"sampler_fci: {len(runs)} source files but {len(FCI_RUNS)} FCI_RUNS")
+    out = []
+    for rows, run in zip(runs, FCI_RUNS, strict=True):
+        for i, model in enumerate(rows.param_values("model")):
+            p = rows.row("ms_per_generated_token", "sample", model=model)["params"]
+            dtype = DTYPES.get(p["dtype"], p["dtype"])
+            label = FCI_MODELS[model].format(hidden=p["hidden"], layers=p["layers"], dtype=dtype)
+            ms = [rows.value("ms_per_generated_token", s, model=model) for s in SAMPLE_SYSTEMS]
+            scoring = rows.value("time_per_call", "score_fci", model=model)
+            saved = rows.value("saved_s_if_no_scoring_forward_paired_median", model=model)
+            out.append(
+                f"| {run.machine if i == 0 else 'same'} | {label} "
+                f"| {p['batch']} x {p['new_tokens']} "
+                f"| {' | '.join(_f(v, run.ms_decimals) for v in ms)} "
+                f"| {_x(rows.value('overhead_ratio_paired_median', model=model))} "
+                f"| {_f(scoring, run.s_decimals)} | {_f(saved, run.s_decimals)} "
+                f"| {_fci_agreement(rows, model, dtype, first=i == 0)} |"
+            )
+    return _lines(
+        "| machine, date | model | batch x new tokens | ms/token sampler | ms/token + FCI "
+        "| overhead (paired median) | scoring fwd + FCI (s) | saved per batch (s) "
+        "| FCI vs scoring fwd |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        out,
+    )
+
+
+# --- step_breakdown.py ---------------------------------------------------------------------------
+
+STEP_MODES = ("off_policy", "on_policy")
+STEP_PHASES = {  # label -> key of phase_s
+    "sampling": "sampling",
+    "scoring (with FCI)": "scoring",
+    "grading": "grading",
+    "reference forward (KL)": "reference",
+    "update": "update",
+}
+
+
+def _packing(mode: dict) -> str:
+    p = mode["packing"]
+    saved = 100 * p["tokens_saved_by_tree"]
+    return f"{p['row_tokens_tree']:,} / {p['row_tokens_path']:,} ({saved:.1f}% saved)"
+
+
+def step_breakdown(data: dict) -> str:
+    modes = [data["modes"][m] for m in STEP_MODES]
+    steps = len(data["per_step"][STEP_MODES[0]])
+
+    def line(label: str, cell: Callable[[dict], str]) -> str:
+        return f"| {label} | {' | '.join(cell(m) for m in modes)} |"
+
+    out = [
+        line(label, lambda m, k=key: _f(m["phase_s"][k]["mean"], 3))
+        for label, key in STEP_PHASES.items()
+    ]
+    out += [
+        line("step", lambda m: _bold(_f(m["step_s"]["mean"], 3), True)),
+        line("sampler calls per step", lambda m: _f(m["sampler_calls_per_step"]["mean"], 0)),
+        line(
+            "first step, wall / compile (s)",
+            lambda m: f"{_f(m['first_step']['wall_s'], 1)} / {_f(m['first_step']['compile_s'], 1)}",
+        ),
+        line(f"row tokens tree-packed / per-path (steps 2..{steps})", _packing),
+    ]
+    return _lines(
+        "| phase (s / step, mean) | one-step off-policy | on-policy |", "|---|---:|---:|", out
+    )
+
+
+# --- memory_plan.py ------------------------------------------------------------------------------
+
+
+def memory_plan_table(rows: list[dict]) -> str:
+    """One line per compiled phase; '>=' marks a lower bound (the TPU compiler refused it).
+    Also what `memory_plan.py --table` prints."""
+    lines = [
+        "| model | phase | target (compiled for) | mesh d x f x t | rows | seq | remat "
+        "| args | temp | resident | total GiB/device | fits (90% of HBM) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        bound = ">= " if r["lower_bound"] else ""
+        phase = f"{r['phase']} ({r['label']})" if r["label"] else r["phase"]
+        fits = ", ".join(r["fits"]) or "none"
+        lines.append(
+            f"| {r['model']} {r['precision']} | {phase} | {r['target']} ({r['compiled_for']}) "
+            f"| {r['mesh']} | {r['rows']} | {r['seq']} | {'yes' if r['remat'] else 'no'} "
+            f"| {r['arguments_gib']:.2f} | {bound}{r['temporaries_gib']:.2f} "
+            f"| {r['resident_gib']:.2f} | {bound}{r['total_gib']:.2f} | {fits} |"
+        )
+    return "\n".join(lines)
+
+
+def memory_plan(data: dict) -> str:
+    return memory_plan_table(data["rows"])
+
+
+# marker name -> Table; BENCHMARKS.md's order
+TABLES: dict[str, Table] = {
+    "sampler_cpu": Table(("cpu_sampler.json", "cpu_sampler_repeat.json"), sampler_cpu),
+    "sampler_gpu": Table(("h200_sampler_gpu.json",), sampler_gpu),
+    "scoring_cpu": Table(("cpu_scoring.json",), scoring_cpu),
+    "scoring_gpu": Table(("h200_scoring_gpu.json",), scoring_gpu),
+    "scoring_memory_1p5b": Table(("cpu_scoring.json",), scoring_memory_1p5b),
+    "grader": Table(("cpu_grader.json",), grader),
+    "sampler_fci": Table(("cpu_sampler_fci.json", "h200_sampler_fci_gpu.json"), sampler_fci),
+    "step_breakdown": Table(("step_breakdown_cpu.json",), step_breakdown),
+    "memory_plan": Table(("memory_plan.json",), memory_plan),
+}
