@@ -33,19 +33,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
 
+from table_defs import METHOD_LABELS as LABELS  # noqa: E402  (benchmarks/, the script's dir)
+from table_defs import Rows, sample_efficiency  # noqa: E402
+
 METHODS = (
     "grpo", "treerl", "treerl_off_policy", "treerl_atb", "no_attention_filter",
     "no_difficulty_expansion", "attnrl",
 )  # fmt: skip
-LABELS = {
-    "grpo": "GRPO",
-    "treerl": "TreeRL (entropy branching)",
-    "treerl_off_policy": "TreeRL + one-step off-policy",
-    "treerl_atb": "TreeRL + ATB",
-    "no_attention_filter": "ATB + ADS without attention filter",
-    "no_difficulty_expansion": "AttnRL without difficulty-aware expansion",
-    "attnrl": "AttnRL",
-}
 TASKS = ("demo", "weak")
 WEAK_WARM_START_STEPS = 150
 EVAL_FRACTIONS = (1 / 3, 2 / 3, 1.0)
@@ -218,25 +212,6 @@ def summarize(runs: list[dict], bases: dict) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| task | method | seeds | held-out accuracy, final (mean ± sd, min-max) | gain (points) "
-        "| tokens | wall (s) | steps | valid ratio | MC valid ratio | prompts first -> last |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        mean, sd, lo, hi = r["final"]
-        gain = "" if r["before"] is None else f"{100 * (mean - r['before']):+.1f}"
-        mc = "-" if r["mc_valid_ratio"] is None else f"{r['mc_valid_ratio']:.2f}"
-        first, last = r["prompts_first_last"]
-        lines.append(
-            f"| {r['task']} | {LABELS[r['method']]} | {r['seeds']} | {mean:.3f} ± {sd:.3f} "
-            f"({lo:.3f}-{hi:.3f}) | {gain} | {r['tokens']:,.0f} | {r['wall']:.0f} "
-            f"| {r['steps']:.0f} | {r['valid_ratio']:.2f} | {mc} | {first:.0f} -> {last:.0f} |"
-        )
-    return "\n".join(lines)
-
-
 def json_rows(rows: list[dict], budget: int | None) -> list[dict]:
     out = []
     for r in rows:
@@ -311,6 +286,8 @@ def plot(runs: list[dict], bases: dict, out: Path) -> list[Path]:
                 n = min(len(r["steps"]) for r in group)
                 vals = np.array([[np.nan if s[key] is None else s[key] for s in r["steps"][:n]]
                                  for r in group], float)  # fmt: skip
+                if np.isnan(vals).all():  # GRPO has no continuations: no MC valid ratio
+                    continue
                 ax.plot(np.arange(1, n + 1), np.nanmean(vals, 0), color=colors[method],
                         label=LABELS[method])  # fmt: skip
             ax.set(title=f"task {task}: {label}", xlabel="step")
@@ -328,13 +305,12 @@ def report(args) -> None:
     if not runs:
         raise SystemExit(f"no runs in {args.out / 'runs.jsonl'}: run the benchmark first")
     bases = json.loads((args.out / "warm_starts.json").read_text())
-    rows = summarize(runs, bases)
-    print(markdown(rows))
+    rows = json_rows(summarize(runs, bases), max(r["token_budget"] for r in runs))
+    print(sample_efficiency(Rows("sample_efficiency", rows)))
     for path in plot(runs, bases, args.out):
         print(f"plot: {path}")
     if args.json:
-        budgets = {r["token_budget"] for r in runs}
-        args.json.write_text(json.dumps(json_rows(rows, max(budgets)), indent=1))
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:

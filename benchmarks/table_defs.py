@@ -401,6 +401,42 @@ def memory_plan(data: dict) -> str:
 
 
 # marker name -> Table; BENCHMARKS.md's order
+METHOD_LABELS = {
+    "grpo": "GRPO",
+    "treerl": "TreeRL (entropy branching)",
+    "treerl_off_policy": "TreeRL + one-step off-policy",
+    "treerl_atb": "TreeRL + ATB",
+    "no_attention_filter": "ATB + ADS without attention filter",
+    "no_difficulty_expansion": "AttnRL without difficulty-aware expansion",
+    "attnrl": "AttnRL",
+}
+
+
+def sample_efficiency(rows: Rows) -> str:
+    """benchmarks/sample_efficiency.py: one line per (task, method), means over seeds."""
+    lines = [
+        "| task | method | seeds | held-out accuracy at the budget: mean ± sd (min-max) "
+        "| gain (points) | tokens | wall (s) | steps | valid ratio | MC valid ratio "
+        "| prompts first -> last |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for task in rows.param_values("task"):
+        for method in rows.param_values("method", task=task):
+            at = {"task": task, "method": method}
+            v = {r["metric"]: r["value"] for r in rows.matching(**at)}
+            seeds = rows.row("final_accuracy_mean", **at)["params"]["seeds"]
+            mean, base, mc = v["final_accuracy_mean"], v["warm_start_accuracy"], v["mc_valid_ratio"]
+            lines.append(
+                f"| {task} | {METHOD_LABELS[method]} | {seeds} | {mean:.3f} ± "
+                f"{v['final_accuracy_sd']:.3f} ({v['final_accuracy_min']:.3f}-"
+                f"{v['final_accuracy_max']:.3f}) | {100 * (mean - base):+.1f} | "
+                f"{_f(v['tokens'], 0)} | {_f(v['wall'], 0)} | {v['steps']:.0f} | "
+                f"{v['valid_ratio']:.2f} | {'-' if mc is None else f'{mc:.2f}'} | "
+                f"{v['prompt_batch_size_first']:.0f} -> {v['prompt_batch_size_last']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Table] = {
     "sampler_cpu": Table(("cpu_sampler.json", "cpu_sampler_repeat.json"), sampler_cpu),
     "sampler_gpu": Table(("h200_sampler_gpu.json",), sampler_gpu),
@@ -411,4 +447,5 @@ TABLES: dict[str, Table] = {
     "sampler_fci": Table(("cpu_sampler_fci.json", "h200_sampler_fci_gpu.json"), sampler_fci),
     "step_breakdown": Table(("step_breakdown_cpu.json",), step_breakdown),
     "memory_plan": Table(("memory_plan.json",), memory_plan),
+    "sample_efficiency": Table(("sample_efficiency.json",), sample_efficiency),
 }
