@@ -38,6 +38,11 @@ ADVERSARIAL = {
     "huge_matrix": ("\\boxed{\\begin{pmatrix}" + "1 & " * 3000 + "1\\end{pmatrix}}", "1"),
     "long_list": ("\\boxed{" + ",".join(map(str, range(3000))) + "}", "1,2"),
     "interval_junk": ("\\boxed{(,]}", "[,)"),
+    "long_repeating": ("\\boxed{0." + "1" * 5000 + "\\overline{" + "3" * 5000 + "}}", "1"),
+    "many_repeating": ("\\boxed{" + "+".join(["0.1\\overline{23}"] * 3000) + "}", "1"),
+    "huge_degrees": ("\\boxed{\\sin " + "9" * 5000 + "^\\circ}", "0"),
+    "many_degrees": ("\\boxed{" + "".join(["\\cos 1^\\circ"] * 3000) + "}", "1"),
+    "or_list": ("\\boxed{" + " or ".join(map(str, range(3000))) + "}", "1, 2"),
 }
 
 
