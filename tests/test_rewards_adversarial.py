@@ -41,6 +41,11 @@ ADVERSARIAL = {
     # "i" becomes the imaginary unit, and sympy cannot order complex numbers
     "complex_order": ("\\boxed{i < 1}", "1"),
     "complex_order_gold": ("\\boxed{1}", "i > 2"),
+    "long_repeating": ("\\boxed{0." + "1" * 5000 + "\\overline{" + "3" * 5000 + "}}", "1"),
+    "many_repeating": ("\\boxed{" + "+".join(["0.1\\overline{23}"] * 3000) + "}", "1"),
+    "huge_degrees": ("\\boxed{\\sin " + "9" * 5000 + "^\\circ}", "0"),
+    "many_degrees": ("\\boxed{" + "".join(["\\cos 1^\\circ"] * 3000) + "}", "1"),
+    "or_list": ("\\boxed{" + " or ".join(map(str, range(3000))) + "}", "1, 2"),
 }
 
 

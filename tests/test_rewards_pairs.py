@@ -166,6 +166,34 @@ EQUIVALENT = [
     # complex numbers
     ("3+4i", "4i+3"),
     ("\\frac{1}{2} - \\frac{i}{2}", "0.5 - 0.5i"),
+    # trigonometric functions of degrees: the degree sign converts the argument, not dropped
+    ("\\sin 30^\\circ", "\\frac{1}{2}"),
+    ("\\sin(30^{\\circ})", "\\frac{1}{2}"),
+    ("\\cos 60°", "\\frac{1}{2}"),
+    ("\\cos 30^\\circ", "\\frac{\\sqrt{3}}{2}"),
+    ("\\tan 45^\\circ", "1"),
+    ("\\sin\\left(-30^\\circ\\right)", "-\\frac{1}{2}"),
+    ("\\tan^2 60^\\circ", "3"),
+    ("2\\sin 30^\\circ\\cos 60^\\circ", "\\frac12"),
+    ("\\sin 30^\\circ", "\\sin \\frac{\\pi}{6}"),
+    ("\\sin 150^\\circ", "0.5"),
+    # repeating decimals are their exact fractions (a truncation gets the usual 1e-4 tolerance)
+    ("0.\\overline{3}", "\\frac{1}{3}"),
+    ("\\frac{1}{3}", "0.\\overline{3}"),
+    ("1.2\\overline{34}", "\\frac{611}{495}"),
+    ("0.\\overline{9}", "1"),
+    ("0.\\overline{12}", "\\frac{4}{33}"),
+    (".\\bar{6}", "\\frac{2}{3}"),
+    ("-0.1\\dot{6}", "-\\frac{1}{6}"),
+    ("0.\\overline{3}", "0.33333"),  # as \\frac{1}{3} against 0.33333 above
+    # answers joined by "or"/"and" are a set of solutions
+    ("2 or 3", "2, 3"),
+    ("x = 2 \\text{ or } x = 3", "2, 3"),
+    ("3 \\text{ or } 2", "2, 3"),
+    ("1, 2, or 3", "3, 2, 1"),
+    ("2, 3", "2 \\text{ or } 3"),
+    ("x=2 \\text{ or } x=3", "x=2, x=3"),
+    ("2 \\text{ and } 3", "\\{2, 3\\}"),
 ]
 
 NOT_EQUIVALENT = [
@@ -230,11 +258,39 @@ NOT_EQUIVALENT = [
     ("0", "\\emptyset"),
     ("2", "2, 3"),
     ("\\sqrt{2}/2", "\\sqrt{2}"),
+    ("\\sin 30^\\circ", "\\sin 30"),  # degrees are not radians
+    ("\\sin 60^\\circ", "\\frac{1}{2}"),
+    ("\\sin 30^\\circ", "-\\frac{1}{2}"),
+    ("\\sin 30^\\circ", "\\frac{\\sqrt{3}}{2}"),
+    ("\\cos 60°", "60"),  # Math-Verify equates these
+    ("0.\\overline{3}", "0.3"),
+    ("0.\\overline{3}", "0.33"),
+    ("0.\\overline{3}", "0.333"),
+    ("0.\\overline{9}", "0.9"),
+    ("1.2\\overline{34}", "1.234"),
+    ("0.\\overline{12}", "\\frac{12}{100}"),
+    ("0.1\\overline{2}", "0.\\overline{12}"),
+    ("2 or 3", "2"),
+    ("2 or 3", "2, 3, 4"),
+    ("2 \\text{ or } 4", "2, 3"),
+    ("2 or 2", "2, 3"),
+    ("1, 2, and 3", "1, 2"),
+    ("2 or 3", "(2, 3)"),  # Math-Verify equates these
+    ("x = 2 \\text{ or } x = 3", "(2, 3)"),  # a set of solutions, not a point
 ]
 
 CASES = [pytest.param(a, b, True, id=f"eq-{i}") for i, (a, b) in enumerate(EQUIVALENT)] + [
     pytest.param(a, b, False, id=f"ne-{i}") for i, (a, b) in enumerate(NOT_EQUIVALENT)
 ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold"),
+    [("2 or 3", "2, 3"), ("x = 2 \\text{ or } x = 3", "2, 3"), ("\\cos 60°", "\\frac{1}{2}")],
+)
+def test_decided_before_math_verify(answer: str, gold: str):
+    """These are our own rules (Math-Verify rejects the degrees one); not left to the fallback."""
+    assert grade("\\boxed{" + answer + "}", gold).reason == "sympy"
 
 
 def test_enough_pairs():

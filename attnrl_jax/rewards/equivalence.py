@@ -92,13 +92,21 @@ def structured_equal(a: str, b: str) -> bool:
 
 
 def _lhs_list_equal(sa: Structure, sb: Structure) -> bool:
-    """``x = 1, y = 2`` against ``(1, 2)``: compare right-hand sides in order."""
+    """``x = 1, y = 2`` against ``(1, 2)``: compare right-hand sides in order.
+
+    Only for distinct left sides: ``x = 2 \\text{ or } x = 3`` is a set of solutions, not a point.
+    """
     for lst, seq in ((sa, sb), (sb, sa)):
-        if lst.kind == "list" and seq.kind == "seq" and all("=" in x for x in lst.items):
+        if lst.kind == "list" and seq.kind == "seq" and _distinct_lhs(lst.items):
             rhs = tuple(strip_lhs(x) for x in lst.items)
             if len(rhs) == len(seq.items):
                 return all(structured_equal(x, y) for x, y in zip(rhs, seq.items, strict=True))
     return False
+
+
+def _distinct_lhs(items: tuple[str, ...]) -> bool:
+    lhs = [x.split("=")[0].strip() for x in items if "=" in x]
+    return len(lhs) == len(items) and len(set(lhs)) == len(lhs)
 
 
 def _is_constant(s: str) -> bool:

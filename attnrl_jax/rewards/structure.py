@@ -1,8 +1,10 @@
 """Top-level structure of a normalised answer: scalar, tuple/interval, set, list, matrix.
 
 Policy: tuples and intervals (``(a, b)``, ``[a, b)``) are ordered and their bracket types must
-agree; ``\\{a, b\\}`` sets, ``\\cup`` unions and bare comma lists ("enter all solutions") are
-unordered; matrices compare cell by cell with the same shape (``pmatrix``/``bmatrix`` alike).
+agree; ``\\{a, b\\}`` sets, ``\\cup`` unions and bare lists ("enter all solutions") are unordered,
+where a bare list is joined by commas and/or the words "or"/"and" (``x = 2 \\text{ or } x = 3``,
+``1, 2, and 3``) and is the same set of solutions as ``2, 3``; matrices compare cell by cell
+with the same shape (``pmatrix``/``bmatrix`` alike).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 _OPEN = {"(": ")", "[": "]", "{": "}"}
+_LEADING_CONJUNCTION = re.compile(r"^(?:or|and)\s+")  # the Oxford comma's "and"
 _MATRIX = re.compile(r"^\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.S)
 
 
@@ -46,6 +49,15 @@ def split_top(s: str, sep: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
+def _split_list(s: str) -> list[str]:
+    """Top-level items joined by ``,``, `` or ``, `` and `` (``1, 2, or 3``: the comma wins)."""
+    items = []
+    for part in split_top(s, ","):
+        part = _LEADING_CONJUNCTION.sub("", part)
+        items += [x for p in split_top(part, " or ") for x in split_top(p, " and ")]
+    return items
+
+
 def _wraps_whole(s: str) -> bool:
     """True when the bracket at ``s[0]`` closes at ``s[-1]`` (not ``(a)+(b)``)."""
     depth = 0
@@ -74,7 +86,7 @@ def parse_structure(s: str) -> Structure:
         inner = s[2:-2]
         if _wraps_whole("(" + inner + ")"):
             return Structure("set", tuple(p for p in split_top(inner, ",") if p))
-    items = split_top(s, ",")
+    items = _split_list(s)
     if len(items) > 1:
         return Structure("list", tuple(items))
     if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _wraps_whole(s):
