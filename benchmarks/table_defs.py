@@ -401,6 +401,20 @@ def memory_plan(data: dict) -> str:
 
 
 # marker name -> Table; BENCHMARKS.md's order
+def demo(summary: dict) -> str:
+    """`make demo`'s summary.json."""
+    out = [
+        ("held-out accuracy before RL", f"{summary['accuracy_before']:.3f}"),
+        ("held-out accuracy after RL", f"{summary['accuracy_after']:.3f}"),
+        ("gain (points)", f"{summary['accuracy_gain_points']:+.1f}"),
+        ("accuracy measure", summary["accuracy_metric"]),
+        ("RL steps", str(summary["steps"])),
+        ("warm start (s)", _f(summary["warm_start_seconds"], 0)),
+        ("whole demo after installation (s)", _f(summary["wall_seconds"], 0)),
+    ]
+    return "\n".join(["| measurement | value |", "|---|---:|", *(f"| {k} | {v} |" for k, v in out)])
+
+
 METHOD_LABELS = {
     "grpo": "GRPO",
     "treerl": "TreeRL (entropy branching)",
@@ -448,4 +462,5 @@ TABLES: dict[str, Table] = {
     "step_breakdown": Table(("step_breakdown_cpu.json",), step_breakdown),
     "memory_plan": Table(("memory_plan.json",), memory_plan),
     "sample_efficiency": Table(("sample_efficiency.json",), sample_efficiency),
+    "demo": Table(("demo_summary.json",), demo),
 }
