@@ -334,7 +334,7 @@ def sampler_fci(*runs: Rows) -> str:
 STEP_MODES = ("off_policy", "on_policy")
 STEP_PHASES = {  # label -> key of phase_s
     "sampling": "sampling",
-    "scoring (with FCI)": "scoring",
+    "scoring forward": "scoring",
     "grading": "grading",
     "reference forward (KL)": "reference",
     "update": "update",
