@@ -41,6 +41,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from aot_targets import MODELS as REAL_MODELS  # benchmarks/, the script's dir
 
 from attnrl_jax.models.attention import (
     MASK_VALUE,
@@ -64,19 +65,8 @@ MODELS = {
         num_kv_heads=2,
         head_dim=32,
     ),
-    "r1-distill-qwen-1.5b": ModelConfig(
-        vocab_size=151936,
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_layers=28,
-        num_heads=12,
-        num_kv_heads=2,
-        head_dim=128,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-        dtype="bfloat16",
-        param_dtype="bfloat16",
-    ),
+    # the real shape (config.json of DeepSeek-R1-Distill-Qwen-1.5B), bf16 weights and compute
+    "r1-distill-qwen-1.5b": REAL_MODELS["1.5b"].replace(dtype="bfloat16", param_dtype="bfloat16"),
 }
 SYSTEMS = ("plain_forward", "scoring", "scoring_fci", "materialised_reference")
 PROMPT_LEN = 128
