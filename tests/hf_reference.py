@@ -49,6 +49,18 @@ def make_hf_checkpoint(path: Path, seed: int = 0, tokenizer=None, **config_overr
     return Path(path)
 
 
+def saved_checkpoint(root: Path, tokenizer, seed: int, max_position_embeddings: int) -> Path:
+    """A checkpoint as training writes it: a random transformers checkpoint (make_hf_checkpoint)
+    loaded, then written by save_pretrained with the tokenizer, under `root`/model."""
+    from attnrl_jax.models import load_pretrained, save_pretrained
+
+    source = make_hf_checkpoint(
+        root / "hf", seed=seed, vocab_size=len(tokenizer),
+        max_position_embeddings=max_position_embeddings, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    return save_pretrained(load_pretrained(source), root / "model", tokenizer=tokenizer)
+
+
 def hf_logits(
     path: Path,
     tokens: np.ndarray,

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from hf_reference import make_hf_checkpoint
+from hf_reference import saved_checkpoint
 
 from attnrl_jax.data.records import Problem
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
@@ -21,7 +21,7 @@ from attnrl_jax.eval.benchmarks import (
 from attnrl_jax.eval.metrics import ProblemResult, benchmark_metrics
 from attnrl_jax.eval.run import EvalOptions, evaluate_policy, metric_ks, stream_id
 from attnrl_jax.evaluate import main
-from attnrl_jax.models import load_pretrained, read_config, save_pretrained
+from attnrl_jax.models import read_config
 from attnrl_jax.sampling import Sample
 
 ROWS = {
@@ -37,16 +37,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):
-    """A checkpoint as training writes it: loaded, then written by save_pretrained."""
-    root = tmp_path_factory.mktemp("evaluate")
-    source = make_hf_checkpoint(
-        root / "hf",
-        seed=5,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return save_pretrained(load_pretrained(source), root / "model", tokenizer=tokenizer)
+    return saved_checkpoint(tmp_path_factory.mktemp("evaluate"), tokenizer, 5, 512)
 
 
 def test_bundled_benchmarks_load_with_all_answer_forms():

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from hf_reference import make_hf_checkpoint
+from hf_reference import saved_checkpoint
 
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 from attnrl_jax.generate import main
-from attnrl_jax.models import load_pretrained, save_pretrained
+from attnrl_jax.models import load_pretrained
 from attnrl_jax.sampling import Request, SamplingOptions, sample
 
 MAX_POSITIONS = 128
@@ -21,16 +21,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):
-    """A checkpoint as training writes it: loaded, then written by save_pretrained."""
-    root = tmp_path_factory.mktemp("generate")
-    source = make_hf_checkpoint(
-        root / "hf",
-        seed=4,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=MAX_POSITIONS,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return save_pretrained(load_pretrained(source), root / "model", tokenizer=tokenizer)
+    return saved_checkpoint(tmp_path_factory.mktemp("generate"), tokenizer, 4, MAX_POSITIONS)
 
 
 def _write(path, rows):
