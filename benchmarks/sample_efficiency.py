@@ -65,10 +65,10 @@ def task_config(task: str, method: str, seed: int, out: Path):
 
 
 def warm_start(task: str, out: Path):
-    from attnrl_jax.demo.warm_start import load_or_build_warm_start
+    from attnrl_jax.demo.warm_start import WARM_START_STEPS, load_or_build_warm_start
 
     c = task_config(task, "attnrl", 0, out)
-    steps = 600 if task == "demo" else WEAK_WARM_START_STEPS
+    steps = WARM_START_STEPS if task == "demo" else WEAK_WARM_START_STEPS
     model, seconds = load_or_build_warm_start(c, Path(c.model.path), steps=steps)
     if seconds:
         print(f"[{task}] warm start: {steps} supervised steps in {seconds:.0f} s", flush=True)

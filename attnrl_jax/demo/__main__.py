@@ -19,7 +19,7 @@ from pathlib import Path
 import ml_collections
 
 from attnrl_jax.demo.report import plot_metrics, write_summary
-from attnrl_jax.demo.warm_start import load_or_build_warm_start
+from attnrl_jax.demo.warm_start import WARM_START_STEPS, load_or_build_warm_start
 from attnrl_jax.eval.benchmarks import Benchmark, demo_heldout
 from attnrl_jax.eval.run import EvalOptions, evaluate_policy
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
     parser = argparse.ArgumentParser(description="AttnRL on a tiny model and a built-in task")
     parser.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     parser.add_argument("--rl_steps", type=int, default=None, help="default: the demo config's")
-    parser.add_argument("--warm_start_steps", type=int, default=600)
+    parser.add_argument("--warm_start_steps", type=int, default=WARM_START_STEPS)
     parser.add_argument("--held_out", type=int, default=128, help="held-out problems")
     args = parser.parse_args(argv)
     start = time.perf_counter()

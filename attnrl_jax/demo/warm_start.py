@@ -24,6 +24,7 @@ from attnrl_jax.rl.sft import pack_examples, supervised_warm_start
 from attnrl_jax.train import tiny_model_config
 
 SLIP_RATE = 0.5
+WARM_START_STEPS = 600  # the demo's default (--warm_start_steps)
 
 
 def build_warm_start(c: ml_collections.ConfigDict, path: Path, *, steps: int) -> float:
