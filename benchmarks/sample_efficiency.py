@@ -26,7 +26,9 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,34 +77,24 @@ def warm_start(task: str, out: Path):
     return model
 
 
-class HeldOut:
-    """avg@k on held-out problems of the task, with fixed sampling seeds."""
-
-    def __init__(self, model, c, problems: int, k: int):
-        from transformers import AutoTokenizer
-
-        from attnrl_jax.eval.benchmarks import Benchmark, demo_heldout
-        from attnrl_jax.eval.run import EvalOptions
-
-        self.cfg, self.tokenizer = model.config, AutoTokenizer.from_pretrained(c.model.path)
-        held = demo_heldout(problems, c.data.demo_seed, c.data.num_demo_problems)
-        self.benchmarks = [Benchmark("demo", held, k)]
-        self.options = EvalOptions(
-            max_new_tokens=c.rollout.max_new_tokens, temperature=c.rollout.temperature,
-            top_p=1.0, seed=1234,
-        )  # fmt: skip
-
-    def __call__(self, params) -> float:
-        from attnrl_jax.eval.run import evaluate_policy
-
-        result = evaluate_policy(
-            params, self.cfg, self.tokenizer, self.benchmarks, self.options,
-            eos_ids=(self.tokenizer.eos_token_id,),
-        )  # fmt: skip
-        return result.metrics["demo"]["pass@1"]
+EVAL_SEED = 1234  # held-out sampling seeds: the same for every run, so runs compare paired
 
 
-def run_one(task: str, method: str, seed: int, out: Path, budget: int, held: HeldOut) -> dict:
+def held_out_accuracy(model, c, problems: int, k: int) -> Callable[[Any], float]:
+    """params -> avg@k on `problems` held-out problems of the task, with EVAL_SEED."""
+    from transformers import AutoTokenizer
+
+    from attnrl_jax.demo.__main__ import held_out_config
+    from attnrl_jax.eval.training import held_out_accuracy_fn
+
+    tokenizer = AutoTokenizer.from_pretrained(c.model.path)
+    e = held_out_config(c, problems, k, seed=EVAL_SEED)
+    return held_out_accuracy_fn(e, tokenizer, model.config, (tokenizer.eos_token_id,))
+
+
+def run_one(
+    task: str, method: str, seed: int, out: Path, budget: int, held: Callable[[Any], float]
+) -> dict:
     from attnrl_jax.compile_watch import CompileWatch
     from attnrl_jax.train import build_trainer
 
@@ -153,7 +145,8 @@ def run_all(args) -> None:
     held = {}
     for task in args.tasks:
         model = warm_start(task, args.out)
-        held[task] = HeldOut(model, task_config(task, "attnrl", 0, args.out), args.held_out, args.k)
+        c = task_config(task, "attnrl", 0, args.out)
+        held[task] = held_out_accuracy(model, c, args.held_out, args.k)
         if task not in bases:
             bases[task] = held[task](model.params())
             base_path.write_text(json.dumps(bases, indent=1))

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import shutil
 import time
@@ -20,8 +21,7 @@ import ml_collections
 
 from attnrl_jax.demo.report import plot_metrics, write_summary
 from attnrl_jax.demo.warm_start import WARM_START_STEPS, load_or_build_warm_start
-from attnrl_jax.eval.benchmarks import Benchmark, demo_heldout
-from attnrl_jax.eval.run import EvalOptions, evaluate_policy
+from attnrl_jax.eval.training import held_out_accuracy_fn
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 
@@ -31,6 +31,21 @@ def load_config(path: Path = DEMO_CONFIG) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def held_out_config(
+    c: ml_collections.ConfigDict, problems: int, k: int, seed: int | None = None
+) -> ml_collections.ConfigDict:
+    """A copy of demo config `c` whose eval section is avg@k on `problems` held-out demo
+    problems, sampled like training (temperature, no top-p, response length) with `seed`
+    (default c.seed): for eval/training.held_out_accuracy_fn."""
+    e = copy.deepcopy(c)
+    e.seed = c.seed if seed is None else seed
+    e.eval.update(
+        benchmarks="demo", k=k, num_problems=problems, files="",
+        max_new_tokens=c.rollout.max_new_tokens, temperature=c.rollout.temperature, top_p=1.0,
+    )  # fmt: skip
+    return e
 
 
 def step_line(m: dict, total: int) -> str:
@@ -67,24 +82,14 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(c.model.path)
-    problems = demo_heldout(args.held_out, c.data.demo_seed, c.data.num_demo_problems)
     k, temperature = 4, c.rollout.temperature
-    options = EvalOptions(
-        max_new_tokens=c.rollout.max_new_tokens, temperature=temperature, top_p=1.0, seed=c.seed
+    accuracy = held_out_accuracy_fn(
+        held_out_config(c, args.held_out, k), tokenizer, model.config, (tokenizer.eos_token_id,)
     )
-
-    def accuracy(params) -> float:
-        """avg@k on the held-out problems (the same samples' seeds before and after)."""
-        result = evaluate_policy(
-            params, model.config, tokenizer, [Benchmark("demo", problems, k)], options,
-            eos_ids=(tokenizer.eos_token_id,),
-        )  # fmt: skip
-        return result.metrics["demo"]["pass@1"]
-
     before = accuracy(model.params())
     print(
         f"2. held-out accuracy before RL: {before:.3f} (avg@{k} at temperature {temperature} "
-        f"on {len(problems)} problems outside the training set)"
+        f"on {args.held_out} problems outside the training set)"
     )
 
     from attnrl_jax.train import build_trainer
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
         "accuracy_before": before,
         "accuracy_after": after,
         "accuracy_gain_points": 100 * gain,
-        "accuracy_metric": f"avg@{k}, temperature {temperature}, {len(problems)} problems",
+        "accuracy_metric": f"avg@{k}, temperature {temperature}, {args.held_out} problems",
         "steps": trainer.step,
         "wall_seconds": wall,
         "warm_start_seconds": sft_seconds,

@@ -71,3 +71,12 @@ def training_eval_fn(
         return result.flat("eval")
 
     return eval_fn
+
+
+def held_out_accuracy_fn(
+    c: ml_collections.ConfigDict, tokenizer, model_cfg: ModelConfig, eos_ids: Sequence[int]
+) -> Callable[[Params], float]:
+    """params -> mean pass@1 (avg@k) over c.eval's benchmarks, sampled with seed c.seed, so
+    repeated calls (before and after training) use the same sampling seeds."""
+    eval_fn = training_eval_fn(c, tokenizer, model_cfg)
+    return lambda params: eval_fn(params, None, eos_ids)["eval/average/pass@1"]
