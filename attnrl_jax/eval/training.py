@@ -52,7 +52,7 @@ def training_eval_fn(
     tokenizer,
     model_cfg: ModelConfig,
     grade_fn: GradeFn = in_process_grader,
-) -> Callable[[Params, SamplerConfig, Sequence[int]], dict[str, float]]:
+) -> Callable[[Params, SamplerConfig | None, Sequence[int]], dict[str, float]]:
     """The Trainer's eval callback for config c (benchmarks loaded now, so a bad file fails
     before training starts)."""
     benchmarks = config_benchmarks(c)
@@ -63,7 +63,7 @@ def training_eval_fn(
         seed=c.seed,
     )
 
-    def eval_fn(params: Params, sampler: SamplerConfig, eos_ids: Sequence[int]) -> dict:
+    def eval_fn(params: Params, sampler: SamplerConfig | None, eos_ids: Sequence[int]) -> dict:
         result = evaluate_policy(
             params, model_cfg, tokenizer, benchmarks, options, grade_fn,
             eos_ids=eos_ids, sampler=sampler,
