@@ -14,9 +14,11 @@ def tok():
 
 
 def test_builds_fast_and_deterministically(tok):
-    start = time.perf_counter()
+    # CPU time of this process (not wall time, which other jobs on the machine inflate): the
+    # build is a vocabulary listing (about 5 ms), not a BPE training run (seconds).
+    start = time.process_time()
     again = build_tiny_tokenizer()
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert again.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
     assert len(tok) == 512
     assert len(build_tiny_tokenizer(300)) == 300
