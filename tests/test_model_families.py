@@ -3,6 +3,7 @@ against transformers on tiny random checkpoints: logits, save/load both ways, gr
 through the generate CLI, and the sampler's FCI against the scoring forward's."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from hf_reference import hf_logits, make_hf_checkpoint
 
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 from attnrl_jax.generate import eos_ids, main
-from attnrl_jax.models import RopeScaling, forward, load_pretrained, save_pretrained
+from attnrl_jax.models import ModelConfig, RopeScaling, forward, load_pretrained, save_pretrained
+from attnrl_jax.models.lm import param_shapes
 from attnrl_jax.sampling import Buckets, Request, SamplerConfig, SamplerFci, SamplingOptions, sample
 from attnrl_jax.scoring.fci import FciConfig
 from attnrl_jax.scoring.forward import ScoringConfig, score_sequences
@@ -158,3 +160,47 @@ def test_sampler_fci_equals_the_scoring_forward(checkpoints, family):
             np.testing.assert_allclose(s.fci, ref.fci, rtol=1e-4, atol=1e-7)
     assert with_fci >= 4
     assert max(np.count_nonzero(ref.fci) for ref in scored) >= 3
+
+
+# The published config.json of DeepSeek-R1-Distill-Llama-8B and Qwen3-8B (fields that matter),
+# with their published parameter counts.
+REAL_CONFIGS = {
+    "DeepSeek-R1-Distill-Llama-8B": (
+        dict(
+            architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False,
+            mlp_bias=False, hidden_act="silu", hidden_size=4096, intermediate_size=14336,
+            num_attention_heads=32, num_hidden_layers=32, num_key_value_heads=8,
+            max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+            rope_scaling={
+                "factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                "original_max_position_embeddings": 8192, "rope_type": "llama3",
+            },
+            tie_word_embeddings=False, vocab_size=128256, bos_token_id=128000,
+            eos_token_id=128001, pretraining_tp=1,
+        ),
+        8_030_261_248,
+    ),
+    "Qwen3-8B": (
+        dict(
+            architectures=["Qwen3ForCausalLM"], model_type="qwen3", attention_bias=False,
+            head_dim=128, hidden_act="silu", hidden_size=4096, intermediate_size=12288,
+            num_attention_heads=32, num_hidden_layers=36, num_key_value_heads=8,
+            max_position_embeddings=40960, max_window_layers=36, rms_norm_eps=1e-6,
+            rope_scaling=None, rope_theta=1000000, sliding_window=None, use_sliding_window=False,
+            tie_word_embeddings=False, vocab_size=151936, bos_token_id=151643,
+            eos_token_id=151645,
+        ),
+        8_190_735_360,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(REAL_CONFIGS))
+def test_real_configs_parse_and_round_trip_through_transformers(name):
+    from transformers import CONFIG_MAPPING
+
+    hf, num_params = REAL_CONFIGS[name]
+    cfg = ModelConfig.from_hf(hf)
+    assert sum(math.prod(s) for s in param_shapes(cfg).values()) == num_params
+    written = CONFIG_MAPPING[hf["model_type"]](**cfg.to_hf())  # as transformers reads it
+    assert ModelConfig.from_hf(written.to_dict()) == cfg
