@@ -16,7 +16,6 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from attnrl_jax.models import lm
 from attnrl_jax.models.config import ModelConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -86,12 +85,16 @@ def logical_specs(
     cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES
 ) -> dict[str, PartitionSpec]:
     """Parameter path -> PartitionSpec for every parameter of cfg (lm.param_shapes' paths)."""
+    from attnrl_jax.models import lm  # lazily: transfer.py (imported by kernels) imports this
+
     axes = lm.logical_axes(cfg)
     return {p: spec_for(axes[p], s, mesh, rules) for p, s in lm.param_shapes(cfg).items()}
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict:
     """NamedSharding for every parameter of cfg, nested like its params dict."""
+    from attnrl_jax.models import lm
+
     specs = logical_specs(cfg, mesh, rules)
     return lm.unflatten({p: NamedSharding(mesh, s) for p, s in specs.items()})
 
