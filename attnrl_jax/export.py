@@ -31,7 +31,7 @@ def export_trainer(trainer, output: str | Path, source_dir: str | Path, dtype=No
     """Writes the trainer's current policy to `output` (replaced if it exists) as a Hugging
     Face directory, with its tokenizer and source_dir's generation_config.json if present."""
     from attnrl_jax.models import save_pretrained
-    from attnrl_jax.models.qwen2 import from_params
+    from attnrl_jax.models.lm import from_params
 
     model = from_params(trainer.cfg, trainer.params)
     path = save_pretrained(model, output, tokenizer=trainer.tokenizer, dtype=dtype, overwrite=True)

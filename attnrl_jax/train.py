@@ -71,12 +71,12 @@ def _write_tiny_model(c: ml_collections.ConfigDict, path: Path) -> None:
     from flax import nnx
 
     from attnrl_jax.data.tokenizer import build_tiny_tokenizer
-    from attnrl_jax.models import Qwen2ForCausalLM, save_pretrained
+    from attnrl_jax.models import CausalLM, save_pretrained
 
     tokenizer = build_tiny_tokenizer(c.model.tiny_vocab_size)
     cfg = tiny_model_config(c, len(tokenizer))
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
-        model = Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(c.seed))
+        model = CausalLM(cfg, rngs=nnx.Rngs(c.seed))
     save_pretrained(model, path, tokenizer=tokenizer, overwrite=True)
 
 

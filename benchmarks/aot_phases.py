@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import param_shapes, unflatten
+from attnrl_jax.models.lm import param_shapes, unflatten
 from attnrl_jax.models.sharding import batch_sharding, optimizer_state_shardings, param_shardings
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.settings import OptimConfig
@@ -137,7 +137,7 @@ def abstract_params(cfg: ModelConfig, mesh: Mesh) -> dict:
     plain = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s, cfg.weight_dtype), shapes, is_leaf=_is_shape
     )
-    shardings = param_shardings(plain, mesh)
+    shardings = param_shardings(cfg, mesh)
     return jax.tree.map(lambda a, s: _spec(a.shape, a.dtype, s), plain, shardings)
 
 

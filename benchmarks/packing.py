@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import init_params
+from attnrl_jax.models.lm import init_params
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.packed import TrainProblem, tokens_processed
 from attnrl_jax.rl.settings import OptimConfig

@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from attnrl_jax.models import ModelConfig, init_params, load_pretrained, save_pretrained  # noqa: E402
-from attnrl_jax.models.qwen2 import from_params  # noqa: E402
+from attnrl_jax.models.lm import from_params  # noqa: E402
 from attnrl_jax.sampling import Request, SamplingOptions, sample  # noqa: E402
 
 MODELS = {

@@ -2,7 +2,7 @@
 
 Systems (small model: hidden 256, 4 layers, vocab 8192, GQA 8:2; prompt 128 tokens, then steps
 of 40 tokens):
-  plain_forward           qwen2.forward: logits [B, T, V] float32, the same chunked attention
+  plain_forward           lm.forward: logits [B, T, V] float32, the same chunked attention
   scoring                 score_batch(with_fci=False): plain forward + chunked log-probs/entropies
   scoring_fci             score_batch(with_fci=True): the same, plus FCI from query chunks
   materialised_reference  full [B, H, T, T] attention per layer and the step matrix W A W^T (the
@@ -50,7 +50,7 @@ from attnrl_jax.models.attention import (
     causal_segment_mask,
 )
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import default_positions, forward, forward_hidden, init_params
+from attnrl_jax.models.lm import default_positions, forward, forward_hidden, init_params
 from attnrl_jax.scoring.fci import FciConfig, finish_fci, initial_state
 from attnrl_jax.scoring.forward import ScoringConfig, score_batch
 from attnrl_jax.scoring.logprobs import token_logprobs_entropies

@@ -1,4 +1,5 @@
-"""Tiny random Qwen2 checkpoints built locally with transformers + torch (the reference).
+"""Tiny random checkpoints of each family (Qwen2, Qwen3, Llama) built locally with transformers
++ torch (the reference).
 
 Nothing is downloaded: configs are written here, weights drawn from a seeded generator.
 Biases and norm weights are randomised too, so a dropped bias or norm cannot go unnoticed.
@@ -10,10 +11,34 @@ from pathlib import Path
 
 import numpy as np
 
+# family -> (transformers config class, model class, what the family's tiny default adds)
+FAMILIES = {
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    # head_dim 16 != hidden_size / heads = 12, as Qwen3's explicit head_dim allows
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=16)),
+    # Llama-3.1 / DeepSeek-R1-Distill-Llama rope; with head_dim 12 and an original context of
+    # 64 the frequencies fall in all three bands (kept, blended, divided by factor)
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        ),
+    ),
+}
 
-def tiny_hf_config(**overrides):
-    from transformers import Qwen2Config
 
+def tiny_hf_config(family: str = "qwen2", **overrides):
+    import transformers
+
+    config_class, _, family_fields = FAMILIES[family]
     fields = dict(
         vocab_size=101,
         hidden_size=48,
@@ -26,17 +51,21 @@ def tiny_hf_config(**overrides):
         tie_word_embeddings=False,
         rms_norm_eps=1e-6,
     )
+    fields.update(family_fields)
     fields.update(overrides)
-    return Qwen2Config(**fields)
+    return getattr(transformers, config_class)(**fields)
 
 
-def make_hf_checkpoint(path: Path, seed: int = 0, tokenizer=None, **config_overrides) -> Path:
-    """Saves a randomly initialised transformers Qwen2ForCausalLM (float32) to `path`."""
+def make_hf_checkpoint(
+    path: Path, seed: int = 0, tokenizer=None, family: str = "qwen2", **config_overrides
+) -> Path:
+    """Saves a randomly initialised transformers model of `family` (float32) to `path`."""
     import torch
-    from transformers import Qwen2ForCausalLM
+    import transformers
 
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(tiny_hf_config(**config_overrides)).eval()
+    model_class = getattr(transformers, FAMILIES[family][1])
+    model = model_class(tiny_hf_config(family, **config_overrides)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_rl_packed import CFG, random_problem
 
-from attnrl_jax.models.qwen2 import init_params
+from attnrl_jax.models.lm import init_params
 from attnrl_jax.models.sharding import make_mesh, optimizer_state_shardings, param_shardings
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.packed import make_rows, power_of_two, stack_rows
@@ -46,7 +46,7 @@ def one_update(problems, mesh):
     params, ref = base, jax.tree.map(jnp.copy, base)
     opt_state = jax.jit(make_optimizer(OPTIM).init)(params)
     if mesh is not None:
-        shardings = param_shardings(params, mesh)
+        shardings = param_shardings(CFG, mesh)
         params, ref = jax.device_put((params, ref), (shardings, shardings))
         opt_state = jax.device_put(
             opt_state, optimizer_state_shardings(opt_state, params, shardings, mesh)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from attnrl_jax.models.qwen2 import param_shapes
+from attnrl_jax.models.lm import logical_axes, param_shapes
 from attnrl_jax.rl.settings import OptimConfig
 from attnrl_jax.rl.update import DEVICE_FIELDS
 from benchmarks import memory_plan
@@ -56,10 +56,9 @@ def test_per_device_bytes_is_the_shard_size(cfg, mesh):
     # Hand count for mesh fsdp=2, tensor=2: "embed" dims split over fsdp, heads/mlp/vocab over
     # tensor, layers and norms whole; every tiny dimension divides evenly.
     split = {"vocab": 2, "embed": 2, "heads": 2, "kv_heads": 2, "mlp": 2}
-    from attnrl_jax.models.qwen2 import LOGICAL_AXES
-
+    axes = logical_axes(cfg)
     expected = sum(
-        4 * math.prod(n // split.get(a, 1) for n, a in zip(shape, LOGICAL_AXES[path], strict=True))
+        4 * math.prod(n // split.get(a, 1) for n, a in zip(shape, axes[path], strict=True))
         for path, shape in param_shapes(cfg).items()
     )
     assert per_device_bytes(params) == expected

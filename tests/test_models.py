@@ -1,4 +1,5 @@
-"""The Qwen2 decoder against transformers' PyTorch implementation, HF I/O, and sharding."""
+"""The decoder (Qwen2 layout) against transformers' PyTorch implementation, HF I/O, sharding,
+and clear errors for configs no family supports (tests/test_model_families.py: Qwen3, Llama)."""
 
 import json
 import shutil
@@ -12,6 +13,9 @@ from hf_reference import hf_logits, make_hf_checkpoint
 
 from attnrl_jax.models import (
     CheckpointError,
+    ModelConfig,
+    ModelConfigError,
+    RopeScaling,
     forward,
     load_pretrained,
     make_mesh,
@@ -147,8 +151,9 @@ def test_sharded_forward_equals_single_device(checkpoints, shape):
 
 def test_optimizer_state_is_sharded_like_params(checkpoints):
     mesh = make_mesh(2, 2, 2)
-    params = load_pretrained(checkpoints["untied_gqa2"], mesh=mesh).params()
-    shardings = param_shardings(params, mesh)
+    model = load_pretrained(checkpoints["untied_gqa2"], mesh=mesh)
+    params = model.params()
+    shardings = param_shardings(model.config, mesh)
     tx = optax.adamw(1e-3)
     state_shardings = optimizer_state_shardings(
         jax.eval_shape(tx.init, params), params, shardings, mesh
@@ -196,14 +201,39 @@ def _replace_tensor(name, array=None, extra=None):
 BAD_CHECKPOINTS = {
     "no_config": (lambda p: (p / "config.json").unlink(), "config.json not found"),
     "bad_json": (lambda p: (p / "config.json").write_text("{"), "not valid JSON"),
-    "llama": (
-        _set_config(model_type="llama", architectures=["LlamaForCausalLM"]),
-        "unsupported architecture",
+    "mistral": (
+        _set_config(model_type="mistral", architectures=["MistralForCausalLM"]),
+        r"unsupported architecture \(architectures=\['MistralForCausalLM'\]",
     ),
-    "sliding": (_set_config(use_sliding_window=True), "use_sliding_window"),
+    "type_mismatch": (
+        _set_config(model_type="llama"),
+        r"unsupported architecture \(architectures=\['Qwen2ForCausalLM'\], model_type='llama'",
+    ),
+    "sliding": (_set_config(use_sliding_window=True), "use_sliding_window=true"),
+    "sliding_layers": (
+        _set_config(layer_types=["full_attention", "sliding_attention"]),
+        r"layer_types \['sliding_attention'\] are not supported",
+    ),
     "yarn": (
         _set_config(rope_scaling={"rope_type": "yarn", "factor": 4.0}),
-        "'yarn' is not supported",
+        "rope_scaling type 'yarn' is not supported",
+    ),
+    "llama3_incomplete": (
+        _set_config(rope_scaling={"rope_type": "llama3", "factor": 8.0}),
+        "rope_scaling type 'llama3' needs low_freq_factor",
+    ),
+    "gelu": (_set_config(hidden_act="gelu"), "hidden_act='gelu'"),
+    "llama_attention_bias": (
+        _set_config(model_type="llama", architectures=["LlamaForCausalLM"], attention_bias=True),
+        "attention_bias=True is not supported",
+    ),
+    "qwen3_attention_bias": (
+        _set_config(model_type="qwen3", architectures=["Qwen3ForCausalLM"], attention_bias=True),
+        "attention_bias=True is not supported",
+    ),
+    "llama_mlp_bias": (
+        _set_config(model_type="llama", architectures=["LlamaForCausalLM"], mlp_bias=True),
+        "mlp_bias=True is not supported",
     ),
     "no_weights": (lambda p: (p / "model.safetensors").unlink(), "no model.safetensors"),
     "corrupt": (
@@ -238,3 +268,17 @@ def test_bad_checkpoint_gives_clear_error(checkpoints, tmp_path, case):
 def test_missing_directory_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_pretrained(tmp_path / "nowhere")
+
+
+def test_model_config_checks_the_family_layout():
+    sizes = dict(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2)
+    sizes.update(num_kv_heads=1, head_dim=4)
+    qwen3 = ModelConfig(**sizes, architecture="Qwen3ForCausalLM")
+    assert (qwen3.attention_bias, qwen3.qk_norm) == (False, True)  # the family's layout
+    assert ModelConfig(**sizes).attention_bias  # default: Qwen2
+    with pytest.raises(ModelConfigError, match="unsupported architecture 'GPT2LMHeadModel'"):
+        ModelConfig(**sizes, architecture="GPT2LMHeadModel")
+    with pytest.raises(ModelConfigError, match="LlamaForCausalLM has qk_norm=False, got True"):
+        ModelConfig(**sizes, architecture="LlamaForCausalLM", qk_norm=True)
+    with pytest.raises(ModelConfigError, match="rope_scaling type 'ntk' is not supported"):
+        RopeScaling("ntk")

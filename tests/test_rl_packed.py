@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import forward, init_params
+from attnrl_jax.models.lm import forward, init_params
 from attnrl_jax.rl.loss import LossConfig, policy_loss
 from attnrl_jax.rl.packed import (
     TrainProblem,

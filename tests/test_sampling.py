@@ -13,7 +13,7 @@ from scipy.stats import chisquare
 
 from attnrl_jax.models import forward, load_pretrained, make_mesh
 from attnrl_jax.models.attention import causal_attend
-from attnrl_jax.models.qwen2 import forward_hidden, unstack_layers
+from attnrl_jax.models.lm import forward_hidden, unstack_layers
 from attnrl_jax.sampling import (
     Buckets,
     Request,

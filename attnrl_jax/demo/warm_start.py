@@ -18,8 +18,8 @@ from flax import nnx
 
 from attnrl_jax.data.demo_task import demo_problems, demo_tokenizer
 from attnrl_jax.data.prompts import encode_prompts
-from attnrl_jax.models import Qwen2ForCausalLM, load_pretrained, save_pretrained
-from attnrl_jax.models.qwen2 import from_params
+from attnrl_jax.models import CausalLM, load_pretrained, save_pretrained
+from attnrl_jax.models.lm import from_params
 from attnrl_jax.rl.sft import pack_examples, supervised_warm_start
 from attnrl_jax.train import tiny_model_config
 
@@ -37,7 +37,7 @@ def build_warm_start(c: ml_collections.ConfigDict, path: Path, *, steps: int) ->
     prompts = encode_prompts(tokenizer, [p.problem for p, _ in pairs])
     responses = tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"]
     tokens, mask = pack_examples(prompts, responses, tokenizer.eos_token_id)
-    params = Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(c.seed)).params()
+    params = CausalLM(cfg, rngs=nnx.Rngs(c.seed)).params()
 
     from tqdm.auto import tqdm
 

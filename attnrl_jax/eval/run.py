@@ -23,7 +23,7 @@ from attnrl_jax.data.prompts import INSTRUCTION, encode_prompts
 from attnrl_jax.eval.benchmarks import Benchmark
 from attnrl_jax.eval.metrics import ProblemResult, benchmark_metrics, macro_average
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import Params
+from attnrl_jax.models.lm import Params
 from attnrl_jax.rewards.math import GradeResult, grade
 from attnrl_jax.sampling import Request, SamplerConfig, SamplingOptions, sample
 

@@ -21,7 +21,7 @@ from attnrl_jax.eval.benchmarks import (
 )
 from attnrl_jax.eval.run import EvalOptions, GradeFn, evaluate_policy, in_process_grader
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import Params
+from attnrl_jax.models.lm import Params
 from attnrl_jax.sampling import SamplerConfig
 
 

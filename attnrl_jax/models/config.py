@@ -1,4 +1,5 @@
-"""Static description of a Qwen2-family decoder, and its mapping to Hugging Face config.json."""
+"""Static description of a decoder (architecture plus numerics); config.json parsing per family
+lives in models/families/."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 class ModelConfigError(ValueError):
@@ -23,11 +25,37 @@ def dtype_name(dtype: Any) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Hugging Face's rope_scaling, hashable. `kind`: "default" (none), "linear" (positions
+    divided by `factor`) or "llama3" (Llama-3.1's per-frequency blend; the other fields)."""
+
+    kind: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if self.kind not in ROPE_TYPES:
+            raise ModelConfigError(
+                f"rope_scaling type {self.kind!r} is not supported (supported: {ROPE_TYPES})"
+            )
+        if self.kind == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ModelConfigError(
+                f"rope_scaling high_freq_factor={self.high_freq_factor} must exceed "
+                f"low_freq_factor={self.low_freq_factor}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture plus numerics. Frozen and hashable, so it can be a static jit argument.
 
-    `dtype` is the computation dtype (activations, matmuls); `param_dtype` is how weights are
-    stored. Softmax, log-softmax and RMSNorm statistics always run in float32.
+    `architecture` is the Hugging Face class name ("Qwen2ForCausalLM", "Qwen3ForCausalLM",
+    "LlamaForCausalLM"); `attention_bias` (q/k/v biases) and `qk_norm` (per-head RMSNorm of q
+    and k before RoPE) default to that family's layout. `dtype` is the computation dtype
+    (activations, matmuls); `param_dtype` is how weights are stored. Softmax, log-softmax and
+    RMSNorm statistics always run in float32.
     """
 
     vocab_size: int
@@ -39,7 +67,7 @@ class ModelConfig:
     head_dim: int
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    rope_linear_factor: float = 1.0  # rope_scaling {"rope_type": "linear", "factor": f}
+    rope_scaling: RopeScaling = RopeScaling()
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 32768
     bos_token_id: int | None = None
@@ -47,8 +75,20 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False  # rematerialise each layer in the backward pass (saves activation memory)
+    architecture: str = "Qwen2ForCausalLM"
+    attention_bias: bool | None = None  # None: the family's layout
+    qk_norm: bool | None = None  # None: the family's layout
 
     def __post_init__(self):
+        from attnrl_jax.models.families import family  # the registry imports this module
+
+        fam = family(self.architecture)
+        for name in ("attention_bias", "qk_norm"):
+            value, layout = getattr(self, name), getattr(fam, name)
+            if value is None:  # frozen: fill the family's layout in once
+                object.__setattr__(self, name, layout)
+            elif value != layout:
+                raise ModelConfigError(f"{self.architecture} has {name}={layout}, got {value}")
         if self.num_heads % self.num_kv_heads:
             raise ModelConfigError(
                 f"num_attention_heads={self.num_heads} is not a multiple of "
@@ -56,6 +96,8 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ModelConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if not isinstance(self.rope_scaling, RopeScaling):
+            raise ModelConfigError(f"rope_scaling must be a RopeScaling, got {self.rope_scaling!r}")
         dtype_name(self.dtype), dtype_name(self.param_dtype)
 
     @property
@@ -71,93 +113,14 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
-        """Reads a Hugging Face Qwen2 config.json dict; refuses what it cannot run faithfully."""
-        model_type = hf.get("model_type")
-        archs = hf.get("architectures") or []
-        if model_type != "qwen2" or (archs and "Qwen2ForCausalLM" not in archs):
-            raise ModelConfigError(
-                f"{source}: unsupported architecture (model_type={model_type!r}, "
-                f"architectures={archs}); only Qwen2ForCausalLM (model_type 'qwen2') is supported"
-            )
-        if hf.get("use_sliding_window"):
-            raise ModelConfigError(
-                f"{source}: use_sliding_window=true is not supported (full attention only)"
-            )
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ModelConfigError(f"{source}: hidden_act={hf['hidden_act']!r} (only silu)")
-        missing = [
-            k
-            for k in (
-                "vocab_size",
-                "hidden_size",
-                "intermediate_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-            )
-            if k not in hf
-        ]
-        if missing:
-            raise ModelConfigError(f"{source}: missing required fields {missing}")
-        rope = dict(hf.get("rope_parameters") or {})  # transformers >= 5
-        scaling = hf.get("rope_scaling") or {}  # transformers 4 configs
-        rope.update({k: v for k, v in scaling.items() if v is not None})
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "linear"):
-            raise ModelConfigError(
-                f"{source}: rope scaling type {rope_type!r} is not supported "
-                "(supported: none/default, linear)"
-            )
-        factor = float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0
-        heads = hf["num_attention_heads"]
-        return cls(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_theta=float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
-            rope_linear_factor=factor,
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            max_position_embeddings=hf.get("max_position_embeddings", 32768),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=_as_ids(hf.get("eos_token_id")),
-        )
+        """Reads a Hugging Face config.json dict through its family (by `architectures`);
+        refuses, naming the key, what it cannot run faithfully."""
+        from attnrl_jax.models.families import family_of_hf
+
+        return family_of_hf(hf, source).from_hf(hf, source)
 
     def to_hf(self) -> dict[str, Any]:
-        """The config.json that transformers' Qwen2ForCausalLM loads back to this architecture."""
-        rope: dict[str, Any] = {"rope_type": "default", "rope_theta": self.rope_theta}
-        if self.rope_linear_factor != 1.0:
-            rope = {"rope_type": "linear", "rope_theta": self.rope_theta}
-            rope["factor"] = self.rope_linear_factor
-        eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
-        return {
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            "rope_parameters": rope,
-            "rope_scaling": None if self.rope_linear_factor == 1.0 else dict(rope),
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "max_position_embeddings": self.max_position_embeddings,
-            "use_sliding_window": False,
-            "attention_dropout": 0.0,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": eos,
-            "torch_dtype": self.param_dtype,
-            "dtype": self.param_dtype,
-        }
+        """The config.json that transformers loads back as this architecture."""
+        from attnrl_jax.models.families import family
 
-
-def _as_ids(value) -> int | tuple[int, ...] | None:
-    return tuple(value) if isinstance(value, list) else value
+        return family(self.architecture).to_hf(self)

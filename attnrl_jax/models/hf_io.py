@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint directories <-> Qwen2ForCausalLM.
+"""Hugging Face checkpoint directories <-> CausalLM, for every registered family.
 
 Loading reads config.json and (sharded) safetensors lazily: every device receives only its own
 slice of each tensor, read straight from the file, so no process holds a full copy per device.
@@ -21,8 +21,9 @@ from jax.sharding import Mesh, NamedSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from attnrl_jax.models import qwen2, sharding
+from attnrl_jax.models import lm, sharding
 from attnrl_jax.models.config import ModelConfig, ModelConfigError, dtype_name
+from attnrl_jax.models.families import family
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -41,24 +42,6 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded: names the file and tensor at fault."""
 
 
-# Our parameter path -> (Hugging Face name with {i} for the layer, transpose?)
-_HF_NAMES: dict[str, tuple[str, bool]] = {
-    "embed": ("model.embed_tokens.weight", False),
-    "layers/input_norm": ("model.layers.{i}.input_layernorm.weight", False),
-    "layers/post_norm": ("model.layers.{i}.post_attention_layernorm.weight", False),
-    "layers/q_proj/kernel": ("model.layers.{i}.self_attn.q_proj.weight", True),
-    "layers/q_proj/bias": ("model.layers.{i}.self_attn.q_proj.bias", False),
-    "layers/k_proj/kernel": ("model.layers.{i}.self_attn.k_proj.weight", True),
-    "layers/k_proj/bias": ("model.layers.{i}.self_attn.k_proj.bias", False),
-    "layers/v_proj/kernel": ("model.layers.{i}.self_attn.v_proj.weight", True),
-    "layers/v_proj/bias": ("model.layers.{i}.self_attn.v_proj.bias", False),
-    "layers/o_proj/kernel": ("model.layers.{i}.self_attn.o_proj.weight", True),
-    "layers/gate_proj/kernel": ("model.layers.{i}.mlp.gate_proj.weight", True),
-    "layers/up_proj/kernel": ("model.layers.{i}.mlp.up_proj.weight", True),
-    "layers/down_proj/kernel": ("model.layers.{i}.mlp.down_proj.weight", True),
-    "final_norm": ("model.norm.weight", False),
-    "lm_head/kernel": ("lm_head.weight", True),
-}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older exports carry
 
 
@@ -122,8 +105,9 @@ class _TensorFiles:
 def _check_tensors(files: _TensorFiles, cfg: ModelConfig) -> None:
     """Every expected tensor present with its shape; nothing unexplained left over."""
     expected = {}
-    for path, shape in qwen2.param_shapes(cfg).items():
-        name, transpose = _HF_NAMES[path]
+    names = family(cfg.architecture).hf_names
+    for path, shape in lm.param_shapes(cfg).items():
+        name, transpose = names[path]
         per_layer = path.startswith("layers/")
         hf_shape = shape[1:] if per_layer else shape
         hf_shape = hf_shape[::-1] if transpose else hf_shape
@@ -148,13 +132,13 @@ def _check_tensors(files: _TensorFiles, cfg: ModelConfig) -> None:
     ]
     if extra:
         raise CheckpointError(
-            f"unexpected tensors for a Qwen2 model: {sorted(extra)[:5]} "
+            f"unexpected tensors for a {cfg.architecture} model: {sorted(extra)[:5]} "
             f"(in {files.where[extra[0]]})"
         )
 
 
 def _load_param(files: _TensorFiles, cfg: ModelConfig, path: str, shape, target: jax.Sharding):
-    name, transpose = _HF_NAMES[path]
+    name, transpose = family(cfg.architecture).hf_names[path]
     dtype = cfg.weight_dtype
     per_layer = path.startswith("layers/")
 
@@ -178,8 +162,8 @@ def load_pretrained(
     mesh: Mesh | None = None,
     param_dtype: Any = None,
     rules: sharding.Rules = sharding.DEFAULT_RULES,
-) -> qwen2.Qwen2ForCausalLM:
-    """Loads a Hugging Face Qwen2 checkpoint directory as a Flax NNX module.
+) -> lm.CausalLM:
+    """Loads a Hugging Face checkpoint directory of a registered family as a Flax NNX module.
 
     dtype: computation dtype; param_dtype: storage dtype (default: dtype). With a mesh, every
     parameter is created directly with its sharding from `rules` (models/sharding.py).
@@ -190,15 +174,15 @@ def load_pretrained(
     )
     files = _TensorFiles(path)
     _check_tensors(files, cfg)
-    shapes = qwen2.param_shapes(cfg)
+    shapes = lm.param_shapes(cfg)
     if mesh is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         targets = dict.fromkeys(shapes, device)
     else:
-        specs = sharding.logical_specs(shapes, mesh, rules)
+        specs = sharding.logical_specs(cfg, mesh, rules)
         targets = {p: NamedSharding(mesh, specs[p]) for p in shapes}
     flat = {p: _load_param(files, cfg, p, shapes[p], targets[p]) for p in shapes}
-    return qwen2.from_params(cfg, qwen2.unflatten(flat))
+    return lm.from_params(cfg, lm.unflatten(flat))
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -209,13 +193,14 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def hf_state_dict(model: qwen2.Qwen2ForCausalLM, dtype: Any = None) -> dict[str, np.ndarray]:
+def hf_state_dict(model: lm.CausalLM, dtype: Any = None) -> dict[str, np.ndarray]:
     """Hugging Face tensor name -> numpy array (gathered to this host)."""
     cfg = model.config
     out_dtype = jnp.dtype(dtype or cfg.weight_dtype)
     tensors = {}
-    for path, value in qwen2.flatten(model.params()).items():
-        name, transpose = _HF_NAMES[path]
+    names = family(cfg.architecture).hf_names
+    for path, value in lm.flatten(model.params()).items():
+        name, transpose = names[path]
         array = _to_host(value).astype(out_dtype)
         for i, block in enumerate(array) if path.startswith("layers/") else [(None, array)]:
             tensors[name.format(i=i)] = np.ascontiguousarray(block.T if transpose else block)
@@ -223,7 +208,7 @@ def hf_state_dict(model: qwen2.Qwen2ForCausalLM, dtype: Any = None) -> dict[str,
 
 
 def save_pretrained(
-    model: qwen2.Qwen2ForCausalLM,
+    model: lm.CausalLM,
     path: str | os.PathLike,
     tokenizer: Any = None,
     dtype: Any = None,

@@ -1,6 +1,6 @@
 """Device meshes and the logical-axis rules that place parameters, optimizer state and batches.
 
-Parameters carry logical axis names (qwen2.LOGICAL_AXES); `Rules` map each name to mesh axes.
+Parameters carry logical axis names (lm.logical_axes(cfg)); `Rules` map each name to mesh axes.
 The defaults give FSDP over `fsdp` (the embedding dimension of every matrix) and tensor
 parallelism over `tensor` (heads, MLP and vocabulary); batches split over `data` x `fsdp`.
 A dimension that does not divide evenly by its mesh axes is replicated instead.
@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from attnrl_jax.models.config import ModelConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -80,25 +82,25 @@ def spec_for(
 
 
 def logical_specs(
-    shapes: dict[str, tuple[int, ...]], mesh: Mesh, rules: Rules = DEFAULT_RULES
+    cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES
 ) -> dict[str, PartitionSpec]:
-    """Parameter path -> PartitionSpec, for the paths of qwen2.param_shapes."""
-    from attnrl_jax.models.qwen2 import LOGICAL_AXES
+    """Parameter path -> PartitionSpec for every parameter of cfg (lm.param_shapes' paths)."""
+    from attnrl_jax.models import lm  # lazily: transfer.py (imported by kernels) imports this
 
-    return {p: spec_for(LOGICAL_AXES[p], s, mesh, rules) for p, s in shapes.items()}
-
-
-def param_shardings(params: dict, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict:
-    """NamedSharding for every leaf of a params dict (same nesting)."""
-    from attnrl_jax.models.qwen2 import flatten, unflatten
-
-    flat = flatten(params)
-    specs = logical_specs({p: tuple(v.shape) for p, v in flat.items()}, mesh, rules)
-    return unflatten({p: NamedSharding(mesh, s) for p, s in specs.items()})
+    axes = lm.logical_axes(cfg)
+    return {p: spec_for(axes[p], s, mesh, rules) for p, s in lm.param_shapes(cfg).items()}
 
 
-def shard_params(params: dict, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict:
-    return jax.device_put(params, param_shardings(params, mesh, rules))
+def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict:
+    """NamedSharding for every parameter of cfg, nested like its params dict."""
+    from attnrl_jax.models import lm
+
+    specs = logical_specs(cfg, mesh, rules)
+    return lm.unflatten({p: NamedSharding(mesh, s) for p, s in specs.items()})
+
+
+def shard_params(params: dict, cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict:
+    return jax.device_put(params, param_shardings(cfg, mesh, rules))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -42,7 +42,7 @@ from attnrl_jax.models.attention import (
     attention_scores,
 )
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import Params, forward_hidden
+from attnrl_jax.models.lm import Params, forward_hidden
 from attnrl_jax.rl.tree import ProblemTree
 from attnrl_jax.scoring.logprobs import token_logprobs_entropies
 

@@ -22,7 +22,7 @@ import numpy as np
 from attnrl_jax.data.pipeline import Prompt
 from attnrl_jax.data.records import Problem
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import Params
+from attnrl_jax.models.lm import Params
 from attnrl_jax.rl import ads
 from attnrl_jax.sampling import Request, Sample, SamplerConfig, SamplerFci, SamplingOptions, sample
 from attnrl_jax.scoring.forward import ScoringConfig, score_sequences

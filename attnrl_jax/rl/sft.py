@@ -18,7 +18,7 @@ import optax
 
 from attnrl_jax.models.attention import causal_attend
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import Params, default_positions, forward_hidden
+from attnrl_jax.models.lm import Params, default_positions, forward_hidden
 from attnrl_jax.scoring.logprobs import token_logprobs_entropies
 
 

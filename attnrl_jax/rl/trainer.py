@@ -37,7 +37,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from attnrl_jax.data.pipeline import Prompt, PromptStream
-from attnrl_jax.models.qwen2 import Params
+from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import optimizer_state_shardings, param_shardings
 from attnrl_jax.rl import ads
 from attnrl_jax.rl import pipeline as pl
@@ -124,7 +124,7 @@ class Trainer:
         self.sampler = SamplerConfig(
             buckets=Buckets(rows=(sampler_rows,)), mesh=None if single else mesh
         )
-        shardings = param_shardings(params, mesh)
+        shardings = param_shardings(model_cfg, mesh)
         self.params = jax.device_put(params, shardings)
         # The frozen initial policy for the KL term (a copy: updates donate the params' buffers).
         self.ref_params = None

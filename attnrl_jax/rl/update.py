@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh
 
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import Params
+from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import batch_sharding
 from attnrl_jax.models.transfer import to_device
 from attnrl_jax.rl.loss import LossConfig, metric_names, policy_loss

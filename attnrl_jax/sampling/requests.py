@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import Params
+from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import batch_sharding
 from attnrl_jax.models.transfer import to_device, to_host
 from attnrl_jax.sampling import fci_decode

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 
 from attnrl_jax.models import sharding
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import Params, forward_hidden, logits_from_hidden, unstack_layers
+from attnrl_jax.models.lm import Params, forward_hidden, logits_from_hidden, unstack_layers
 from attnrl_jax.sampling import fci_decode
 from attnrl_jax.sampling.buckets import Buckets
 from attnrl_jax.sampling.cache import KVCache, StepMass, constrain, decode_attend, prefill_attend

@@ -23,7 +23,7 @@ import numpy as np
 
 from attnrl_jax.models.attention import causal_attend
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.qwen2 import Params, default_positions, forward_hidden
+from attnrl_jax.models.lm import Params, default_positions, forward_hidden
 from attnrl_jax.models.transfer import mesh_of, rows_to_device, to_host
 from attnrl_jax.scoring.fci import FciConfig, fci_attend, finish_fci, initial_state
 from attnrl_jax.scoring.logprobs import token_logprobs_entropies

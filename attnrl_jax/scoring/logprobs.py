@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attnrl_jax.models.qwen2 import Params, lm_head_kernel
+from attnrl_jax.models.lm import Params, lm_head_kernel
 
 
 def _chunk_stats(kernel: jax.Array, hidden: jax.Array, targets: jax.Array, inv_temp: jax.Array):
