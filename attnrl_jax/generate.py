@@ -17,8 +17,8 @@ Each output line, ordered by input line then sample:
      "finish_reason": "eos" | "length"}
 
 Generation stops at the model's EOS ids (sampling/eos.py: the tokenizer's, config.json's,
-generation_config.json's, and <|im_end|> when the vocabulary has it), at --max_new_tokens, or
-at the model's position limit. Sample s of line i draws from the random stream (seed, i, s), so a
+generation_config.json's, and with --chat_template the template's end-of-turn token
+<|im_end|> when the vocabulary has it), at --max_new_tokens, or at the model's position limit. Sample s of line i draws from the random stream (seed, i, s), so a
 line's samples do not depend on the other lines. The whole input is checked before the model
 runs; a bad line stops the run with a message naming it. The output is written to a temporary
 file and renamed when complete, so it is either whole or absent.
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         top_k=args.top_k,
         seed=args.seed,
-        eos_ids=eos_ids(tokenizer, args.model, model.config.eos_token_id),
+        eos_ids=eos_ids(tokenizer, args.model, model.config.eos_token_id, chat=args.chat_template),
     )
     try:
         options.check(config)
