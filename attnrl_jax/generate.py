@@ -18,8 +18,9 @@ Each output line, ordered by input line then sample:
 
 Generation stops at the model's EOS ids (sampling/eos.py: the tokenizer's, config.json's,
 generation_config.json's, and with --chat_template the template's end-of-turn token
-<|im_end|> when the vocabulary has it), at --max_new_tokens, or at the model's position limit. Sample s of line i draws from the random stream (seed, i, s), so a
-line's samples do not depend on the other lines. The whole input is checked before the model
+<|im_end|> when the vocabulary has it), at --max_new_tokens, or at the model's position limit.
+Sample s of line i draws from the random stream (seed, i, s), so a line's samples do not depend
+on the other lines. The whole input is checked before the model
 runs; a bad line stops the run with a message naming it. The output is written to a temporary
 file and renamed when complete, so it is either whole or absent.
 """

@@ -136,10 +136,14 @@ def make_reward_fn(c: RunConfig):
     return pool_reward_fn(grader), grader.close
 
 
-def build_trainer(config: RunConfig | ml_collections.ConfigDict, reward_fn=None, log_fn=None):
+def build_trainer(
+    config: RunConfig | ml_collections.ConfigDict, reward_fn=None, log_fn=None, engine=None
+):
     """A Trainer for `config` (a ConfigDict is validated first); reward_fn defaults to the math
     grader (make_reward_fn). Metrics go to log_fn too and, with log.tensorboard, to
-    TensorBoard; Trainer.close() stops the grading pool and the TensorBoard writer."""
+    TensorBoard; Trainer.close() stops the grading pool, the TensorBoard writer and the engine.
+    engine: a sampling.engine.RolloutEngine for the initial model (default: the native sampler;
+    it receives the trainer's params before the first step and after every update)."""
     c = config if isinstance(config, RunConfig) else resolve(config)
     import jax
     from transformers import AutoTokenizer
@@ -192,6 +196,7 @@ def build_trainer(config: RunConfig | ml_collections.ConfigDict, reward_fn=None,
             tokenizer=tokenizer,
             prompts=prompts,
             reward_fn=reward_fn,
+            engine=engine,
             eos_ids=eos,
             log_fn=log_all,
             on_close=close_all,
