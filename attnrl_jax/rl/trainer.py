@@ -140,8 +140,9 @@ class Trainer:
         self.checkpointer = Checkpointer(self.workdir, run.checkpoint.keep)
         latest = self.checkpointer.latest_step()
         if latest is not None:
-            self.restore(latest)
-        self.engine.update_weights(self.params, self.step)
+            self.restore(latest)  # hands the engine the restored params
+        else:
+            self.engine.update_weights(self.params, self.step)
 
     # ----- state -----
 
