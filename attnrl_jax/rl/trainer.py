@@ -256,14 +256,13 @@ class Trainer:
         rng = np.random.default_rng([self.seed, self.step])
         self._sampler_calls = 0
         warm_up_tokens = 0
-        if (
-            self.run_config.off_policy and self.pending is None
-        ):  # warm-up: batch 1 with theta_0, no update
+        off_policy = self.run_config.off_policy
+        if off_policy and self.pending is None:  # warm-up: batch 1 with theta_0, no update
             prompts = self.stream.take(self.prompt_batch_size)
             self.pending, _ = self._sample_and_score(prompts, None, timer, call=0)
             self._sampler_calls = 0  # the warm-up is not part of the step's pipeline
             warm_up_tokens = sum(len(r) for r in self.pending.responses)
-        if self.run_config.off_policy:
+        if off_policy:
             gen = self.pending
         else:
             prompts = self.stream.take(self.prompt_batch_size)
@@ -271,9 +270,7 @@ class Trainer:
         with timer("grading"):
             rewards = self._grade(gen.responses, ro.golds_of(gen))
         plan = sp.plan_branches(gen, rewards, self.filter_state, rng, self.rollout)
-        next_prompts = (
-            self.stream.take(self.prompt_batch_size) if self.run_config.off_policy else []
-        )
+        next_prompts = self.stream.take(self.prompt_batch_size) if off_policy else []
         next_gen, conts = self._sample_and_score(next_prompts, (gen, plan), timer, call=2)
         conts = sp.attach(plan, conts)
         with timer("grading"):
@@ -312,11 +309,7 @@ class Trainer:
             "tokens_generated": int(
                 sum(len(s.token_ids) for s in sp.flat_samples(conts))
                 + (sum(len(r) for r in next_gen.responses) if next_gen else 0)
-                + (
-                    warm_up_tokens
-                    if self.run_config.off_policy
-                    else sum(len(r) for r in gen.responses)
-                )
+                + (warm_up_tokens if off_policy else sum(len(r) for r in gen.responses))
             ),
             "mc_valid_ratio": sp.mc_valid_ratio(rewards, cont_rewards),
             "max_staleness": staleness,
@@ -330,7 +323,7 @@ class Trainer:
             self.prompt_batch_size = ads.next_prompt_batch_size(
                 len(gen.prompts), stats.sequences, self.rollout.ads
             )
-        self.pending = next_gen if self.run_config.off_policy else None
+        self.pending = next_gen if off_policy else None
         self.step += 1
         metrics["time_step"] = time.perf_counter() - start
         return metrics
