@@ -8,6 +8,11 @@ Step k (0-based; the params are theta_k, policy version k):
 - on-policy: sample and score batch k with theta_k, grade, plan, a second sampler call for the
   continuations, grade, build trees, update.
 
+Every sampler call goes through the trainer's RolloutEngine (sampling/engine.py; default the
+native sampler), which receives the params after every update as policy version k + 1. The
+step's plan (branch points -> continuation requests -> trees -> training rows) is
+rl/step_plan.py; the trainer owns the loop, the schedule, metrics and checkpoints.
+
 Randomness is a function of (seed, step): the host Generator of step k is
 default_rng([seed, k]) and sampler seeds are derived from (seed, k, call), so a resumed run
 draws exactly what an uninterrupted one would, and the RNG state in a checkpoint is (seed, step).
