@@ -164,9 +164,11 @@ def run(args: argparse.Namespace) -> dict:
         in_process_grader,
         pool_grader,
     )
-    from attnrl_jax.generate import InputError, _load_tokenizer, _sampler_config, eos_ids
+    from attnrl_jax.generate import InputError, _load_tokenizer, _sampler_config
     from attnrl_jax.models.hf_io import load_pretrained
     from attnrl_jax.sampling import SamplingOptions
+    from attnrl_jax.sampling.engine import NativeEngine
+    from attnrl_jax.sampling.eos import eos_ids
 
     args = _resolve(args)
     benchmarks = load_benchmarks(args)
@@ -185,6 +187,7 @@ def run(args: argparse.Namespace) -> dict:
     if tokenizer is None:
         raise EvalInputError(f"--model {args.model}: no tokenizer files in the directory")
     model = load_pretrained(args.model, dtype=DTYPES[args.dtype], mesh=sampler.mesh)
+    engine = NativeEngine(model.config, model.params(), sampler)
     output = args.output or Path("eval") / args.model.resolve().name
     start = time.perf_counter()
     from tqdm import tqdm
@@ -198,19 +201,18 @@ def run(args: argparse.Namespace) -> dict:
     try:
         with tqdm(total=total, unit="sample", file=sys.stderr, dynamic_ncols=True) as bar:
             result = evaluate_policy(
-                model.params(),
-                model.config,
+                engine,
                 tokenizer,
                 benchmarks,
                 options,
                 pool_grader(grader) if grader else in_process_grader,
-                eos_ids=eos_ids(args.model, tokenizer, model.config.eos_token_id),
-                sampler=sampler,
+                eos_ids=eos_ids(tokenizer, args.model, model.config.eos_token_id),
                 progress=bar.update,
             )
     except EvalError as e:  # e.g. a prompt longer than the model's position limit
         raise EvalInputError(str(e)) from None
     finally:
+        engine.close()
         if grader is not None:
             grader.close()
     report = report_dict(result, str(args.model), options, time.perf_counter() - start)

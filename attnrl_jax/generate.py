@@ -16,9 +16,11 @@ Each output line, ordered by input line then sample:
      "logprobs": [per token, under the untruncated temperature-scaled distribution],
      "finish_reason": "eos" | "length"}
 
-Generation stops at the tokenizer's and the checkpoint's EOS ids, at --max_new_tokens, or at
-the model's position limit. Sample s of line i draws from the random stream (seed, i, s), so a
-line's samples do not depend on the other lines. The whole input is checked before the model
+Generation stops at the model's EOS ids (sampling/eos.py: the tokenizer's, config.json's,
+generation_config.json's, and with --chat_template the template's end-of-turn token
+<|im_end|> when the vocabulary has it), at --max_new_tokens, or at the model's position limit.
+Sample s of line i draws from the random stream (seed, i, s), so a line's samples do not depend
+on the other lines. The whole input is checked before the model
 runs; a bad line stops the run with a message naming it. The output is written to a temporary
 file and renamed when complete, so it is either whole or absent.
 """
@@ -39,7 +41,9 @@ from attnrl_jax.data.sources import DataError, read_json_lines
 from attnrl_jax.models.config import DTYPES
 from attnrl_jax.models.hf_io import CheckpointError, load_pretrained
 from attnrl_jax.models.sharding import make_mesh
-from attnrl_jax.sampling import Buckets, Request, SamplerConfig, SamplingOptions, sample
+from attnrl_jax.sampling import Buckets, Request, SamplerConfig, SamplingOptions
+from attnrl_jax.sampling.engine import NativeEngine
+from attnrl_jax.sampling.eos import eos_ids
 from attnrl_jax.sampling.requests import check_request
 
 
@@ -87,26 +91,6 @@ def _encode(text, tokenizer, chat_template: bool, where: str) -> list[int]:
         messages = [{"role": "user", "content": text}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer.encode(text, add_special_tokens=False)
-
-
-def eos_ids(model_dir: Path, tokenizer, config_eos) -> tuple[int, ...]:
-    """The EOS ids of config.json, generation_config.json and the tokenizer, together."""
-    values = [config_eos]
-    if tokenizer is not None:
-        values.append(tokenizer.eos_token_id)
-    generation = model_dir / "generation_config.json"
-    if generation.is_file():
-        try:
-            values.append(json.loads(generation.read_text()).get("eos_token_id"))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{generation} is not valid JSON: {e}") from None
-    ids = []
-    for value in values:
-        if isinstance(value, list | tuple):
-            ids.extend(value)
-        elif value is not None:
-            ids.append(value)
-    return tuple(dict.fromkeys(int(i) for i in ids))
 
 
 @contextlib.contextmanager
@@ -182,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         top_k=args.top_k,
         seed=args.seed,
-        eos_ids=eos_ids(args.model, tokenizer, model.config.eos_token_id),
+        eos_ids=eos_ids(tokenizer, args.model, model.config.eos_token_id, chat=args.chat_template),
     )
     try:
         options.check(config)
@@ -195,9 +179,11 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise InputError(f"{args.input} line {request.index + 1}: {e}") from None
 
+    engine = NativeEngine(model.config, model.params(), config)
     bar = tqdm(total=len(requests) * args.n, unit="sample", file=sys.stderr, dynamic_ncols=True)
     with bar:
-        samples = sample(model.params(), model.config, requests, options, config, bar.update)
+        samples = engine.generate(requests, options, bar.update)
+    engine.close()
     with atomic_output(args.output) as f:
         for s in samples:
             ids = s.token_ids.tolist()

@@ -1,6 +1,7 @@
 """`python -m attnrl_jax.train --config=configs/demo.py --config.key=value`: train a policy.
 
-The config is validated before anything is built or compiled (rl/settings.py); re-running the
+The config is validated once, before anything is built or compiled, into a RunConfig
+(rl/settings.py) that everything below receives; re-running the
 same command in the same workdir resumes from the latest complete checkpoint and trains on to
 total_steps. Metrics go to <workdir>/metrics.jsonl (one JSON object per step; every line has the
 same keys, loss terms are null on a step without an update) and, with log.tensorboard, to
@@ -25,36 +26,37 @@ import ml_collections
 import numpy as np
 
 from attnrl_jax.distributed import DistributedError, initialize
-from attnrl_jax.rl.settings import ConfigError, resolve
+from attnrl_jax.rl.settings import ConfigError, RunConfig, build_mesh, resolve
 
 
-def tiny_model_config(c: ml_collections.ConfigDict, vocab_size: int):
+def tiny_model_config(run: RunConfig, vocab_size: int):
+    """The ModelConfig of the project's tiny random Qwen2 (run.model.tiny)."""
     from attnrl_jax.models.config import ModelConfig
 
-    m = c.model
+    t = run.model.tiny
     return ModelConfig(
         vocab_size=vocab_size,
-        hidden_size=m.tiny_hidden_size,
-        intermediate_size=m.tiny_intermediate_size or 2 * m.tiny_hidden_size,
-        num_layers=m.tiny_layers,
-        num_heads=m.tiny_heads,
-        num_kv_heads=m.tiny_kv_heads,
-        head_dim=m.tiny_hidden_size // m.tiny_heads,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_layers=t.layers,
+        num_heads=t.heads,
+        num_kv_heads=t.kv_heads,
+        head_dim=t.hidden_size // t.heads,
         tie_word_embeddings=True,
         max_position_embeddings=4096,
-        dtype=m.dtype,
-        param_dtype=m.dtype,
+        dtype=run.model.dtype,
+        param_dtype=run.model.dtype,
     )
 
 
-def initial_model_path(c: ml_collections.ConfigDict) -> Path:
+def initial_model_path(c: RunConfig) -> Path:
     """The HF directory to start from: config.model.path, or the project's tiny random model
     written once to <workdir>/initial_model (seeded by config.seed)."""
+    path = c.initial_model_dir
     if c.model.path:
-        return Path(c.model.path)
+        return path
     import jax
 
-    path = Path(c.workdir) / "initial_model"
     if jax.process_index() == 0 and not (path / "config.json").exists():
         _write_tiny_model(c, path)
     if jax.process_count() > 1:
@@ -66,36 +68,36 @@ def initial_model_path(c: ml_collections.ConfigDict) -> Path:
     return path
 
 
-def _write_tiny_model(c: ml_collections.ConfigDict, path: Path) -> None:
+def _write_tiny_model(c: RunConfig, path: Path) -> None:
     import jax
     from flax import nnx
 
     from attnrl_jax.data.tokenizer import build_tiny_tokenizer
     from attnrl_jax.models import CausalLM, save_pretrained
 
-    tokenizer = build_tiny_tokenizer(c.model.tiny_vocab_size)
+    tokenizer = build_tiny_tokenizer(c.model.tiny.vocab_size)
     cfg = tiny_model_config(c, len(tokenizer))
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
         model = CausalLM(cfg, rngs=nnx.Rngs(c.seed))
     save_pretrained(model, path, tokenizer=tokenizer, overwrite=True)
 
 
-def load_prompts(c: ml_collections.ConfigDict, tokenizer):
-    if c.data.train_files == "demo":
+def load_prompts(c: RunConfig, tokenizer):
+    if c.data.demo:
         from attnrl_jax.data.demo_task import demo_prompts
 
         return demo_prompts(tokenizer, c.data.num_demo_problems, seed=c.data.demo_seed)
     from attnrl_jax.data import SourceSpec, prepare_prompts
 
     specs = [
-        SourceSpec(p.strip(), problem_key=c.data.problem_key, answer_key=c.data.answer_key)
-        for p in c.data.train_files.split(",")
+        SourceSpec(p, problem_key=c.data.problem_key, answer_key=c.data.answer_key)
+        for p in c.data.train_files
     ]
     eval_sets = None
     if c.data.drop_eval_overlap:
         from attnrl_jax.eval.benchmarks import eval_source_specs
 
-        eval_sets = eval_source_specs(c.eval.files, c.data.problem_key, c.data.answer_key)
+        eval_sets = eval_source_specs(",".join(c.eval.files), c.data.problem_key, c.data.answer_key)
     return prepare_prompts(
         specs, tokenizer, max_prompt_len=c.data.max_prompt_len, eval_sets=eval_sets
     )[0]
@@ -107,7 +109,7 @@ def grade_in_process(texts: Sequence[str], golds: Sequence[tuple[str, ...]]) -> 
     return np.array([grade(t, list(g)).correct for t, g in zip(texts, golds, strict=True)], float)
 
 
-def make_grader(c: ml_collections.ConfigDict):
+def make_grader(c: RunConfig):
     """A pool of c.grading.workers grading processes with a per-item deadline of
     c.grading.timeout_s, or None when workers is 0 (grade in-process)."""
     if c.grading.workers <= 0:
@@ -124,7 +126,7 @@ def pool_reward_fn(grader):
     return reward_fn
 
 
-def make_reward_fn(c: ml_collections.ConfigDict):
+def make_reward_fn(c: RunConfig):
     """(reward_fn, close): the math grader, in a worker pool (make_grader; close stops it) or
     in-process when workers is 0 (close does nothing). Both give the same verdicts; the pool
     bounds slow items."""
@@ -134,31 +136,28 @@ def make_reward_fn(c: ml_collections.ConfigDict):
     return pool_reward_fn(grader), grader.close
 
 
-def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
-    """A Trainer for config c (validated first); reward_fn defaults to the math grader
-    (make_reward_fn). Metrics go to log_fn too and, with c.log.tensorboard, to TensorBoard;
-    Trainer.close() stops the grading pool and the TensorBoard writer."""
-    settings = resolve(c)
+def build_trainer(
+    config: RunConfig | ml_collections.ConfigDict, reward_fn=None, log_fn=None, engine=None
+):
+    """A Trainer for `config` (a ConfigDict is validated first); reward_fn defaults to the math
+    grader (make_reward_fn). Metrics go to log_fn too and, with log.tensorboard, to
+    TensorBoard; Trainer.close() stops the grading pool, the TensorBoard writer and the engine.
+    engine: a sampling.engine.RolloutEngine for the initial model (default: the native sampler;
+    it receives the trainer's params before the first step and after every update)."""
+    c = config if isinstance(config, RunConfig) else resolve(config)
     import jax
     from transformers import AutoTokenizer
 
-    from attnrl_jax.models import load_pretrained, make_mesh
+    from attnrl_jax.models import load_pretrained
     from attnrl_jax.rl.trainer import Trainer
+    from attnrl_jax.sampling.eos import eos_ids
 
-    mesh_sizes = c.mesh.to_dict()
-    fixed = int(np.prod([s for s in mesh_sizes.values() if s > 0]))
-    devices = jax.devices() if -1 in mesh_sizes.values() else jax.devices()[:fixed]
-    if jax.process_count() > 1 and len(devices) != jax.device_count():
-        raise ConfigError(
-            f"mesh {mesh_sizes} uses {len(devices)} of the {jax.device_count()} devices of "
-            f"{jax.process_count()} processes; a multi-host mesh must use every device (set "
-            "one axis to -1)"
-        )
-    mesh = make_mesh(**mesh_sizes, devices=devices)
+    mesh = build_mesh(c)
     path = initial_model_path(c)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = load_pretrained(path, dtype=c.model.dtype, mesh=mesh)
     model_cfg = dataclasses.replace(model.config, remat=c.model.remat)
+    eos = eos_ids(tokenizer, path, model.config.eos_token_id)
     prompts = load_prompts(c, tokenizer)
     closers = []
     grader = make_grader(c) if reward_fn is None or c.eval.every > 0 else None
@@ -172,7 +171,7 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
         from attnrl_jax.eval.training import training_eval_fn
 
         grade_fn = in_process_grader if grader is None else pool_grader(grader)
-        eval_fn = training_eval_fn(c, tokenizer, model_cfg, grade_fn)
+        eval_fn = training_eval_fn(c, tokenizer, eos, grade_fn)
     loggers = [log_fn] if log_fn is not None else []
     if c.log.tensorboard and jax.process_index() == 0:
         board = tensorboard_logger(c.workdir)
@@ -190,23 +189,18 @@ def build_trainer(c: ml_collections.ConfigDict, reward_fn=None, log_fn=None):
 
     try:
         return Trainer(
-            settings=settings,
+            c,
             model_cfg=model_cfg,
             params=model.params(),
             mesh=mesh,
             tokenizer=tokenizer,
             prompts=prompts,
             reward_fn=reward_fn,
-            workdir=c.workdir,
-            seed=c.seed,
-            off_policy=c.off_policy,
-            checkpoint_every=c.checkpoint.every,
-            checkpoint_keep=c.checkpoint.keep,
-            sampler_rows=c.rollout.sampler_rows,
+            engine=engine,
+            eos_ids=eos,
             log_fn=log_all,
             on_close=close_all,
             eval_fn=eval_fn,
-            eval_every=c.eval.every,
         )
     except BaseException:  # do not leave grading workers behind
         close_all()
@@ -247,15 +241,15 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags, logging
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    c = flags.FLAGS.config
+    config = flags.FLAGS.config
     try:
-        resolve(c)
+        c = resolve(config)
         cluster = initialize(c.distributed.to_dict())  # before any other JAX use
     except (ConfigError, DistributedError) as e:
         sys.exit(str(e))
     import jax
 
-    from attnrl_jax.export import EXPORT_DIR, export_trainer, save_run_config
+    from attnrl_jax.export import EXPORT_DIR, export_policy, save_run_config
 
     primary = jax.process_index() == 0
     if cluster is not None and primary:
@@ -264,11 +258,14 @@ def main(argv: Sequence[str]) -> None:
             f"{jax.device_count()} devices, coordinator {cluster.coordinator_address}"
         )
     if primary:
-        save_run_config(c, c.workdir)  # read back by `python -m attnrl_jax.export`
+        save_run_config(config, c.workdir)  # read back by `python -m attnrl_jax.export`
     trainer = build_trainer(c)
     try:
-        trainer.run(c.total_steps, progress=c.log.progress)
-        export = export_trainer(trainer, Path(c.workdir) / EXPORT_DIR, initial_model_path(c))
+        trainer.run()
+        export = export_policy(
+            trainer.cfg, trainer.params, trainer.tokenizer, Path(c.workdir) / EXPORT_DIR,
+            initial_model_path(c),
+        )  # fmt: skip
     finally:
         trainer.close()
     if primary:

@@ -52,10 +52,12 @@ STEP_KEYS = (
 
 
 def task_config(task: str, method: str, seed: int, out: Path):
-    """The demo config with `method`'s variant keys, for one run (model.path: the warm start)."""
+    """The demo run config with `method`'s variant keys, for one run (model.path: the warm
+    start)."""
     from variants import apply_variant
 
     from attnrl_jax.demo.__main__ import load_config
+    from attnrl_jax.rl.settings import resolve
 
     c = load_config()
     apply_variant(c, method)
@@ -63,7 +65,7 @@ def task_config(task: str, method: str, seed: int, out: Path):
     c.model.path = str(out / f"warm_start_{task}")
     c.workdir = str(out / "workdirs" / f"{task}_{method}_{seed}")
     c.log.tensorboard = False
-    return c
+    return resolve(c)
 
 
 def warm_start(task: str, out: Path):
@@ -86,10 +88,12 @@ def held_out_accuracy(model, c, problems: int, k: int) -> Callable[[Any], float]
 
     from attnrl_jax.demo.__main__ import held_out_config
     from attnrl_jax.eval.training import held_out_accuracy_fn
+    from attnrl_jax.sampling.eos import eos_ids
 
     tokenizer = AutoTokenizer.from_pretrained(c.model.path)
     e = held_out_config(c, problems, k, seed=EVAL_SEED)
-    return held_out_accuracy_fn(e, tokenizer, model.config, (tokenizer.eos_token_id,))
+    eos = eos_ids(tokenizer, c.model.path, model.config.eos_token_id)
+    return held_out_accuracy_fn(e, tokenizer, model.config, eos)
 
 
 def run_one(

@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 from attnrl_jax.compile_watch import CompileWatch  # noqa: E402
 from attnrl_jax.rl import trainer as trainer_module  # noqa: E402
 from attnrl_jax.rl.packed import tokens_processed  # noqa: E402
+from attnrl_jax.rl.settings import resolve  # noqa: E402
 from attnrl_jax.rl.trainer import PHASES  # noqa: E402
 from attnrl_jax.train import build_trainer, make_reward_fn  # noqa: E402
 from configs.demo import get_config  # noqa: E402
@@ -106,7 +107,7 @@ def make_config(preset: str, overrides: list[str], off_policy: bool, workdir: st
     c.workdir = workdir
     c.log.progress = False
     c.log.tensorboard = False
-    return c
+    return resolve(c)
 
 
 def run_mode(c, steps: int) -> list[dict]:

@@ -1,11 +1,12 @@
 """Every config file and variant loads and passes settings validation (no model, no compile)."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from attnrl_jax.rl.settings import ConfigError, resolve
+from attnrl_jax.rl.settings import ConfigError, Method, resolve
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(p.name for p in CONFIGS.glob("*.py") if p.name != "variants.py")
@@ -91,3 +92,32 @@ def test_unknown_variant_and_bad_eval_settings_are_named():
     with pytest.raises(ConfigError) as e:
         resolve(c)
     assert "eval.k must be >= 1" in str(e.value) and "unknown benchmark 'gsm9k'" in str(e.value)
+
+
+def test_resolve_gives_one_frozen_run_config_with_each_method_spelled_out():
+    c = fill_required(load("demo.py"))
+    run = resolve(c)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.seed = 1
+    hash(run.rollout)  # static: hashable for jit
+    assert run.method == Method("attnrl", "atb", True, True, True)
+    assert run.method.needs_fci and run.rollout.scoring.with_fci and run.rollout.tree
+    assert run.rollout.ads.all_correct == "attention" and run.data.demo
+    c.method = "treerl"
+    treerl = resolve(c)
+    assert treerl.method == Method("treerl", "entropy", False, False, False)
+    assert treerl.method.needs_entropies and not treerl.rollout.scoring.with_fci
+    assert treerl.rollout.ads.expansion == "uniform"
+    c.method, c.branching = "treerl", "atb"
+    assert resolve(c).rollout.scoring.with_fci  # TreeRL + ATB reads FCI
+    c.method, c.branching = "grpo", ""
+    assert not resolve(c).method.tree
+
+
+def test_every_section_problem_is_listed_in_one_error():
+    c = fill_required(load("demo.py"))
+    c.checkpoint.every, c.grading.timeout_s, c.rollout.group_size = 0, 0.0, 1
+    with pytest.raises(ConfigError) as e:
+        resolve(c)
+    for message in ("checkpoint.every", "grading.timeout_s", "rollout.group_size"):
+        assert message in str(e.value)

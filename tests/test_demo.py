@@ -38,16 +38,17 @@ def test_run_seed_leaves_the_task_alone():
     """config.seed (a run's sampling and data order) does not change the demo problems; only
     data.demo_seed does (so runs with several seeds train on one task)."""
     from attnrl_jax.demo.__main__ import load_config
+    from attnrl_jax.rl.settings import resolve
     from attnrl_jax.train import load_prompts
 
     tokenizer = demo_tokenizer()
     c = load_config()
     c.data.num_demo_problems = 16
-    first = [p.prompt_ids for p in load_prompts(c, tokenizer)]
+    first = [p.prompt_ids for p in load_prompts(resolve(c), tokenizer)]
     c.seed = 7
-    assert [p.prompt_ids for p in load_prompts(c, tokenizer)] == first
+    assert [p.prompt_ids for p in load_prompts(resolve(c), tokenizer)] == first
     c.data.demo_seed = 1
-    assert [p.prompt_ids for p in load_prompts(c, tokenizer)] != first
+    assert [p.prompt_ids for p in load_prompts(resolve(c), tokenizer)] != first
 
 
 @pytest.fixture(scope="module")

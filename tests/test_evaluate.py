@@ -9,7 +9,6 @@ from hf_reference import saved_checkpoint
 
 from attnrl_jax.data.records import Problem
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
-from attnrl_jax.eval import run as eval_run
 from attnrl_jax.eval.benchmarks import (
     NAMES,
     PAPER,
@@ -23,6 +22,7 @@ from attnrl_jax.eval.run import EvalOptions, evaluate_policy, metric_ks, stream_
 from attnrl_jax.evaluate import main
 from attnrl_jax.models import read_config
 from attnrl_jax.sampling import Sample
+from attnrl_jax.sampling.engine import RolloutEngine
 
 ROWS = {
     "aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva": 272,
@@ -83,25 +83,37 @@ FORCED = [
 ]
 
 
-def test_aggregation_of_forced_responses(monkeypatch, tokenizer, model_dir):
-    """Responses replaced by known texts; the real grader and metrics give hand-computed values."""
-    calls = []
+class ForcedEngine:
+    """A RolloutEngine that answers every request with the FORCED texts and records its calls."""
 
-    def fake_sample(params, cfg, requests, options, config=None, progress=None):
-        calls.append((requests, options))
+    def __init__(self, tokenizer, max_positions: int):
+        self.tokenizer, self.max_positions, self.calls = tokenizer, max_positions, []
+
+    def generate(self, requests, options, progress=None):
+        self.calls.append((requests, options))
+        encode = self.tokenizer.encode
         return [
-            Sample(i, s, np.asarray(tokenizer.encode(FORCED[i][s]), np.int32), np.zeros(0), "eos")
+            Sample(i, s, np.asarray(encode(FORCED[i][s]), np.int32), np.zeros(0), "eos")
             for i, r in enumerate(requests)
             for s in range(r.n)
         ]
 
-    monkeypatch.setattr(eval_run, "sample", fake_sample)
+    def update_weights(self, params, version):
+        raise AssertionError("evaluation never changes the weights")
+
+    def close(self):
+        pass
+
+
+def test_aggregation_of_forced_responses(tokenizer, model_dir):
+    """Responses replaced by known texts; the real grader and metrics give hand-computed values."""
+    engine = ForcedEngine(tokenizer, read_config(model_dir).max_position_embeddings)
+    assert isinstance(engine, RolloutEngine)
     problems = [Problem("What is 6 * 7?", ("42",), "a"), Problem("3 + 4?", ("7",), "b")]
     options = EvalOptions(max_new_tokens=5, temperature=0.6, top_p=0.95, seed=9)
     result = evaluate_policy(
-        None, read_config(model_dir), tokenizer, [Benchmark("toy", problems, 4)], options,
-        eos_ids=(0,),
-    )  # fmt: skip
+        engine, tokenizer, [Benchmark("toy", problems, 4)], options, eos_ids=(0,)
+    )
     m = result.metrics["toy"]
     # pass@2 per problem with c = 2 of n = 4: 1 - C(2,2)/C(4,2) = 5/6.
     # maj@4: problem 0's majority 42 is right; problem 1 ties 3 and 7, the first (3) wins: wrong.
@@ -111,7 +123,7 @@ def test_aggregation_of_forced_responses(monkeypatch, tokenizer, model_dir):
         assert m[key] == pytest.approx(value), key
     assert m["num_problems"] == 2 and m["k"] == 4 and m["truncated"] == 0.0
     assert result.flat()["eval/toy/avg@4"] == 0.5 and result.average() == 0.5
-    requests, sampling = calls[0]
+    requests, sampling = engine.calls[0]
     assert [r.n for r in requests] == [4, 4]
     assert (sampling.temperature, sampling.top_p, sampling.seed) == (0.6, 0.95, 9)
     # The prompt is the paper's: the instruction inside the chat template.
@@ -184,6 +196,7 @@ def test_bad_input_is_one_clear_error(tmp_path, model_dir, capsys, args, message
 
 def test_training_data_drops_benchmark_problems(tmp_path, tokenizer):
     """Training files are deduplicated against every bundled benchmark (and eval.files)."""
+    from attnrl_jax.rl.settings import resolve
     from attnrl_jax.train import load_prompts
     from configs.demo import get_config
 
@@ -199,6 +212,6 @@ def test_training_data_drops_benchmark_problems(tmp_path, tokenizer):
     own.write_text(json.dumps(rows[2]) + "\n")
     c = get_config()
     c.data.train_files, c.eval.files = str(train), str(own)
-    assert [p.problem.problem for p in load_prompts(c, tokenizer)] == ["Fresh: 2 + 2?"]
+    assert [p.problem.problem for p in load_prompts(resolve(c), tokenizer)] == ["Fresh: 2 + 2?"]
     c.data.drop_eval_overlap = False
-    assert len(load_prompts(c, tokenizer)) == 3
+    assert len(load_prompts(resolve(c), tokenizer)) == 3

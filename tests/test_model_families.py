@@ -11,10 +11,11 @@ import torch
 from hf_reference import hf_logits, make_hf_checkpoint
 
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
-from attnrl_jax.generate import eos_ids, main
+from attnrl_jax.generate import main
 from attnrl_jax.models import ModelConfig, RopeScaling, forward, load_pretrained, save_pretrained
 from attnrl_jax.models.lm import param_shapes
 from attnrl_jax.sampling import Buckets, Request, SamplerConfig, SamplerFci, SamplingOptions, sample
+from attnrl_jax.sampling.eos import eos_ids
 from attnrl_jax.scoring.fci import FciConfig
 from attnrl_jax.scoring.forward import ScoringConfig, score_sequences
 from attnrl_jax.scoring.steps import SeparatorIds
@@ -114,7 +115,7 @@ def test_greedy_generate_cli_equals_transformers(checkpoints, tokenizer, tmp_pat
     assert main(["--model", str(path), "--input", str(src), "--output", str(out), *args]) == 0
     results = [json.loads(line) for line in out.read_text().splitlines()]
     hf = AutoModelForCausalLM.from_pretrained(str(path)).eval()
-    stop = list(eos_ids(path, tokenizer, hf.config.eos_token_id))
+    stop = list(eos_ids(tokenizer, path, hf.config.eos_token_id, chat=False))
     for prompt, r in zip(prompts, results, strict=True):
         ids = torch.tensor([prompt])
         with torch.no_grad():

@@ -153,13 +153,14 @@ def test_bad_options_raise(model):
 
 
 def test_rollout_fci_source_sampler_equals_scoring(model):
-    """pipeline.score_generation with FCI from the sampler (scoring forward only for the rows it
+    """rollout.score_generation with FCI from the sampler (scoring forward only for the rows it
     cannot score, or for entropies) gives the FCI and branch points of fci_source="scoring"."""
     from attnrl_jax.data.pipeline import Prompt
     from attnrl_jax.data.records import Problem
     from attnrl_jax.rl import ads
-    from attnrl_jax.rl import pipeline as pl
     from attnrl_jax.rl import rollout as ro
+    from attnrl_jax.rl import step_plan as sp
+    from attnrl_jax.sampling.engine import NativeEngine
     from attnrl_jax.scoring.selection import SelectionConfig
 
     rng = np.random.default_rng(1)
@@ -178,7 +179,8 @@ def test_rollout_fci_source_sampler_equals_scoring(model):
         requests = ro.initial_requests(prompts, rc.group_size)
         fci = rc.sampler_fci(SEPS)
         assert (fci is None) == (source == "scoring")
-        out = ro.sample_all(model.params(), model.config, requests, rc, 7, CONFIG, fci)
+        engine = NativeEngine(model.config, model.params(), CONFIG)
+        out = ro.sample_all(engine, requests, rc, 7, fci)
         missing = sum(s.fci is None for group in out for s in group) if fci else 0
         gen = ro.score_generation(model.params(), model.config, rc, prompts, out, SEPS, 0)
         gens[source, method] = gen, missing
@@ -196,7 +198,7 @@ def test_rollout_fci_source_sampler_equals_scoring(model):
     rewards = np.tile([1.0, 0.0], 8)
     rc = ro.RolloutConfig(**base, selection=atb, ads=ads.ADSConfig(expansion="uniform"))
     plans = [
-        pl.plan_branches(g, rewards, ads.AttentionFilterState(), np.random.default_rng(0), rc)
+        sp.plan_branches(g, rewards, ads.AttentionFilterState(), np.random.default_rng(0), rc)
         for g in (ref, gens["sampler", "atb"][0])
     ]
     assert plans[0].branch_points == plans[1].branch_points

@@ -6,7 +6,11 @@ import json
 import pytest
 from train_helpers import run, small_config, strip
 
+from attnrl_jax.models import read_config
 from attnrl_jax.rl.settings import ConfigError, resolve
+from attnrl_jax.sampling import Buckets, SamplerConfig
+from attnrl_jax.sampling.engine import NativeEngine
+from attnrl_jax.train import initial_model_path
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +38,41 @@ def test_no_token_more_than_one_version_stale(uninterrupted):
     warm-up batch), continuations from theta_k."""
     _, metrics, _ = uninterrupted
     assert [m["max_staleness"] for m in metrics] == [0, 1, 1]
+
+
+class RecordingEngine(NativeEngine):
+    """The native engine, recording the policy version of every generate call and every
+    update_weights version."""
+
+    def __init__(self, cfg, rows):
+        super().__init__(cfg, None, SamplerConfig(Buckets(rows=(rows,))))
+        self.generate_versions, self.updates, self.closed = [], [], False
+
+    def generate(self, requests, options, progress=None):
+        self.generate_versions.append(self.version)
+        return super().generate(requests, options, progress)
+
+    def update_weights(self, params, version):
+        self.updates.append(version)
+        super().update_weights(params, version)
+
+    def close(self):
+        self.closed = True
+        super().close()
+
+
+def test_a_stand_in_engine_drives_the_same_run(uninterrupted, tmp_path):
+    """The trainer samples only through its RolloutEngine and hands it every new policy: an
+    engine wrapping the native sampler gives the native run's metrics exactly."""
+    _, full, _ = uninterrupted
+    c = resolve(small_config(tmp_path))
+    engine = RecordingEngine(read_config(initial_model_path(c)), c.rollout.sampler_rows)
+    metrics, _ = run(c, engine=engine)
+    assert strip(metrics) == strip(full)
+    assert engine.updates == [0, 1, 2, 3]  # the initial policy, then after every update
+    # off-policy: the warm-up batch and step 1 with theta_0, then one call per step
+    assert engine.generate_versions == [0, 0, 1, 2]
+    assert engine.closed
 
 
 def test_resume_gives_the_same_metrics(uninterrupted, tmp_path):

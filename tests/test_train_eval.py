@@ -47,7 +47,14 @@ def test_periodic_eval_writes_metrics(trained):
     assert logged[1]["eval/demo/avg@2"] == lines[1]["eval/demo/avg@2"]  # TensorBoard callback
 
 
-def test_export_loads_in_transformers_with_the_same_logits(trained, tmp_path):
+def test_export_loads_in_transformers_with_the_same_logits(trained, tmp_path, monkeypatch):
+    """Export restores the params of the last checkpoint without building a Trainer."""
+    from attnrl_jax.rl import trainer as trainer_module
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("export must not build a Trainer")
+
+    monkeypatch.setattr(trainer_module.Trainer, "__init__", no_trainer)
     workdir, _, trainer = trained
     out = tmp_path / "hf"
     assert export_main(["--workdir", str(workdir), "--output", str(out)]) == 0

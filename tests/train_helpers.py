@@ -42,8 +42,8 @@ def small_config(path, **overrides):
     return c
 
 
-def run(config, steps=None, reward_fn=parity_reward):
-    trainer = build_trainer(config, reward_fn=reward_fn)
+def run(config, steps=None, reward_fn=parity_reward, engine=None):
+    trainer = build_trainer(config, reward_fn=reward_fn, engine=engine)
     try:
         return trainer.run(steps or config.total_steps), trainer
     finally:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import importlib.util
 import shutil
 import time
@@ -22,6 +22,7 @@ import ml_collections
 from attnrl_jax.demo.report import plot_metrics, write_summary
 from attnrl_jax.demo.warm_start import WARM_START_STEPS, load_or_build_warm_start
 from attnrl_jax.eval.training import held_out_accuracy_fn
+from attnrl_jax.rl.settings import EvalSection, RunConfig, resolve
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 
@@ -33,19 +34,16 @@ def load_config(path: Path = DEMO_CONFIG) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-def held_out_config(
-    c: ml_collections.ConfigDict, problems: int, k: int, seed: int | None = None
-) -> ml_collections.ConfigDict:
-    """A copy of demo config `c` whose eval section is avg@k on `problems` held-out demo
-    problems, sampled like training (temperature, no top-p, response length) with `seed`
-    (default c.seed): for eval/training.held_out_accuracy_fn."""
-    e = copy.deepcopy(c)
-    e.seed = c.seed if seed is None else seed
-    e.eval.update(
-        benchmarks="demo", k=k, num_problems=problems, files="",
+def held_out_config(c: RunConfig, problems: int, k: int, seed: int | None = None) -> RunConfig:
+    """Run config `c` with an eval section of avg@k on `problems` held-out demo problems,
+    sampled like training (temperature, no top-p, response length) with `seed` (default c.seed):
+    for eval/training.held_out_accuracy_fn."""
+    held_out = EvalSection(
+        every=c.eval.every, benchmarks="demo", files=(), k=k,
         max_new_tokens=c.rollout.max_new_tokens, temperature=c.rollout.temperature, top_p=1.0,
+        num_problems=problems,
     )  # fmt: skip
-    return e
+    return dataclasses.replace(c, seed=c.seed if seed is None else seed, eval=held_out)
 
 
 def step_line(m: dict, total: int) -> str:
@@ -68,11 +66,12 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
     workdir = args.workdir.resolve()
     print(f"attnrl-jax demo; everything goes to {workdir}")
 
-    c = config or load_config()
-    c.model.path = str(workdir / "warm_start")
-    c.workdir = str(workdir / "rl")
+    config = config or load_config()
+    config.model.path = str(workdir / "warm_start")
+    config.workdir = str(workdir / "rl")
     if args.rl_steps is not None:
-        c.total_steps = args.rl_steps
+        config.total_steps = args.rl_steps
+    c = resolve(config)
     model, sft_seconds = load_or_build_warm_start(
         c, Path(c.model.path), steps=args.warm_start_steps
     )
@@ -81,10 +80,13 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
 
     from transformers import AutoTokenizer
 
+    from attnrl_jax.sampling.eos import eos_ids
+
     tokenizer = AutoTokenizer.from_pretrained(c.model.path)
     k, temperature = 4, c.rollout.temperature
+    eos = eos_ids(tokenizer, c.model.path, model.config.eos_token_id)
     accuracy = held_out_accuracy_fn(
-        held_out_config(c, args.held_out, k), tokenizer, model.config, (tokenizer.eos_token_id,)
+        held_out_config(c, args.held_out, k), tokenizer, model.config, eos
     )
     before = accuracy(model.params())
     print(
@@ -97,12 +99,14 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
     if Path(c.workdir).exists():
         print(f"   starting RL afresh: removing the previous run in {c.workdir}")
         shutil.rmtree(c.workdir)
-    print(f"3. AttnRL for {c.total_steps} steps (method {c.method}, off-policy {c.off_policy})")
+    print(
+        f"3. AttnRL for {c.total_steps} steps (method {c.method.name}, off-policy {c.off_policy})"
+    )
     from tqdm.auto import tqdm
 
     trainer = build_trainer(c, log_fn=lambda m: tqdm.write("   " + step_line(m, c.total_steps)))
     try:
-        metrics = trainer.run(c.total_steps, progress=True)
+        metrics = trainer.run(progress=True)
     finally:
         trainer.close()
     after = accuracy(trainer.params)

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import jax
-import ml_collections
 from flax import nnx
 
 from attnrl_jax.data.demo_task import demo_problems, demo_tokenizer
 from attnrl_jax.data.prompts import encode_prompts
 from attnrl_jax.models import CausalLM, load_pretrained, save_pretrained
 from attnrl_jax.models.lm import from_params
+from attnrl_jax.rl.settings import RunConfig
 from attnrl_jax.rl.sft import pack_examples, supervised_warm_start
 from attnrl_jax.train import tiny_model_config
 
@@ -27,11 +27,11 @@ SLIP_RATE = 0.5
 WARM_START_STEPS = 600  # the demo's default (--warm_start_steps)
 
 
-def build_warm_start(c: ml_collections.ConfigDict, path: Path, *, steps: int) -> float:
-    """Train the warm start for config `c` (model.tiny_*, data.num_demo_problems, data.demo_seed,
-    seed) and save it with its tokenizer to `path`; returns the seconds it took."""
+def build_warm_start(c: RunConfig, path: Path, *, steps: int) -> float:
+    """Train the warm start for run config `c` (model.tiny, data.num_demo_problems,
+    data.demo_seed, seed) and save it with its tokenizer to `path`; returns the seconds it took."""
     start = time.perf_counter()
-    tokenizer = demo_tokenizer(c.model.tiny_vocab_size)
+    tokenizer = demo_tokenizer(c.model.tiny.vocab_size)
     cfg = tiny_model_config(c, len(tokenizer))
     pairs = demo_problems(c.data.num_demo_problems, seed=c.data.demo_seed, slip_rate=SLIP_RATE)
     prompts = encode_prompts(tokenizer, [p.problem for p, _ in pairs])
@@ -57,7 +57,7 @@ def build_warm_start(c: ml_collections.ConfigDict, path: Path, *, steps: int) ->
     return time.perf_counter() - start
 
 
-def load_or_build_warm_start(c: ml_collections.ConfigDict, path: Path, *, steps: int):
+def load_or_build_warm_start(c: RunConfig, path: Path, *, steps: int):
     """The warm-start model at `path`, trained first if it is not there yet; returns (model,
     seconds spent training now: 0 when reused)."""
     seconds = 0.0

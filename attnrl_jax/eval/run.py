@@ -1,12 +1,14 @@
 """Evaluate a policy: k sampled responses per benchmark problem, graded, then avg/pass/maj@k.
 
-    result = evaluate_policy(params, cfg, tokenizer, [load_benchmark("math500", k=4)],
+    engine = NativeEngine(cfg, params)
+    result = evaluate_policy(engine, tokenizer, [load_benchmark("math500", k=4)],
                              EvalOptions(max_new_tokens=8192), eos_ids=(eos,))
     result.metrics["math500"]["avg@4"]
 
-Every benchmark's problems go through one sampler call (the project's jitted sampler, so a
-mesh-sharded policy evaluates where it trains), prompted as in training (the paper's instruction
-in the model's chat template), and are graded by the project's grader. Problem i of benchmark b
+Every benchmark's problems go through one call of a rollout engine (sampling/engine.py; the
+trainer passes its own, so a mesh-sharded policy evaluates where it trains), prompted as in
+training (the paper's instruction in the model's chat template), and are graded by the
+project's grader. Problem i of benchmark b
 draws from the random stream (seed, id(b, i), sample), so its samples do not depend on which
 other benchmarks are evaluated with it.
 """
@@ -22,10 +24,9 @@ import numpy as np
 from attnrl_jax.data.prompts import INSTRUCTION, encode_prompts
 from attnrl_jax.eval.benchmarks import Benchmark
 from attnrl_jax.eval.metrics import ProblemResult, benchmark_metrics, macro_average
-from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.lm import Params
 from attnrl_jax.rewards.math import GradeResult, grade
-from attnrl_jax.sampling import Request, SamplerConfig, SamplingOptions, sample
+from attnrl_jax.sampling import Request, SamplingOptions
+from attnrl_jax.sampling.engine import RolloutEngine
 
 # (responses, per response its accepted answers) -> one GradeResult per response
 GradeFn = Callable[[Sequence[str], Sequence[Sequence[str]]], Sequence[GradeResult]]
@@ -106,22 +107,20 @@ def stream_id(benchmark: str, problem: int) -> int:
 
 
 def evaluate_policy(
-    params: Params,
-    model_cfg: ModelConfig,
+    engine: RolloutEngine,
     tokenizer,
     benchmarks: Sequence[Benchmark],
     options: EvalOptions = EvalOptions(),
     grade_fn: GradeFn = in_process_grader,
     *,
     eos_ids: Sequence[int] = (),
-    sampler: SamplerConfig | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Samples k responses per problem of each benchmark, grades them, and computes per
     benchmark: avg@k, pass@j and maj@j for j in metric_ks(k) (metrics.py), num_problems, k,
     mean_response_tokens and truncated (the fraction of responses cut by max_new_tokens).
 
-    eos_ids: generation stops after any of them (use the tokenizer's and the checkpoint's).
+    eos_ids: generation stops after any of them (sampling/eos.eos_ids of the model).
     progress(n) is called as device batches of n responses finish.
     """
     names = [b.name for b in benchmarks]
@@ -133,10 +132,10 @@ def evaluate_policy(
             raise EvalError(f"benchmark {b.name!r} needs k >= 1 and problems (k={b.k})")
         ids = encode_prompts(tokenizer, [p.problem for p in b.problems], options.instruction)
         for i, prompt in enumerate(ids):
-            if len(prompt) >= model_cfg.max_position_embeddings:
+            if len(prompt) >= engine.max_positions:
                 raise EvalError(
                     f"{b.name} problem {i} ({b.problems[i].where}): the prompt is {len(prompt)} "
-                    f"tokens, the model's limit is {model_cfg.max_position_embeddings}"
+                    f"tokens, the model's limit is {engine.max_positions}"
                 )
             requests.append(Request(prompt, n=b.k, index=stream_id(b.name, i)))
             owners.append((b, i))
@@ -147,7 +146,7 @@ def evaluate_policy(
         seed=options.seed,
         eos_ids=tuple(int(e) for e in eos_ids),
     )
-    out = sample(params, model_cfg, requests, sampling, sampler, progress)
+    out = engine.generate(requests, sampling, progress)
     texts = tokenizer.batch_decode([s.token_ids.tolist() for s in out], skip_special_tokens=True)
     golds = [owners[s.request][0].problems[owners[s.request][1]].answers for s in out]
     graded = list(grade_fn(texts, golds))

@@ -1,16 +1,14 @@
 """Evaluation during training: the config's `eval` section as a trainer callback.
 
-`training_eval_fn(config, tokenizer, model_cfg, grade_fn)` loads the benchmarks once and returns
-eval_fn(params, sampler_config, eos_ids) -> {"eval/<benchmark>/<metric>": value, ...,
-"eval/average/pass@1": value}, which the Trainer calls every config.eval.every steps and after
-the last step, merging the values into that step's metrics.jsonl line and TensorBoard.
+`training_eval_fn(run, tokenizer, eos_ids, grade_fn)` loads the benchmarks once and returns
+eval_fn(engine) -> {"eval/<benchmark>/<metric>": value, ..., "eval/average/pass@1": value},
+which the Trainer calls with its rollout engine every run.eval.every steps and after the last
+step, merging the values into that step's metrics.jsonl line and TensorBoard.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
-import ml_collections
 
 from attnrl_jax.eval.benchmarks import (
     DEMO,
@@ -22,19 +20,20 @@ from attnrl_jax.eval.benchmarks import (
 from attnrl_jax.eval.run import EvalOptions, GradeFn, evaluate_policy, in_process_grader
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params
-from attnrl_jax.sampling import SamplerConfig
+from attnrl_jax.rl.settings import RunConfig
+from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine
 
 
-def config_benchmarks(c: ml_collections.ConfigDict) -> list[Benchmark]:
+def config_benchmarks(c: RunConfig) -> list[Benchmark]:
     """The benchmarks named by c.eval (bundled names, then files), each capped at
     c.eval.num_problems. "demo" avoids the training problems when training on the demo task."""
     e = c.eval
-    demo_train = c.data.num_demo_problems if c.data.train_files == DEMO else 0
+    demo_train = c.data.num_demo_problems if c.data.train_files == (DEMO,) else 0
     out = [
         load_benchmark(name, k, e.num_problems, demo_seed=c.data.demo_seed, demo_train=demo_train)
         for name, k in parse_benchmarks(e.benchmarks, e.k)
     ]
-    for path in filter(None, (p.strip() for p in e.files.split(","))):
+    for path in e.files:
         out.append(
             load_benchmark_file(
                 path,
@@ -48,13 +47,13 @@ def config_benchmarks(c: ml_collections.ConfigDict) -> list[Benchmark]:
 
 
 def training_eval_fn(
-    c: ml_collections.ConfigDict,
+    c: RunConfig,
     tokenizer,
-    model_cfg: ModelConfig,
+    eos_ids: Sequence[int],
     grade_fn: GradeFn = in_process_grader,
-) -> Callable[[Params, SamplerConfig | None, Sequence[int]], dict[str, float]]:
-    """The Trainer's eval callback for config c (benchmarks loaded now, so a bad file fails
-    before training starts)."""
+) -> Callable[[RolloutEngine], dict[str, float]]:
+    """The Trainer's eval callback for run config c (benchmarks loaded now, so a bad file fails
+    before training starts); sampled with seed c.seed."""
     benchmarks = config_benchmarks(c)
     options = EvalOptions(
         max_new_tokens=c.eval.max_new_tokens,
@@ -63,20 +62,17 @@ def training_eval_fn(
         seed=c.seed,
     )
 
-    def eval_fn(params: Params, sampler: SamplerConfig | None, eos_ids: Sequence[int]) -> dict:
-        result = evaluate_policy(
-            params, model_cfg, tokenizer, benchmarks, options, grade_fn,
-            eos_ids=eos_ids, sampler=sampler,
-        )  # fmt: skip
+    def eval_fn(engine: RolloutEngine) -> dict:
+        result = evaluate_policy(engine, tokenizer, benchmarks, options, grade_fn, eos_ids=eos_ids)
         return result.flat("eval")
 
     return eval_fn
 
 
 def held_out_accuracy_fn(
-    c: ml_collections.ConfigDict, tokenizer, model_cfg: ModelConfig, eos_ids: Sequence[int]
+    c: RunConfig, tokenizer, model_cfg: ModelConfig, eos_ids: Sequence[int]
 ) -> Callable[[Params], float]:
-    """params -> mean pass@1 (avg@k) over c.eval's benchmarks, sampled with seed c.seed, so
-    repeated calls (before and after training) use the same sampling seeds."""
-    eval_fn = training_eval_fn(c, tokenizer, model_cfg)
-    return lambda params: eval_fn(params, None, eos_ids)["eval/average/pass@1"]
+    """params -> mean pass@1 (avg@k) over c.eval's benchmarks, sampled by the native engine with
+    seed c.seed, so repeated calls (before and after training) use the same sampling seeds."""
+    eval_fn = training_eval_fn(c, tokenizer, eos_ids)
+    return lambda params: eval_fn(NativeEngine(model_cfg, params))["eval/average/pass@1"]

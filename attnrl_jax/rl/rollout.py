@@ -20,11 +20,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from attnrl_jax.data.pipeline import Prompt
-from attnrl_jax.data.records import Problem
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params
 from attnrl_jax.rl import ads
-from attnrl_jax.sampling import Request, Sample, SamplerConfig, SamplerFci, SamplingOptions, sample
+from attnrl_jax.sampling import Request, Sample, SamplerFci, SamplingOptions
+from attnrl_jax.sampling.engine import RolloutEngine
 from attnrl_jax.scoring.forward import ScoringConfig, score_sequences
 from attnrl_jax.scoring.selection import SelectionConfig
 from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, segment_steps, step_bucket
@@ -38,11 +38,13 @@ RewardFn = Callable[[Sequence[str], Sequence[tuple[str, ...]]], np.ndarray]
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """Static rollout settings, already resolved from the method (see trainer.resolve).
+    """Static rollout settings, already resolved from the method (rl/settings.resolve).
 
     tree: build branching trees (attnrl, treerl) or train on the initial responses with GRPO
     advantages (grpo). group_size: G samples per prompt. continuations: T per branch point.
     fci_source: "sampler" or "scoring" (see the module docstring); used when scoring.with_fci.
+    eos_ids: sampling/eos.eos_ids of the model (set by the trainer). sampler_rows: rows per
+    native-sampler device batch.
     """
 
     tree: bool = True
@@ -59,6 +61,7 @@ class RolloutConfig:
     merge_duplicates: bool = True
     grpo_eps: float = 1e-6
     fci_source: str = "sampler"
+    sampler_rows: int = 64
 
     def __post_init__(self):
         if self.fci_source not in FCI_SOURCES:
@@ -102,6 +105,11 @@ class Generation:
     layouts: tuple[StepLayout, ...]
     version: int
 
+    @property
+    def group_size(self) -> int:
+        """G: responses per prompt (response i belongs to prompt i // G)."""
+        return len(self.responses) // len(self.prompts)
+
 
 def initial_requests(prompts: Sequence[Prompt], group_size: int, first_index: int = 0):
     return [
@@ -110,15 +118,13 @@ def initial_requests(prompts: Sequence[Prompt], group_size: int, first_index: in
 
 
 def sample_all(
-    params: Params,
-    cfg: ModelConfig,
+    engine: RolloutEngine,
     requests: Sequence[Request],
     rc: RolloutConfig,
     seed: int,
-    sampler: SamplerConfig,
     fci: SamplerFci | None = None,
 ) -> list[list[Sample]]:
-    """One sampler call; the samples of each request, in request order.
+    """One engine call; the samples of each request, in request order.
 
     fci: compute FCI of the fresh samples while decoding (`rc.sampler_fci`); continuations
     get none (they need none).
@@ -131,7 +137,7 @@ def sample_all(
         eos_ids=rc.eos_ids,
         fci=fci,
     )
-    flat = sample(params, cfg, requests, options, sampler) if requests else []
+    flat = engine.generate(requests, options) if requests else []
     out: list[list[Sample]] = [[] for _ in requests]
     for s in flat:
         out[s.request].append(s)
@@ -218,73 +224,5 @@ def _generation_from_sampler(
 
 
 def golds_of(gen: Generation) -> list[tuple[str, ...]]:
-    g = len(gen.responses) // len(gen.prompts)
+    g = gen.group_size
     return [gen.prompts[i // g].problem.answers for i in range(len(gen.responses))]
-
-
-def problem_from_json(d: dict) -> Prompt:
-    return Prompt(Problem(d["problem"], tuple(d["answers"]), d["where"]), tuple(d["prompt_ids"]))
-
-
-def prompt_to_json(p: Prompt) -> dict:
-    return {
-        "problem": p.problem.problem,
-        "answers": list(p.problem.answers),
-        "where": p.problem.where,
-        "prompt_ids": [int(t) for t in p.prompt_ids],
-    }
-
-
-def generation_to_state(gen: Generation) -> tuple[dict, dict]:
-    """(numpy arrays, JSON metadata) that restore the Generation exactly (layouts recomputed)."""
-    n = len(gen.responses)
-    lengths = np.array([len(r) for r in gen.responses], np.int32)
-    width = max(int(lengths.max()), 1)
-
-    def pad(xs, dtype):
-        out = np.zeros((n, width), dtype)
-        for i, x in enumerate(xs):
-            out[i, : len(x)] = x
-        return out
-
-    arrays = {
-        "lengths": lengths,
-        "responses": pad(gen.responses, np.int32),
-        "logprobs": pad(gen.logprobs, np.float32),
-    }
-    if gen.entropies is not None:
-        arrays["entropies"] = pad(gen.entropies, np.float32)
-    if gen.fci is not None:
-        steps = max(len(f) for f in gen.fci)
-        fci = np.zeros((n, steps), np.float32)
-        for i, f in enumerate(gen.fci):
-            fci[i, : len(f)] = f
-        arrays["fci"] = fci
-    meta = {"prompts": [prompt_to_json(p) for p in gen.prompts], "version": gen.version}
-    return arrays, meta
-
-
-def generation_from_state(arrays: dict, meta: dict, seps: SeparatorIds) -> Generation:
-    prompts = tuple(problem_from_json(d) for d in meta["prompts"])
-    lengths = np.asarray(arrays["lengths"])
-    g = len(lengths) // len(prompts)
-    responses = tuple(np.asarray(arrays["responses"][i, :n]) for i, n in enumerate(lengths))
-    layouts = tuple(
-        segment_steps(len(prompts[i // g].prompt_ids), r, seps) for i, r in enumerate(responses)
-    )
-    fci = None
-    if "fci" in arrays:
-        fci = tuple(
-            np.asarray(arrays["fci"][i, : lay.num_steps + 1]) for i, lay in enumerate(layouts)
-        )
-    return Generation(
-        prompts=prompts,
-        responses=responses,
-        logprobs=tuple(np.asarray(arrays["logprobs"][i, :n]) for i, n in enumerate(lengths)),
-        entropies=None
-        if "entropies" not in arrays
-        else tuple(np.asarray(arrays["entropies"][i, :n]) for i, n in enumerate(lengths)),
-        fci=fci,
-        layouts=layouts,
-        version=int(meta["version"]),
-    )

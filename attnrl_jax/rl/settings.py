@@ -1,8 +1,13 @@
-"""From an ml_collections config to validated, frozen settings, before anything compiles.
+"""The run's configuration: an ml_collections config validated ONCE into frozen dataclasses.
 
-`resolve(config)` checks every value and every combination it can know about without touching a
-device or a file, and raises one ConfigError listing everything wrong. Methods (ALGORITHM.md
-section 3 and the paper's Table 2):
+ml_collections is the user interface (config files, --config.key=value, FILE:VARIANT);
+`resolve(config)` checks every value and every combination it can know about without touching
+a device or a file, raises one ConfigError listing everything wrong, and otherwise returns a
+RunConfig: one tree of frozen dataclasses that every component receives. Nothing reads the
+ConfigDict after that (export reads <workdir>/config.json back through resolve).
+
+What each method means is written once, in METHODS and `Method` (ALGORITHM.md section 3 and the
+paper's Table 2):
 
 | method | branching default | ADS | tree |
 |---|---|---|---|
@@ -17,6 +22,7 @@ The Table 2 ablations: `method=treerl branching=atb` (TreeRL + ATB), `ads.attent
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import ml_collections
 
@@ -29,11 +35,50 @@ from attnrl_jax.scoring.fci import FciConfig
 from attnrl_jax.scoring.forward import ScoringConfig
 from attnrl_jax.scoring.selection import SELECTORS, SelectionConfig
 
-METHODS = {"attnrl": "atb", "treerl": "entropy", "grpo": "none"}
-
 
 class ConfigError(ValueError):
     """A config value or combination the trainer cannot run."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method's fixed meaning: its default branching rule, whether it builds trees, whether
+    ADS (difficulty expansion, attention filter, adaptive batch size) applies."""
+
+    default_branching: str
+    tree: bool
+    ads: bool
+
+
+METHODS = {
+    "attnrl": MethodSpec(default_branching="atb", tree=True, ads=True),
+    "treerl": MethodSpec(default_branching="entropy", tree=True, ads=False),
+    "grpo": MethodSpec(default_branching="none", tree=False, ads=False),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """The chosen method with its switches resolved: what the rollout must compute follows."""
+
+    name: str
+    branching: str  # a scoring.selection.SELECTORS name
+    difficulty_expansion: bool  # ADS switches, all False unless the method has ADS
+    attention_filter: bool
+    adaptive_batch_size: bool
+
+    @property
+    def tree(self) -> bool:
+        return METHODS[self.name].tree
+
+    @property
+    def needs_fci(self) -> bool:
+        """ATB branching and the attention filter read FCI of the initial responses."""
+        return self.branching == "atb" or self.attention_filter
+
+    @property
+    def needs_entropies(self) -> bool:
+        return self.branching == "entropy"
 
 
 @dataclass(frozen=True)
@@ -48,20 +93,138 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class Settings:
-    rollout: RolloutConfig
-    loss: LossConfig
-    optim: OptimConfig
+class TinyModel:
+    """The project's tiny random Qwen2 (used when model.path is empty)."""
+
+    hidden_size: int
+    intermediate_size: int  # already resolved (0 in the config: 2 x hidden_size)
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    path: str  # a Hugging Face directory; "" builds the tiny random model
+    dtype: str
+    remat: bool
+    tiny: TinyModel
+
+
+@dataclass(frozen=True)
+class DataSection:
+    train_files: tuple[str, ...]  # ("demo",) for the built-in arithmetic task
+    drop_eval_overlap: bool
+    problem_key: str
+    answer_key: str
+    max_prompt_len: int
+    num_demo_problems: int
+    demo_seed: int
+
+    @property
+    def demo(self) -> bool:
+        return self.train_files == ("demo",)
+
+
+@dataclass(frozen=True)
+class TrainSection:
     packing: str
     minibatch_problems: int
     microbatch_rows: int
-    adaptive_batch_size: bool
     initial_prompt_batch_size: int
+
+
+@dataclass(frozen=True)
+class MeshSection:
+    data: int
+    fsdp: int
+    tensor: int
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    every: int
+    keep: int
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """Evaluation during training (0: off); benchmarks as parse_benchmarks reads them."""
+
+    every: int
+    benchmarks: str
+    files: tuple[str, ...]
+    k: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    num_problems: int
+
+
+@dataclass(frozen=True)
+class GradingSection:
+    workers: int  # 0: grade in-process
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class LogSection:
+    progress: bool
+    tensorboard: bool
+
+
+@dataclass(frozen=True)
+class DistributedSection:
+    """distributed.initialize's keys (see attnrl_jax/distributed.py)."""
+
+    mode: str
+    coordinator_address: str
+    num_processes: int
+    process_id: int
+    port: int
+    initialization_timeout_s: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run reads, validated (see the module docstring)."""
+
+    workdir: str
+    total_steps: int
+    seed: int
+    off_policy: bool  # one sampler call per step; False: the on-policy two-call variant
+    method: Method
+    model: ModelSection
+    data: DataSection
+    rollout: RolloutConfig  # eos_ids are filled in by the trainer (sampling/eos.py)
+    loss: LossConfig
+    optim: OptimConfig
+    train: TrainSection
+    mesh: MeshSection
+    checkpoint: CheckpointSection
+    eval: EvalSection
+    grading: GradingSection
+    log: LogSection
+    distributed: DistributedSection
+
+    @property
+    def initial_model_dir(self) -> Path:
+        """The Hugging Face directory training starts from: model.path, or the tiny random
+        model that training writes to <workdir>/initial_model."""
+        return Path(self.model.path) if self.model.path else Path(self.workdir) / "initial_model"
 
 
 def _check(errors: list[str], ok: bool, message: str) -> None:
     if not ok:
         errors.append(message)
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
 def _check_eval(errors: list[str], e: ml_collections.ConfigDict) -> None:
@@ -109,10 +272,8 @@ def _check_distributed(errors: list[str], d: ml_collections.ConfigDict) -> None:
     )
 
 
-def resolve(config: ml_collections.ConfigDict) -> Settings:
-    """Validated settings; a ConfigError naming every problem otherwise."""
-    errors: list[str] = []
-    c = config
+def _check_run(errors: list[str], c: ml_collections.ConfigDict) -> None:
+    """Values that need no other section."""
     _check(errors, bool(c.workdir), "workdir is required (--config.workdir=/path)")
     _check(errors, c.total_steps >= 1, f"total_steps must be >= 1, got {c.total_steps}")
     _check(
@@ -127,14 +288,34 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
         "data.train_files is required: comma-separated data files (JSONL, JSON, Parquet, HF or "
         "TFDS directories) or 'demo' (--config.data.train_files=/data/train.parquet)",
     )
-    _check_eval(errors, c.eval)
+    _check(errors, c.checkpoint.every >= 1, "checkpoint.every must be >= 1")
+    _check(errors, c.checkpoint.keep >= 1, "checkpoint.keep must be >= 1")
+    _check(errors, c.grading.workers >= 0, "grading.workers must be >= 0 (0: in-process)")
+    _check(errors, c.grading.timeout_s > 0, "grading.timeout_s must be > 0")
+
+
+def _method(errors: list[str], c: ml_collections.ConfigDict) -> Method:
     _check(errors, c.method in METHODS, f"method={c.method!r}; known: {sorted(METHODS)}")
-    branching = c.branching or METHODS.get(c.method, "none")
+    spec = METHODS.get(c.method)
+    branching = c.branching or (spec.default_branching if spec else "none")
     _check(errors, branching in SELECTORS, f"branching={branching!r}; known: {sorted(SELECTORS)}")
-    if c.method == "grpo":
-        _check(errors, branching == "none", f"method=grpo has no tree; branching={branching!r}")
-    elif c.method in METHODS:
+    if spec is not None and not spec.tree:
+        _check(
+            errors, branching == "none", f"method={c.method} has no tree; branching={branching!r}"
+        )
+    elif spec is not None:
         _check(errors, branching != "none", f"method={c.method} needs branching, got 'none'")
+    ads_on = spec is not None and spec.ads
+    return Method(
+        name=c.method if spec else "grpo",
+        branching=branching if branching in SELECTORS else "none",
+        difficulty_expansion=ads_on and c.ads.difficulty_expansion,
+        attention_filter=ads_on and c.ads.attention_filter,
+        adaptive_batch_size=ads_on and c.ads.adaptive_batch_size,
+    )
+
+
+def _check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) -> None:
     r = c.rollout
     _check(errors, r.group_size >= 2, f"rollout.group_size must be >= 2, got {r.group_size}")
     _check(errors, r.continuations >= 1, "rollout.continuations must be >= 1")
@@ -157,27 +338,36 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
             micro % shards == 0,
             f"train.microbatch_rows={micro} must be a multiple of mesh data x fsdp = {shards}",
         )
+
+
+def resolve(config: ml_collections.ConfigDict) -> RunConfig:
+    """The validated RunConfig of `config`; a ConfigError naming every problem otherwise."""
+    errors: list[str] = []
+    c = config
+    _check_run(errors, c)
+    _check_eval(errors, c.eval)
+    method = _method(errors, c)
+    _check_rollout_and_train(errors, c)
     _check_distributed(errors, c.distributed)
-    ads_on = c.method == "attnrl"
-    attention = ads_on and c.ads.attention_filter
+    r = c.rollout
     try:
         selection = SelectionConfig(
-            method=branching if branching in SELECTORS else "none",
+            method=method.branching,
             rho=r.rho,
             num_points=r.num_points,
             min_token_distance=r.min_token_distance,
         )
         ads = ADSConfig(
-            expansion="exp" if ads_on and c.ads.difficulty_expansion else "uniform",
+            expansion="exp" if method.difficulty_expansion else "uniform",
             rounding=c.ads.rounding,
-            all_correct="attention" if attention else "always",
+            all_correct="attention" if method.attention_filter else "always",
             zero_advantage_filter=c.ads.zero_advantage_filter,
             target_sequences=c.ads.target_sequences,
             batch_lambda=c.ads.batch_lambda,
             initial_prompt_batch_size=c.ads.initial_prompt_batch_size,
         )
         scoring = ScoringConfig(
-            with_fci=branching == "atb" or attention,
+            with_fci=method.needs_fci,
             fci=FciConfig(c.fci.pooling, c.fci.delta, c.fci.aggregation),
         )
         loss = LossConfig(
@@ -195,7 +385,7 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     rollout = RolloutConfig(
-        tree=c.method != "grpo",
+        tree=method.tree,
         group_size=r.group_size,
         continuations=r.continuations,
         max_new_tokens=r.max_new_tokens,
@@ -207,14 +397,78 @@ def resolve(config: ml_collections.ConfigDict) -> Settings:
         score_batch_size=r.score_batch_size,
         fci_source=r.fci_source,
         merge_duplicates=r.merge_duplicates,
+        sampler_rows=r.sampler_rows,
     )
-    return Settings(
+    m, e = c.model, c.eval
+    return RunConfig(
+        workdir=c.workdir,
+        total_steps=c.total_steps,
+        seed=c.seed,
+        off_policy=c.off_policy,
+        method=method,
+        model=ModelSection(
+            path=m.path,
+            dtype=m.dtype,
+            remat=m.remat,
+            tiny=TinyModel(
+                hidden_size=m.tiny_hidden_size,
+                intermediate_size=m.tiny_intermediate_size or 2 * m.tiny_hidden_size,
+                layers=m.tiny_layers,
+                heads=m.tiny_heads,
+                kv_heads=m.tiny_kv_heads,
+                vocab_size=m.tiny_vocab_size,
+            ),
+        ),
+        data=DataSection(
+            train_files=_split(c.data.train_files),
+            drop_eval_overlap=c.data.drop_eval_overlap,
+            problem_key=c.data.problem_key,
+            answer_key=c.data.answer_key,
+            max_prompt_len=c.data.max_prompt_len,
+            num_demo_problems=c.data.num_demo_problems,
+            demo_seed=c.data.demo_seed,
+        ),
         rollout=rollout,
         loss=loss,
         optim=optim,
-        packing=c.train.packing,
-        minibatch_problems=mb,
-        microbatch_rows=micro,
-        adaptive_batch_size=ads_on and c.ads.adaptive_batch_size,
-        initial_prompt_batch_size=c.ads.initial_prompt_batch_size,
+        train=TrainSection(
+            packing=c.train.packing,
+            minibatch_problems=c.train.minibatch_problems,
+            microbatch_rows=c.train.microbatch_rows,
+            initial_prompt_batch_size=c.ads.initial_prompt_batch_size,
+        ),
+        mesh=MeshSection(**c.mesh.to_dict()),
+        checkpoint=CheckpointSection(every=c.checkpoint.every, keep=c.checkpoint.keep),
+        eval=EvalSection(
+            every=e.every,
+            benchmarks=e.benchmarks,
+            files=_split(e.files),
+            k=e.k,
+            max_new_tokens=e.max_new_tokens,
+            temperature=e.temperature,
+            top_p=e.top_p,
+            num_problems=e.num_problems,
+        ),
+        grading=GradingSection(workers=c.grading.workers, timeout_s=c.grading.timeout_s),
+        log=LogSection(progress=c.log.progress, tensorboard=c.log.tensorboard),
+        distributed=DistributedSection(**c.distributed.to_dict()),
     )
+
+
+def build_mesh(run: RunConfig):
+    """The device mesh of run.mesh (a ConfigError for a multi-host mesh that leaves devices out)."""
+    import jax
+    import numpy as np
+
+    from attnrl_jax.models import make_mesh
+
+    sizes = run.mesh.__dict__
+    fixed = int(np.prod([s for s in sizes.values() if s > 0]))
+    devices = jax.devices() if -1 in sizes.values() else jax.devices()[:fixed]
+    if jax.process_count() > 1 and len(devices) != jax.device_count():
+        raise ConfigError(
+            f"mesh {sizes} uses {len(devices)} of the {jax.device_count()} devices of "
+            f"{jax.process_count()} processes; a multi-host mesh must use every device (set "
+            "one axis to -1)"
+        )
+    return make_mesh(**sizes, devices=devices)

@@ -1,4 +1,4 @@
-"""The training loop: rollout (rollout.py, pipeline.py), update (update.py), metrics, checkpoints.
+"""The training loop: rollout (rollout.py, step_plan.py), update (update.py), metrics, checkpoints.
 
 Step k (0-based; the params are theta_k, policy version k):
 - off-policy (default): grade the pending Generation(k) (sampled by theta_{k-1}; by theta_0 in
@@ -7,6 +7,11 @@ Step k (0-based; the params are theta_k, policy version k):
   continuations, build trees, update to theta_{k+1}; the next batch becomes the pending one.
 - on-policy: sample and score batch k with theta_k, grade, plan, a second sampler call for the
   continuations, grade, build trees, update.
+
+Every sampler call goes through the trainer's RolloutEngine (sampling/engine.py; default the
+native sampler), which receives the params after every update as policy version k + 1. The
+step's plan (branch points -> continuation requests -> trees -> training rows) is
+rl/step_plan.py; the trainer owns the loop, the schedule, metrics and checkpoints.
 
 Randomness is a function of (seed, step): the host Generator of step k is
 default_rng([seed, k]) and sampler seeds are derived from (seed, k, call), so a resumed run
@@ -26,9 +31,10 @@ metrics.jsonl, TensorBoard events and the progress bar; checkpoints are written 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -40,12 +46,14 @@ from attnrl_jax.data.pipeline import Prompt, PromptStream
 from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import optimizer_state_shardings, param_shardings
 from attnrl_jax.rl import ads
-from attnrl_jax.rl import pipeline as pl
 from attnrl_jax.rl import rollout as ro
-from attnrl_jax.rl.checkpoint import Checkpointer
-from attnrl_jax.rl.settings import Settings
+from attnrl_jax.rl import step_plan as sp
+from attnrl_jax.rl.checkpoint import Checkpointer, generation_from_state, generation_to_state
+from attnrl_jax.rl.settings import RunConfig
 from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
+from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine
+from attnrl_jax.sampling.eos import eos_ids as model_eos_ids
 from attnrl_jax.scoring.steps import SeparatorIds
 
 PHASES = ("sampling", "scoring", "grading", "reference", "update")
@@ -70,79 +78,76 @@ class PhaseTimes(dict):
 
 
 class Trainer:
-    """Owns the training state; `run(total_steps)` trains and checkpoints, resuming if it can.
+    """Owns the training state; `run()` trains to run.total_steps and checkpoints, resuming if
+    it can.
 
-    Built by `train.build_trainer` from a config; parts passed in so tests can swap the reward.
+    Built by `train.build_trainer` from a RunConfig; parts passed in so tests can swap them.
+    engine: the rollout engine (default: the native sampler on `mesh`); the trainer hands it the
+    new params after every update and closes it. eos_ids: default sampling/eos.eos_ids of the
+    tokenizer and model_cfg. eval_fn(engine) -> {"eval/<bench>/<metric>": value} runs after
+    every run.eval.every-th step and the last one (eval/training.py builds it).
     """
 
     def __init__(
         self,
+        run: RunConfig,
         *,
-        settings: Settings,
         model_cfg,
         params: Params,
         mesh: Mesh,
         tokenizer,
         prompts: list[Prompt],
         reward_fn: ro.RewardFn,
-        workdir: str | Path,
-        seed: int,
-        off_policy: bool = True,
-        checkpoint_every: int = 1,
-        checkpoint_keep: int = 2,
-        sampler_rows: int = 64,
+        engine: RolloutEngine | None = None,
+        eos_ids: Sequence[int] | None = None,
         log_fn: Callable[[dict], None] | None = None,
         on_close: Callable[[], None] | None = None,
-        eval_fn: Callable[..., dict[str, float]] | None = None,
-        eval_every: int = 0,
+        eval_fn: Callable[[RolloutEngine], dict[str, float]] | None = None,
     ):
-        self.settings, self.cfg, self.mesh = settings, model_cfg, mesh
-        self.tokenizer, self.reward_fn, self.seed = tokenizer, reward_fn, seed
-        self.off_policy = off_policy
-        self.workdir = Path(workdir)
+        self.run_config, self.cfg, self.mesh = run, model_cfg, mesh
+        self.tokenizer, self.reward_fn, self.seed = tokenizer, reward_fn, run.seed
+        self.workdir = Path(run.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_every = checkpoint_every
         self.log_fn = log_fn
         self.on_close = on_close  # e.g. stops a grading worker pool
-        # eval_fn(params, sampler_config, eos_ids) -> {"eval/<bench>/<metric>": value}, run
-        # after every eval_every-th step and the last one (eval/training.py builds it).
-        self.eval_fn, self.eval_every = eval_fn, eval_every
-        eos = {tokenizer.eos_token_id} | {
-            tokenizer.convert_tokens_to_ids(t)
-            for t in ("<|im_end|>",)
-            if t in tokenizer.get_vocab()
-        }
-        self.rollout = ro.RolloutConfig(
-            **{**settings.rollout.__dict__, "eos_ids": tuple(sorted(eos))}
-        )
+        self.eval_fn = eval_fn
+        if eos_ids is None:
+            eos_ids = model_eos_ids(tokenizer, config_eos=model_cfg.eos_token_id)
+        self.rollout = dataclasses.replace(run.rollout, eos_ids=tuple(sorted(set(eos_ids))))
         self.seps = SeparatorIds.from_tokenizer(tokenizer)
-        single = mesh.devices.size == 1
-        # One row bucket: every device batch has exactly sampler_rows rows (and context slots).
-        # A step's row count changes with the ADS plan; with power-of-two row buckets each new
-        # (rows, contexts) pair compiled a sampler program mid-run. Padding costs at most one
-        # partly empty device batch per call (padding rows have budget 0 and stop at once).
-        self.sampler = SamplerConfig(
-            buckets=Buckets(rows=(sampler_rows,)), mesh=None if single else mesh
-        )
         shardings = param_shardings(model_cfg, mesh)
         self.params = jax.device_put(params, shardings)
+        if engine is None:
+            # One row bucket: every device batch has exactly sampler_rows rows (and context
+            # slots). A step's row count changes with the ADS plan; with power-of-two row
+            # buckets each new (rows, contexts) pair compiled a sampler program mid-run.
+            # Padding costs at most one partly empty device batch per call (padding rows have
+            # budget 0 and stop at once).
+            single = mesh.devices.size == 1
+            sampler = SamplerConfig(
+                buckets=Buckets(rows=(run.rollout.sampler_rows,)), mesh=None if single else mesh
+            )
+            engine = NativeEngine(model_cfg, self.params, sampler)
+        self.engine = engine
         # The frozen initial policy for the KL term (a copy: updates donate the params' buffers).
         self.ref_params = None
-        if settings.loss.kl_weight > 0:
+        if run.loss.kl_weight > 0:
             self.ref_params = jax.tree.map(jnp.copy, self.params)
-        opt_state = jax.jit(make_optimizer(settings.optim).init)(self.params)
+        opt_state = jax.jit(make_optimizer(run.optim).init)(self.params)
         self.opt_state = jax.device_put(
             opt_state, optimizer_state_shardings(opt_state, self.params, shardings, mesh)
         )
-        self.stream = PromptStream(prompts, seed=seed)
+        self.stream = PromptStream(prompts, seed=self.seed)
         self.step = 0
         self.filter_state = ads.AttentionFilterState()
-        self.prompt_batch_size = settings.initial_prompt_batch_size
+        self.prompt_batch_size = run.train.initial_prompt_batch_size
         self.pending: ro.Generation | None = None
-        self.checkpointer = Checkpointer(self.workdir, checkpoint_keep)
+        self.checkpointer = Checkpointer(self.workdir, run.checkpoint.keep)
         latest = self.checkpointer.latest_step()
         if latest is not None:
-            self._restore(latest)
+            self.restore(latest)  # hands the engine the restored params
+        else:
+            self.engine.update_weights(self.params, self.step)
 
     # ----- state -----
 
@@ -158,7 +163,7 @@ class Trainer:
         }
         arrays = None
         if self.pending is not None:
-            arrays, host["pending"] = ro.generation_to_state(self.pending)
+            arrays, host["pending"] = generation_to_state(self.pending)
         return host, arrays
 
     def save(self) -> None:
@@ -166,7 +171,8 @@ class Trainer:
         state = {"params": self.params, "opt_state": self.opt_state}
         self.checkpointer.save(self.step, state, host, arrays)
 
-    def _restore(self, step: int) -> None:
+    def restore(self, step: int) -> None:
+        """Loads checkpoint `step` (params, optimizer, stream, pending Generation)."""
         target = {"params": self.params, "opt_state": self.opt_state}
         state, host, arrays = self.checkpointer.restore(step, target)
         if host["seed"] != self.seed:
@@ -183,7 +189,8 @@ class Trainer:
         self.pending = None
         if host["pending"] is not None:
             arrays = {k: np.asarray(v) for k, v in arrays.items()}
-            self.pending = ro.generation_from_state(arrays, host["pending"], self.seps)
+            self.pending = generation_from_state(arrays, host["pending"], self.seps)
+        self.engine.update_weights(self.params, self.step)
 
     def _drop_metrics_after(self, step: int) -> None:
         """Forget metrics lines of steps after the restored checkpoint (and a line cut off by a
@@ -231,16 +238,14 @@ class Trainer:
         responses. Returns (Generation of the prompts or None, continuation samples)."""
         requests = ro.initial_requests(prompts, self.rollout.group_size)
         if plan_of is not None:
-            requests += pl.continuation_requests(
+            requests += sp.continuation_requests(
                 *plan_of, self.rollout.continuations, first_index=len(requests)
             )
         self._sampler_calls += 1
         # FCI of the new initial responses from the sampler (rollout.fci_source = "sampler").
         fci = self.rollout.sampler_fci(self.seps) if prompts else None
         with timer("sampling"):
-            out = ro.sample_all(
-                self.params, self.cfg, requests, self.rollout, self._seed(call), self.sampler, fci
-            )
+            out = ro.sample_all(self.engine, requests, self.rollout, self._seed(call), fci)
         gen = None
         if prompts:
             with timer("scoring"):
@@ -256,27 +261,28 @@ class Trainer:
         rng = np.random.default_rng([self.seed, self.step])
         self._sampler_calls = 0
         warm_up_tokens = 0
-        if self.off_policy and self.pending is None:  # warm-up: batch 1 with theta_0, no update
+        off_policy = self.run_config.off_policy
+        if off_policy and self.pending is None:  # warm-up: batch 1 with theta_0, no update
             prompts = self.stream.take(self.prompt_batch_size)
             self.pending, _ = self._sample_and_score(prompts, None, timer, call=0)
             self._sampler_calls = 0  # the warm-up is not part of the step's pipeline
             warm_up_tokens = sum(len(r) for r in self.pending.responses)
-        if self.off_policy:
+        if off_policy:
             gen = self.pending
         else:
             prompts = self.stream.take(self.prompt_batch_size)
             gen, _ = self._sample_and_score(prompts, None, timer, call=1)
         with timer("grading"):
             rewards = self._grade(gen.responses, ro.golds_of(gen))
-        plan = pl.plan_branches(gen, rewards, self.filter_state, rng, self.rollout)
-        next_prompts = self.stream.take(self.prompt_batch_size) if self.off_policy else []
+        plan = sp.plan_branches(gen, rewards, self.filter_state, rng, self.rollout)
+        next_prompts = self.stream.take(self.prompt_batch_size) if off_policy else []
         next_gen, conts = self._sample_and_score(next_prompts, (gen, plan), timer, call=2)
+        conts = sp.attach(plan, conts)
         with timer("grading"):
-            flat = [s.token_ids for group in conts for s in group]
-            golds = pl.continuation_golds(gen, plan, conts)
-            splits = np.cumsum([len(group) for group in conts])[:-1]
-            cont_rewards = np.split(self._grade(flat, golds), splits) if conts else []
-        problems, stats = pl.build_problems(
+            flat = [s.token_ids for s in sp.flat_samples(conts)]
+            graded = self._grade(flat, sp.continuation_golds(gen, conts))
+            cont_rewards = sp.nest_rewards(conts, graded)
+        problems, stats = sp.build_problems(
             gen, rewards, plan, conts, cont_rewards, self.step, self.rollout
         )
         staleness = max(
@@ -284,14 +290,16 @@ class Trainer:
             default=0,
         )
         with timer("update"):
-            s = self.settings
+            r = self.run_config
             self.params, self.opt_state, update_metrics = run_updates(
                 self.params, self.opt_state, self.ref_params, problems,
-                cfg=self.cfg, loss=s.loss, optim=s.optim, packing=s.packing,
-                minibatch_problems=s.minibatch_problems, microbatch_rows=s.microbatch_rows,
+                cfg=self.cfg, loss=r.loss, optim=r.optim, packing=r.train.packing,
+                minibatch_problems=r.train.minibatch_problems,
+                microbatch_rows=r.train.microbatch_rows,
                 temperature=self.rollout.temperature,
                 mesh=None if self.mesh.devices.size == 1 else self.mesh, timer=timer,
             )  # fmt: skip
+        self.engine.update_weights(self.params, self.step + 1)
         timer["update"] -= timer.get("reference", 0.0)  # "update": the policy's own share
         metrics = {
             "step": self.step + 1,
@@ -304,11 +312,11 @@ class Trainer:
             "expanded": sum(1 for p in plan.branch_points if p),
             # every token sampled during this step, the off-policy warm-up batch included
             "tokens_generated": int(
-                sum(len(s.token_ids) for group in conts for s in group)
+                sum(len(s.token_ids) for s in sp.flat_samples(conts))
                 + (sum(len(r) for r in next_gen.responses) if next_gen else 0)
-                + (warm_up_tokens if self.off_policy else sum(len(r) for r in gen.responses))
+                + (warm_up_tokens if off_policy else sum(len(r) for r in gen.responses))
             ),
-            "mc_valid_ratio": pl.mc_valid_ratio(rewards, plan, cont_rewards),
+            "mc_valid_ratio": sp.mc_valid_ratio(rewards, cont_rewards),
             "max_staleness": staleness,
             "sampler_calls": self._sampler_calls,
             "policy_version": self.step,
@@ -316,21 +324,24 @@ class Trainer:
             **update_metrics,
         }
         self.filter_state = plan.filter_state
-        if self.settings.adaptive_batch_size:
+        if self.run_config.method.adaptive_batch_size:
             self.prompt_batch_size = ads.next_prompt_batch_size(
                 len(gen.prompts), stats.sequences, self.rollout.ads
             )
-        self.pending = next_gen if self.off_policy else None
+        self.pending = next_gen if off_policy else None
         self.step += 1
         metrics["time_step"] = time.perf_counter() - start
         return metrics
 
     # ----- loop -----
 
-    def run(self, total_steps: int, progress: bool = False) -> list[dict]:
-        """Trains from the current step to total_steps; returns this call's metrics."""
+    def run(self, total_steps: int | None = None, progress: bool | None = None) -> list[dict]:
+        """Trains from the current step to total_steps (default: the run config's); returns this
+        call's metrics. progress: a progress bar (default: run.log.progress)."""
         from tqdm.auto import tqdm
 
+        total_steps = self.run_config.total_steps if total_steps is None else total_steps
+        progress = self.run_config.log.progress if progress is None else progress
         out = []
         primary = jax.process_index() == 0  # the one process that writes logs
         bar = tqdm(
@@ -342,7 +353,7 @@ class Trainer:
                 metrics = self.train_step()
                 if self._eval_due(total_steps):
                     start = time.perf_counter()
-                    metrics.update(self.eval_fn(self.params, self.sampler, self.rollout.eos_ids))
+                    metrics.update(self.eval_fn(self.engine))
                     metrics["time_eval"] = time.perf_counter() - start
                 if primary:
                     f.write(json.dumps(metrics) + "\n")
@@ -351,18 +362,21 @@ class Trainer:
                     self.log_fn(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward']:.3f}", valid=metrics["valid_ratio"])
-                if self.step % self.checkpoint_every == 0 or self.step == total_steps:
+                every = self.run_config.checkpoint.every
+                if self.step % every == 0 or self.step == total_steps:
                     self.save()
                 out.append(metrics)
         bar.close()
         return out
 
     def _eval_due(self, total_steps: int) -> bool:
-        if self.eval_fn is None or self.eval_every <= 0:
+        every = self.run_config.eval.every
+        if self.eval_fn is None or every <= 0:
             return False
-        return self.step % self.eval_every == 0 or self.step == total_steps
+        return self.step % every == 0 or self.step == total_steps
 
     def close(self) -> None:
         self.checkpointer.close()
+        self.engine.close()
         if self.on_close is not None:
             self.on_close()

@@ -1,19 +1,21 @@
-"""The rollout side of a training step (ALGORITHM.md section 7), as host functions over ids.
+"""One training step's plan, as pure host functions over ids (ALGORITHM.md section 7).
 
-    Generation(k)  = initial responses of prompt batch k, sampled and scored with theta_{k-1}
-    step k:  grade Generation(k) -> branch points (ATB / entropy / ...) + ADS expansion plan
-             ONE sampler call with theta_k: G samples per prompt of batch k+1, plus T
-             continuations per branch point of batch k
-             score batch k+1 (theta_k): behaviour log-probs, entropies, FCI -> Generation(k+1)
-             grade continuations -> trees -> zero-advantage filter -> TrainProblems(k)
-The on-policy variant samples batch k and its continuations with theta_k in two calls.
+The data flows one way:
+
+    Generation (initial responses, flat: response i belongs to prompt i // G)
+      + rewards -> plan_branches -> BranchPlan (branch points per response, ADS bookkeeping)
+      -> continuation_requests -> (the engine samples them) -> attach -> continuations
+         nested [response][branch point] -> T samples (and their rewards, nested alike)
+      -> build_problems -> TrainProblems (trees or GRPO groups, zero-advantage filter,
+         stitched behaviour log-probs and policy versions) + TreeStats
+
+The trainer (rl/trainer.py) owns everything around it: the prompt stream, the engine calls, the
+on-/off-policy schedule, grading, the update, metrics and checkpoints.
 
 Behaviour log-probs are stitched per segment: tokens of the initial response keep the scoring
 pass values of the weights that sampled them (version k-1 off-policy), continuation tokens take
 the sampler's values (version k). Every token carries its policy version, so the trainer can
 check that none is more than one update stale.
-
-Sampling and scoring the initial responses (RolloutConfig, Generation) live in rl/rollout.py.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from attnrl_jax.rl.tree import ORIGINAL, Continuation, Response, build_tree
 from attnrl_jax.sampling import Request, Sample
 from attnrl_jax.scoring.selection import select_branch_points
 
+# [response][branch point] -> the T continuations of that branch point (or their rewards)
+Nested = tuple[tuple[tuple, ...], ...]
+
 
 @dataclass(frozen=True)
 class BranchPlan:
@@ -45,7 +50,7 @@ def continuation_requests(
     gen: Generation, plan: BranchPlan, n: int, first_index: int
 ) -> list[Request]:
     """T continuations per branch point, in response then branch-point order."""
-    g = len(gen.responses) // len(gen.prompts)
+    g = gen.group_size
     requests = []
     for i, points in enumerate(plan.branch_points):
         prompt = gen.prompts[i // g].prompt_ids
@@ -119,33 +124,30 @@ def build_problems(
     gen: Generation,
     rewards: np.ndarray,
     plan: BranchPlan,
-    continuations: Sequence[Sequence[Sample]],
-    continuation_rewards: Sequence[np.ndarray],
+    continuations: Sequence[Sequence[Sequence[Sample]]],
+    continuation_rewards: Sequence[Sequence[np.ndarray]],
     continuation_version: int,
     rc: RolloutConfig,
 ) -> tuple[list[TrainProblem], TreeStats]:
     """Trees (or GRPO groups), zero-advantage filter, stitched behaviour log-probs and versions.
 
-    continuations[c] / continuation_rewards[c]: the samples and 0/1 rewards of the c-th branch
-    point in plan order (continuation_requests order).
+    continuations[i][b] / continuation_rewards[i][b]: the samples and float[T] 0/1 rewards of
+    branch point b of response i (`attach`).
     """
     g = rc.group_size
-    problems, leaves, leaf_sum, cursor = [], 0, 0.0, 0
+    problems, leaves, leaf_sum = [], 0, 0.0
     for j, prompt in enumerate(gen.prompts):
         rows = range(j * g, (j + 1) * g)
         if rc.tree:
             responses = []
             for i in rows:
-                groups = []
-                for _ in plan.branch_points[i]:
-                    samples, rew = continuations[cursor], continuation_rewards[cursor]
-                    groups.append(
-                        tuple(
-                            Continuation(s.token_ids, float(r))
-                            for s, r in zip(samples, rew, strict=True)
-                        )
+                groups = [
+                    tuple(
+                        Continuation(s.token_ids, float(r))
+                        for s, r in zip(samples, rew, strict=True)
                     )
-                    cursor += 1
+                    for samples, rew in zip(continuations[i], continuation_rewards[i], strict=True)
+                ]
                 responses.append(
                     Response(
                         gen.responses[i], float(rewards[i]), plan.branch_points[i], tuple(groups)
@@ -170,8 +172,7 @@ def build_problems(
                 logp.append(gen.logprobs[i][seg.start : seg.start + len(seg.tokens)])
                 vers.append(np.full(len(seg.tokens), gen.version, np.int32))
             else:
-                first = cursor_of(plan, i, seg.branch)
-                logp.append(continuations[first][seg.continuation].logprobs)
+                logp.append(continuations[i][seg.branch][seg.continuation].logprobs)
                 vers.append(np.full(len(seg.tokens), continuation_version, np.int32))
         problems.append(
             TrainProblem(np.asarray(prompt.prompt_ids, np.int32), tree, tuple(logp), tuple(vers))
@@ -185,40 +186,56 @@ def build_problems(
     return problems, stats
 
 
-def branch_owners(plan: BranchPlan) -> list[int]:
-    """The response index of each branch point, in continuation_requests order."""
-    return [i for i, points in enumerate(plan.branch_points) for _ in points]
+def attach(plan: BranchPlan, per_request: Sequence) -> Nested:
+    """A flat sequence in continuation_requests order (samples or rewards of each branch point)
+    nested as [response][branch point]."""
+    counts = [len(points) for points in plan.branch_points]
+    if sum(counts) != len(per_request):
+        raise ValueError(f"{len(per_request)} continuation groups for {sum(counts)} branch points")
+    ends = np.cumsum(counts)
+    return tuple(tuple(per_request[e - n : e]) for n, e in zip(counts, ends, strict=True))
 
 
-def mc_valid_ratio(
-    rewards: np.ndarray, plan: BranchPlan, continuation_rewards: Sequence[np.ndarray]
-) -> float | None:
+def mc_valid_ratio(rewards: np.ndarray, continuation_rewards: Nested) -> float | None:
     """The paper's "MC valid ratio": the fraction of continuations whose 0/1 reward differs from
     the reward of the response they branch from (None without continuations).
 
-    rewards: float[P * G] of the initial responses; continuation_rewards[c]: float[T] of the
-    c-th branch point in continuation_requests order.
+    rewards: float[P * G] of the initial responses; continuation_rewards[i][b]: float[T].
     """
     differs = [
         float(r != rewards[i])
-        for i, group in zip(branch_owners(plan), continuation_rewards, strict=True)
+        for i, branches in enumerate(continuation_rewards)
+        for group in branches
         for r in group
     ]
     return float(np.mean(differs)) if differs else None
 
 
-def continuation_golds(
-    gen: Generation, plan: BranchPlan, continuations: Sequence[Sequence[Sample]]
-) -> list[tuple[str, ...]]:
-    """The gold answers of every continuation sample, flattened in request then sample order."""
-    g = len(gen.responses) // len(gen.prompts)
+def continuation_golds(gen: Generation, continuations: Nested) -> list[tuple[str, ...]]:
+    """The gold answers of every continuation sample, flattened in response, branch point, then
+    sample order (the order of `flat_samples`)."""
+    g = gen.group_size
     return [
         gen.prompts[i // g].problem.answers
-        for i, group in zip(branch_owners(plan), continuations, strict=True)
+        for i, branches in enumerate(continuations)
+        for group in branches
         for _ in group
     ]
 
 
-def cursor_of(plan: BranchPlan, response: int, branch: int) -> int:
-    """Index of (response, branch) among all branch points in continuation_requests order."""
-    return sum(len(p) for p in plan.branch_points[:response]) + branch
+def flat_samples(continuations: Nested) -> list[Sample]:
+    return [s for branches in continuations for group in branches for s in group]
+
+
+def nest_rewards(continuations: Nested, flat: np.ndarray) -> Nested:
+    """float rewards in flat_samples order, nested like `continuations` (one array per group)."""
+    out, k = [], 0
+    for branches in continuations:
+        groups = []
+        for group in branches:
+            groups.append(np.asarray(flat[k : k + len(group)]))
+            k += len(group)
+        out.append(tuple(groups))
+    if k != len(flat):
+        raise ValueError(f"{len(flat)} rewards for {k} continuation samples")
+    return tuple(out)

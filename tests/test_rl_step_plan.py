@@ -1,5 +1,6 @@
-"""Rollout pipeline pieces on hand-made data: branch plans, stitched behaviour log-probs and
-versions, GRPO groups, the pending batch's save format, and one sampler call per step."""
+"""One step's plan on hand-made data (rl/step_plan.py): branch plans, continuations attached
+per response, stitched behaviour log-probs and versions, GRPO groups, the MC valid ratio, and
+the pending batch's save format (rl/checkpoint.py)."""
 
 import numpy as np
 import pytest
@@ -8,8 +9,9 @@ from attnrl_jax.data.pipeline import Prompt
 from attnrl_jax.data.records import Problem
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 from attnrl_jax.rl import ads
-from attnrl_jax.rl import pipeline as pl
 from attnrl_jax.rl import rollout as ro
+from attnrl_jax.rl import step_plan as sp
+from attnrl_jax.rl.checkpoint import generation_from_state, generation_to_state
 from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree
 from attnrl_jax.rl.tree import ORIGINAL
 from attnrl_jax.sampling import Sample
@@ -76,16 +78,23 @@ def test_stitched_behaviour_logprobs_and_versions(seps):
     gen = generation(seps, version=4)
     rc = rollout_config()
     rewards = np.array([1, 0, 0, 0, 0, 0], float)  # problem 0 mixed, problem 1 all wrong
-    plan = pl.plan_branches(gen, rewards, ads.AttentionFilterState(), np.random.default_rng(1), rc)
+    plan = sp.plan_branches(gen, rewards, ads.AttentionFilterState(), np.random.default_rng(1), rc)
     # mixed 1/3: ceil(3 exp(-1/3)) = 3 expanded; all-wrong: all 3
     assert all(len(p) == 2 for p in plan.branch_points)
-    requests = pl.continuation_requests(gen, plan, rc.continuations, first_index=7)
+    requests = sp.continuation_requests(gen, plan, rc.continuations, first_index=7)
     assert [r.index for r in requests] == list(range(7, 7 + 12))
-    for r, owner in zip(requests, pl.branch_owners(plan), strict=True):
-        assert tuple(r.prompt_ids) == gen.prompts[owner // G].prompt_ids
-    conts = fake_samples(requests, np.random.default_rng(2), version_logp=-0.5)
-    cont_rewards = [np.array([1.0, 0.0])] * len(conts)
-    problems, stats = pl.build_problems(gen, rewards, plan, conts, cont_rewards, 5, rc)
+    nested_requests = sp.attach(plan, requests)
+    for i, branches in enumerate(nested_requests):
+        assert len(branches) == len(plan.branch_points[i])
+        for r, b in zip(branches, plan.branch_points[i], strict=True):
+            assert tuple(r.prompt_ids) == gen.prompts[i // G].prompt_ids
+            assert tuple(r.prefix_ids) == tuple(gen.responses[i][:b])
+    conts = sp.attach(plan, fake_samples(requests, np.random.default_rng(2), version_logp=-0.5))
+    cont_rewards = sp.nest_rewards(conts, np.tile([1.0, 0.0], len(requests)))
+    assert sp.continuation_golds(gen, conts) == [
+        gen.prompts[i // G].problem.answers for i in range(2 * G) for _ in range(2 * 2)
+    ]
+    problems, stats = sp.build_problems(gen, rewards, plan, conts, cont_rewards, 5, rc)
     assert stats.problems == 2 and stats.kept == 2
     for j, problem in enumerate(problems):
         for seg, logp, ver in zip(
@@ -99,20 +108,22 @@ def test_stitched_behaviour_logprobs_and_versions(seps):
                 assert (ver == 4).all()
             else:  # continuation tokens: the sampler's values, version k
                 assert (logp == -0.5).all() and (ver == 5).all()
-                prefix = requests[pl.cursor_of(plan, i, seg.branch)].prefix_ids
+                prefix = nested_requests[i][seg.branch].prefix_ids
                 assert len(prefix) == seg.start
+                sample = conts[i][seg.branch][seg.continuation]
+                np.testing.assert_array_equal(seg.tokens, sample.token_ids[: len(seg.tokens)])
 
 
 def test_all_correct_problems_use_the_attention_filter(seps):
     gen = generation(seps)
     rc = rollout_config()
     rewards = np.ones(2 * G)
-    plan = pl.plan_branches(gen, rewards, ads.AttentionFilterState(), np.random.default_rng(0), rc)
+    plan = sp.plan_branches(gen, rewards, ads.AttentionFilterState(), np.random.default_rng(0), rc)
     # the running mean includes both problems: exactly the one above the mean expands
     expanded = [any(plan.branch_points[j * G + g] for g in range(G)) for j in range(2)]
     assert sorted(expanded) == [False, True] and plan.num_filtered == 1
     always = rollout_config(ads=ads.ADSConfig(all_correct="always"))
-    plan = pl.plan_branches(
+    plan = sp.plan_branches(
         gen, rewards, ads.AttentionFilterState(), np.random.default_rng(0), always
     )
     assert plan.num_filtered == 0
@@ -122,9 +133,10 @@ def test_grpo_groups(seps):
     gen = generation(seps)
     rc = rollout_config(tree=False, scoring=ScoringConfig(with_fci=False))
     rewards = np.array([1, 0, 0, 1, 1, 1], float)
-    plan = pl.plan_branches(gen, rewards, ads.AttentionFilterState(), np.random.default_rng(0), rc)
+    plan = sp.plan_branches(gen, rewards, ads.AttentionFilterState(), np.random.default_rng(0), rc)
     assert plan.branch_points == ((),) * 6
-    problems, stats = pl.build_problems(gen, rewards, plan, [], [], 5, rc)
+    conts = sp.attach(plan, [])
+    problems, stats = sp.build_problems(gen, rewards, plan, conts, conts, 5, rc)
     assert (stats.kept, stats.sequences) == (1, 3)  # the all-correct group has no signal
     adv = [p.advantages[0] for p in problems[0].tree.paths]
     np.testing.assert_allclose(adv, grpo_advantages(np.array([1.0, 0.0, 0.0])), rtol=1e-6)
@@ -136,8 +148,8 @@ def test_grpo_groups(seps):
 
 def test_pending_generation_round_trip(seps):
     gen = generation(seps)
-    arrays, meta = ro.generation_to_state(gen)
-    back = ro.generation_from_state(arrays, meta, seps)
+    arrays, meta = generation_to_state(gen)
+    back = generation_from_state(arrays, meta, seps)
     assert back.prompts == gen.prompts and back.version == gen.version
     assert back.layouts == gen.layouts
     for name in ("responses", "logprobs", "entropies", "fci"):
@@ -147,9 +159,17 @@ def test_pending_generation_round_trip(seps):
 
 def test_mc_valid_ratio_counts_continuations_that_flip_the_outcome():
     # responses 0 (reward 1) and 2 (reward 0) are expanded; 0 at two points, 2 at one point
-    plan = pl.BranchPlan(((3, 7), (), (5,)), ads.AttentionFilterState(), 0)
+    plan = sp.BranchPlan(((3, 7), (), (5,)), ads.AttentionFilterState(), 0)
     rewards = np.array([1.0, 0.0, 0.0])
-    conts = [np.array([1.0, 0.0]), np.array([0.0, 0.0]), np.array([1.0, 0.0])]
+    conts = sp.attach(plan, [np.array([1.0, 0.0]), np.array([0.0, 0.0]), np.array([1.0, 0.0])])
+    assert [len(branches) for branches in conts] == [2, 0, 1]
     # flips: (0,1)->one of two, (0,0)->two of two, (1,0) vs 0 -> one of two: 4 of 6
-    assert pl.mc_valid_ratio(rewards, plan, conts) == pytest.approx(4 / 6)
-    assert pl.mc_valid_ratio(rewards, pl.BranchPlan(((),) * 3, plan.filter_state, 0), []) is None
+    assert sp.mc_valid_ratio(rewards, conts) == pytest.approx(4 / 6)
+    none = sp.attach(sp.BranchPlan(((),) * 3, plan.filter_state, 0), [])
+    assert sp.mc_valid_ratio(rewards, none) is None
+
+
+def test_attach_rejects_a_count_that_does_not_match_the_plan():
+    plan = sp.BranchPlan(((3, 7), (), (5,)), ads.AttentionFilterState(), 0)
+    with pytest.raises(ValueError, match="2 continuation groups for 3 branch points"):
+        sp.attach(plan, [(), ()])
