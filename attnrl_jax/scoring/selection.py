@@ -154,8 +154,30 @@ def selection_inputs(
     )
 
 
-# (one response's SelectionInputs row, its key, config) -> (offsets int32[N], valid bool[N])
-Selector = Callable[[SelectionInputs, jax.Array, SelectionConfig], tuple[jax.Array, jax.Array]]
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class RuleParams:
+    """The array-valued part of a SelectionConfig, so rho and the distance do not recompile.
+
+    lo, hi, kind: int32[S1] and weight: float32[S1], numpy's linear-quantile neighbours of
+    1 - rho per step count (see _quantile_table); distance: int32[], min_token_distance.
+    """
+
+    lo: jax.Array
+    hi: jax.Array
+    kind: jax.Array
+    weight: jax.Array
+    distance: jax.Array
+
+
+def rule_params(config: SelectionConfig, s1: int) -> RuleParams:
+    """Host side: the RuleParams of `config` for S1 step slots."""
+    lo, hi, kind, weight = _quantile_table(s1, config.rho)
+    return RuleParams(lo, hi, kind, weight, np.int32(config.min_token_distance))
+
+
+# (one response's SelectionInputs row, its key, RuleParams, N) -> (offsets int32[N], valid bool[N])
+Selector = Callable[[SelectionInputs, jax.Array, RuleParams, int], tuple[jax.Array, jax.Array]]
 SELECTORS: dict[str, Selector] = {}
 
 
@@ -169,16 +191,23 @@ def register_selector(name: str) -> Callable[[Selector], Selector]:
     return add
 
 
-@partial(jax.jit, static_argnames="config")
+@partial(jax.jit, static_argnames=("method", "num_points"))
+def _select(inputs, key, params, method, num_points):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(inputs.row_id)
+    run = SELECTORS[method]
+    return jax.vmap(lambda row, k: run(row, k, params, num_points))(inputs, keys)
+
+
 def select(
     inputs: SelectionInputs, key: jax.Array, config: SelectionConfig
 ) -> tuple[jax.Array, jax.Array]:
     """Branch points of every row: (offsets int32[B, N], valid bool[B, N]), choice order.
 
+    One compiled program per (method, N, input shapes); rho and the distance are arguments.
     key: a jax PRNG key (used by "random"); row i draws from fold_in(key, row_id[i]).
     """
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(inputs.row_id)
-    return jax.vmap(lambda row, k: SELECTORS[config.method](row, k, config))(inputs, keys)
+    params = rule_params(config, inputs.fci.shape[1])
+    return _select(inputs, key, params, config.method, config.num_points)
 
 
 def select_branch_points(
@@ -247,7 +276,7 @@ def _above_lower(a: jax.Array, d: jax.Array, kind: jax.Array, weight: jax.Array)
     return jnp.where(kind == 0, False, jnp.where(kind == 1, d > 0, noise_above))
 
 
-def _candidates(row: SelectionInputs, config: SelectionConfig) -> jax.Array:
+def _candidates(row: SelectionInputs, params: RuleParams) -> jax.Array:
     """bool[S1]: steps 2..S whose FCI is >= the top-rho threshold (zero fallback applied)."""
     s1 = row.fci.shape[0]
     k = jnp.arange(s1)
@@ -256,7 +285,7 @@ def _candidates(row: SelectionInputs, config: SelectionConfig) -> jax.Array:
     think = (row.think_end_step >= 0) & (k >= row.think_end_step)
     y = jnp.where(think, 0.0, row.fci.astype(jnp.float32))
     ordered = jnp.sort(jnp.where(step, y, jnp.inf))
-    lo, hi, kind, weight = (jnp.asarray(t)[s] for t in _quantile_table(s1, config.rho))
+    lo, hi, kind, weight = (t[s] for t in (params.lo, params.hi, params.kind, params.weight))
     a, b = ordered[lo], ordered[hi]
     above = _above_lower(a, b - a, kind, weight)
     positive = step & (y > 0)
@@ -290,15 +319,15 @@ def _fill_from_early_steps(
 
 @register_selector("atb")
 def select_atb(
-    row: SelectionInputs, key: jax.Array, config: SelectionConfig
+    row: SelectionInputs, key: jax.Array, params: RuleParams, n: int
 ) -> tuple[jax.Array, jax.Array]:
     """Attention-guided branching: high-FCI steps in step order, spaced apart, then early steps.
 
     Accepted steps are in step order, so a candidate's smallest gap to any accepted step is its
     start minus the last accepted step's end: each of the N picks is one first-match search.
     """
-    n, dist = config.num_points, config.min_token_distance
-    cand = _candidates(row, config)
+    dist = params.distance
+    cand = _candidates(row, params)
     k = jnp.arange(cand.shape[0])
     chosen = jnp.zeros(n, jnp.int32)
     last_step, last_end, count = jnp.int32(0), jnp.int32(-(2**30)), jnp.int32(0)
@@ -315,7 +344,7 @@ def select_atb(
 
 @register_selector("entropy")
 def select_entropy(
-    row: SelectionInputs, key: jax.Array, config: SelectionConfig
+    row: SelectionInputs, key: jax.Array, params: RuleParams, n: int
 ) -> tuple[jax.Array, jax.Array]:
     """TreeRL: the N highest-entropy token positions; the prefix ends before that token.
 
@@ -323,7 +352,6 @@ def select_entropy(
     empty prefix: a fresh sample). Ties go to the earlier position (lax.top_k's order); order is
     highest entropy first. Responses shorter than N + 1 tokens give fewer points.
     """
-    n = config.num_points
     r = row.entropy.shape[0]
     usable = jnp.arange(r) < row.response_len - 1
     e = jnp.where(usable, row.entropy.astype(jnp.float32), -jnp.inf)
@@ -336,11 +364,10 @@ def select_entropy(
 
 @register_selector("random")
 def select_random(
-    row: SelectionInputs, key: jax.Array, config: SelectionConfig
+    row: SelectionInputs, key: jax.Array, params: RuleParams, n: int
 ) -> tuple[jax.Array, jax.Array]:
     """Uniformly random distinct steps among 2..S (step 1 would be an empty prefix), in random
     order, then the early-step fallback when there are fewer than N such steps."""
-    n = config.num_points
     s1 = row.starts.shape[0]
     k = jnp.arange(s1)
     early = (k >= 2) & (k <= row.num_steps)
@@ -354,17 +381,15 @@ def select_random(
 
 @register_selector("earliest")
 def select_earliest(
-    row: SelectionInputs, key: jax.Array, config: SelectionConfig
+    row: SelectionInputs, key: jax.Array, params: RuleParams, n: int
 ) -> tuple[jax.Array, jax.Array]:
     """Steps 2, 3, ... (ATB's fallback alone, duplicates when fewer than N steps)."""
-    n = config.num_points
     return _fill_from_early_steps(row, jnp.zeros(n, jnp.int32), jnp.int32(0), n)
 
 
 @register_selector("none")
 def select_none(
-    row: SelectionInputs, key: jax.Array, config: SelectionConfig
+    row: SelectionInputs, key: jax.Array, params: RuleParams, n: int
 ) -> tuple[jax.Array, jax.Array]:
     """Plain GRPO: no tree, no branch points."""
-    n = config.num_points
     return jnp.zeros(n, jnp.int32), jnp.zeros(n, bool)
