@@ -180,6 +180,7 @@ def test_earliest_and_none_selectors():
 def test_registry_and_config_validation(monkeypatch):
     assert {"atb", "entropy", "random", "earliest", "none"} <= set(SELECTORS)
     assert SelectionConfig().method == "atb"
+
     def last(row, key, params, n):  # a per-row jax selector: the last response token
         return jnp.full(n, row.response_len - 1), jnp.arange(n) < 1
 
@@ -236,7 +237,15 @@ def batch_points(cases, cfg, key=None):
 
 @pytest.mark.parametrize(
     "rho,n,distance",
-    [(0.2, 2, 512), (0.2, 2, 0), (0.35, 3, 100), (0.1, 1, 30), (0.7, 4, 0), (0.0, 2, 0), (1.0, 2, 9)],
+    [
+        (0.2, 2, 512),
+        (0.2, 2, 0),
+        (0.35, 3, 100),
+        (0.1, 1, 30),
+        (0.7, 4, 0),
+        (0.0, 2, 0),
+        (1.0, 2, 9),
+    ],
 )
 def test_atb_batch_equals_host_reference(cases, rho, n, distance):
     cfg = SelectionConfig(rho=rho, num_points=n, min_token_distance=distance)

@@ -261,7 +261,12 @@ def _quantile_table(s1: int, rho: float) -> tuple[np.ndarray, np.ndarray, np.nda
     lo = np.where(virtual >= last, last, np.maximum(lo, 0))
     kind = np.where(gamma == 0, 0, np.where(gamma >= _NOISE, 1, 2))
     weight = np.where(kind == 2, gamma * 2.0**60, gamma)
-    return lo.astype(np.int32), hi.astype(np.int32), kind.astype(np.int32), weight.astype(np.float32)
+    return (
+        lo.astype(np.int32),
+        hi.astype(np.int32),
+        kind.astype(np.int32),
+        weight.astype(np.float32),
+    )
 
 
 def _above_lower(a: jax.Array, d: jax.Array, kind: jax.Array, weight: jax.Array) -> jax.Array:
