@@ -1,4 +1,7 @@
-"""ADS, adaptive sampling (ALGORITHM.md section 6): how many responses of each problem to expand,
+"""REFERENCE (tests only): the former host implementation of ADS in numpy float64. The package
+runs attnrl_jax.rl.ads (jitted); tests/test_rl_ads.py checks both agree.
+
+ADS, adaptive sampling (ALGORITHM.md section 6): how many responses of each problem to expand,
 which ones, which all-correct problems deserve expansion, which problems to drop, how many prompts
 the next batch takes, and padding of row counts to static buckets.
 
@@ -23,7 +26,7 @@ from fractions import Fraction
 import jax
 import numpy as np
 
-from attnrl_jax.rl.tree import ProblemTree
+from reference_tree import ProblemTree
 
 EXPANSION_MODES = ("exp", "uniform")  # difficulty-aware count, or all G (ablation)
 ALL_CORRECT_MODES = ("attention", "always")

@@ -1,5 +1,6 @@
 """REFERENCE (tests only): the former host implementation of branch selection, one response at a
-time in numpy float64. The package runs attnrl_jax.scoring.selection (jitted); tests/test_selection.py
+time in numpy float64. The package runs attnrl_jax.scoring.selection (jitted);
+tests/test_selection.py
 checks both agree.
 
 Where to branch an initial response: ATB (ALGORITHM.md section 3) and the baseline selectors.

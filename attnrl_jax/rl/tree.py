@@ -133,8 +133,8 @@ class TreeInputs:
 
     reward: float32[P, G] initial-response rewards; response_valid: bool[P, G] (padding False);
     response_len: int32[P, G]; offsets: int32[P, G, N] branch points (any order);
-    cont_reward: float32[P, G, N, T]; cont_valid: bool[P, G, N, T]. A branch point without any
-    valid continuation is no branch point.
+    cont_reward: float32[P, G, N, T]; cont_valid: bool[P, G, N, T]; cont_len: int32[P, G, N, T]
+    continuation token counts. A branch point without any valid continuation is no branch point.
     """
 
     reward: jax.Array
@@ -143,6 +143,7 @@ class TreeInputs:
     offsets: jax.Array
     cont_reward: jax.Array
     cont_valid: jax.Array
+    cont_len: jax.Array
 
 
 @jax.tree_util.register_dataclass
@@ -269,6 +270,7 @@ def tree_inputs(problems: Sequence[Sequence[Response]]) -> TreeInputs:
     offsets = np.zeros((p, g, n), np.int32)
     c_reward = np.zeros((p, g, n, t), np.float32)
     c_valid = np.zeros((p, g, n, t), bool)
+    c_len = np.zeros((p, g, n, t), np.int32)
     for a, responses in enumerate(problems):  # bookkeeping: gather graded rewards
         for j, resp in enumerate(responses):
             reward[a, j], valid[a, j], length[a, j] = resp.reward, True, len(resp.tokens)
@@ -276,7 +278,8 @@ def tree_inputs(problems: Sequence[Sequence[Response]]) -> TreeInputs:
             for i, conts in enumerate(resp.continuations):
                 c_reward[a, j, i, : len(conts)] = [c.reward for c in conts]
                 c_valid[a, j, i, : len(conts)] = True
-    return TreeInputs(reward, valid, length, offsets, c_reward, c_valid)
+                c_len[a, j, i, : len(conts)] = [len(c.tokens) for c in conts]
+    return TreeInputs(reward, valid, length, offsets, c_reward, c_valid, c_len)
 
 
 def build_trees(
