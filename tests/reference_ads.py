@@ -25,7 +25,6 @@ from fractions import Fraction
 
 import jax
 import numpy as np
-
 from reference_tree import ProblemTree
 
 EXPANSION_MODES = ("exp", "uniform")  # difficulty-aware count, or all G (ablation)

@@ -140,9 +140,9 @@ def tree_of(path_rewards, unexpanded_reward):
     ]
 
 
-def keep_problem(problem, config=ADSConfig(), merge=True):
+def keep_problem(problem, config=None):
     """keep_problems on a batch of one."""
-    return keep_batch([problem], config, merge)[0]
+    return keep_batch([problem], config or ADSConfig())[0]
 
 
 def keep_batch(problems, config, merge=True):
@@ -275,5 +275,8 @@ def test_batch_size_rule_equals_host_reference():
         lam = ref.Fraction(repr(cfg.batch_lambda))
         got = _next_size(prev, seqs, cfg.target_sequences, lam.numerator, lam.denominator)
         hcfg = ref.ADSConfig(batch_lambda=cfg.batch_lambda, target_sequences=cfg.target_sequences)
-        want = [ref.next_prompt_batch_size(int(a), int(b), hcfg) for a, b in zip(prev, seqs)]
+        want = [
+            ref.next_prompt_batch_size(int(a), int(b), hcfg)
+            for a, b in zip(prev, seqs, strict=True)
+        ]
         assert np.asarray(got).tolist() == want

@@ -1,6 +1,6 @@
 """ADS, adaptive sampling (ALGORITHM.md section 6): how many responses of each problem to expand,
-which ones, which all-correct problems deserve expansion, which problems to drop and how many prompts
-the next batch takes.
+which ones, which all-correct problems deserve expansion, which problems to drop and how many
+prompts the next batch takes.
 
 Jitted functions over a padded batch of problems ([P, G] rewards; no Python loop per problem); the
 only state, the attention filter's running mean, is an explicit value (AttentionFilterState) that
@@ -140,12 +140,13 @@ def expansion_plan(
 
     rewards: 0/1 [P, G]; problem_valid: bool[P] (padding rows False); mean_fci: float[P]
     (problem_mean_fci, read only for all-correct problems); state: the attention filter's running
-    sums (returned as 0-d arrays; float() / int() them to store). Released-code rules: the count is ceil(G exp(-c / G)); all-wrong and all-correct
-    problems expand their FIRST `count` responses; mixed ones every minority-outcome response (a
-    tie makes the incorrect ones the minority), then a uniformly random sample of the others from
-    fold_in(key, problem index). The filter adds the batch's all-correct problems to the running
-    mean first; such a problem expands iff its score > the updated mean. `filtered` marks the
-    all-correct problems the filter left unexpanded.
+    sums (returned as 0-d arrays; float() / int() them to store). Released-code rules: the count
+    is ceil(G exp(-c / G)); all-wrong and all-correct problems expand their FIRST `count`
+    responses; mixed ones every minority-outcome response (a tie makes the incorrect ones the
+    minority), then a uniformly random sample of the others from fold_in(key, problem index).
+    The filter adds the batch's all-correct problems to the running mean first; such a problem
+    expands iff its score > the updated mean. `filtered` marks the all-correct problems the
+    filter left unexpanded.
     """
     with jax.enable_x64(True):
         total, count, expand, filtered = _expansion_plan(
