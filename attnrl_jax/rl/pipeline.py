@@ -21,15 +21,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import jax
 import numpy as np
 
 from attnrl_jax.rl import ads
-from attnrl_jax.rl.grpo import grpo_tree
+from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree, keep_groups
 from attnrl_jax.rl.packed import TrainProblem
 from attnrl_jax.rl.rollout import Generation, RolloutConfig
-from attnrl_jax.rl.tree import ORIGINAL, Continuation, Response, build_tree
+from attnrl_jax.rl.tree import ORIGINAL, Continuation, Response, assemble_trees, tree_batch
 from attnrl_jax.sampling import Request, Sample
-from attnrl_jax.scoring.selection import select_branch_points
+from attnrl_jax.scoring.selection import bucket, select, selection_inputs
 
 
 @dataclass(frozen=True)
@@ -70,41 +71,39 @@ def plan_branches(
 ) -> BranchPlan:
     """ADS expansion plan (which responses) and branch points (where) for a graded Generation.
 
-    rewards: float[P * G]. GRPO (rc.tree False) branches nowhere.
+    rewards: float[P * G]. GRPO (rc.tree False) branches nowhere. Two jitted calls over the whole
+    batch (ads.expansion_plan, selection.select); random picks draw from a jax key taken from
+    `rng` (the trainer's (seed, step) generator), split between ADS and selection.
+    Host-side: padding the per-response layouts / FCI / entropies (they arrive as host arrays
+    from sampling and scoring) and turning the offsets into the plan's tuples.
     """
     g = rc.group_size
     p = len(gen.prompts)
     if not rc.tree:
         return BranchPlan(((),) * (p * g), state, 0)
-    rewards = np.asarray(rewards).reshape(p, g)
-    mean_fci = np.zeros(p)
-    if rc.ads.all_correct == "attention":
-        if gen.fci is None:
-            raise ValueError("the attention filter needs FCI from the scoring pass")
-        for j in range(p):
-            rows = range(j * g, (j + 1) * g)
-            steps = np.array([max(gen.layouts[i].num_steps, 1) for i in rows])
-            width = max(len(gen.fci[i]) for i in rows)
-            fci = np.zeros((g, max(width, int(steps.max()) + 1)))
-            for r, i in enumerate(rows):
-                fci[r, : len(gen.fci[i])] = gen.fci[i]
-            mean_fci[j] = ads.problem_mean_fci(fci, steps)
-    all_correct = (rewards > 0).all(axis=1)
-    new_state, chosen = ads.plan_expansions(rewards, mean_fci, state, rng, rc.ads)
-    filtered = int(sum(1 for j in range(p) if all_correct[j] and len(chosen[j]) == 0))
-    points: list[tuple[int, ...]] = [()] * (p * g)
-    for j, picked in enumerate(chosen):
-        for r in picked:
-            i = j * g + int(r)
-            offsets = select_branch_points(
-                gen.layouts[i],
-                rc.selection,
-                fci=None if gen.fci is None else gen.fci[i],
-                entropy=None if gen.entropies is None else gen.entropies[i],
-                rng=rng,
-            )
-            points[i] = tuple(int(o) for o in offsets)
-    return BranchPlan(tuple(points), new_state, filtered)
+    method = rc.selection.method
+    if gen.fci is None and (method == "atb" or rc.ads.all_correct == "attention"):
+        raise ValueError("ATB and the attention filter need FCI from the scoring pass")
+    if gen.entropies is None and method == "entropy":
+        raise ValueError("method 'entropy' needs per-token entropies from the scoring pass")
+    problems = bucket(p, 8)
+    inputs = selection_inputs(gen.layouts, gen.fci, gen.entropies, rows=problems * g)
+    padded = np.zeros((problems, g), np.float32)
+    padded[:p] = np.asarray(rewards).reshape(p, g)
+    s1 = inputs.fci.shape[1]
+    mean_fci = ads.problem_mean_fci(
+        inputs.fci.reshape(problems, g, s1), inputs.num_steps.reshape(problems, g)
+    )
+    k_ads, k_sel = jax.random.split(jax.random.key(int(rng.integers(2**31))))
+    new_state, expand, filtered = ads.expansion_plan(
+        padded, np.arange(problems) < p, mean_fci, state, k_ads, rc.ads
+    )
+    offsets, valid = select(inputs, k_sel, rc.selection)
+    expand, filtered, offsets, valid = jax.device_get((expand, filtered, offsets, valid))
+    valid = valid[: p * g] & expand.reshape(-1, 1)[: p * g]
+    points = tuple(tuple(o[v].tolist()) for o, v in zip(offsets[: p * g], valid, strict=True))
+    state = ads.AttentionFilterState(float(new_state.total), int(new_state.count))
+    return BranchPlan(points, state, int(filtered.sum()))
 
 
 @dataclass(frozen=True)
@@ -127,42 +126,44 @@ def build_problems(
     """Trees (or GRPO groups), zero-advantage filter, stitched behaviour log-probs and versions.
 
     continuations[c] / continuation_rewards[c]: the samples and 0/1 rewards of the c-th branch
-    point in plan order (continuation_requests order).
+    point in plan order (continuation_requests order). Values, advantages and the filter are one
+    jitted call each over all problems; the host gathers the graded rewards into arrays and
+    assembles the kept problems' token-level trees and log-prob segments.
     """
     g = rc.group_size
-    problems, leaves, leaf_sum, cursor = [], 0, 0.0, 0
-    for j, prompt in enumerate(gen.prompts):
-        rows = range(j * g, (j + 1) * g)
-        if rc.tree:
-            responses = []
-            for i in rows:
-                groups = []
-                for _ in plan.branch_points[i]:
-                    samples, rew = continuations[cursor], continuation_rewards[cursor]
-                    groups.append(
-                        tuple(
-                            Continuation(s.token_ids, float(r))
-                            for s, r in zip(samples, rew, strict=True)
-                        )
-                    )
-                    cursor += 1
-                responses.append(
-                    Response(
-                        gen.responses[i], float(rewards[i]), plan.branch_points[i], tuple(groups)
-                    )
-                )
-            tree = build_tree(responses, rc.merge_duplicates)
-        else:
-            tree = grpo_tree(
-                [gen.responses[i] for i in rows], np.asarray(rewards)[list(rows)], rc.grpo_eps
-            )
-        leaf_rewards = [p.reward for p in tree.paths]
-        if rc.tree:  # unexpanded responses are leaves too
-            leaf_rewards += [float(rewards[i]) for i in rows if not plan.branch_points[i]]
-        leaves += len(leaf_rewards)
-        leaf_sum += sum(leaf_rewards)
-        if not ads.keep_problem(tree, rc.ads):
-            continue
+    p = len(gen.prompts)
+    rewards = np.asarray(rewards, np.float32)
+    if rc.tree:
+        groups = _continuation_groups(plan, continuations, continuation_rewards)
+        problems = [
+            [
+                Response(gen.responses[i], float(rewards[i]), plan.branch_points[i], groups[i])
+                for i in range(j * g, (j + 1) * g)
+            ]
+            for j in range(p)
+        ]
+        inputs, values = tree_batch(problems, rc.merge_duplicates)
+        keep = ads.keep_problems(inputs, values, rc.ads.zero_advantage_filter)
+        values, keep = jax.device_get((values, keep))
+        kept = np.flatnonzero(keep[:p])
+        trees = assemble_trees(problems, values, kept)
+        c_valid = np.asarray(inputs.cont_valid)
+        leaves = int(inputs.response_valid.sum() + c_valid.sum())
+        leaf_sum = float(rewards.sum() + np.where(c_valid, inputs.cont_reward, 0.0).sum())
+    else:
+        by_problem = rewards.reshape(p, g)
+        lengths = np.array([len(r) for r in gen.responses]).reshape(p, g)
+        adv = grpo_advantages(by_problem, rc.grpo_eps)
+        keep = keep_groups(by_problem, adv, lengths, rc.ads.zero_advantage_filter)
+        adv, keep = jax.device_get((adv, keep))
+        kept = np.flatnonzero(keep)
+        trees = [
+            grpo_tree(gen.responses[j * g : (j + 1) * g], by_problem[j], advantages=adv[j])
+            for j in kept
+        ]
+        leaves, leaf_sum = p * g, float(rewards.sum())
+    problems_out = []
+    for j, tree in zip(kept, trees, strict=True):  # host assembly of the kept problems' rows
         logp, vers = [], []
         for seg in tree.segments:
             i = j * g + seg.response
@@ -173,16 +174,31 @@ def build_problems(
                 first = cursor_of(plan, i, seg.branch)
                 logp.append(continuations[first][seg.continuation].logprobs)
                 vers.append(np.full(len(seg.tokens), continuation_version, np.int32))
-        problems.append(
-            TrainProblem(np.asarray(prompt.prompt_ids, np.int32), tree, tuple(logp), tuple(vers))
+        prompt = gen.prompts[j].prompt_ids
+        problems_out.append(
+            TrainProblem(np.asarray(prompt, np.int32), tree, tuple(logp), tuple(vers))
         )
     stats = TreeStats(
-        problems=len(gen.prompts),
-        kept=len(problems),
-        sequences=sum(len(p.tree.paths) for p in problems),
+        problems=p,
+        kept=len(problems_out),
+        sequences=sum(len(t.paths) for t in trees),
         mean_leaf_reward=leaf_sum / max(leaves, 1),
     )
-    return problems, stats
+    return problems_out, stats
+
+
+def _continuation_groups(
+    plan: BranchPlan,
+    continuations: Sequence[Sequence[Sample]],
+    continuation_rewards: Sequence[np.ndarray],
+) -> list[tuple[tuple[Continuation, ...], ...]]:
+    """Per response, its graded continuations grouped by branch point (request bookkeeping)."""
+    flat = [
+        tuple(Continuation(s.token_ids, float(r)) for s, r in zip(samples, rew, strict=True))
+        for samples, rew in zip(continuations, continuation_rewards, strict=True)
+    ]
+    ends = np.cumsum([len(points) for points in plan.branch_points])
+    return [tuple(flat[e - len(pts) : e]) for e, pts in zip(ends, plan.branch_points, strict=True)]
 
 
 def branch_owners(plan: BranchPlan) -> list[int]:

@@ -282,19 +282,33 @@ def tree_inputs(problems: Sequence[Sequence[Response]]) -> TreeInputs:
     return TreeInputs(reward, valid, length, offsets, c_reward, c_valid, c_len)
 
 
+def tree_batch(
+    problems: Sequence[Sequence[Response]], merge_duplicates: bool = True
+) -> tuple[TreeInputs, TreeValues]:
+    """Pack problems (tree_inputs) and run tree_values on them; arrays stay on the device."""
+    for responses in problems:
+        if not responses:
+            raise ValueError("a problem needs at least one response")
+    inputs = tree_inputs(problems)
+    return inputs, tree_values(inputs, merge_duplicates)
+
+
+def assemble_trees(
+    problems: Sequence[Sequence[Response]], values: TreeValues, which: Sequence[int] | None = None
+) -> list[ProblemTree]:
+    """Host assembly of the ProblemTrees of problems `which` (default all) from tree_values'
+    outputs (host arrays: jax.device_get them once)."""
+    which = range(len(problems)) if which is None else which
+    return [_assemble(problems[a], jax.tree.map(lambda x, a=a: x[a], values)) for a in which]
+
+
 def build_trees(
     problems: Sequence[Sequence[Response]], merge_duplicates: bool = True
 ) -> list[ProblemTree]:
     """Trees of a batch of problems: one jitted tree_values call, then host assembly of the
     token-level segments and paths (see the module doc)."""
-    for responses in problems:
-        if not responses:
-            raise ValueError("a problem needs at least one response")
-    values = jax.device_get(tree_values(tree_inputs(problems), merge_duplicates))
-    return [
-        _assemble(responses, jax.tree.map(lambda x, a=a: x[a], values))
-        for a, responses in enumerate(problems)
-    ]
+    _, values = tree_batch(problems, merge_duplicates)
+    return assemble_trees(problems, jax.device_get(values))
 
 
 def build_tree(responses: Sequence[Response], merge_duplicates: bool = True) -> ProblemTree:

@@ -93,15 +93,18 @@ def selection_inputs(
     fci: Sequence[np.ndarray] | np.ndarray | None = None,
     entropy: Sequence[np.ndarray] | np.ndarray | None = None,
     row_ids: Sequence[int] | np.ndarray | None = None,
+    rows: int | None = None,
 ) -> SelectionInputs:
     """Host side: pad per-response layouts and scores into a SelectionInputs (numpy leaves).
 
-    Rows pad to a power of two (>= 8), steps to a power of two (>= 16), entropies to a power of
-    two (>= 64) tokens. fci[i]: float[>= S_i + 1]; entropy[i]: float[>= R_i]; longer inputs are
-    cut. row_ids default to 0..B-1.
+    Rows pad to `rows` (default a power of two >= 8), steps to a power of two (>= 16), entropies
+    to a power of two (>= 64) tokens. fci[i]: float[>= S_i + 1]; entropy[i]: float[>= R_i];
+    longer inputs are cut. row_ids default to 0..rows-1.
     """
     b = len(layouts)
-    rows = bucket(b, 8)
+    rows = bucket(b, 8) if rows is None else rows
+    if rows < b:
+        raise ValueError(f"rows={rows} < {b} responses")
     s_max = max((lay.num_steps for lay in layouts), default=0)
     s1 = bucket(s_max + 1, 16)
     starts = np.zeros((rows, s1), np.int32)
