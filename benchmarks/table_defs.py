@@ -451,6 +451,38 @@ def sample_efficiency(rows: Rows) -> str:
     return "\n".join(lines)
 
 
+# --- branching.py: selection + ADS + advantages, host reference vs jitted ----------------------
+
+BRANCHING_PHASES = {
+    "selection": "branch selection (ATB, 600 responses)",
+    "ads": "ADS (mean FCI, expansion plan, attention filter)",
+    "advantages": "tree values + advantages + zero-advantage filter",
+}
+BRANCHING_TARGET_MS = 50.0  # the target for the jitted total on this CPU
+
+
+def branching(rows: Rows) -> str:
+    out = []
+    for phase, label in BRANCHING_PHASES.items():
+        host = rows.value("ms", "host_reference", phase=phase)
+        jitted = rows.value("ms", "jitted", phase=phase)
+        out.append(f"| {label} | {_f(host, 1)} | {_f(jitted, 1)} | {_x(host / jitted, 1)} |")
+    host = rows.value("ms", "host_reference", phase="total")
+    jitted = rows.value("ms", "jitted", phase="total")
+    total = _bold(_f(jitted, 1), jitted < BRANCHING_TARGET_MS)
+    out.append(f"| total | {_f(host, 1)} | {total} | {_x(host / jitted, 1)} |")
+    for phase, label in (
+        ("packing", "host: padding into arrays"),
+        ("assembly", "host: tree assembly"),
+    ):
+        out.append(
+            f"| {label} (jitted path only) | | {_f(rows.value('ms', 'jitted', phase=phase), 1)} | |"
+        )
+    return _lines(
+        "| phase | host reference, ms | jitted, ms | speed-up |", "|---|---:|---:|---:|", out
+    )
+
+
 TABLES: dict[str, Table] = {
     "sampler_cpu": Table(("cpu_sampler.json", "cpu_sampler_repeat.json"), sampler_cpu),
     "sampler_gpu": Table(("h200_sampler_gpu.json",), sampler_gpu),
@@ -463,4 +495,5 @@ TABLES: dict[str, Table] = {
     "memory_plan": Table(("memory_plan.json",), memory_plan),
     "sample_efficiency": Table(("sample_efficiency.json",), sample_efficiency),
     "demo": Table(("demo_summary.json",), demo),
+    "branching": Table(("cpu_branching.json",), branching),
 }

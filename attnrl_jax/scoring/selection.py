@@ -284,6 +284,27 @@ def _above_lower(a: jax.Array, d: jax.Array, kind: jax.Array, weight: jax.Array)
     return jnp.where(kind == 0, False, jnp.where(kind == 1, d > 0, noise_above))
 
 
+def _order_key(y: jax.Array) -> jax.Array:
+    """int32 keys in the order of the float32 values (sign-magnitude to two's complement)."""
+    bits = jax.lax.bitcast_convert_type(y + 0.0, jnp.int32)  # + 0.0: -0.0 becomes +0.0
+    return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _kth_smallest(y: jax.Array, k: jax.Array) -> jax.Array:
+    """The k-th smallest (0-based) of y [S1] by bisection over the order keys: 32 counting passes
+    instead of a sort (a sort of every row is the most expensive step on CPU)."""
+    key = _order_key(y)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo & hi) + ((lo ^ hi) >> 1)  # floor((lo + hi) / 2) without int32 overflow
+        enough = (key <= mid).sum() >= k + 1
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    lo, _ = jax.lax.fori_loop(0, 32, halve, (key.min(), key.max()))
+    return jax.lax.bitcast_convert_type(jnp.where(lo < 0, lo ^ 0x7FFFFFFF, lo), jnp.float32)
+
+
 def _candidates(row: SelectionInputs, params: RuleParams) -> jax.Array:
     """bool[S1]: steps 2..S whose FCI is >= the top-rho threshold (zero fallback applied)."""
     s1 = row.fci.shape[0]
@@ -292,9 +313,12 @@ def _candidates(row: SelectionInputs, params: RuleParams) -> jax.Array:
     step = (k >= 1) & (k <= s)
     think = (row.think_end_step >= 0) & (k >= row.think_end_step)
     y = jnp.where(think, 0.0, row.fci.astype(jnp.float32))
-    ordered = jnp.sort(jnp.where(step, y, jnp.inf))
+    padded = jnp.where(step, y, jnp.inf)  # padding ranks last
     lo, hi, kind, weight = (t[s] for t in (params.lo, params.hi, params.kind, params.weight))
-    a, b = ordered[lo], ordered[hi]
+    a = _kth_smallest(padded, lo)
+    # the hi-th smallest: a again if it repeats far enough, else the next larger value
+    repeats = (padded <= a).sum() >= hi + 1
+    b = jnp.where(repeats, a, jnp.where(padded > a, padded, jnp.inf).min())
     above = _above_lower(a, b - a, kind, weight)
     positive = step & (y > 0)
     zero_fallback = ~above & (a == 0) & positive.any()
@@ -380,9 +404,9 @@ def select_random(
     k = jnp.arange(s1)
     early = (k >= 2) & (k <= row.num_steps)
     u = jnp.where(early, jax.random.uniform(key, (s1,)), 2.0)
-    order = jnp.argsort(u)[:n].astype(jnp.int32)
     if n > s1:
-        order = jnp.pad(order, (0, n - s1))
+        u = jnp.pad(u, (0, n - s1), constant_values=3.0)
+    order = jax.lax.top_k(-u, n)[1].astype(jnp.int32)  # the n smallest draws, in draw order
     count = jnp.minimum(n, jnp.maximum(row.num_steps - 1, 0))
     return _fill_from_early_steps(row, order, count, n)
 
