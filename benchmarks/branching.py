@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,16 +182,14 @@ def main():
     pad_rewards = np.zeros((rows, g), np.float32)
     pad_rewards[:p] = rewards
     problem_valid = np.arange(rows) < p
-    s1 = sel_in.fci.shape[1]
     t_in = jax.device_put(tree_inputs(problems))
 
     def jit_selection():
         return jax.block_until_ready(select(sel_in, key, cfg))
 
     def jit_ads():
-        mean = ads.problem_mean_fci(
-            sel_in.fci.reshape(rows, g, s1), sel_in.num_steps.reshape(rows, g)
-        )
+        fci = jnp.pad(sel_in.fci, ((0, 0), (1, 0))).reshape(rows, g, -1)  # step 0 first
+        mean = ads.problem_mean_fci(fci, sel_in.num_steps.reshape(rows, g))
         out = ads.expansion_plan(
             pad_rewards, problem_valid, mean, ads.AttentionFilterState(), key, ads_cfg
         )

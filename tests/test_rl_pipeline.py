@@ -1,8 +1,11 @@
 """Rollout pipeline pieces on hand-made data: branch plans, stitched behaviour log-probs and
-versions, GRPO groups, the pending batch's save format, and one sampler call per step."""
+versions, GRPO groups, the pending batch's save format, one sampler call per step, and the jitted
+plan and trees against the former host bodies (tests/reference_pipeline.py)."""
 
 import numpy as np
 import pytest
+import reference_ads as ref_ads
+import reference_pipeline as ref_pl
 
 from attnrl_jax.data.pipeline import Prompt
 from attnrl_jax.data.records import Problem
@@ -153,3 +156,88 @@ def test_mc_valid_ratio_counts_continuations_that_flip_the_outcome():
     # flips: (0,1)->one of two, (0,0)->two of two, (1,0) vs 0 -> one of two: 4 of 6
     assert pl.mc_valid_ratio(rewards, plan, conts) == pytest.approx(4 / 6)
     assert pl.mc_valid_ratio(rewards, pl.BranchPlan(((),) * 3, plan.filter_state, 0), []) is None
+
+
+# --- the jitted pipeline against the former host bodies (tests/reference_pipeline.py) ----------
+
+
+def long_generation(seps, prompts=24, group=6, seed=0):
+    """Responses of 30-200 tokens, separators at random places (some responses without any),
+    FCI with zeros and ties, rewards: all-correct, all-wrong and mixed groups."""
+    rng = np.random.default_rng(seed)
+    sep = seps.double_newline[0]
+    ps = tuple(
+        Prompt(
+            Problem(f"p{j}", (str(j),), f"t:{j}"), tuple(range(10, 10 + int(rng.integers(3, 9))))
+        )
+        for j in range(prompts)
+    )
+    responses, logp, fci, layouts = [], [], [], []
+    for i in range(prompts * group):
+        n = int(rng.integers(30, 200))
+        r = rng.integers(100, 200, n).astype(np.int32)
+        if i % 7:
+            r[rng.random(n) < 0.15] = sep
+        lay = segment_steps(len(ps[i // group].prompt_ids), r, seps)
+        responses.append(r)
+        logp.append(-rng.uniform(0.1, 3, n).astype(np.float32))
+        y = np.where(
+            rng.random(lay.num_steps + 1) < 0.3, 0.0, rng.integers(0, 5, lay.num_steps + 1)
+        )
+        fci.append((y / 4).astype(np.float32))
+        layouts.append(lay)
+    gen = ro.Generation(ps, tuple(responses), tuple(logp), None, tuple(fci), tuple(layouts), 3)
+    kind = np.arange(prompts) % 3
+    rewards = (rng.random((prompts, group)) < 0.5).astype(float)
+    rewards[kind == 0], rewards[kind == 1] = 1.0, 0.0
+    return gen, rewards.reshape(-1)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_pipeline_equals_former_host_bodies(seps, merge):
+    gen, rewards = long_generation(seps)
+    rc = rollout_config(
+        group_size=6,
+        selection=SelectionConfig(num_points=2, min_token_distance=20),
+        merge_duplicates=merge,
+    )
+    state = ads.AttentionFilterState(3.0, 10)
+    plan = pl.plan_branches(gen, rewards, state, np.random.default_rng(0), rc)
+    points, hstate, hfiltered = ref_pl.plan_branches(
+        gen, rewards, ref_ads.AttentionFilterState(3.0, 10), np.random.default_rng(0), rc
+    )
+    assert plan.filter_state.count == hstate.count and plan.num_filtered == hfiltered
+    assert plan.filter_state.total == pytest.approx(hstate.total, rel=1e-14)
+    both = 0
+    for j in range(len(gen.prompts)):
+        got, want = plan.branch_points[j * 6 : j * 6 + 6], points[j * 6 : j * 6 + 6]
+        assert sum(map(bool, got)) == sum(map(bool, want))  # expansion counts and the filter
+        group = rewards[j * 6 : j * 6 + 6]
+        for a, b in zip(got, want, strict=True):
+            # ATB is deterministic where both expand; uniform groups choose deterministically
+            if (a and b) or group.min() == group.max():
+                assert a == b
+                both += bool(a)
+    assert both > 50
+    # build the trees of the jitted plan both ways, with the same graded continuations
+    requests = pl.continuation_requests(gen, plan, rc.continuations, first_index=0)
+    conts = fake_samples(requests, np.random.default_rng(2), version_logp=-0.5)
+    rng = np.random.default_rng(3)
+    cont_rewards = [rng.integers(0, 2, len(c)).astype(float) for c in conts]
+    problems, stats = pl.build_problems(gen, rewards, plan, conts, cont_rewards, 4, rc)
+    want, want_stats = ref_pl.build_problems(
+        gen, rewards, plan.branch_points, conts, cont_rewards, rc
+    )
+    assert (stats.problems, stats.kept, stats.sequences) == want_stats[:3]
+    assert stats.mean_leaf_reward == pytest.approx(want_stats[3], rel=1e-12)
+    assert stats.kept > 0
+    for problem, (j, tree, logp) in zip(problems, want, strict=True):
+        assert problem.prompt_ids.tolist() == list(gen.prompts[j].prompt_ids)
+        assert problem.tree.root_value == pytest.approx(tree.root_value, abs=1e-7)
+        for a, b in zip(problem.tree.segments, tree.segments, strict=True):
+            assert (a.response, a.parent, a.start, a.branch, a.continuation) == (
+                b.response, b.parent, b.start, b.branch, b.continuation
+            )  # fmt: skip
+            assert a.advantage == pytest.approx(b.advantage, abs=2e-7)
+        for x, y in zip(problem.segment_logp, logp, strict=True):
+            np.testing.assert_array_equal(x, y)

@@ -90,10 +90,9 @@ def plan_branches(
     inputs = selection_inputs(gen.layouts, gen.fci, gen.entropies, rows=problems * g)
     padded = np.zeros((problems, g), np.float32)
     padded[:p] = np.asarray(rewards).reshape(p, g)
-    s1 = inputs.fci.shape[1]
-    mean_fci = ads.problem_mean_fci(
-        inputs.fci.reshape(problems, g, s1), inputs.num_steps.reshape(problems, g)
-    )
+    step0 = np.zeros((problems * g, 1), np.float32)  # problem_mean_fci takes step 0 first
+    fci = np.concatenate([step0, inputs.fci], axis=1).reshape(problems, g, -1)
+    mean_fci = ads.problem_mean_fci(fci, inputs.num_steps.reshape(problems, g))
     k_ads, k_sel = jax.random.split(jax.random.key(int(rng.integers(2**31))))
     new_state, expand, filtered = ads.expansion_plan(
         padded, np.arange(problems) < p, mean_fci, state, k_ads, rc.ads

@@ -63,8 +63,9 @@ class SelectionConfig:
 class SelectionInputs:
     """A padded batch of B responses (one row each; padding rows have num_steps 0).
 
-    starts / ends: int32[B, S1], absolute [start, end) of step k (k = 0 is the prompt), S1 - 1 >=
-    every S. fci: float32[B, S1], step 0 first (zeros where unknown). entropy: float32[B, R_pad]
+    starts / ends: int32[B, S_pad], absolute [start, end) of response step c + 1 in column c
+    (S_pad >= every S; the prompt, step 0, has no column). fci: float32[B, S_pad], FCI of response
+    step c + 1 in column c (zeros where unknown). entropy: float32[B, R_pad]
     per response token ([B, 1] zeros when unused). num_steps, prompt_len, response_len: int32[B].
     think_end_step: int32[B], -1 = none; FCI of steps from it on counts as 0 (the scoring pass and
     the sampler mask them already; masking twice changes nothing). row_id: int32[B], the response's
@@ -106,13 +107,13 @@ def selection_inputs(
     if rows < b:
         raise ValueError(f"rows={rows} < {b} responses")
     s_max = max((lay.num_steps for lay in layouts), default=0)
-    s1 = bucket(s_max + 1, 16)
-    starts = np.zeros((rows, s1), np.int32)
-    ends = np.zeros((rows, s1), np.int32)
-    scores = np.zeros((rows, s1), np.float32)
+    s_pad = bucket(s_max, 16)
+    starts = np.zeros((rows, s_pad), np.int32)
+    ends = np.zeros((rows, s_pad), np.int32)
+    scores = np.zeros((rows, s_pad), np.float32)
     for i, lay in enumerate(layouts):  # host bookkeeping: layouts are host objects
         bounds = np.asarray(lay.bounds, np.int32).reshape(-1, 2)
-        starts[i, : len(bounds)], ends[i, : len(bounds)] = bounds[:, 0], bounds[:, 1]
+        starts[i, : len(bounds) - 1], ends[i, : len(bounds) - 1] = bounds[1:, 0], bounds[1:, 1]
         if fci is not None:
             f = np.asarray(fci[i], np.float32)[: lay.num_steps + 1]
             if len(f) < lay.num_steps + 1:
@@ -120,7 +121,7 @@ def selection_inputs(
                     f"fci of response {i} has {len(f)} entries, need >= {lay.num_steps + 1} "
                     "(step 0 included)"
                 )
-            scores[i, : len(f)] = f
+            scores[i, : len(f) - 1] = f[1:]
     r_max = max((lay.response_len for lay in layouts), default=0)
     ent = np.zeros((rows, 1), np.float32)
     if entropy is not None:
@@ -162,8 +163,9 @@ def selection_inputs(
 class RuleParams:
     """The array-valued part of a SelectionConfig, so rho and the distance do not recompile.
 
-    lo, hi, kind: int32[S1] and weight: float32[S1], numpy's linear-quantile neighbours of
-    1 - rho per step count (see _quantile_table); distance: int32[], min_token_distance.
+    lo, hi, kind: int32[S_pad + 1] and weight: float32[S_pad + 1], numpy's linear-quantile
+    neighbours of 1 - rho per step count 0..S_pad (see _quantile_table); distance: int32[],
+    min_token_distance.
     """
 
     lo: jax.Array
@@ -173,9 +175,9 @@ class RuleParams:
     distance: jax.Array
 
 
-def rule_params(config: SelectionConfig, s1: int) -> RuleParams:
-    """Host side: the RuleParams of `config` for S1 step slots."""
-    lo, hi, kind, weight = _quantile_table(s1, config.rho)
+def rule_params(config: SelectionConfig, s_pad: int) -> RuleParams:
+    """Host side: the RuleParams of `config` for S_pad step columns."""
+    lo, hi, kind, weight = _quantile_table(s_pad + 1, config.rho)
     return RuleParams(lo, hi, kind, weight, np.int32(config.min_token_distance))
 
 
@@ -291,7 +293,7 @@ def _order_key(y: jax.Array) -> jax.Array:
 
 
 def _kth_smallest(y: jax.Array, k: jax.Array) -> jax.Array:
-    """The k-th smallest (0-based) of y [S1] by bisection over the order keys: 32 counting passes
+    """The k-th smallest (0-based) of y [S_pad] by bisection over the order keys: 32 counting passes
     instead of a sort (a sort of every row is the most expensive step on CPU)."""
     key = _order_key(y)
 
@@ -306,9 +308,8 @@ def _kth_smallest(y: jax.Array, k: jax.Array) -> jax.Array:
 
 
 def _candidates(row: SelectionInputs, params: RuleParams) -> jax.Array:
-    """bool[S1]: steps 2..S whose FCI is >= the top-rho threshold (zero fallback applied)."""
-    s1 = row.fci.shape[0]
-    k = jnp.arange(s1)
+    """bool[S_pad]: steps 2..S whose FCI is >= the top-rho threshold (zero fallback applied)."""
+    k = jnp.arange(row.fci.shape[0]) + 1  # the step of each column
     s = row.num_steps
     step = (k >= 1) & (k <= s)
     think = (row.think_end_step >= 0) & (k >= row.think_end_step)
@@ -330,22 +331,23 @@ def _fill_from_early_steps(
     row: SelectionInputs, chosen: jax.Array, count: jax.Array, n: int
 ) -> tuple[jax.Array, jax.Array]:
     """Chosen steps (int[N], the first `count` real), then starts of steps 2, 3, ... not chosen,
-    then steps 2, 3, ... again with duplicates. Returns (offsets int32[N], valid bool[N])."""
-    s1 = row.starts.shape[0]
-    k = jnp.arange(s1)
+    then steps 2, 3, ... again with duplicates. Returns (offsets int32[N], valid bool[N]).
+
+    O(N^2) per row: the q-th early step not chosen is the fixed point of x = 2 + q + #{chosen
+    <= x} (chosen steps are distinct and within 2..S), reached in at most N + 1 rounds.
+    """
     s = row.num_steps
     slot = jnp.arange(n)
-    taken = jnp.zeros(s1, bool).at[chosen].set(slot < count)
-    free = (k >= 2) & (k <= s) & ~taken
-    rank = jnp.cumsum(free) - 1
-    q = slot - count  # index among the appended early steps
-    # the q-th free early step, as a one-hot over steps
-    first_pass = jnp.argmax(free[None, :] & (rank[None, :] == q[:, None]), axis=1)
+    real = jnp.where(slot < count, chosen, 2**30)  # padding: never <= x
+    q = jnp.maximum(slot - count, 0)
+    x = 2 + q
+    for _ in range(n + 1):  # static
+        x = 2 + q + (real[None, :] <= x[:, None]).sum(-1)
     early = jnp.maximum(s - 1, 1)
     cycled = 2 + jnp.mod(slot - (s - 1), early)
-    steps = jnp.where(slot < count, chosen, jnp.where(slot < s - 1, first_pass, cycled))
+    steps = jnp.where(slot < count, chosen, jnp.where(slot < s - 1, x, cycled))
     valid = (slot < count) | (s >= 2)
-    offsets = row.starts[steps] - row.prompt_len
+    offsets = row.starts[steps - 1] - row.prompt_len
     return jnp.where(valid, offsets, 0).astype(jnp.int32), valid
 
 
@@ -360,16 +362,16 @@ def select_atb(
     """
     dist = params.distance
     cand = _candidates(row, params)
-    k = jnp.arange(cand.shape[0])
+    k = jnp.arange(cand.shape[0]) + 1
     chosen = jnp.zeros(n, jnp.int32)
     last_step, last_end, count = jnp.int32(0), jnp.int32(-(2**30)), jnp.int32(0)
     for j in range(n):  # static N
         ok = cand & (k > last_step) & (row.starts >= dist) & (row.starts - last_end >= dist)
-        pick = jnp.argmax(ok).astype(jnp.int32)
-        found = ok[pick]
-        chosen = chosen.at[j].set(jnp.where(found, pick, 0))
-        last_step = jnp.where(found, pick, last_step)
-        last_end = jnp.where(found, row.ends[pick], last_end)
+        col = jnp.argmax(ok).astype(jnp.int32)
+        found = ok[col]
+        chosen = chosen.at[j].set(jnp.where(found, col + 1, 0))
+        last_step = jnp.where(found, col + 1, last_step)
+        last_end = jnp.where(found, row.ends[col], last_end)
         count = count + found
     return _fill_from_early_steps(row, chosen, count, n)
 
@@ -400,13 +402,13 @@ def select_random(
 ) -> tuple[jax.Array, jax.Array]:
     """Uniformly random distinct steps among 2..S (step 1 would be an empty prefix), in random
     order, then the early-step fallback when there are fewer than N such steps."""
-    s1 = row.starts.shape[0]
-    k = jnp.arange(s1)
+    s_pad = row.starts.shape[0]
+    k = jnp.arange(s_pad) + 1
     early = (k >= 2) & (k <= row.num_steps)
-    u = jnp.where(early, jax.random.uniform(key, (s1,)), 2.0)
-    if n > s1:
-        u = jnp.pad(u, (0, n - s1), constant_values=3.0)
-    order = jax.lax.top_k(-u, n)[1].astype(jnp.int32)  # the n smallest draws, in draw order
+    u = jnp.where(early, jax.random.uniform(key, (s_pad,)), 2.0)
+    if n > s_pad:
+        u = jnp.pad(u, (0, n - s_pad), constant_values=3.0)
+    order = jax.lax.top_k(-u, n)[1].astype(jnp.int32) + 1  # n smallest draws' steps, in order
     count = jnp.minimum(n, jnp.maximum(row.num_steps - 1, 0))
     return _fill_from_early_steps(row, order, count, n)
 
