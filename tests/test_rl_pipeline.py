@@ -7,6 +7,7 @@ import pytest
 import reference_ads as ref_ads
 import reference_pipeline as ref_pl
 
+from attnrl_jax.compile_watch import CompileWatch
 from attnrl_jax.data.pipeline import Prompt
 from attnrl_jax.data.records import Problem
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
@@ -17,7 +18,7 @@ from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree
 from attnrl_jax.rl.tree import ORIGINAL
 from attnrl_jax.sampling import Sample
 from attnrl_jax.scoring.forward import ScoringConfig
-from attnrl_jax.scoring.selection import SelectionConfig
+from attnrl_jax.scoring.selection import SelectionConfig, bucket
 from attnrl_jax.scoring.steps import SeparatorIds, segment_steps
 
 G = 3
@@ -241,3 +242,30 @@ def test_pipeline_equals_former_host_bodies(seps, merge):
             assert a.advantage == pytest.approx(b.advantage, abs=2e-7)
         for x, y in zip(problem.segment_logp, logp, strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+def test_no_recompilation_across_steps(seps):
+    """A second step with other rewards, fewer prompts (same buckets) and another filter state
+    compiles nothing."""
+    gen, rewards = long_generation(seps, prompts=24, seed=4)
+    rc = rollout_config(group_size=6, selection=SelectionConfig(min_token_distance=20))
+
+    def step(gen, rewards, state, seed):
+        plan = pl.plan_branches(gen, rewards, state, np.random.default_rng(seed), rc)
+        requests = pl.continuation_requests(gen, plan, rc.continuations, first_index=0)
+        conts = fake_samples(requests, np.random.default_rng(seed), version_logp=-0.5)
+        cont_rewards = [np.arange(len(c)) % 2 * 1.0 for c in conts]
+        pl.build_problems(gen, rewards, plan, conts, cont_rewards, 1, rc)
+        return plan
+
+    plan = step(gen, rewards, ads.AttentionFilterState(), 0)
+    n = 20 * 6
+    smaller = ro.Generation(
+        gen.prompts[:20], gen.responses[:n], gen.logprobs[:n], None, gen.fci[:n],
+        gen.layouts[:n], 5,
+    )  # fmt: skip
+    steps = [lay.num_steps for lay in gen.layouts]
+    assert bucket(max(steps[:n]), 16) == bucket(max(steps), 16)  # same step bucket
+    with CompileWatch() as watch:
+        step(smaller, 1.0 - rewards[:n], plan.filter_state, 1)
+    assert watch.names == []
