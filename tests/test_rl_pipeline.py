@@ -5,6 +5,7 @@ plan and trees against the former host bodies (tests/reference_pipeline.py)."""
 import numpy as np
 import pytest
 import reference_ads as ref_ads
+import reference_grpo as ref_grpo
 import reference_pipeline as ref_pl
 
 from attnrl_jax.compile_watch import CompileWatch
@@ -14,7 +15,7 @@ from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 from attnrl_jax.rl import ads
 from attnrl_jax.rl import pipeline as pl
 from attnrl_jax.rl import rollout as ro
-from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree
+from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree, keep_groups
 from attnrl_jax.rl.tree import ORIGINAL
 from attnrl_jax.sampling import Sample
 from attnrl_jax.scoring.forward import ScoringConfig
@@ -269,3 +270,22 @@ def test_no_recompilation_across_steps(seps):
     with CompileWatch() as watch:
         step(smaller, 1.0 - rewards[:n], plan.filter_state, 1)
     assert watch.names == []
+
+
+@pytest.mark.parametrize("g", [1, 2, 6, 8])
+def test_grpo_batch_equals_host_reference(g):
+    rng = np.random.default_rng(g)
+    rewards = (rng.random((500, g)) < rng.random((500, 1))).astype(np.float32)
+    got = np.asarray(grpo_advantages(rewards))
+    want = np.stack([ref_grpo.grpo_advantages(r) for r in rewards])
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)  # float32 against float64
+    lengths = np.where(rng.random((500, g)) < 0.1, 0, 5)
+    for mode in ("same_reward", "zero_advantage", "off"):
+        keep = np.asarray(keep_groups(rewards, got, lengths, mode))
+        for r, a, n, k in zip(rewards, want, lengths, keep, strict=True):
+            if mode == "same_reward":
+                assert k == (len(set(r.tolist())) > 1)
+            elif mode == "zero_advantage":
+                assert k == bool(np.any((a != 0) & (n > 0)))
+            else:
+                assert k
