@@ -2,6 +2,7 @@
 versions, GRPO groups, the pending batch's save format, one sampler call per step, and the jitted
 plan and trees against the former host bodies (tests/reference_pipeline.py)."""
 
+import jax
 import numpy as np
 import pytest
 import reference_ads as ref_ads
@@ -15,11 +16,12 @@ from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 from attnrl_jax.rl import ads
 from attnrl_jax.rl import pipeline as pl
 from attnrl_jax.rl import rollout as ro
+from attnrl_jax.rl import tree as tree_lib
 from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree, keep_groups
 from attnrl_jax.rl.tree import ORIGINAL
 from attnrl_jax.sampling import Sample
 from attnrl_jax.scoring.forward import ScoringConfig
-from attnrl_jax.scoring.selection import SelectionConfig, bucket
+from attnrl_jax.scoring.selection import SelectionConfig, bucket, select, selection_inputs
 from attnrl_jax.scoring.steps import SeparatorIds, segment_steps
 
 G = 3
@@ -289,3 +291,40 @@ def test_grpo_batch_equals_host_reference(g):
                 assert k == bool(np.any((a != 0) & (n > 0)))
             else:
                 assert k
+
+
+def test_batch_functions_run_sharded_over_problems(seps):
+    """Selection, ADS and tree values on inputs sharded over a mesh of 8 (forced CPU) devices
+    along problems give the single-device results."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+
+    def shard(tree):
+        return jax.tree.map(lambda x: jax.device_put(x, rows) if np.ndim(x) else x, tree)
+
+    gen, rewards = long_generation(seps, prompts=16, seed=5)
+    inputs = selection_inputs(gen.layouts, gen.fci, rows=16 * 6)
+    key = jax.random.key(1)
+    cfg = SelectionConfig(min_token_distance=20)
+    want = jax.device_get(select(inputs, key, cfg))
+    got = select(shard(inputs), key, cfg)
+    assert got[0].sharding.spec == PartitionSpec("data")  # the work stays split by rows
+    for a, b in zip(jax.device_get(got), want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    r = rewards.reshape(16, 6).astype(np.float32)
+    fci = np.concatenate([np.zeros((96, 1), np.float32), inputs.fci], 1).reshape(16, 6, -1)
+    mean = np.asarray(ads.problem_mean_fci(fci, inputs.num_steps.reshape(16, 6)))
+    args = (np.ones(16, bool), mean, ads.AttentionFilterState(2.0, 3), key)
+    want = jax.device_get(ads.expansion_plan(r, *args))
+    got = jax.device_get(ads.expansion_plan(jax.device_put(r, rows), *args))
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
+    conts = tuple((tree_lib.Continuation(np.arange(2), c),) for c in (1.0, 0.0))
+    problems = [
+        [tree_lib.Response(np.arange(9), float(x), (3, 6), conts) for x in row] for row in r
+    ]
+    t_in = tree_lib.tree_inputs(problems)
+    want = jax.device_get(tree_lib.tree_values(t_in))
+    got = jax.device_get(tree_lib.tree_values(shard(t_in)))
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, want))

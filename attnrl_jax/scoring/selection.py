@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import chain
 
 import jax
 import jax.numpy as jnp
@@ -112,8 +113,8 @@ def selection_inputs(
     ends = np.zeros((rows, s_pad), np.int32)
     scores = np.zeros((rows, s_pad), np.float32)
     for i, lay in enumerate(layouts):  # host bookkeeping: layouts are host objects
-        bounds = np.asarray(lay.bounds, np.int32).reshape(-1, 2)
-        starts[i, : len(bounds) - 1], ends[i, : len(bounds) - 1] = bounds[1:, 0], bounds[1:, 1]
+        flat = np.fromiter(chain.from_iterable(lay.bounds), np.int32, 2 * len(lay.bounds))
+        starts[i, : lay.num_steps], ends[i, : lay.num_steps] = flat[2::2], flat[3::2]
         if fci is not None:
             f = np.asarray(fci[i], np.float32)[: lay.num_steps + 1]
             if len(f) < lay.num_steps + 1:
