@@ -258,12 +258,12 @@ def tree_values(inputs: TreeInputs, merge: bool = True) -> TreeValues:
 def tree_inputs(problems: Sequence[Sequence[Response]]) -> TreeInputs:
     """Host side: pack problems (each a sequence of Responses) into bucketed TreeInputs.
 
-    P and G pad to powers of two (P >= 8), N and T to powers of two.
+    P, G, N and T pad to powers of two (at least 8, 8, 2, 2: few shapes, few compiles).
     """
     p = bucket(len(problems), 8)
-    g = bucket(max((len(r) for r in problems), default=1))
-    n = bucket(max((len(x.branch_points) for r in problems for x in r), default=1))
-    t = bucket(max((len(c) for r in problems for x in r for c in x.continuations), default=1))
+    g = bucket(max((len(r) for r in problems), default=1), 8)
+    n = bucket(max((len(x.branch_points) for r in problems for x in r), default=1), 2)
+    t = bucket(max((len(c) for r in problems for x in r for c in x.continuations), default=1), 2)
     reward = np.zeros((p, g), np.float32)
     valid = np.zeros((p, g), bool)
     length = np.zeros((p, g), np.int32)
