@@ -462,25 +462,21 @@ BRANCHING_TARGET_MS = 50.0  # the issue's target for the jitted total on this CP
 
 
 def branching(rows: Rows) -> str:
+    def ms(system: str, phase: str) -> float:
+        return rows.value("ms", system, phase=phase)
+
     out = []
     for phase, label in BRANCHING_PHASES.items():
-        host = rows.value("ms", "host_reference", phase=phase)
-        jitted = rows.value("ms", "jitted", phase=phase)
-        out.append(f"| {label} | {_f(host, 1)} | {_f(jitted, 1)} | {_x(host / jitted, 1)} |")
-    host = rows.value("ms", "host_reference", phase="total")
-    jitted = rows.value("ms", "jitted", phase="total")
-    total = _bold(_f(jitted, 1), jitted < BRANCHING_TARGET_MS)
-    out.append(f"| total | {_f(host, 1)} | {total} | {_x(host / jitted, 1)} |")
-    for phase, label in (
-        ("packing", "host: padding into arrays"),
-        ("assembly", "host: tree assembly"),
-    ):
-        out.append(
-            f"| {label} (jitted path only) | | {_f(rows.value('ms', 'jitted', phase=phase), 1)} | |"
-        )
-    return _lines(
-        "| phase | host reference, ms | jitted, ms | speed-up |", "|---|---:|---:|---:|", out
-    )
+        host, jitted = ms("host_reference", phase), ms("jitted", phase)
+        out.append(f"| {label} | {_f(host, 1)} | {_f(jitted, 1)} |")
+    host, jitted = ms("host_reference", "total"), ms("jitted", "total")
+    out.append(f"| total | {_f(host, 1)} | {_bold(_f(jitted, 1), jitted < BRANCHING_TARGET_MS)} |")
+    packing, assembly = ms("jitted", "packing"), ms("jitted", "assembly")
+    out.append(f"| host: padding into arrays (jitted path only) | | {_f(packing, 1)} |")
+    out.append(f"| host: token-level tree assembly (jitted path only) | | {_f(assembly, 1)} |")
+    end_to_end = jitted + packing + assembly
+    out.append(f"| total with the host parts | {_f(host, 1)} | {_f(end_to_end, 1)} |")
+    return _lines("| phase | host reference, ms | jitted, ms |", "|---|---:|---:|", out)
 
 
 TABLES: dict[str, Table] = {
