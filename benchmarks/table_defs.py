@@ -451,6 +451,34 @@ def sample_efficiency(rows: Rows) -> str:
     return "\n".join(lines)
 
 
+# --- branching.py: selection + ADS + advantages, host reference vs jitted ----------------------
+
+BRANCHING_PHASES = {
+    "selection": "branch selection (ATB, 600 responses)",
+    "ads": "ADS (mean FCI, expansion plan, attention filter)",
+    "advantages": "tree values + advantages + zero-advantage filter",
+}
+BRANCHING_TARGET_MS = 50.0  # the target for the jitted total on this CPU
+
+
+def branching(rows: Rows) -> str:
+    def ms(system: str, phase: str) -> float:
+        return rows.value("ms", system, phase=phase)
+
+    out = []
+    for phase, label in BRANCHING_PHASES.items():
+        host, jitted = ms("host_reference", phase), ms("jitted", phase)
+        out.append(f"| {label} | {_f(host, 1)} | {_f(jitted, 1)} |")
+    host, jitted = ms("host_reference", "total"), ms("jitted", "total")
+    out.append(f"| total | {_f(host, 1)} | {_bold(_f(jitted, 1), jitted < BRANCHING_TARGET_MS)} |")
+    packing, assembly = ms("jitted", "packing"), ms("jitted", "assembly")
+    out.append(f"| host: padding into arrays (jitted path only) | | {_f(packing, 1)} |")
+    out.append(f"| host: token-level tree assembly (jitted path only) | | {_f(assembly, 1)} |")
+    end_to_end = jitted + packing + assembly
+    out.append(f"| total with the host parts | {_f(host, 1)} | {_f(end_to_end, 1)} |")
+    return _lines("| phase | host reference, ms | jitted, ms |", "|---|---:|---:|", out)
+
+
 TABLES: dict[str, Table] = {
     "sampler_cpu": Table(("cpu_sampler.json", "cpu_sampler_repeat.json"), sampler_cpu),
     "sampler_gpu": Table(("h200_sampler_gpu.json",), sampler_gpu),
@@ -463,4 +491,5 @@ TABLES: dict[str, Table] = {
     "memory_plan": Table(("memory_plan.json",), memory_plan),
     "sample_efficiency": Table(("sample_efficiency.json",), sample_efficiency),
     "demo": Table(("demo_summary.json",), demo),
+    "branching": Table(("cpu_branching.json",), branching),
 }

@@ -1,26 +1,30 @@
 """ADS (ALGORITHM.md section 6): expansion counts and choices, the attention filter and its
-running mean, the zero-advantage filter, the adaptive prompt batch size and bucket padding."""
+running mean, the zero-advantage filter and the adaptive prompt batch size; the jitted batch
+functions against the former host implementation (tests/reference_ads.py) on random batches."""
 
 import math
 
 import jax
 import numpy as np
 import pytest
+import reference_ads as ref
+import reference_tree as ref_tree
+from test_rl_tree import random_problem
 
 from attnrl_jax.rl.ads import (
     ADSConfig,
     AttentionFilterState,
+    _next_size,
     attention_filter,
-    bucket_size,
     choose_expansions,
     expansion_count,
-    keep_problem,
+    expansion_plan,
+    keep_problems,
     next_prompt_batch_size,
-    pad_rows,
     plan_expansions,
     problem_mean_fci,
 )
-from attnrl_jax.rl.tree import Continuation, Response, build_tree
+from attnrl_jax.rl.tree import Continuation, Response, tree_inputs, tree_values
 
 
 def test_expansion_counts_for_g6():
@@ -130,12 +134,21 @@ def test_plan_expansions_filters_only_all_correct_problems():
 def tree_of(path_rewards, unexpanded_reward):
     """One expanded response (reward path_rewards[0]) with continuations path_rewards[1:]."""
     conts = tuple(Continuation(np.arange(2), r) for r in path_rewards[1:])
-    return build_tree(
-        [
-            Response(np.arange(6), path_rewards[0], (3,), (conts,)),
-            Response(np.arange(4), unexpanded_reward),
-        ]
-    )
+    return [
+        Response(np.arange(6), path_rewards[0], (3,), (conts,)),
+        Response(np.arange(4), unexpanded_reward),
+    ]
+
+
+def keep_problem(problem, config=None):
+    """keep_problems on a batch of one."""
+    return keep_batch([problem], config or ADSConfig())[0]
+
+
+def keep_batch(problems, config, merge=True):
+    inputs = tree_inputs(problems)
+    keep = keep_problems(inputs, tree_values(inputs, merge), config.zero_advantage_filter)
+    return jax.device_get(keep)[: len(problems)].tolist()
 
 
 def test_zero_advantage_filter_variants():
@@ -147,7 +160,7 @@ def test_zero_advantage_filter_variants():
     assert keep_problem(mixed, by_adv) and not keep_problem(same, by_adv)
     assert keep_problem(signal_from_root, by_adv)
     assert keep_problem(same, ADSConfig(zero_advantage_filter="off"))
-    no_paths = build_tree([Response(np.arange(3), 1), Response(np.arange(3), 0)])
+    no_paths = [Response(np.arange(3), 1), Response(np.arange(3), 0)]
     assert not keep_problem(no_paths, ADSConfig(zero_advantage_filter="off"))
 
 
@@ -175,21 +188,6 @@ def test_next_prompt_batch_size_is_exact_where_float_rounds_up():
     assert next_prompt_batch_size(62, 1920) == 62
 
 
-def test_bucket_size_and_padding():
-    buckets = (4, 8, 16)
-    assert [bucket_size(n, buckets) for n in (0, 1, 4, 5, 8, 9, 16, 17, 33)] == [
-        4, 4, 4, 8, 8, 16, 16, 32, 48,
-    ]  # fmt: skip
-    rows = {"tokens": np.ones((5, 3), np.int32), "reward": np.arange(1.0, 6.0)}
-    out = pad_rows(rows, buckets)
-    assert out["tokens"].shape == (8, 3) and out["tokens"].dtype == np.int32
-    np.testing.assert_array_equal(out["tokens"][5:], 0)
-    np.testing.assert_array_equal(out["reward"], [1, 2, 3, 4, 5, 0, 0, 0])
-    np.testing.assert_array_equal(out["row_weight"], [1] * 5 + [0] * 3)
-    with pytest.raises(ValueError, match="row count"):
-        pad_rows({"a": np.zeros(2), "b": np.zeros(3)}, buckets)
-
-
 def test_config_validation():
     for bad in (
         {"rounding": "floor"},
@@ -197,9 +195,88 @@ def test_config_validation():
         {"all_correct": "sometimes"},
         {"zero_advantage_filter": "x"},
         {"batch_lambda": 1.5},
-        {"row_buckets": (8, 4)},
-        {"row_buckets": ()},
     ):
         with pytest.raises(ValueError):
             ADSConfig(**bad)
     assert ADSConfig().target_sequences == 64 * 6 * 5
+
+
+# --- the jitted batch functions against the host reference on random batches -------------------
+
+
+def random_batch(rng, p=512, g=6):
+    """Rewards with all-correct, all-wrong and mixed groups; FCI with zeros and ties."""
+    kind = rng.integers(0, 3, p)
+    rewards = (rng.random((p, g)) < rng.random((p, 1))).astype(np.float32)
+    rewards[kind == 0] = 1.0
+    rewards[kind == 1] = 0.0
+    steps = rng.integers(0, 40, (p, g))
+    fci = np.where(rng.random((p, g, 64)) < 0.3, 0.0, rng.integers(0, 9, (p, g, 64)) / 8.0)
+    return rewards, fci.astype(np.float32), steps
+
+
+def test_mean_fci_and_filter_equal_host_reference():
+    rng = np.random.default_rng(5)
+    rewards, fci, steps = random_batch(rng)
+    got = np.asarray(problem_mean_fci(fci, steps))
+    want = [ref.problem_mean_fci(f, np.maximum(s, 1)) for f, s in zip(fci, steps, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=1e-14)  # float64 both; summation order differs
+    for cfg in (ADSConfig(), ADSConfig(all_correct="always"), ADSConfig(rounding="round")):
+        state = AttentionFilterState(7.5, 20)
+        new, chosen = plan_expansions(rewards, want, state, np.random.default_rng(1), cfg)
+        hcfg = ref.ADSConfig(all_correct=cfg.all_correct, rounding=cfg.rounding)
+        hstate, hchosen = ref.plan_expansions(
+            rewards, np.array(want), ref.AttentionFilterState(7.5, 20), rng, hcfg
+        )
+        assert new.count == hstate.count  # float64 sums in another order: last-bit differences
+        assert new.total == pytest.approx(hstate.total, rel=1e-14)
+        for r, a, b in zip(rewards, chosen, hchosen, strict=True):
+            assert len(a) == len(b) and list(a) == sorted(a)  # count and filter decisions
+            c = int(r.sum())
+            if c in (0, len(r)):
+                assert a.tolist() == b.tolist()  # deterministic: the first `count`
+            else:  # mixed: every minority response, the rest from the others
+                minority = np.flatnonzero(r <= 0) if c >= len(r) - c else np.flatnonzero(r > 0)
+                assert set(minority) <= set(a.tolist())
+
+
+def test_mixed_picks_are_uniform_and_batch_independent():
+    rewards = np.tile(np.array([[1, 1, 1, 1, 1, 0]], np.float32), (4096, 1))  # c=5: count 3
+    state = AttentionFilterState()
+    key = jax.random.key(3)
+    _, expand, _ = expansion_plan(rewards, np.ones(4096, bool), np.zeros(4096), state, key)
+    expand = np.asarray(expand)
+    assert (expand.sum(1) == 3).all() and expand[:, 5].all()
+    freq = expand[:, :5].mean(0)  # 2 of 5 others: 0.4 each, sd 0.0077
+    np.testing.assert_allclose(freq, 0.4, atol=0.04)
+    _, few, _ = expansion_plan(rewards[:8], np.ones(8, bool), np.zeros(8), state, key)
+    np.testing.assert_array_equal(np.asarray(few), expand[:8])
+
+
+@pytest.mark.parametrize("mode", ["same_reward", "zero_advantage", "off"])
+def test_keep_problems_equal_host_reference(mode):
+    rng = np.random.default_rng(11)
+    problems = [random_problem(rng) for _ in range(400)]
+    got = keep_batch(problems, ADSConfig(zero_advantage_filter=mode))
+    for problem, keep in zip(problems, got, strict=True):
+        tree = ref_tree.build_tree(
+            [ref_tree.Response(x.tokens, x.reward, x.branch_points,
+                               tuple(tuple(ref_tree.Continuation(c.tokens, c.reward) for c in gr)
+                                     for gr in x.continuations)) for x in problem]
+        )  # fmt: skip
+        assert keep == ref.keep_problem(tree, ref.ADSConfig(zero_advantage_filter=mode))
+
+
+def test_batch_size_rule_equals_host_reference():
+    rng = np.random.default_rng(2)
+    prev = rng.integers(1, 300, 5000)
+    seqs = np.where(rng.random(5000) < 0.05, 0, rng.integers(1, 6000, 5000))
+    for cfg in (ADSConfig(), ADSConfig(batch_lambda=0.5, target_sequences=777)):
+        lam = ref.Fraction(repr(cfg.batch_lambda))
+        got = _next_size(prev, seqs, cfg.target_sequences, lam.numerator, lam.denominator)
+        hcfg = ref.ADSConfig(batch_lambda=cfg.batch_lambda, target_sequences=cfg.target_sequences)
+        want = [
+            ref.next_prompt_batch_size(int(a), int(b), hcfg)
+            for a, b in zip(prev, seqs, strict=True)
+        ]
+        assert np.asarray(got).tolist() == want

@@ -1,22 +1,29 @@
 """One step's plan on hand-made data (rl/step_plan.py): branch plans, continuations attached
-per response, stitched behaviour log-probs and versions, GRPO groups, the MC valid ratio, and
-the pending batch's save format (rl/checkpoint.py)."""
+per response, stitched behaviour log-probs and versions, GRPO groups, the MC valid ratio, the
+pending batch's save format (rl/checkpoint.py), and the jitted plan and trees against the former
+host bodies (tests/reference_pipeline.py)."""
 
+import jax
 import numpy as np
 import pytest
+import reference_ads as ref_ads
+import reference_grpo as ref_grpo
+import reference_pipeline as ref_pl
 
+from attnrl_jax.compile_watch import CompileWatch
 from attnrl_jax.data.pipeline import Prompt
 from attnrl_jax.data.records import Problem
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 from attnrl_jax.rl import ads
 from attnrl_jax.rl import rollout as ro
 from attnrl_jax.rl import step_plan as sp
+from attnrl_jax.rl import tree as tree_lib
 from attnrl_jax.rl.checkpoint import generation_from_state, generation_to_state
-from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree
+from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree, keep_groups
 from attnrl_jax.rl.tree import ORIGINAL
 from attnrl_jax.sampling import Sample
 from attnrl_jax.scoring.forward import ScoringConfig
-from attnrl_jax.scoring.selection import SelectionConfig
+from attnrl_jax.scoring.selection import SelectionConfig, bucket, select, selection_inputs
 from attnrl_jax.scoring.steps import SeparatorIds, segment_steps
 
 G = 3
@@ -173,3 +180,175 @@ def test_attach_rejects_a_count_that_does_not_match_the_plan():
     plan = sp.BranchPlan(((3, 7), (), (5,)), ads.AttentionFilterState(), 0)
     with pytest.raises(ValueError, match="2 continuation groups for 3 branch points"):
         sp.attach(plan, [(), ()])
+
+
+# --- the jitted pipeline against the former host bodies (tests/reference_pipeline.py) ----------
+
+
+def long_generation(seps, prompts=24, group=6, seed=0):
+    """Responses of 30-200 tokens, separators at random places (some responses without any),
+    FCI with zeros and ties, rewards: all-correct, all-wrong and mixed groups."""
+    rng = np.random.default_rng(seed)
+    sep = seps.double_newline[0]
+    ps = tuple(
+        Prompt(
+            Problem(f"p{j}", (str(j),), f"t:{j}"), tuple(range(10, 10 + int(rng.integers(3, 9))))
+        )
+        for j in range(prompts)
+    )
+    responses, logp, fci, layouts = [], [], [], []
+    for i in range(prompts * group):
+        n = int(rng.integers(30, 200))
+        r = rng.integers(100, 200, n).astype(np.int32)
+        if i % 7:
+            r[rng.random(n) < 0.15] = sep
+        lay = segment_steps(len(ps[i // group].prompt_ids), r, seps)
+        responses.append(r)
+        logp.append(-rng.uniform(0.1, 3, n).astype(np.float32))
+        y = np.where(
+            rng.random(lay.num_steps + 1) < 0.3, 0.0, rng.integers(0, 5, lay.num_steps + 1)
+        )
+        fci.append((y / 4).astype(np.float32))
+        layouts.append(lay)
+    gen = ro.Generation(ps, tuple(responses), tuple(logp), None, tuple(fci), tuple(layouts), 3)
+    kind = np.arange(prompts) % 3
+    rewards = (rng.random((prompts, group)) < 0.5).astype(float)
+    rewards[kind == 0], rewards[kind == 1] = 1.0, 0.0
+    return gen, rewards.reshape(-1)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_pipeline_equals_former_host_bodies(seps, merge):
+    gen, rewards = long_generation(seps)
+    rc = rollout_config(
+        group_size=6,
+        selection=SelectionConfig(num_points=2, min_token_distance=20),
+        merge_duplicates=merge,
+    )
+    state = ads.AttentionFilterState(3.0, 10)
+    plan = sp.plan_branches(gen, rewards, state, np.random.default_rng(0), rc)
+    points, hstate, hfiltered = ref_pl.plan_branches(
+        gen, rewards, ref_ads.AttentionFilterState(3.0, 10), np.random.default_rng(0), rc
+    )
+    assert plan.filter_state.count == hstate.count and plan.num_filtered == hfiltered
+    assert plan.filter_state.total == pytest.approx(hstate.total, rel=1e-14)
+    both = 0
+    for j in range(len(gen.prompts)):
+        got, want = plan.branch_points[j * 6 : j * 6 + 6], points[j * 6 : j * 6 + 6]
+        assert sum(map(bool, got)) == sum(map(bool, want))  # expansion counts and the filter
+        group = rewards[j * 6 : j * 6 + 6]
+        for a, b in zip(got, want, strict=True):
+            # ATB is deterministic where both expand; uniform groups choose deterministically
+            if (a and b) or group.min() == group.max():
+                assert a == b
+                both += bool(a)
+    assert both > 50
+    # build the trees of the jitted plan both ways, with the same graded continuations
+    requests = sp.continuation_requests(gen, plan, rc.continuations, first_index=0)
+    conts = fake_samples(requests, np.random.default_rng(2), version_logp=-0.5)
+    rng = np.random.default_rng(3)
+    cont_rewards = [rng.integers(0, 2, len(c)).astype(float) for c in conts]
+    problems, stats = sp.build_problems(
+        gen, rewards, plan, sp.attach(plan, conts), sp.attach(plan, cont_rewards), 4, rc
+    )
+    want, want_stats = ref_pl.build_problems(
+        gen, rewards, plan.branch_points, conts, cont_rewards, rc
+    )
+    assert (stats.problems, stats.kept, stats.sequences) == want_stats[:3]
+    assert stats.mean_leaf_reward == pytest.approx(want_stats[3], rel=1e-12)
+    assert stats.kept > 0
+    for problem, (j, tree, logp) in zip(problems, want, strict=True):
+        assert problem.prompt_ids.tolist() == list(gen.prompts[j].prompt_ids)
+        assert problem.tree.root_value == pytest.approx(tree.root_value, abs=1e-7)
+        for a, b in zip(problem.tree.segments, tree.segments, strict=True):
+            assert (a.response, a.parent, a.start, a.branch, a.continuation) == (
+                b.response, b.parent, b.start, b.branch, b.continuation
+            )  # fmt: skip
+            assert a.advantage == pytest.approx(b.advantage, abs=2e-7)
+        for x, y in zip(problem.segment_logp, logp, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_no_recompilation_across_steps(seps):
+    """A second step with other rewards, fewer prompts (same buckets) and another filter state
+    compiles nothing."""
+    gen, rewards = long_generation(seps, prompts=24, seed=4)
+    rc = rollout_config(group_size=6, selection=SelectionConfig(min_token_distance=20))
+
+    def step(gen, rewards, state, seed):
+        plan = sp.plan_branches(gen, rewards, state, np.random.default_rng(seed), rc)
+        requests = sp.continuation_requests(gen, plan, rc.continuations, first_index=0)
+        conts = fake_samples(requests, np.random.default_rng(seed), version_logp=-0.5)
+        cont_rewards = [np.arange(len(c)) % 2 * 1.0 for c in conts]
+        sp.build_problems(
+            gen, rewards, plan, sp.attach(plan, conts), sp.attach(plan, cont_rewards), 1, rc
+        )
+        return plan
+
+    plan = step(gen, rewards, ads.AttentionFilterState(), 0)
+    n = 20 * 6
+    smaller = ro.Generation(
+        gen.prompts[:20], gen.responses[:n], gen.logprobs[:n], None, gen.fci[:n],
+        gen.layouts[:n], 5,
+    )  # fmt: skip
+    steps = [lay.num_steps for lay in gen.layouts]
+    assert bucket(max(steps[:n]), 16) == bucket(max(steps), 16)  # same step bucket
+    with CompileWatch() as watch:
+        step(smaller, 1.0 - rewards[:n], plan.filter_state, 1)
+    assert watch.names == []
+
+
+@pytest.mark.parametrize("g", [1, 2, 6, 8])
+def test_grpo_batch_equals_host_reference(g):
+    rng = np.random.default_rng(g)
+    rewards = (rng.random((500, g)) < rng.random((500, 1))).astype(np.float32)
+    got = np.asarray(grpo_advantages(rewards))
+    want = np.stack([ref_grpo.grpo_advantages(r) for r in rewards])
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)  # float32 against float64
+    lengths = np.where(rng.random((500, g)) < 0.1, 0, 5)
+    for mode in ("same_reward", "zero_advantage", "off"):
+        keep = np.asarray(keep_groups(rewards, got, lengths, mode))
+        for r, a, n, k in zip(rewards, want, lengths, keep, strict=True):
+            if mode == "same_reward":
+                assert k == (len(set(r.tolist())) > 1)
+            elif mode == "zero_advantage":
+                assert k == bool(np.any((a != 0) & (n > 0)))
+            else:
+                assert k
+
+
+def test_batch_functions_run_sharded_over_problems(seps):
+    """Selection, ADS and tree values on inputs sharded over a mesh of 8 (forced CPU) devices
+    along problems give the single-device results."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+
+    def shard(tree):
+        return jax.tree.map(lambda x: jax.device_put(x, rows) if np.ndim(x) else x, tree)
+
+    gen, rewards = long_generation(seps, prompts=16, seed=5)
+    inputs = selection_inputs(gen.layouts, gen.fci, rows=16 * 6)
+    key = jax.random.key(1)
+    cfg = SelectionConfig(min_token_distance=20)
+    want = jax.device_get(select(inputs, key, cfg))
+    got = select(shard(inputs), key, cfg)
+    assert got[0].sharding.spec == PartitionSpec("data")  # the work stays split by rows
+    for a, b in zip(jax.device_get(got), want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    r = rewards.reshape(16, 6).astype(np.float32)
+    fci = np.concatenate([np.zeros((96, 1), np.float32), inputs.fci], 1).reshape(16, 6, -1)
+    mean = np.asarray(ads.problem_mean_fci(fci, inputs.num_steps.reshape(16, 6)))
+    args = (np.ones(16, bool), mean, ads.AttentionFilterState(2.0, 3), key)
+    want = jax.device_get(ads.expansion_plan(r, *args))
+    got = jax.device_get(ads.expansion_plan(jax.device_put(r, rows), *args))
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
+    conts = tuple((tree_lib.Continuation(np.arange(2), c),) for c in (1.0, 0.0))
+    problems = [
+        [tree_lib.Response(np.arange(9), float(x), (3, 6), conts) for x in row] for row in r
+    ]
+    t_in = tree_lib.tree_inputs(problems)
+    want = jax.device_get(tree_lib.tree_values(t_in))
+    got = jax.device_get(tree_lib.tree_values(shard(t_in)))
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, want))

@@ -1,13 +1,20 @@
-"""ATB branch selection (every rule of ALGORITHM.md section 3) and the baseline selectors."""
+"""ATB branch selection (every rule of ALGORITHM.md section 3) and the baseline selectors:
+golden examples through the one-response API, and the jitted batch against the former host
+implementation (tests/reference_selection.py) on thousands of random responses."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference_selection as ref
+from reference_selection import atb_threshold
 
 from attnrl_jax.scoring.selection import (
     SELECTORS,
     SelectionConfig,
-    atb_threshold,
+    select,
     select_branch_points,
+    selection_inputs,
 )
 from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, segment_steps
 
@@ -173,7 +180,11 @@ def test_earliest_and_none_selectors():
 def test_registry_and_config_validation(monkeypatch):
     assert {"atb", "entropy", "random", "earliest", "none"} <= set(SELECTORS)
     assert SelectionConfig().method == "atb"
-    monkeypatch.setitem(SELECTORS, "last", lambda lay, fci, ent, cfg, rng: [lay.response_len - 1])
+
+    def last(row, key, params, n):  # a per-row jax selector: the last response token
+        return jnp.full(n, row.response_len - 1), jnp.arange(n) < 1
+
+    monkeypatch.setitem(SELECTORS, "last", last)
     assert select_branch_points(make_layout(4, [3, 4]), SelectionConfig(method="last")) == [6]
     with pytest.raises(ValueError, match="unknown selection method"):
         SelectionConfig(method="attention")
@@ -181,3 +192,94 @@ def test_registry_and_config_validation(monkeypatch):
         SelectionConfig(rho=1.5)
     with pytest.raises(ValueError, match="num_points"):
         SelectionConfig(num_points=-1)
+
+
+# --- the jitted batch against the host reference on random responses ---------------------------
+
+
+def random_case(rng):
+    """A random response: layout (some long, some one- or zero-step), FCI with ties and zeros,
+    a think mask, entropies with ties."""
+    s = int(rng.choice([0, 1, 2, 3, 5, 6, 7, 11, 21, 41, int(rng.integers(1, 120))]))
+    prompt = int(rng.integers(0, 700))
+    lay = make_layout(prompt, rng.integers(1, 90, s).tolist())
+    kind = rng.integers(4)
+    if kind == 0:  # a coarse grid: many exact ties
+        y = rng.integers(0, 4, s) / 8.0
+    elif kind == 1:  # mostly zeros (masked steps)
+        y = np.where(rng.random(s) < 0.8, 0.0, rng.random(s))
+    elif kind == 2:
+        y = np.full(s, float(rng.integers(0, 2)) * 0.3)
+    else:
+        y = rng.random(s) * 10.0 ** rng.integers(-3, 3)
+    fci = np.concatenate([[rng.random()], y]).astype(np.float32)
+    think = None if rng.random() < 0.5 or s == 0 else int(rng.integers(1, s + 1))
+    lay = type(lay)(lay.prompt_len, lay.bounds, think)
+    masked = fci.copy()
+    if think is not None:
+        masked[think:] = 0.0  # what the scoring pass hands the host reference
+    r = lay.response_len
+    ent = (rng.integers(0, 5, r) / 4.0 if rng.random() < 0.5 else rng.random(r)).astype(np.float32)
+    return lay, fci, masked, ent
+
+
+@pytest.fixture(scope="module")
+def cases():
+    rng = np.random.default_rng(123)
+    return [random_case(rng) for _ in range(2000)]
+
+
+def batch_points(cases, cfg, key=None):
+    inputs = selection_inputs([c[0] for c in cases], [c[1] for c in cases], [c[3] for c in cases])
+    offsets, valid = jax.device_get(select(inputs, jax.random.key(0) if key is None else key, cfg))
+    return [o[v].tolist() for o, v in zip(offsets[: len(cases)], valid[: len(cases)], strict=True)]
+
+
+@pytest.mark.parametrize(
+    "rho,n,distance",
+    [
+        (0.2, 2, 512),
+        (0.2, 2, 0),
+        (0.35, 3, 100),
+        (0.1, 1, 30),
+        (0.7, 4, 0),
+        (0.0, 2, 0),
+        (1.0, 2, 9),
+    ],
+)
+def test_atb_batch_equals_host_reference(cases, rho, n, distance):
+    cfg = SelectionConfig(rho=rho, num_points=n, min_token_distance=distance)
+    host = ref.SelectionConfig(rho=rho, num_points=n, min_token_distance=distance)
+    got = batch_points(cases, cfg)
+    for (lay, _, masked, _), points in zip(cases, got, strict=True):
+        assert points == ref.select_branch_points(lay, host, fci=masked), (lay, masked)
+
+
+@pytest.mark.parametrize("method,n", [("entropy", 2), ("entropy", 5), ("earliest", 3), ("none", 2)])
+def test_baselines_batch_equal_host_reference(cases, method, n):
+    got = batch_points(cases, SelectionConfig(method=method, num_points=n))
+    host = ref.SelectionConfig(method=method, num_points=n)
+    for (lay, _, _, ent), points in zip(cases, got, strict=True):
+        assert points == ref.select_branch_points(lay, host, entropy=ent)
+
+
+def test_random_batch_follows_the_host_rules_and_distribution(cases):
+    """Random draws cannot equal numpy's stream: check the rules per case, the uniform law over
+    ordered pairs, and that a row's draw does not depend on the rest of the batch."""
+    cfg = SelectionConfig(method="random", num_points=2)
+    got = batch_points(cases, cfg)
+    for (lay, *_), points in zip(cases, got, strict=True):
+        s = lay.num_steps
+        starts = [lay.bounds[k][0] - lay.prompt_len for k in range(2, s + 1)]
+        if s < 2:
+            assert points == []
+        elif s == 2:
+            assert points == [starts[0]] * 2
+        else:
+            assert len(set(points)) == 2 and set(points) <= set(starts)
+    assert batch_points(cases[:7], cfg) == got[:7]  # same rows, smaller batch: same draws
+    lay = make_layout(4, [3] * 4)  # steps 2..4: 6 ordered pairs
+    many = batch_points([(lay, np.zeros(5), None, np.zeros(12))] * 3000, cfg)
+    pairs, counts = np.unique(np.array(many), axis=0, return_counts=True)
+    assert len(pairs) == 6  # each ordered pair ~500 times, sd 20.4: 5 sd bounds
+    assert counts.min() > 500 - 102 and counts.max() < 500 + 102

@@ -1,9 +1,13 @@
 """ADS, adaptive sampling (ALGORITHM.md section 6): how many responses of each problem to expand,
-which ones, which all-correct problems deserve expansion, which problems to drop, how many prompts
-the next batch takes, and padding of row counts to static buckets.
+which ones, which all-correct problems deserve expansion, which problems to drop and how many
+prompts the next batch takes.
 
-Host-side pure functions; the only state, the attention filter's running mean, is an explicit
-value (AttentionFilterState) that the trainer checkpoints. Where paper and released code differ the
+Jitted functions over a padded batch of problems ([P, G] rewards; no Python loop per problem); the
+only state, the attention filter's running mean, is an explicit value (AttentionFilterState) that
+the trainer checkpoints. Random picks draw from fold_in(key, problem index), so they do not depend
+on padding or batching. The attention scores and the filter's running mean are float64 (x64 is
+switched on for those two calls only), so ties break as in the released float64 code; that is P
+scalars per step, cheap even where float64 is emulated. Where paper and released code differ the
 released code is the default:
 - expansion count ceil(G * exp(-c / G)) (the paper writes round: `rounding="round"`);
 - all-correct problems that pass the filter expand their FIRST ceil(G / e) responses (index order);
@@ -17,13 +21,16 @@ released code is the default:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
+from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from attnrl_jax.rl.tree import ProblemTree
+from attnrl_jax.rl.tree import TreeInputs, TreeValues
+from attnrl_jax.scoring.selection import bucket
 
 EXPANSION_MODES = ("exp", "uniform")  # difficulty-aware count, or all G (ablation)
 ALL_CORRECT_MODES = ("attention", "always")
@@ -32,7 +39,7 @@ ZERO_ADVANTAGE_FILTERS = ("same_reward", "zero_advantage", "off")
 
 @dataclass(frozen=True)
 class ADSConfig:
-    """ADS settings (defaults: the published AttnRL run).
+    """ADS settings (defaults: the published AttnRL run). Frozen and hashable: static under jit.
 
     expansion: "exp" (ceil(G * exp(-c / G)) responses) or "uniform" (all G; the ablation without
     difficulty-aware expansion). rounding: "ceil" (released code) or "round" (paper).
@@ -41,7 +48,6 @@ class ADSConfig:
     released code), "zero_advantage" (drop problems whose every token advantage is 0) or "off".
     target_sequences: B', training sequences wanted per step (64 x 6 x 5). batch_lambda: weight of
     the previous prompt batch size. initial_prompt_batch_size: prompts in the first batches.
-    row_buckets: static row counts that training batches are padded up to.
     """
 
     expansion: str = "exp"
@@ -51,7 +57,6 @@ class ADSConfig:
     target_sequences: int = 1920
     batch_lambda: float = 0.9
     initial_prompt_batch_size: int = 64
-    row_buckets: tuple[int, ...] = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536)
 
     def __post_init__(self):
         choices = {
@@ -67,17 +72,14 @@ class ADSConfig:
             raise ValueError(f"batch_lambda must be in [0, 1], got {self.batch_lambda}")
         if self.target_sequences < 1 or self.initial_prompt_batch_size < 1:
             raise ValueError("target_sequences and initial_prompt_batch_size must be >= 1")
-        if not self.row_buckets or list(self.row_buckets) != sorted(set(self.row_buckets)):
-            raise ValueError(f"row_buckets must be strictly increasing, got {self.row_buckets}")
-        if self.row_buckets[0] < 1:
-            raise ValueError("row_buckets must be positive")
 
 
 def expansion_count(num_correct: int, group_size: int, config: ADSConfig = ADSConfig()) -> int:
     """Responses to expand when `num_correct` of `group_size` (G) initial responses are correct.
 
     "exp": ceil (or round) of G * exp(-c / G), so all-wrong gives G and all-correct ceil(G / e).
-    Never below the minority count: exp(-x) >= 1 - x for all x, and >= x for x <= 1/2.
+    Never below the minority count: exp(-x) >= 1 - x for all x, and >= x for x <= 1/2. Computed
+    in float64 on the host; jitted code reads it from a table per c (expansion_table).
     """
     if not 0 <= num_correct <= group_size:
         raise ValueError(f"num_correct={num_correct} outside [0, {group_size}]")
@@ -87,34 +89,11 @@ def expansion_count(num_correct: int, group_size: int, config: ADSConfig = ADSCo
     return math.ceil(x) if config.rounding == "ceil" else round(x)
 
 
-def choose_expansions(
-    rewards: np.ndarray, rng: np.random.Generator, config: ADSConfig = ADSConfig()
-) -> np.ndarray:
-    """Indices (sorted) of the initial responses to expand, ignoring the all-correct filter.
-
-    rewards: 0/1 [G]. Mixed: every minority-outcome response, then a random sample of the others up
-    to the count (incorrect ones count as the minority on a tie). All-wrong: all G (the count is G).
-    All-correct: the first `count` responses, as in the released code.
-    """
-    rewards = np.asarray(rewards)
-    g, c = len(rewards), int((rewards > 0).sum())
-    count = expansion_count(c, g, config)
-    if c in (0, g):
-        return np.arange(count)
-    correct, wrong = np.flatnonzero(rewards > 0), np.flatnonzero(rewards <= 0)
-    minority, others = (wrong, correct) if c >= g - c else (correct, wrong)
-    extra = rng.choice(others, size=count - len(minority), replace=False)
-    return np.sort(np.concatenate([minority, extra]))
-
-
-def problem_mean_fci(fci: np.ndarray, num_steps: np.ndarray) -> float:
-    """A problem's attention score: mean over its responses of the mean FCI of response steps.
-
-    fci: float[G, >= S_max + 1], per step with step 0 (the prompt) first, as the scoring pass gives
-    it; masked steps are zeros and stay in the mean. num_steps: int[G], S per response (>= 1).
-    """
-    fci = np.asarray(fci, dtype=np.float64)
-    return float(np.mean([fci[i, 1 : 1 + int(s)].mean() for i, s in enumerate(num_steps)]))
+def expansion_table(group_size: int, config: ADSConfig = ADSConfig()) -> np.ndarray:
+    """int32[G + 1]: expansion_count(c, G) for c = 0..G."""
+    return np.array(
+        [expansion_count(c, group_size, config) for c in range(group_size + 1)], np.int32
+    )
 
 
 @jax.tree_util.register_dataclass
@@ -129,20 +108,80 @@ class AttentionFilterState:
     count: int = 0
 
 
-def attention_filter(
-    state: AttentionFilterState, scores: np.ndarray
-) -> tuple[AttentionFilterState, np.ndarray]:
-    """Judge a batch's all-correct problems; returns (new state, bool[P] expand).
+@jax.jit
+def _problem_mean_fci(fci: jax.Array, num_steps: jax.Array) -> jax.Array:
+    s = jnp.maximum(num_steps, 1)
+    k = jnp.arange(fci.shape[-1])
+    inside = (k >= 1) & (k <= s[..., None])
+    per_response = jnp.where(inside, fci.astype(jnp.float64), 0.0).sum(-1) / s
+    return per_response.mean(-1)
 
-    scores: float[P], problem_mean_fci of each all-correct problem of the batch. The batch is
-    added to the running mean first (the released code does so before any decision), then a
-    problem expands iff its score > the updated mean. An empty batch leaves the state unchanged.
+
+def problem_mean_fci(fci: jax.Array, num_steps: jax.Array) -> jax.Array:
+    """A problem's attention score: mean over its responses of the mean FCI of response steps.
+
+    fci: float[..., G, S1], per step with step 0 (the prompt) first, as the scoring pass gives it;
+    masked steps are zeros and stay in the mean, entries past S are padding. num_steps: int[..., G],
+    S per response (0 counts as 1: an empty response scores its single zero). Returns float64[...].
     """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if scores.size == 0:
-        return state, np.zeros(0, dtype=bool)
-    new = AttentionFilterState(float(state.total + scores.sum()), int(state.count + scores.size))
-    return new, scores > new.total / new.count
+    with jax.enable_x64(True):
+        return _problem_mean_fci(fci, num_steps)
+
+
+def expansion_plan(
+    rewards: jax.Array,
+    problem_valid: jax.Array,
+    mean_fci: jax.Array,
+    state: AttentionFilterState,
+    key: jax.Array,
+    config: ADSConfig = ADSConfig(),
+) -> tuple[AttentionFilterState, jax.Array, jax.Array]:
+    """Which responses of each problem to expand: (new state, expand bool[P, G], filtered [P]).
+
+    rewards: 0/1 [P, G]; problem_valid: bool[P] (padding rows False); mean_fci: float[P]
+    (problem_mean_fci, read only for all-correct problems); state: the attention filter's running
+    sums (returned as 0-d arrays; float() / int() them to store). Released-code rules: the count
+    is ceil(G exp(-c / G)); all-wrong and all-correct problems expand their FIRST `count`
+    responses; mixed ones every minority-outcome response (a tie makes the incorrect ones the
+    minority), then a uniformly random sample of the others from fold_in(key, problem index).
+    The filter adds the batch's all-correct problems to the running mean first; such a problem
+    expands iff its score > the updated mean. `filtered` marks the all-correct problems the
+    filter left unexpanded.
+    """
+    with jax.enable_x64(True):
+        total, count, expand, filtered = _expansion_plan(
+            jnp.asarray(rewards), jnp.asarray(problem_valid), jnp.asarray(mean_fci, jnp.float64),
+            jnp.float64(state.total), jnp.int64(state.count), key, config,
+        )  # fmt: skip
+    return AttentionFilterState(total, count), expand, filtered
+
+
+@partial(jax.jit, static_argnames="config")
+def _expansion_plan(rewards, problem_valid, mean_fci, total, count, key, config):
+    p, g = rewards.shape
+    correct = rewards > 0
+    c = correct.sum(-1)
+    n = jnp.asarray(expansion_table(g, config))[c]
+    all_correct = problem_valid & (c == g)
+    keep = jnp.ones(p, bool)
+    if config.all_correct == "attention":
+        scores = jnp.where(all_correct, mean_fci, 0.0)
+        total = total + scores.sum()
+        count = count + all_correct.sum()
+        keep = ~all_correct | (scores > total / jnp.maximum(count, 1))
+    wrong_minority = c >= g - c
+    minority = jnp.where(wrong_minority[:, None], ~correct, correct)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(p))
+    u = jax.vmap(lambda k: jax.random.uniform(k, (g,)))(keys)
+    u = jnp.where(minority, 2.0, u)  # rank the others only
+    rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
+    extra = n - minority.sum(-1)
+    mixed_pick = minority | (rank < extra[:, None])
+    uniform = (c == 0) | (c == g)
+    first = jnp.arange(g)[None, :] < n[:, None]
+    chosen = jnp.where(uniform[:, None], first, mixed_pick)
+    expand = chosen & (keep & problem_valid)[:, None]
+    return total, count, expand, all_correct & ~keep
 
 
 def plan_expansions(
@@ -152,77 +191,106 @@ def plan_expansions(
     rng: np.random.Generator,
     config: ADSConfig = ADSConfig(),
 ) -> tuple[AttentionFilterState, list[np.ndarray]]:
-    """Which responses of each problem of a batch to expand.
+    """Host convenience over expansion_plan: (new state, sorted indices to expand per problem).
 
-    rewards: 0/1 [P, G]. mean_fci: float[P], problem_mean_fci per problem (read only for
-    all-correct problems). Returns the updated filter state and, per problem, the sorted indices
-    to expand (empty for an all-correct problem that is filtered out). Problems draw from `rng` in
-    order.
+    rewards: 0/1 [P, G]. mean_fci: float[P]. The jax key is drawn from `rng`.
     """
-    rewards = np.asarray(rewards)
-    all_correct = (rewards > 0).all(axis=1)
-    keep = np.ones(len(rewards), dtype=bool)
-    if config.all_correct == "attention":
-        state, passed = attention_filter(state, np.asarray(mean_fci)[all_correct])
-        keep[all_correct] = passed
-    chosen = [
-        choose_expansions(r, rng, config) if k else np.zeros(0, dtype=np.int64)
-        for r, k in zip(rewards, keep, strict=True)
+    rewards = np.asarray(rewards, np.float32)
+    p, g = rewards.shape
+    rows = bucket(p, 8)
+    padded = np.zeros((rows, g), np.float32)
+    padded[:p] = rewards
+    fci = np.zeros(rows, np.float64)
+    fci[:p] = mean_fci
+    key = jax.random.key(int(rng.integers(2**31)))
+    new, expand, _ = jax.device_get(
+        expansion_plan(padded, np.arange(rows) < p, fci, state, key, config)
+    )
+    return AttentionFilterState(float(new.total), int(new.count)), [
+        np.flatnonzero(e) for e in expand[:p]
     ]
-    return state, chosen
 
 
-def keep_problem(tree: ProblemTree, config: ADSConfig = ADSConfig()) -> bool:
-    """Zero-advantage filter: whether a problem's training paths carry any learning signal.
+def choose_expansions(
+    rewards: np.ndarray, rng: np.random.Generator, config: ADSConfig = ADSConfig()
+) -> np.ndarray:
+    """Indices (sorted) of one problem's initial responses to expand, ignoring the all-correct
+    filter (expansion_plan's rules). rewards: 0/1 [G]."""
+    always = replace(config, all_correct="always")
+    _, chosen = plan_expansions(np.asarray(rewards)[None], np.zeros(1), AttentionFilterState(),
+                                rng, always)  # fmt: skip
+    return chosen[0]
 
-    A problem without training paths is always dropped.
+
+def attention_filter(
+    state: AttentionFilterState, scores: np.ndarray
+) -> tuple[AttentionFilterState, np.ndarray]:
+    """Judge a batch of all-correct problems (expansion_plan's filter): (new state, bool[P] expand).
+
+    scores: float[P], problem_mean_fci of each all-correct problem. An empty batch leaves the
+    state unchanged.
     """
-    if not tree.paths:
-        return False
-    if config.zero_advantage_filter == "same_reward":
-        return len({p.reward for p in tree.paths}) > 1
-    if config.zero_advantage_filter == "zero_advantage":
-        return any(bool(np.any(p.advantages != 0)) for p in tree.paths)
-    return True
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if scores.size == 0:
+        return state, np.zeros(0, dtype=bool)
+    ones = np.ones((scores.size, 1), np.float32)  # G = 1, correct: every problem is all-correct
+    new, chosen = plan_expansions(ones, scores, state, np.random.default_rng(0))
+    return new, np.array([len(c) > 0 for c in chosen])
+
+
+@partial(jax.jit, static_argnames="mode")
+def keep_problems(inputs: TreeInputs, values: TreeValues, mode: str = "same_reward") -> jax.Array:
+    """Zero-advantage filter over a batch of trees: bool[P], whether a problem's training paths
+    carry any learning signal. A problem without training paths (no expanded response) is dropped.
+
+    "same_reward": keep iff the leaf rewards of its training paths (expanded responses' own
+    rewards and their continuations) are not all equal. "zero_advantage": keep iff some node with
+    tokens has a nonzero advantage. "off": keep every problem with training paths.
+    """
+    expanded = values.num_groups > 0  # [P, G]
+    has_paths = expanded.any(-1)
+    if mode == "off":
+        return has_paths
+    if mode == "same_reward":
+        cont = inputs.cont_valid & expanded[..., None, None]
+        inf = jnp.float32(jnp.inf)
+        own = jnp.where(expanded, inputs.reward, inf)
+        lo = jnp.minimum(own.min(-1), jnp.where(cont, inputs.cont_reward, inf).min((-3, -2, -1)))
+        own = jnp.where(expanded, inputs.reward, -inf)
+        hi = jnp.maximum(own.max(-1), jnp.where(cont, inputs.cont_reward, -inf).max((-3, -2, -1)))
+        return has_paths & (hi > lo)
+    i = jnp.arange(values.chain_start.shape[-1])
+    chain = (i <= values.num_groups[..., None]) & expanded[..., None]
+    chain = chain & (values.chain_end > values.chain_start) & (values.chain_advantage != 0)
+    cont = inputs.cont_valid & (inputs.cont_len > 0) & (values.cont_advantage != 0)
+    return has_paths & (chain.any((-2, -1)) | cont.any((-3, -2, -1)))
+
+
+@partial(jax.jit, static_argnames=("target", "lam_num", "lam_den"))
+def _next_size(prev, last, target, lam_num, lam_den):
+    ratio = (prev * target) // jnp.maximum(last, 1)
+    mixed = (lam_den - lam_num) * ratio + lam_num * prev  # lambda = num / den, exactly
+    size = -(-mixed // lam_den)
+    return jnp.maximum(jnp.where(last <= 0, prev, size), 1)
 
 
 def next_prompt_batch_size(prev: int, last_sequences: int, config: ADSConfig = ADSConfig()) -> int:
     """B_next = ceil((1 - lambda) * floor(B_prev * B' / B'') + lambda * B_prev).
 
     prev: B_prev, prompts in the last batch. last_sequences: B'', training sequences in the last
-    batch after filtering. Computed exactly (lambda as its decimal value): the released code uses
-    float64 and its ceil rounds float noise up by one in about 1% of cases. B'' = 0 gives no ratio
-    to aim by, so the size stays. Never below 1.
+    batch after filtering. Computed exactly in int32 (lambda as its decimal value): the released
+    code uses float64 and its ceil rounds float noise up by one in about 1% of cases. B'' = 0
+    gives no ratio to aim by, so the size stays. Never below 1.
     """
-    if last_sequences <= 0:
-        return max(prev, 1)
     lam = Fraction(repr(config.batch_lambda))
-    target = (prev * config.target_sequences) // last_sequences
-    return max(math.ceil((1 - lam) * target + lam * prev), 1)
-
-
-def bucket_size(n: int, buckets: tuple[int, ...]) -> int:
-    """The smallest bucket >= n; beyond the largest, the next multiple of the largest."""
-    for b in buckets:
-        if n <= b:
-            return b
-    return -(-n // buckets[-1]) * buckets[-1]
-
-
-def pad_rows(arrays: dict[str, np.ndarray], buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Pad each array's leading axis (N rows, equal for all) with zeros up to bucket_size(N).
-
-    Adds "row_weight": float32[N_pad], 1 for real rows and 0 for padding, so padded rows carry
-    zero weight (and zero advantage) in the loss while the jitted step sees a static shape.
-    """
-    sizes = {len(a) for a in arrays.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"arrays disagree on the row count: {sorted(sizes)}")
-    (n,) = sizes
-    size = bucket_size(n, buckets)
-    out = {
-        k: np.pad(np.asarray(a), [(0, size - n)] + [(0, 0)] * (np.ndim(a) - 1))
-        for k, a in arrays.items()
-    }
-    out["row_weight"] = (np.arange(size) < n).astype(np.float32)
-    return out
+    bound = max(prev, 1) * config.target_sequences * lam.denominator
+    if bound >= 2**31:
+        raise ValueError(
+            f"batch-size rule overflows int32: B_prev {prev} x B' x lambda denominator"
+        )
+    return int(
+        _next_size(
+            np.int32(prev), np.int32(last_sequences), config.target_sequences,
+            lam.numerator, lam.denominator,
+        )
+    )  # fmt: skip

@@ -23,15 +23,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import jax
 import numpy as np
 
 from attnrl_jax.rl import ads
-from attnrl_jax.rl.grpo import grpo_tree
+from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree, keep_groups
 from attnrl_jax.rl.packed import TrainProblem
 from attnrl_jax.rl.rollout import Generation, RolloutConfig
-from attnrl_jax.rl.tree import ORIGINAL, Continuation, Response, build_tree
+from attnrl_jax.rl.tree import ORIGINAL, Continuation, Response, assemble_trees, tree_batch
 from attnrl_jax.sampling import Request, Sample
-from attnrl_jax.scoring.selection import select_branch_points
+from attnrl_jax.scoring.selection import bucket, select, selection_inputs
 
 # [response][branch point] -> the T continuations of that branch point (or their rewards)
 Nested = tuple[tuple[tuple, ...], ...]
@@ -75,41 +76,38 @@ def plan_branches(
 ) -> BranchPlan:
     """ADS expansion plan (which responses) and branch points (where) for a graded Generation.
 
-    rewards: float[P * G]. GRPO (rc.tree False) branches nowhere.
+    rewards: float[P * G]. GRPO (rc.tree False) branches nowhere. Two jitted calls over the whole
+    batch (ads.expansion_plan, selection.select); random picks draw from a jax key taken from
+    `rng` (the trainer's (seed, step) generator), split between ADS and selection.
+    Host-side: padding the per-response layouts / FCI / entropies (they arrive as host arrays
+    from sampling and scoring) and turning the offsets into the plan's tuples.
     """
     g = rc.group_size
     p = len(gen.prompts)
     if not rc.tree:
         return BranchPlan(((),) * (p * g), state, 0)
-    rewards = np.asarray(rewards).reshape(p, g)
-    mean_fci = np.zeros(p)
-    if rc.ads.all_correct == "attention":
-        if gen.fci is None:
-            raise ValueError("the attention filter needs FCI from the scoring pass")
-        for j in range(p):
-            rows = range(j * g, (j + 1) * g)
-            steps = np.array([max(gen.layouts[i].num_steps, 1) for i in rows])
-            width = max(len(gen.fci[i]) for i in rows)
-            fci = np.zeros((g, max(width, int(steps.max()) + 1)))
-            for r, i in enumerate(rows):
-                fci[r, : len(gen.fci[i])] = gen.fci[i]
-            mean_fci[j] = ads.problem_mean_fci(fci, steps)
-    all_correct = (rewards > 0).all(axis=1)
-    new_state, chosen = ads.plan_expansions(rewards, mean_fci, state, rng, rc.ads)
-    filtered = int(sum(1 for j in range(p) if all_correct[j] and len(chosen[j]) == 0))
-    points: list[tuple[int, ...]] = [()] * (p * g)
-    for j, picked in enumerate(chosen):
-        for r in picked:
-            i = j * g + int(r)
-            offsets = select_branch_points(
-                gen.layouts[i],
-                rc.selection,
-                fci=None if gen.fci is None else gen.fci[i],
-                entropy=None if gen.entropies is None else gen.entropies[i],
-                rng=rng,
-            )
-            points[i] = tuple(int(o) for o in offsets)
-    return BranchPlan(tuple(points), new_state, filtered)
+    method = rc.selection.method
+    if gen.fci is None and (method == "atb" or rc.ads.all_correct == "attention"):
+        raise ValueError("ATB and the attention filter need FCI from the scoring pass")
+    if gen.entropies is None and method == "entropy":
+        raise ValueError("method 'entropy' needs per-token entropies from the scoring pass")
+    problems = bucket(p, 8)
+    inputs = selection_inputs(gen.layouts, gen.fci, gen.entropies, rows=problems * g)
+    padded = np.zeros((problems, g), np.float32)
+    padded[:p] = np.asarray(rewards).reshape(p, g)
+    step0 = np.zeros((problems * g, 1), np.float32)  # problem_mean_fci takes step 0 first
+    fci = np.concatenate([step0, inputs.fci], axis=1).reshape(problems, g, -1)
+    mean_fci = ads.problem_mean_fci(fci, inputs.num_steps.reshape(problems, g))
+    k_ads, k_sel = jax.random.split(jax.random.key(int(rng.integers(2**31))))
+    new_state, expand, filtered = ads.expansion_plan(
+        padded, np.arange(problems) < p, mean_fci, state, k_ads, rc.ads
+    )
+    offsets, valid = select(inputs, k_sel, rc.selection)
+    expand, filtered, offsets, valid = jax.device_get((expand, filtered, offsets, valid))
+    valid = valid[: p * g] & expand.reshape(-1, 1)[: p * g]
+    points = tuple(tuple(o[v].tolist()) for o, v in zip(offsets[: p * g], valid, strict=True))
+    state = ads.AttentionFilterState(float(new_state.total), int(new_state.count))
+    return BranchPlan(points, state, int(filtered.sum()))
 
 
 @dataclass(frozen=True)
@@ -132,39 +130,52 @@ def build_problems(
     """Trees (or GRPO groups), zero-advantage filter, stitched behaviour log-probs and versions.
 
     continuations[i][b] / continuation_rewards[i][b]: the samples and float[T] 0/1 rewards of
-    branch point b of response i (`attach`).
+    branch point b of response i (`attach`). Values, advantages and the filter are one
+    jitted call each over all problems; the host gathers the graded rewards into arrays and
+    assembles the kept problems' token-level trees and log-prob segments.
     """
     g = rc.group_size
-    problems, leaves, leaf_sum = [], 0, 0.0
-    for j, prompt in enumerate(gen.prompts):
-        rows = range(j * g, (j + 1) * g)
-        if rc.tree:
-            responses = []
-            for i in rows:
-                groups = [
-                    tuple(
-                        Continuation(s.token_ids, float(r))
-                        for s, r in zip(samples, rew, strict=True)
-                    )
-                    for samples, rew in zip(continuations[i], continuation_rewards[i], strict=True)
-                ]
-                responses.append(
-                    Response(
-                        gen.responses[i], float(rewards[i]), plan.branch_points[i], tuple(groups)
-                    )
+    p = len(gen.prompts)
+    rewards = np.asarray(rewards, np.float32)
+    if rc.tree:
+        groups = [
+            tuple(
+                tuple(
+                    Continuation(s.token_ids, float(r)) for s, r in zip(samples, rew, strict=True)
                 )
-            tree = build_tree(responses, rc.merge_duplicates)
-        else:
-            tree = grpo_tree(
-                [gen.responses[i] for i in rows], np.asarray(rewards)[list(rows)], rc.grpo_eps
+                for samples, rew in zip(continuations[i], continuation_rewards[i], strict=True)
             )
-        leaf_rewards = [p.reward for p in tree.paths]
-        if rc.tree:  # unexpanded responses are leaves too
-            leaf_rewards += [float(rewards[i]) for i in rows if not plan.branch_points[i]]
-        leaves += len(leaf_rewards)
-        leaf_sum += sum(leaf_rewards)
-        if not ads.keep_problem(tree, rc.ads):
-            continue
+            for i in range(p * g)
+        ]
+        problems = [
+            [
+                Response(gen.responses[i], float(rewards[i]), plan.branch_points[i], groups[i])
+                for i in range(j * g, (j + 1) * g)
+            ]
+            for j in range(p)
+        ]
+        inputs, values = tree_batch(problems, rc.merge_duplicates)
+        keep = ads.keep_problems(inputs, values, rc.ads.zero_advantage_filter)
+        values, keep = jax.device_get((values, keep))
+        kept = np.flatnonzero(keep[:p])
+        trees = assemble_trees(problems, values, kept)
+        c_valid = np.asarray(inputs.cont_valid)
+        leaves = int(inputs.response_valid.sum() + c_valid.sum())
+        leaf_sum = float(rewards.sum() + np.where(c_valid, inputs.cont_reward, 0.0).sum())
+    else:
+        by_problem = rewards.reshape(p, g)
+        lengths = np.array([len(r) for r in gen.responses]).reshape(p, g)
+        adv = grpo_advantages(by_problem, rc.grpo_eps)
+        keep = keep_groups(by_problem, adv, lengths, rc.ads.zero_advantage_filter)
+        adv, keep = jax.device_get((adv, keep))
+        kept = np.flatnonzero(keep)
+        trees = [
+            grpo_tree(gen.responses[j * g : (j + 1) * g], by_problem[j], advantages=adv[j])
+            for j in kept
+        ]
+        leaves, leaf_sum = p * g, float(rewards.sum())
+    problems_out = []
+    for j, tree in zip(kept, trees, strict=True):  # host assembly of the kept problems' rows
         logp, vers = [], []
         for seg in tree.segments:
             i = j * g + seg.response
@@ -174,16 +185,17 @@ def build_problems(
             else:
                 logp.append(continuations[i][seg.branch][seg.continuation].logprobs)
                 vers.append(np.full(len(seg.tokens), continuation_version, np.int32))
-        problems.append(
-            TrainProblem(np.asarray(prompt.prompt_ids, np.int32), tree, tuple(logp), tuple(vers))
+        prompt = gen.prompts[j].prompt_ids
+        problems_out.append(
+            TrainProblem(np.asarray(prompt, np.int32), tree, tuple(logp), tuple(vers))
         )
     stats = TreeStats(
-        problems=len(gen.prompts),
-        kept=len(problems),
-        sequences=sum(len(p.tree.paths) for p in problems),
+        problems=p,
+        kept=len(problems_out),
+        sequences=sum(len(t.paths) for t in trees),
         mean_leaf_reward=leaf_sum / max(leaves, 1),
     )
-    return problems, stats
+    return problems_out, stats
 
 
 def attach(plan: BranchPlan, per_request: Sequence) -> Nested:

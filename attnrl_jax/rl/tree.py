@@ -1,7 +1,10 @@
 """One problem's branching tree, node values and TreeRL-style advantages (ALGORITHM.md section 5).
 
-Host-side numpy over one problem (G initial responses plus their graded continuations); it runs once
-per problem per step and costs microseconds.
+Values and advantages are one jitted function over a padded batch of problems (`tree_values`:
+[P, G] responses x [N] branch points x [T] continuations, no Python loop per problem); the host
+packs the graded rewards into those arrays (`tree_inputs`) and assembles the token-level objects
+below from the results (`build_trees`). Shapes are bucketed to powers of two, so nothing recompiles
+across steps. Values and advantages are float32.
 
 Tree of a problem: a virtual root; per initial response with sorted branch offsets u_1 <= ... <= u_m
 the segments S0 = [0, u_1), S_i = [u_i, u_{i+1}), S_m = [u_m, R) form a chain under the root; the
@@ -28,11 +31,15 @@ Outputs, for a problem's expanded responses:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from attnrl_jax.scoring.selection import bucket
 
 ORIGINAL = -1  # `branch` / `continuation` value of tokens that come from the initial response
 
@@ -119,107 +126,248 @@ class ProblemTree:
     paths: tuple[TrainingPath, ...]
 
 
-@dataclass
-class _Node:
-    """Mutable node while building; leaf statistics accumulate bottom-up."""
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class TreeInputs:
+    """A padded batch of P problems, G responses each, N branch points, T continuations each.
 
-    response: int
-    parent: int  # index into the problem's node list, -1 = root
-    start: int
-    tokens: np.ndarray
-    branch: int = ORIGINAL
-    continuation: int = ORIGINAL
-    leaf_sum: float = 0.0
-    leaves: int = 0
+    reward: float32[P, G] initial-response rewards; response_valid: bool[P, G] (padding False);
+    response_len: int32[P, G]; offsets: int32[P, G, N] branch points (any order);
+    cont_reward: float32[P, G, N, T]; cont_valid: bool[P, G, N, T]; cont_len: int32[P, G, N, T]
+    continuation token counts. A branch point without any valid continuation is no branch point.
+    """
+
+    reward: jax.Array
+    response_valid: jax.Array
+    response_len: jax.Array
+    offsets: jax.Array
+    cont_reward: jax.Array
+    cont_valid: jax.Array
+    cont_len: jax.Array
 
 
-def _groups(resp: Response, merge: bool) -> list[tuple[int, list[tuple[int, int, float]]]]:
-    """Branching groups in offset order: (offset, [(branch, continuation, reward), ...])."""
-    order = sorted(
-        (i for i in range(len(resp.branch_points)) if resp.continuations[i]),
-        key=lambda i: resp.branch_points[i],
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class TreeValues:
+    """Outputs of tree_values (float32 values, padded like the inputs).
+
+    root_value: [P]. order: int32[P, G, N], branch-point indices sorted by offset (stable;
+    points without continuations last). group: int32[P, G, N], the branching group of each sorted
+    slot (-1 = none): its continuations hang under chain segment S_group. num_groups: int32[P, G]
+    (0 = unexpanded). chain_start / chain_end: int32[P, G, N + 1], response-relative [start, end)
+    of S_0..S_m; chain_value / chain_leaves / chain_advantage: [P, G, N + 1] (valid for
+    i <= num_groups of an expanded response). cont_advantage: [P, G, N, T] per ORIGINAL point
+    index (not sorted).
+    """
+
+    root_value: jax.Array
+    order: jax.Array
+    group: jax.Array
+    num_groups: jax.Array
+    chain_start: jax.Array
+    chain_end: jax.Array
+    chain_value: jax.Array
+    chain_leaves: jax.Array
+    chain_advantage: jax.Array
+    cont_advantage: jax.Array
+
+
+def _response_chain(offsets, cont_reward, cont_valid, reward, length, merge):
+    """One response: sorted groups, chain cuts and chain leaf sums/counts (see TreeValues)."""
+    n = offsets.shape[0]
+    counts = cont_valid.sum(-1)
+    sums = jnp.where(cont_valid, cont_reward, 0.0).sum(-1)
+    live = counts > 0
+    big = jnp.iinfo(jnp.int32).max
+    order = jnp.argsort(jnp.where(live, offsets, big), stable=True).astype(jnp.int32)
+    so, sl = offsets[order], live[order]
+    prev = jnp.concatenate([jnp.full(1, -1, so.dtype), so[:-1]])
+    new = sl & ((jnp.arange(n) == 0) | (so != prev)) if merge else sl
+    group = jnp.where(sl, jnp.cumsum(new) - 1, -1).astype(jnp.int32)
+    m = new.sum().astype(jnp.int32)
+    slot = jnp.where(sl, group, n)  # out of range: dropped
+    g_sum = jnp.zeros(n).at[slot].add(sums[order], mode="drop")
+    g_cnt = jnp.zeros(n, jnp.int32).at[slot].add(counts[order], mode="drop")
+    g_off = jnp.zeros(n, jnp.int32).at[jnp.where(new, group, n)].set(so, mode="drop")
+    # chain i covers [cut_i, cut_{i+1}) with cut_0 = 0, cut_i = offset of group i - 1, cut_m+1 = R
+    i = jnp.arange(n + 1)
+    start = jnp.where(i == 0, 0, jnp.concatenate([jnp.zeros(1, jnp.int32), g_off])[i])
+    nxt = jnp.concatenate([g_off, jnp.zeros(1, jnp.int32)])
+    end = jnp.where(i >= m, length, nxt)
+    # leaves under S_i: the original ending and every continuation of groups >= i
+    suffix_sum = jnp.cumsum(g_sum[::-1])[::-1]
+    suffix_cnt = jnp.cumsum(g_cnt[::-1])[::-1]
+    pad = jnp.zeros(1)
+    leaf_sum = reward + jnp.concatenate([suffix_sum, pad])
+    leaf_cnt = 1 + jnp.concatenate([suffix_cnt, jnp.zeros(1, jnp.int32)])
+    return order, group, m, start, end, leaf_sum, leaf_cnt
+
+
+@partial(jax.jit, static_argnames="merge")
+def tree_values(inputs: TreeInputs, merge: bool = True) -> TreeValues:
+    """Values and advantages of every node of every problem (ALGORITHM.md section 5).
+
+    V(s) = mean leaf reward below s, V(root) = mean over all leaves (unexpanded responses
+    included), A(s) = ((V(s) - V(root)) + (V(s) - V(parent))) / sqrt(|leaves(s)|) with
+    V(parent) = V(root) for children of the root.
+    """
+    chain = jax.vmap(jax.vmap(partial(_response_chain, merge=merge)))
+    order, group, m, start, end, leaf_sum, leaf_cnt = chain(
+        inputs.offsets,
+        inputs.cont_reward.astype(jnp.float32),
+        inputs.cont_valid,
+        inputs.reward.astype(jnp.float32),
+        inputs.response_len,
     )
-    groups: list[tuple[int, list[tuple[int, int, float]]]] = []
-    for i in order:
-        members = [(i, k, float(c.reward)) for k, c in enumerate(resp.continuations[i])]
-        if merge and groups and groups[-1][0] == resp.branch_points[i]:
-            groups[-1][1].extend(members)
-        else:
-            groups.append((resp.branch_points[i], members))
-    return groups
+    expanded = inputs.response_valid & (m > 0)
+    own = jnp.where(inputs.response_valid, inputs.reward, 0.0)
+    root_sum = jnp.where(expanded, leaf_sum[..., 0], own).sum(-1)
+    root_cnt = jnp.where(expanded, leaf_cnt[..., 0], inputs.response_valid).sum(-1)
+    v_root = root_sum / jnp.maximum(root_cnt, 1)
+    value = leaf_sum / leaf_cnt
+    vr = v_root[:, None, None]
+    parent = jnp.concatenate([jnp.broadcast_to(vr, value[..., :1].shape), value[..., :-1]], -1)
+    advantage = ((value - vr) + (value - parent)) / jnp.sqrt(leaf_cnt.astype(jnp.float32))
+    # continuation leaves: parent is S_group of their point
+    point_group = (
+        jnp.zeros_like(group)
+        .at[
+            jnp.arange(group.shape[0])[:, None, None],
+            jnp.arange(group.shape[1])[None, :, None],
+            order,
+        ]
+        .set(group)
+    )
+    v_parent = jnp.take_along_axis(value, jnp.maximum(point_group, 0), axis=-1)[..., None]
+    c = inputs.cont_reward.astype(jnp.float32)
+    cont_adv = (c - vr[..., None]) + (c - v_parent)
+    return TreeValues(
+        root_value=v_root,
+        order=order,
+        group=group,
+        num_groups=jnp.where(inputs.response_valid, m, 0),
+        chain_start=start,
+        chain_end=end,
+        chain_value=value,
+        chain_leaves=leaf_cnt,
+        chain_advantage=advantage,
+        cont_advantage=jnp.where(inputs.cont_valid, cont_adv, 0.0),
+    )
 
 
-def _add_response(
-    nodes: list[_Node], j: int, resp: Response, merge: bool
-) -> list[tuple[list[int], int, int, float]]:
-    """Append response j's nodes; return its leaf paths (node ids, branch, continuation, reward)."""
-    groups = _groups(resp, merge)
-    tokens = np.asarray(resp.tokens, dtype=np.int32)
-    bounds = [0] + [off for off, _ in groups] + [len(tokens)]
-    chain: list[int] = []
-    for i in range(len(groups) + 1):
-        nodes.append(
-            _Node(j, chain[-1] if chain else -1, bounds[i], tokens[bounds[i] : bounds[i + 1]])
-        )
-        chain.append(len(nodes) - 1)
-    leaves = [(list(chain), ORIGINAL, ORIGINAL, float(resp.reward))]
-    for g, (off, members) in enumerate(groups):  # group g hangs under S_g
-        for branch, k, reward in members:
-            cont = np.asarray(resp.continuations[branch][k].tokens, dtype=np.int32)
-            nodes.append(_Node(j, chain[g], off, cont, branch, k))
-            leaves.append((chain[: g + 1] + [len(nodes) - 1], branch, k, reward))
-    return leaves
+def tree_inputs(problems: Sequence[Sequence[Response]]) -> TreeInputs:
+    """Host side: pack problems (each a sequence of Responses) into bucketed TreeInputs.
+
+    P, G, N and T pad to powers of two (at least 8, 8, 2, 2: few shapes, few compiles).
+    """
+    p = bucket(len(problems), 8)
+    g = bucket(max((len(r) for r in problems), default=1), 8)
+    n = bucket(max((len(x.branch_points) for r in problems for x in r), default=1), 2)
+    t = bucket(max((len(c) for r in problems for x in r for c in x.continuations), default=1), 2)
+    reward = np.zeros((p, g), np.float32)
+    valid = np.zeros((p, g), bool)
+    length = np.zeros((p, g), np.int32)
+    offsets = np.zeros((p, g, n), np.int32)
+    c_reward = np.zeros((p, g, n, t), np.float32)
+    c_valid = np.zeros((p, g, n, t), bool)
+    c_len = np.zeros((p, g, n, t), np.int32)
+    for a, responses in enumerate(problems):  # bookkeeping: gather graded rewards
+        for j, resp in enumerate(responses):
+            reward[a, j], valid[a, j], length[a, j] = resp.reward, True, len(resp.tokens)
+            offsets[a, j, : len(resp.branch_points)] = resp.branch_points
+            for i, conts in enumerate(resp.continuations):
+                c_reward[a, j, i, : len(conts)] = [c.reward for c in conts]
+                c_valid[a, j, i, : len(conts)] = True
+                c_len[a, j, i, : len(conts)] = [len(c.tokens) for c in conts]
+    return TreeInputs(reward, valid, length, offsets, c_reward, c_valid, c_len)
+
+
+def tree_batch(
+    problems: Sequence[Sequence[Response]], merge_duplicates: bool = True
+) -> tuple[TreeInputs, TreeValues]:
+    """Pack problems (tree_inputs) and run tree_values on them; arrays stay on the device."""
+    for responses in problems:
+        if not responses:
+            raise ValueError("a problem needs at least one response")
+    inputs = tree_inputs(problems)
+    return inputs, tree_values(inputs, merge_duplicates)
+
+
+def assemble_trees(
+    problems: Sequence[Sequence[Response]], values: TreeValues, which: Sequence[int] | None = None
+) -> list[ProblemTree]:
+    """Host assembly of the ProblemTrees of problems `which` (default all) from tree_values'
+    outputs (host arrays: jax.device_get them once)."""
+    which = range(len(problems)) if which is None else which
+    return [_assemble(problems[a], jax.tree.map(lambda x, a=a: x[a], values)) for a in which]
+
+
+def build_trees(
+    problems: Sequence[Sequence[Response]], merge_duplicates: bool = True
+) -> list[ProblemTree]:
+    """Trees of a batch of problems: one jitted tree_values call, then host assembly of the
+    token-level segments and paths (see the module doc)."""
+    _, values = tree_batch(problems, merge_duplicates)
+    return assemble_trees(problems, jax.device_get(values))
 
 
 def build_tree(responses: Sequence[Response], merge_duplicates: bool = True) -> ProblemTree:
-    """Values, advantages, packed segments and training paths of one problem.
+    """Values, advantages, packed segments and training paths of one problem (build_trees)."""
+    return build_trees([responses], merge_duplicates)[0]
 
-    V(s) = mean leaf reward below s, V(root) = mean over all leaves (unexpanded responses included),
-    A(s) = ((V(s) - V(root)) + (V(s) - V(parent))) / sqrt(|leaves(s)|) with V(parent) = V(root) for
-    children of the root.
+
+def _assemble(responses: Sequence[Response], v: TreeValues) -> ProblemTree:
+    """One problem's Segments and TrainingPaths from its row of TreeValues (no arithmetic).
+
+    Node order: per expanded response, its chain S_0..S_m, then the continuations of each group
+    in sorted point order; paths: the original ending first, then continuations in node order.
     """
-    nodes: list[_Node] = []
-    leaf_paths: list[tuple[list[int], int, int, float]] = []
-    root_sum, root_leaves = 0.0, 0
-    for j, resp in enumerate(responses):
-        if not any(resp.continuations):  # unexpanded: a leaf under the root, never trained
-            root_sum, root_leaves = root_sum + float(resp.reward), root_leaves + 1
-            continue
-        for path in _add_response(nodes, j, resp, merge_duplicates):
-            leaf_paths.append(path)
-            root_sum, root_leaves = root_sum + path[3], root_leaves + 1
-            for n in path[0]:
-                nodes[n].leaf_sum += path[3]
-                nodes[n].leaves += 1
-    if root_leaves == 0:
-        raise ValueError("a problem needs at least one response")
-    v_root = root_sum / root_leaves
-
     segments: list[Segment] = []
-    for n in nodes:
-        v = n.leaf_sum / n.leaves
-        v_parent = v_root if n.parent < 0 else segments[n.parent].value
-        adv = ((v - v_root) + (v - v_parent)) / math.sqrt(n.leaves)
-        segments.append(
-            Segment(
-                n.response, n.parent, n.start, n.tokens, n.branch, n.continuation, v, n.leaves, adv
+    paths: list[TrainingPath] = []
+    for j, resp in enumerate(responses):
+        m = int(v.num_groups[j])
+        if m == 0:
+            continue
+        tokens = np.asarray(resp.tokens, dtype=np.int32)
+        chain = []
+        for i in range(m + 1):
+            lo, hi = int(v.chain_start[j, i]), int(v.chain_end[j, i])
+            chain.append(len(segments))
+            segments.append(
+                Segment(
+                    j, chain[-2] if i else -1, lo, tokens[lo:hi], ORIGINAL, ORIGINAL,
+                    float(v.chain_value[j, i]), int(v.chain_leaves[j, i]),
+                    float(v.chain_advantage[j, i]),
+                )
+            )  # fmt: skip
+        leaves = [(list(chain), ORIGINAL, ORIGINAL, float(resp.reward))]
+        for slot in range(len(resp.branch_points)):
+            g = int(v.group[j, slot])
+            if g < 0:
+                break
+            branch = int(v.order[j, slot])
+            off = int(v.chain_start[j, g + 1])
+            for k, cont in enumerate(resp.continuations[branch]):
+                segments.append(
+                    Segment(
+                        j, chain[g], off, np.asarray(cont.tokens, dtype=np.int32), branch, k,
+                        float(cont.reward), 1, float(v.cont_advantage[j, branch, k]),
+                    )
+                )  # fmt: skip
+                leaves.append((chain[: g + 1] + [len(segments) - 1], branch, k, float(cont.reward)))
+        for ids, branch, k, reward in leaves:
+            segs = [segments[i] for i in ids]
+            lens = [len(s.tokens) for s in segs]
+            paths.append(
+                TrainingPath(
+                    response=j,
+                    branch=branch,
+                    continuation=k,
+                    segments=tuple(ids),
+                    tokens=np.concatenate([s.tokens for s in segs]).astype(np.int32),
+                    advantages=np.repeat(np.array([s.advantage for s in segs], np.float32), lens),
+                    from_response=np.repeat(np.array([s.branch == ORIGINAL for s in segs]), lens),
+                    reward=reward,
+                )
             )
-        )
-
-    paths = []
-    for ids, branch, k, reward in leaf_paths:
-        segs = [segments[i] for i in ids]
-        lens = [len(s.tokens) for s in segs]
-        paths.append(
-            TrainingPath(
-                response=segs[0].response,
-                branch=branch,
-                continuation=k,
-                segments=tuple(ids),
-                tokens=np.concatenate([s.tokens for s in segs]).astype(np.int32),
-                advantages=np.repeat(np.array([s.advantage for s in segs], np.float32), lens),
-                from_response=np.repeat(np.array([s.branch == ORIGINAL for s in segs]), lens),
-                reward=reward,
-            )
-        )
-    return ProblemTree(v_root, tuple(segments), tuple(paths))
+    return ProblemTree(float(v.root_value), tuple(segments), tuple(paths))

@@ -1,0 +1,275 @@
+"""Branch selection + ADS + tree advantages: the former host code vs the jitted batch functions.
+
+The paper-size batch: 100 problems x 6 responses, every response 1,024 steps of 8 tokens (8,192
+tokens, prompt 256), FCI random with 20% zeros; a third of the problems all-correct, a third
+all-wrong, a third mixed; every expanded response branches at N = 2 points with T = 2 graded
+continuations of 1,024 tokens. Phases, each the median of --rounds after a warm-up (the jitted
+side's compile time is reported separately):
+
+  selection    host: ATB per expanded response (tests/reference_selection.py);
+               jitted: selection.select over all 600 rows (padded arrays already built)
+  ads          host: problem mean FCI per problem + plan_expansions (tests/reference_ads.py);
+               jitted: ads.problem_mean_fci + ads.expansion_plan
+  advantages   host: build_tree + keep_problem per problem (values, advantages and the
+               token-level assembly in one pass, tests/reference_tree.py);
+               jitted: tree.tree_values + ads.keep_problems
+  packing      jitted side only, host: selection_inputs + tree_inputs (padding per response)
+  assembly     jitted side only, host: tree.assemble_trees (token-level segments and paths)
+
+    python benchmarks/branching.py --json benchmarks/results/cpu_branching.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout; the host references in tests/
+
+import reference_ads as ref_ads  # noqa: E402
+import reference_selection as ref_sel  # noqa: E402
+import reference_tree as ref_tree  # noqa: E402
+
+from attnrl_jax.rl import ads  # noqa: E402
+from attnrl_jax.rl.tree import (  # noqa: E402
+    Continuation,
+    Response,
+    assemble_trees,
+    tree_inputs,
+    tree_values,
+)
+from attnrl_jax.scoring.selection import (  # noqa: E402
+    SelectionConfig,
+    bucket,
+    select,
+    selection_inputs,
+)
+from attnrl_jax.scoring.steps import StepLayout  # noqa: E402
+
+
+def make_batch(problems: int, group: int, steps: int, step_len: int, prompt: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    layouts, fci = [], []
+    for _ in range(problems * group):
+        ends = prompt + step_len * np.arange(steps + 1)
+        bounds = ((0, prompt),) + tuple(zip(ends[:-1].tolist(), ends[1:].tolist(), strict=True))
+        layouts.append(StepLayout(prompt, bounds, None))
+        y = np.where(rng.random(steps + 1) < 0.2, 0.0, rng.random(steps + 1))
+        fci.append(y.astype(np.float32))
+    rewards = (rng.random((problems, group)) < 0.5).astype(np.float32)
+    rewards[0::3] = 1.0
+    rewards[1::3] = 0.0
+    return layouts, fci, rewards
+
+
+def tree_problems(rewards, points, response_len, cont_len, seed=1):
+    """Responses with their branch points and T = 2 graded continuations each."""
+    rng = np.random.default_rng(seed)
+    p, g = rewards.shape
+    out = []
+    for j in range(p):
+        responses = []
+        for r in range(g):
+            pts = points[j * g + r]
+            conts = tuple(
+                tuple(
+                    Continuation(rng.integers(1, 1000, cont_len), float(rng.integers(2)))
+                    for _ in range(2)
+                )
+                for _ in pts
+            )
+            toks = rng.integers(1, 1000, response_len)
+            responses.append(Response(toks, float(rewards[j, r]), tuple(pts), conts))
+        out.append(responses)
+    return out
+
+
+def to_reference(problem):
+    return [
+        ref_tree.Response(
+            x.tokens,
+            x.reward,
+            x.branch_points,
+            tuple(
+                tuple(ref_tree.Continuation(c.tokens, c.reward) for c in g) for g in x.continuations
+            ),
+        )
+        for x in problem
+    ]
+
+
+def timed(fn, rounds: int) -> float:
+    """Median seconds of fn() over rounds (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--problems", type=int, default=100)
+    parser.add_argument("--group", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=1024)
+    parser.add_argument("--step-len", type=int, default=8)
+    parser.add_argument("--prompt", type=int, default=256)
+    parser.add_argument("--cont-len", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    p, g = args.problems, args.group
+    layouts, fci, rewards = make_batch(p, g, args.steps, args.step_len, args.prompt)
+    cfg = SelectionConfig()  # ATB, rho 0.2, N = 2, 512-token distance
+    ads_cfg = ads.ADSConfig()
+    host_cfg = ref_sel.SelectionConfig()
+    host_ads = ref_ads.ADSConfig()
+
+    # ----- host reference (the former plan_branches / build_problems arithmetic) -----
+    def host_ads_plan():
+        mean = np.array(
+            [
+                ref_ads.problem_mean_fci(
+                    np.stack(fci[j * g : (j + 1) * g]),
+                    np.array([lay.num_steps for lay in layouts[j * g : (j + 1) * g]]),
+                )
+                for j in range(p)
+            ]
+        )
+        return ref_ads.plan_expansions(
+            rewards, mean, ref_ads.AttentionFilterState(), np.random.default_rng(0), host_ads
+        )
+
+    _, chosen = host_ads_plan()
+    expanded = [j * g + int(r) for j, picked in enumerate(chosen) for r in picked]
+
+    def host_selection():
+        return {i: ref_sel.select_branch_points(layouts[i], host_cfg, fci=fci[i]) for i in expanded}
+
+    points = [()] * (p * g)
+    for i, pts in host_selection().items():
+        points[i] = tuple(pts)
+    problems = tree_problems(rewards, points, args.steps * args.step_len, args.cont_len)
+    reference = [to_reference(x) for x in problems]
+
+    def host_advantages():
+        trees = [ref_tree.build_tree(x) for x in reference]
+        return [ref_ads.keep_problem(t, host_ads) for t in trees]
+
+    host = {
+        "selection": timed(host_selection, args.rounds),
+        "ads": timed(host_ads_plan, args.rounds),
+        "advantages": timed(host_advantages, args.rounds),
+    }
+
+    # ----- jitted -----
+    key = jax.random.key(0)
+    rows = bucket(p, 8)
+    sel_in = jax.device_put(selection_inputs(layouts, fci, rows=rows * g))
+    pad_rewards = np.zeros((rows, g), np.float32)
+    pad_rewards[:p] = rewards
+    problem_valid = np.arange(rows) < p
+    t_in = jax.device_put(tree_inputs(problems))
+
+    def jit_selection():
+        return jax.block_until_ready(select(sel_in, key, cfg))
+
+    def jit_ads():
+        fci = jnp.pad(sel_in.fci, ((0, 0), (1, 0))).reshape(rows, g, -1)  # step 0 first
+        mean = ads.problem_mean_fci(fci, sel_in.num_steps.reshape(rows, g))
+        out = ads.expansion_plan(
+            pad_rewards, problem_valid, mean, ads.AttentionFilterState(), key, ads_cfg
+        )
+        return jax.block_until_ready(out)
+
+    def jit_advantages():
+        values = tree_values(t_in, True)
+        return jax.block_until_ready((values, ads.keep_problems(t_in, values, "same_reward")))
+
+    compile_s = {}
+    for name, fn in (
+        ("selection", jit_selection),
+        ("ads", jit_ads),
+        ("advantages", jit_advantages),
+    ):
+        start = time.perf_counter()
+        fn()
+        compile_s[name] = time.perf_counter() - start
+    jitted = {
+        "selection": timed(jit_selection, args.rounds),
+        "ads": timed(jit_ads, args.rounds),
+        "advantages": timed(jit_advantages, args.rounds),
+    }
+    values = jax.device_get(tree_values(t_in, True))
+    jitted_host = {
+        "packing": timed(
+            lambda: (selection_inputs(layouts, fci, rows=rows * g), tree_inputs(problems)),
+            args.rounds,
+        ),
+        "assembly": timed(lambda: assemble_trees(problems, values), args.rounds),
+    }
+
+    device = jax.devices()[0]
+    base = {
+        "problems": p,
+        "group": g,
+        "steps": args.steps,
+        "step_len": args.step_len,
+        "cont_len": args.cont_len,
+        "rounds": args.rounds,
+    }
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "platform": device.platform,
+        "device": device.device_kind,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+    }
+    out = []
+
+    def row(system, phase, metric, value, unit):
+        params = {**base, "phase": phase}
+        out.append(
+            {
+                "benchmark": "branching",
+                "system": system,
+                "params": params,
+                "metric": metric,
+                "value": round(value, 3),
+                "unit": unit,
+                **meta,
+            }
+        )
+
+    for phase in ("selection", "ads", "advantages"):
+        row("host_reference", phase, "ms", 1000 * host[phase], "ms")
+        row("jitted", phase, "ms", 1000 * jitted[phase], "ms")
+        row("jitted", phase, "compile_s", compile_s[phase], "s")
+    row("host_reference", "total", "ms", 1000 * sum(host.values()), "ms")
+    row("jitted", "total", "ms", 1000 * sum(jitted.values()), "ms")
+    for phase, value in jitted_host.items():
+        row("jitted", phase, "ms", 1000 * value, "ms")
+    for r in out:
+        print(f"{r['system']:15s} {r['params']['phase']:11s} {r['metric']:9s} {r['value']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
