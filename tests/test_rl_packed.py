@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attnrl_jax.buckets import power_of_two
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import forward, init_params
 from attnrl_jax.rl.loss import LossConfig, policy_loss
 from attnrl_jax.rl.packed import (
     TrainProblem,
     make_rows,
-    power_of_two,
     row_logprobs,
     stack_rows,
     tokens_processed,

@@ -25,12 +25,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from attnrl_jax.buckets import power_of_two
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params
 from attnrl_jax.models.sharding import batch_sharding
 from attnrl_jax.models.transfer import to_device
 from attnrl_jax.rl.loss import LossConfig, metric_names, policy_loss
-from attnrl_jax.rl.packed import TrainProblem, make_rows, power_of_two, row_logprobs, stack_rows
+from attnrl_jax.rl.packed import TrainProblem, make_rows, row_logprobs, stack_rows
 from attnrl_jax.rl.settings import OptimConfig
 
 DEVICE_FIELDS = ("tokens", "positions", "nodes", "predictor", "ancestors")
