@@ -134,13 +134,14 @@ class Observer(Protocol):
     """Receives one layer's attention probabilities, chunk by chunk, and keeps its own state.
 
     For each query chunk (start `q`): acc = start(state, q); then per key chunk (start `k`)
-    acc = add(acc, probs, rescale, q, k); then state = finish(state, acc, q).
+    acc = add(acc, probs, rescale, q, k); then state = finish(state, acc, total, q).
 
-    probs [B, Hkv, G, Cq, Ck] float32 are the query chunk's probabilities over the keys seen so
-    far (exact softmax rows once the last key chunk is added). rescale [B, Hkv, G, Cq] turns what
-    `acc` holds from this query chunk's earlier key chunks into probabilities over all keys seen
-    so far (the running softmax's correction); None when the kernel reads the keys whole (the
-    probabilities are then final as given).
+    Keys read whole (one exact softmax): probs [B, Hkv, G, Cq, S] float32 are the attention
+    probabilities; rescale and total are None.
+    Keys read in chunks (running softmax): probs [B, Hkv, G, Cq, Ck] are exp(score - m) for the
+    running maximum m; rescale [B, Hkv, G, Cq] = exp(m_old - m_new) multiplies what `acc` holds
+    from earlier key chunks (as the kernel rescales its own sums); total [B, Hkv, G, Cq] is the
+    softmax denominator, so the attention probabilities are (rescaled probs) / total.
     """
 
     def start(self, state: Any, q_start: Any) -> Any: ...
@@ -149,7 +150,7 @@ class Observer(Protocol):
         self, acc: Any, probs: jax.Array, rescale: jax.Array | None, q_start, k_start
     ) -> Any: ...
 
-    def finish(self, state: Any, acc: Any, q_start: Any) -> Any: ...
+    def finish(self, state: Any, acc: Any, total: jax.Array | None, q_start: Any) -> Any: ...
 
 
 # ---- the kernel ----
@@ -197,7 +198,7 @@ def attention(
             probs = jax.nn.softmax(scores, axis=-1)  # [B, Hkv, G, Cq, S]
             if observer is not None:
                 acc = observer.add(observer.start(observed, q_start), probs, None, q_start, 0)
-                observed = observer.finish(observed, acc, q_start)
+                observed = observer.finish(observed, acc, None, q_start)
             return observed, _values(probs, v, cache_layout, None)
     else:
         ck = _divisor_chunk(s, key_chunk, "key length", "key_chunk")
@@ -205,9 +206,11 @@ def attention(
         def one_query_chunk(observed, q_start):
             qc = jax.lax.dynamic_slice_in_dim(qg, q_start, cq, axis=1)
             acc = None if observer is None else observer.start(observed, q_start)
-            out, acc = _online(qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, acc)
+            out, total, acc = _online(
+                qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, acc
+            )
             if observer is not None:
-                observed = observer.finish(observed, acc, q_start)
+                observed = observer.finish(observed, acc, total, q_start)
             return observed, out.astype(q.dtype)
 
     if cq == t:
@@ -221,7 +224,8 @@ def attention(
 
 def _online(qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, obs_acc):
     """Running softmax of one query chunk qc [B, Cq, Hkv, G, D] over key chunks of ck keys:
-    float32 out [B, Cq, Hkv, G, D] and the observer's accumulator."""
+    float32 out [B, Cq, Hkv, G, D], the softmax denominators [B, Hkv, G, Cq] and the observer's
+    accumulator."""
     s = k.shape[3] if cache_layout else k.shape[1]
 
     def step(j, carry):
@@ -239,10 +243,7 @@ def _online(qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, obs_
         new_total = total * shrink + jnp.sum(probs, axis=-1)
         acc = acc * shrink[..., None] + _values(probs, vc, cache_layout, jnp.float32)
         if observer is not None:
-            inverse = 1.0 / new_total
-            obs = observer.add(
-                obs, probs * inverse[..., None], total * shrink * inverse, q_start, k_start
-            )
+            obs = observer.add(obs, probs, shrink, q_start, k_start)
         return new_peak, new_total, acc, obs
 
     stats = (qc.shape[0], *qc.shape[2:4], qc.shape[1])  # [B, Hkv, G, Cq]
@@ -258,7 +259,7 @@ def _online(qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, obs_
         needed = s // ck if key_limit is None else (key_limit - 1) // ck + 1
         _, total, acc, obs_acc = jax.lax.fori_loop(0, needed, step, init)
     out = acc / total[..., None]  # [B, Hkv, G, Cq, D]
-    return jnp.moveaxis(out, 3, 1), obs_acc
+    return jnp.moveaxis(out, 3, 1), total, obs_acc
 
 
 def _scores(qc: jax.Array, k: jax.Array, cache_layout: bool) -> jax.Array:

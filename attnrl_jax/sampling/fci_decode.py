@@ -174,8 +174,10 @@ class StepMassObserver(NamedTuple):
         mass = step_mass(probs[:, :, :, 0], slots, self.max_steps)  # the one query per row
         return mass if rescale is None else acc * rescale[..., 0, None] + mass
 
-    def finish(self, state: FciState, acc, q_start) -> FciState:
+    def finish(self, state: FciState, acc, total, q_start) -> FciState:
         i, current = self.index, state.current
+        if total is not None:
+            acc = acc / total[..., 0, None]
         added = current[i] + jnp.where(self.fed[:, None, None], acc.reshape(current[i].shape), 0.0)
         return state._replace(current=current[:i] + (added,) + current[i + 1 :])
 

@@ -112,7 +112,7 @@ class ColumnSumObserver(NamedTuple):
         # float32 where the default would use TF32 (GPU) or bf16 passes (TPU).
         return z + jnp.einsum("bhgqt,bqt->bhgt", probs, weight, precision="highest")
 
-    def finish(self, z, acc, q_start):
+    def finish(self, z, acc, total, q_start):
         return acc
 
 
