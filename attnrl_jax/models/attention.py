@@ -192,7 +192,7 @@ def attention(
     if key_chunk is None:
 
         def one_query_chunk(observed, q_start):
-            qc = jax.lax.dynamic_slice_in_dim(qg, q_start, cq, axis=1)
+            qc = _query_chunk(qg, q_start, cq)
             scores = _scores(qc, k, cache_layout)
             scores = jnp.where(mask(q_start, cq, 0, s)[:, None, None], scores, MASK_VALUE)
             probs = jax.nn.softmax(scores, axis=-1)  # [B, Hkv, G, Cq, S]
@@ -204,7 +204,7 @@ def attention(
         ck = _divisor_chunk(s, key_chunk, "key length", "key_chunk")
 
         def one_query_chunk(observed, q_start):
-            qc = jax.lax.dynamic_slice_in_dim(qg, q_start, cq, axis=1)
+            qc = _query_chunk(qg, q_start, cq)
             acc = None if observer is None else observer.start(observed, q_start)
             out, total, acc = _online(
                 qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, acc
@@ -220,6 +220,13 @@ def attention(
         one_query_chunk = jax.checkpoint(one_query_chunk)
     observed, outs = jax.lax.scan(one_query_chunk, observed, jnp.arange(0, t, cq))
     return jnp.moveaxis(outs, 0, 1).reshape(b, t, hq, d), observed
+
+
+def _query_chunk(qg: jax.Array, q_start, size: int) -> jax.Array:
+    """Queries [B, size, Hkv, G, D] from q_start (all of them, unsliced, when size is T)."""
+    if size == qg.shape[1]:
+        return qg
+    return jax.lax.dynamic_slice_in_dim(qg, q_start, size, axis=1)
 
 
 def _online(qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, obs_acc):

@@ -6,6 +6,9 @@ With c = 1/|step| (mean pooling; 1 for sum), the scoring forward computes per la
 
 While decoding, query i's attention row over the cache is computed anyway, so each decode step
 adds, per row, layer and head, the row's attention summed by key step (`current`, [R, H, S_max]).
+It arrives through the attention kernel's observer hook: `StepMassObserver` (one per counted
+layer) receives the cache chunks' running-softmax probabilities; `FciWatch` is the decode loop's
+side (feed, fold, result). The KV cache and decode attention know nothing of FCI.
 The query weight c_j is only known when step j ends (its separator is fed), so `current` holds the
 unweighted sums of the step in progress; at the step's end it is folded into `total` with weight
 c_j, for key steps k <= j - delta only (those are complete), and reset. After the last token,

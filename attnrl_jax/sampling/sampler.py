@@ -10,6 +10,9 @@ Rows generate in lock step (token i of every row at step i), but each writes its
 own position, so fresh samples and continuations of different prefixes mix in one batch. A row
 stops at one of the EOS ids or at its budget; the loop ends when every row has stopped.
 
+Attention statistics (FCI) ride along as a `DecodeWatch` (fci_decode.FciWatch): the loop has one
+body and one tail, with or without them.
+
 Static (a new value compiles a new program): the model config, `SamplerConfig`, and the padded
 sizes (array shapes, M and cache length S, all from buckets). Traced (never recompiles): tokens,
 lengths, budgets, temperature/top-p/top-k per row, the seed and the EOS ids.
