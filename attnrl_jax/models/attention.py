@@ -199,7 +199,7 @@ def attention(
             if observer is not None:
                 acc = observer.add(observer.start(observed, q_start), probs, None, q_start, 0)
                 observed = observer.finish(observed, acc, None, q_start)
-            return observed, _values(probs, v, cache_layout, None)
+            return observed, _values(probs, v, cache_layout)
     else:
         ck = _divisor_chunk(s, key_chunk, "key length", "key_chunk")
 
@@ -232,32 +232,52 @@ def _query_chunk(qg: jax.Array, q_start, size: int) -> jax.Array:
 def _online(qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, obs_acc):
     """Running softmax of one query chunk qc [B, Cq, Hkv, G, D] over key chunks of ck keys:
     float32 out [B, Cq, Hkv, G, D], the softmax denominators [B, Hkv, G, Cq] and the observer's
-    accumulator."""
+    accumulator.
+
+    Works on query rows [B, Hkv, G * Cq, D] (row g * Cq + q), so one decode query per row
+    (Cq = 1) needs no transpose anywhere: measured, 5-D einsums with a unit query axis made XLA
+    add copies and transposes to the decode step.
+    """
+    b, cq, hkv, g, d = qc.shape
     s = k.shape[3] if cache_layout else k.shape[1]
+    if cq == 1:
+        rows = qc.reshape(b, hkv, g, d)
+    else:
+        rows = jnp.moveaxis(qc, 1, 3).reshape(b, hkv, g * cq, d)
+    score_spec = "bhrd,bhdk->bhrk" if cache_layout else "bhrd,bkhd->bhrk"
+    value_spec = "bhrk,bhkd->bhrd" if cache_layout else "bhrk,bkhd->bhrd"
+
+    def row_mask(k_start):
+        m = mask(q_start, cq, k_start, ck)  # [B, Cq, Ck]
+        if cq == 1:
+            return m[:, None]
+        return jnp.broadcast_to(m[:, None, None], (b, 1, g, cq, ck)).reshape(b, 1, g * cq, ck)
 
     def step(j, carry):
         peak, total, acc, obs = carry
         k_start = j * ck
         kc = jax.lax.dynamic_slice_in_dim(k, k_start, ck, axis=3 if cache_layout else 1)
         vc = jax.lax.dynamic_slice_in_dim(v, k_start, ck, axis=2 if cache_layout else 1)
-        scores = _scores(qc, kc, cache_layout)
-        scores = jnp.where(
-            mask(q_start, qc.shape[1], k_start, ck)[:, None, None], scores, MASK_VALUE
-        )
+        scores = jnp.einsum(score_spec, rows, kc, preferred_element_type=jnp.float32)
+        scores = jnp.where(row_mask(k_start), scores * (d**-0.5), MASK_VALUE)
         new_peak = jnp.maximum(peak, jnp.max(scores, axis=-1))
         probs = jnp.exp(scores - new_peak[..., None])
         shrink = jnp.exp(peak - new_peak)
         new_total = total * shrink + jnp.sum(probs, axis=-1)
-        acc = acc * shrink[..., None] + _values(probs, vc, cache_layout, jnp.float32)
+        update = jnp.einsum(
+            value_spec, probs.astype(v.dtype), vc, preferred_element_type=jnp.float32
+        )
+        acc = acc * shrink[..., None] + update
         if observer is not None:
-            obs = observer.add(obs, probs, shrink, q_start, k_start)
+            chunk_probs = probs.reshape(b, hkv, g, cq, ck)
+            obs = observer.add(obs, chunk_probs, shrink.reshape(b, hkv, g, cq), q_start, k_start)
         return new_peak, new_total, acc, obs
 
-    stats = (qc.shape[0], *qc.shape[2:4], qc.shape[1])  # [B, Hkv, G, Cq]
+    stats = (b, hkv, g * cq)
     init = (
         jnp.full(stats, MASK_VALUE, jnp.float32),
         jnp.zeros(stats, jnp.float32),
-        jnp.zeros((*stats, qc.shape[-1]), jnp.float32),
+        jnp.zeros((*stats, d), jnp.float32),
         obs_acc,
     )
     if ck == s:
@@ -265,25 +285,25 @@ def _online(qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, obs_
     else:
         needed = s // ck if key_limit is None else (key_limit - 1) // ck + 1
         _, total, acc, obs_acc = jax.lax.fori_loop(0, needed, step, init)
-    out = acc / total[..., None]  # [B, Hkv, G, Cq, D]
-    return jnp.moveaxis(out, 3, 1), total, obs_acc
+    out = acc / total[..., None]  # [B, Hkv, G * Cq, D]
+    if cq == 1:
+        out = out.reshape(b, 1, hkv, g, d)
+    else:
+        out = jnp.moveaxis(out.reshape(b, hkv, g, cq, d), 3, 1)
+    return out, total.reshape(b, hkv, g, cq), obs_acc
 
 
 def _scores(qc: jax.Array, k: jax.Array, cache_layout: bool) -> jax.Array:
-    """Scaled float32 scores [B, Hkv, G, Cq, Ck] of qc [B, Cq, Hkv, G, D]."""
+    """Scaled float32 scores [B, Hkv, G, Cq, S] of qc [B, Cq, Hkv, G, D] (keys read whole)."""
     spec = "bqhgd,bhdk->bhgqk" if cache_layout else "bqhgd,bkhd->bhgqk"
     scores = jnp.einsum(spec, qc, k, preferred_element_type=jnp.float32)
     return scores * (qc.shape[-1] ** -0.5)
 
 
-def _values(probs: jax.Array, v: jax.Array, cache_layout: bool, accumulate) -> jax.Array:
-    """probs [B, Hkv, G, Cq, Ck] times values -> [B, Cq, Hkv, G, D] (in v's dtype, or
-    `accumulate`'s) for the exact path; [B, Hkv, G, Cq, D] for the online path (accumulate set)."""
-    if accumulate is None:
-        spec = "bhgqk,bhkd->bqhgd" if cache_layout else "bhgqk,bkhd->bqhgd"
-        return jnp.einsum(spec, probs.astype(v.dtype), v)
-    spec = "bhgqk,bhkd->bhgqd" if cache_layout else "bhgqk,bkhd->bhgqd"
-    return jnp.einsum(spec, probs.astype(v.dtype), v, preferred_element_type=accumulate)
+def _values(probs: jax.Array, v: jax.Array, cache_layout: bool) -> jax.Array:
+    """probs [B, Hkv, G, Cq, S] times values -> [B, Cq, Hkv, G, D] in v's dtype."""
+    spec = "bhgqk,bhkd->bqhgd" if cache_layout else "bhgqk,bkhd->bqhgd"
+    return jnp.einsum(spec, probs.astype(v.dtype), v)
 
 
 def _divisor_chunk(n: int, chunk: int | None, what: str, name: str) -> int:
