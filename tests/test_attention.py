@@ -148,3 +148,16 @@ def test_tree_mask_equals_brute_force_ancestor_matrix():
     for start in range(0, t, 8):
         chunk = np.asarray(mask(start, 8, 0, t))
         np.testing.assert_array_equal(chunk, brute[:, start : start + 8])
+
+
+def test_fci_column_sums_refuse_a_running_softmax(qkv):
+    """Column sums over queries cannot take a per-query rescale: a clear error, not a wrong sum."""
+    from attnrl_jax.scoring.fci import ColumnSumObserver
+
+    q, k, v = qkv
+    steps = jnp.zeros((B, T), jnp.int32)
+    observer = ColumnSumObserver(steps, jnp.ones((B, T)), 1)
+    z = jnp.zeros((B, HKV, HQ // HKV, T))
+    mask = causal_mask(jnp.ones((B, T), jnp.int32))
+    with pytest.raises(ValueError, match="FCI column sums need whole-key attention"):
+        attention(q, k, v, mask, key_chunk=4, observer=observer, observed=z)

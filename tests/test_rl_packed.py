@@ -157,3 +157,24 @@ def test_tree_rows_are_dfs_numbered_and_others_are_refused(setup):
     row = dataclasses.replace(rows[0], ancestors=bad)
     with pytest.raises(ValueError, match="row 0: nodes are not numbered in DFS pre-order"):
         stack_rows([row], 1, 64, 8)
+
+
+def test_training_row_attention_memory_grows_linearly():
+    """Compiled temporaries of the row gradient: doubling a row with query chunks about doubles
+    them (the chunk's [chunk, T] probabilities), where whole-row attention quadruples (T x T)."""
+    cfg = dataclasses.replace(CFG, num_layers=1)
+    params = init_params(cfg, jax.random.key(0))
+
+    def temp_mib(length, chunk):
+        z = jnp.zeros((1, length), jnp.int32)
+        ones = jnp.ones((1, 1, 1), bool)
+        batch = dict(tokens=z, positions=z, nodes=z, predictor=z, ancestors=ones)
+
+        def f(p):
+            return jnp.sum(row_logprobs(p, batch, cfg=cfg, query_chunk=chunk)[0])
+
+        return jax.jit(jax.grad(f)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    chunked = temp_mib(2048, 256) / temp_mib(1024, 256)
+    assert chunked < 3, chunked  # linear: 2x plus fixed costs; T x T: 4x
+    assert temp_mib(2048, 256) < temp_mib(2048, 4096) / 4

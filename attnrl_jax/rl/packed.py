@@ -252,9 +252,13 @@ def row_logprobs(
 
     batch: the stack_rows arrays (tokens, positions, nodes, predictor, ancestors used).
     temperature: float32 scalar (traced); the distribution is softmax(logits / temperature), the
-    one the behaviour log-probs were taken under.
+    one the behaviour log-probs were taken under. query_chunk: rows longer than this run
+    attention in query chunks of gcd(length, query_chunk), each recomputed in the backward
+    pass, so attention memory grows linearly in the row length, not quadratically.
     """
-    attend = tree_attend(batch["nodes"], batch["ancestors"])
+    length = batch["tokens"].shape[1]
+    chunk = None if length <= query_chunk else math.gcd(length, query_chunk)
+    attend = tree_attend(batch["nodes"], batch["ancestors"], chunk)
     hidden, _ = forward_hidden(params, cfg, batch["tokens"], batch["positions"], attend)
     # token_logprobs_entropies reads token t's distribution from hidden[t - 1]; putting each
     # token's predictor state there makes it read hidden[predictor[t]].
