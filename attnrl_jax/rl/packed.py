@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnrl_jax.buckets import largest_divisor
 from attnrl_jax.models.attention import tree_attend
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.qwen2 import Params, forward_hidden
@@ -253,11 +254,11 @@ def row_logprobs(
     batch: the stack_rows arrays (tokens, positions, nodes, predictor, ancestors used).
     temperature: float32 scalar (traced); the distribution is softmax(logits / temperature), the
     one the behaviour log-probs were taken under. query_chunk: rows longer than this run
-    attention in query chunks of gcd(length, query_chunk), each recomputed in the backward
-    pass, so attention memory grows linearly in the row length, not quadratically.
+    attention in query chunks (the largest divisor of the length up to query_chunk), each
+    recomputed in the backward pass, so attention memory grows linearly in the row length.
     """
     length = batch["tokens"].shape[1]
-    chunk = None if length <= query_chunk else math.gcd(length, query_chunk)
+    chunk = None if length <= query_chunk else largest_divisor(length, query_chunk)
     attend = tree_attend(batch["nodes"], batch["ancestors"], chunk)
     hidden, _ = forward_hidden(params, cfg, batch["tokens"], batch["positions"], attend)
     # token_logprobs_entropies reads token t's distribution from hidden[t - 1]; putting each
