@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from test_rl_packed import CFG, random_problem
 
+from attnrl_jax.buckets import power_of_two
 from attnrl_jax.models.lm import init_params
 from attnrl_jax.models.sharding import make_mesh, optimizer_state_shardings, param_shardings
 from attnrl_jax.rl.loss import LossConfig
-from attnrl_jax.rl.packed import make_rows, power_of_two, stack_rows
+from attnrl_jax.rl.packed import make_rows, stack_rows
 from attnrl_jax.rl.settings import OptimConfig
 from attnrl_jax.rl.update import (
     _device_batch,

@@ -1,17 +1,20 @@
 """Tree-packed rows give the same per-token log-probs, loss and gradient as per-path rows."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attnrl_jax.buckets import power_of_two
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import forward, init_params
 from attnrl_jax.rl.loss import LossConfig, policy_loss
 from attnrl_jax.rl.packed import (
     TrainProblem,
+    is_dfs_numbered,
     make_rows,
-    power_of_two,
     row_logprobs,
     stack_rows,
     tokens_processed,
@@ -119,3 +122,59 @@ def test_tree_packing_processes_fewer_tokens(setup):
     paths = sum(len(p.tree.paths) for p in problems)
     rows = len(make_rows(problems, "tree"))
     assert (paths, rows) == (len(make_rows(problems, "path")), 8)
+
+
+def test_query_chunked_rows_equal_whole_rows_with_gradients(setup):
+    """row_logprobs in query chunks (each recomputed in the backward pass) equals the whole-row
+    attention: same log-probs and gradients (float32; only summation order can differ)."""
+    params, problems = setup
+    batch = batch_of(problems, "tree")
+    assert batch["tokens"].shape[1] > 16  # several query chunks
+
+    def total(p, chunk):
+        new, ent = row_logprobs(p, batch, cfg=CFG, query_chunk=chunk)
+        return jnp.sum(new * batch["weights"]) + jnp.sum(ent), (new, ent)
+
+    (_, (l1, e1)), g1 = jax.value_and_grad(total, has_aux=True)(params, 1024)
+    (_, (l2, e2)), g2 = jax.value_and_grad(total, has_aux=True)(params, 16)
+    np.testing.assert_allclose(l1, l2, atol=1e-5)
+    np.testing.assert_allclose(e1, e2, atol=1e-5)
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g1))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5 * scale)
+
+
+def test_tree_rows_are_dfs_numbered_and_others_are_refused(setup):
+    _, problems = setup
+    rows = make_rows(problems, "tree")
+    assert all(is_dfs_numbered(r.ancestors) for r in rows)
+    assert any(len(r.ancestors) > 3 for r in rows)
+    # nodes 1 and 2 both children of 0, node 3 a child of 1 placed after 2: not pre-order
+    bad = np.eye(4, dtype=bool)
+    bad[:, 0] = True
+    bad[3, 1] = True
+    assert not is_dfs_numbered(bad)
+    row = dataclasses.replace(rows[0], ancestors=bad)
+    with pytest.raises(ValueError, match="row 0: nodes are not numbered in DFS pre-order"):
+        stack_rows([row], 1, 64, 8)
+
+
+def test_training_row_attention_memory_grows_linearly():
+    """Compiled temporaries of the row gradient: doubling a row with query chunks about doubles
+    them (the chunk's [chunk, T] probabilities), where whole-row attention quadruples (T x T)."""
+    cfg = dataclasses.replace(CFG, num_layers=1)
+    params = init_params(cfg, jax.random.key(0))
+
+    def temp_mib(length, chunk):
+        z = jnp.zeros((1, length), jnp.int32)
+        ones = jnp.ones((1, 1, 1), bool)
+        batch = dict(tokens=z, positions=z, nodes=z, predictor=z, ancestors=ones)
+
+        def f(p):
+            return jnp.sum(row_logprobs(p, batch, cfg=cfg, query_chunk=chunk)[0])
+
+        return jax.jit(jax.grad(f)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    chunked = temp_mib(2048, 256) / temp_mib(1024, 256)
+    assert chunked < 3, chunked  # linear: 2x plus fixed costs; T x T: 4x
+    assert temp_mib(2048, 256) < temp_mib(2048, 4096) / 4

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from train_helpers import parity_reward, run, small_config, strip
 
+from attnrl_jax.buckets import power_of_two
 from attnrl_jax.compile_watch import CompileWatch
 from attnrl_jax.rl import trainer as trainer_module
 from attnrl_jax.rl.loss import metric_names
-from attnrl_jax.rl.packed import make_rows, power_of_two, row_logprobs, stack_rows
+from attnrl_jax.rl.packed import make_rows, row_logprobs, stack_rows
 from attnrl_jax.rl.tree import ORIGINAL
 from attnrl_jax.rl.update import row_length_bucket
 from attnrl_jax.train import build_trainer, grade_in_process, make_reward_fn

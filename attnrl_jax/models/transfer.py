@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, Sharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from attnrl_jax.models.sharding import batch_sharding
 
@@ -46,13 +46,25 @@ def mesh_of(tree: Any) -> Mesh | None:
     return None
 
 
-def rows_to_device(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
-    """A [B, ...] batch: rows split over the mesh's data x fsdp axes when they divide B,
-    replicated otherwise; on the default device without a mesh."""
+def rows_to_device(tree: Any, mesh: Mesh | None) -> Any:
+    """A pytree of [B, ...] host arrays (a batch): each one's rows split over the mesh's data x
+    fsdp axes when they divide B, replicated otherwise; on the default device without a mesh."""
     if mesh is None:
-        return jax.device_put(x)
-    sharding = batch_sharding(mesh, x.ndim)
-    shards = sharding.mesh.shape.get("data", 1) * sharding.mesh.shape.get("fsdp", 1)
-    if x.shape[0] % shards:
-        sharding = NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return to_device(x, sharding)
+        return jax.device_put(tree)
+    shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+
+    def one(x):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[0] % shards:
+            return to_device(x, NamedSharding(mesh, PartitionSpec()))
+        return to_device(x, batch_sharding(mesh, x.ndim))
+
+    return jax.tree.map(one, tree)
+
+
+def replicated_to_device(tree: Any, mesh: Mesh | None) -> Any:
+    """A pytree of host arrays, whole on every device of the mesh (the default device without
+    one)."""
+    if mesh is None:
+        return jax.device_put(tree)
+    return jax.tree.map(lambda x: to_device(x, NamedSharding(mesh, PartitionSpec())), tree)

@@ -5,23 +5,24 @@ Two layouts of the same training data (ALGORITHM.md section 5), both fed to one 
 - "path": one row per root-to-leaf path, prompt + path tokens; every path token has weight 1.
   A shared first segment is processed once per path through it (five times for 2 x 2 branching).
 - "tree": one row per expanded response, holding the prompt and every segment of that response's
-  tree once, parents before children: [prompt | S0 | S1 | S2 | continuations of b1 | of b2].
+  tree once, in DFS pre-order (so parents come before children).
   Each token has weight = its segment's path count, so the weighted token sums (loss, gradient,
   denominator) equal the per-path ones exactly.
 
 Attention in a packed row follows the tree: a token attends to itself and earlier tokens of its
 own node and to every token of its ancestors (the prompt is everyone's ancestor). A row carries
-node ids per token and a small node-ancestor matrix [K, K]; the mask is
-`ancestor[node[i], node[j]] and j <= i` (ancestors are always placed before their descendants,
-so this is causal). Position ids restart at each node's place in its path (prompt_len + start),
-so every token sees exactly the positions and context it has in its per-path row. The first
-token of a node is predicted from the last token of its nearest non-empty ancestor, not from the
-token before it in the row: rows carry `predictor`, the index each token's distribution is read
-from. A path row is the special case K = 1, predictor = index - 1.
+node ids per token (numbered in DFS pre-order) and a small node-ancestor matrix [K, K]; the mask
+is `ancestor[node[i], node[j]] and j <= i` (ancestors are always placed before their
+descendants, so this is causal), built per query chunk from each node's DFS interval
+(`attention.tree_mask`), never as a T x T array. Position ids restart at each node's place in
+its path (prompt_len + start), so every token sees exactly the positions and context it has in
+its per-path row. The first token of a node is predicted from the last token of its nearest
+non-empty ancestor, not from the token before it in the row: rows carry `predictor`, the index
+each token's distribution is read from. A path row is the special case K = 1, predictor =
+index - 1.
 
 Why one row per response rather than one per problem: segments of different responses share
-only the prompt, so per-response rows cost one extra prompt copy per response and keep rows short
-(the attention mask is T x T per row).
+only the prompt, so per-response rows cost one extra prompt copy per response and keep rows short.
 """
 
 from __future__ import annotations
@@ -35,12 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnrl_jax.models.attention import (
-    MASK_VALUE,
-    Attend,
-    attention_output,
-    attention_scores,
-)
+from attnrl_jax.buckets import largest_divisor
+from attnrl_jax.models.attention import tree_attend
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params, forward_hidden
 from attnrl_jax.rl.tree import ProblemTree
@@ -155,16 +152,28 @@ def path_rows(problem: TrainProblem) -> list[Row]:
 
 
 def tree_rows(problem: TrainProblem) -> list[Row]:
-    """One row per expanded response with its segments once, weight = path count."""
+    """One row per expanded response with its segments once, weight = path count.
+
+    Nodes are numbered, and their tokens placed, in DFS pre-order (so parents come before
+    children, and each node's subtree is the id interval `attention.tree_mask` reads).
+    """
     tree, rows = problem.tree, []
     for response in sorted({s.response for s in tree.segments}):
         ids = [i for i, s in enumerate(tree.segments) if s.response == response]
-        node = {i: k + 1 for k, i in enumerate(ids)}  # segment -> node id (0 = prompt)
-        k = len(ids) + 1
+        children: dict[int, list[int]] = {}
+        for i in ids:
+            children.setdefault(tree.segments[i].parent, []).append(i)
+        order, stack = [], list(reversed(children.get(-1, [])))
+        while stack:
+            i = stack.pop()
+            order.append(i)
+            stack.extend(reversed(children.get(i, [])))
+        node = {i: k + 1 for k, i in enumerate(order)}  # segment -> node id (0 = prompt)
+        k = len(order) + 1
         ancestors = np.eye(k, dtype=bool)
         ancestors[:, 0] = True
         parts = []
-        for i in ids:
+        for i in order:
             seg = tree.segments[i]
             parent = node[seg.parent] if seg.parent >= 0 else 0
             ancestors[node[i]] |= ancestors[parent]
@@ -191,10 +200,6 @@ def make_rows(problems: Sequence[TrainProblem], packing: str) -> list[Row]:
     return [row for problem in problems for row in build(problem)]
 
 
-def power_of_two(n: int, minimum: int = 1) -> int:
-    return max(minimum, 1 << max(0, n - 1).bit_length())
-
-
 def stack_rows(rows: Sequence[Row], num_rows: int, length: int, max_nodes: int) -> dict:
     """Right-pad rows to [num_rows, length] (ancestors [num_rows, K, K]); padding has node -1
     and weight 0. Padding rows are all padding."""
@@ -215,6 +220,8 @@ def stack_rows(rows: Sequence[Row], num_rows: int, length: int, max_nodes: int) 
         n, k = len(row.tokens), len(row.ancestors)
         if n > length or k > max_nodes:
             raise ValueError(f"row {r} ({n} tokens, {k} nodes) exceeds [{length}, {max_nodes}]")
+        if not is_dfs_numbered(row.ancestors):
+            raise ValueError(f"row {r}: nodes are not numbered in DFS pre-order")
         for name in ROW_FIELDS:
             if name == "ancestors":
                 out[name][r, :k, :k] = row.ancestors
@@ -223,26 +230,16 @@ def stack_rows(rows: Sequence[Row], num_rows: int, length: int, max_nodes: int) 
     return out
 
 
-def tree_attend(nodes: jax.Array, ancestors: jax.Array) -> Attend:
-    """Attention over packed tree rows: query i sees key j iff node[j] is an ancestor-or-self of
-    node[i] and j <= i. nodes: [B, T] int32 (-1 = padding); ancestors: [B, K, K] bool."""
-    safe = jnp.maximum(nodes, 0)
-    rows = jnp.take_along_axis(ancestors, safe[:, :, None], axis=1)  # [B, T, K]
-    index = jnp.arange(nodes.shape[1])
-    key_node = jnp.broadcast_to(safe[:, None, :], rows.shape[:2] + (nodes.shape[1],))
-    mask = jnp.take_along_axis(rows, key_node, axis=2)  # [B, Tq, Tk]
-    mask &= (index[None, :, None] >= index[None, None, :]) & (nodes[:, None, :] >= 0)
-    mask = mask[:, None, None]  # [B, 1, 1, Tq, Tk]
-
-    def attend(layer, q, k, v, state):
-        del layer
-        scores = jnp.where(mask, attention_scores(q, k), MASK_VALUE)
-        return attention_output(jax.nn.softmax(scores, axis=-1), v), state
-
-    return attend
+def is_dfs_numbered(ancestors: np.ndarray) -> bool:
+    """Whether ancestors [K, K] (ancestors[n, a]: a is an ancestor-or-self of n) is a tree
+    numbered in DFS pre-order: a's subtree is exactly the ids [a, a + size(a))."""
+    ids = np.arange(len(ancestors))
+    ends = ids + ancestors.sum(axis=0)
+    intervals = (ids[None, :] <= ids[:, None]) & (ids[:, None] < ends[None, :])
+    return bool(np.array_equal(ancestors, intervals))
 
 
-@partial(jax.jit, static_argnames=("cfg", "logit_chunk"))
+@partial(jax.jit, static_argnames=("cfg", "logit_chunk", "query_chunk"))
 def row_logprobs(
     params: Params,
     batch: dict,
@@ -250,14 +247,19 @@ def row_logprobs(
     *,
     cfg: ModelConfig,
     logit_chunk: int = 256,
+    query_chunk: int = 512,
 ) -> tuple[jax.Array, jax.Array]:
     """Log-probs and entropies [B, T] of each row token under `params` (0 at node-0 tokens).
 
     batch: the stack_rows arrays (tokens, positions, nodes, predictor, ancestors used).
     temperature: float32 scalar (traced); the distribution is softmax(logits / temperature), the
-    one the behaviour log-probs were taken under.
+    one the behaviour log-probs were taken under. query_chunk: rows longer than this run
+    attention in query chunks (the largest divisor of the length up to query_chunk), each
+    recomputed in the backward pass, so attention memory grows linearly in the row length.
     """
-    attend = tree_attend(batch["nodes"], batch["ancestors"])
+    length = batch["tokens"].shape[1]
+    chunk = None if length <= query_chunk else largest_divisor(length, query_chunk)
+    attend = tree_attend(batch["nodes"], batch["ancestors"], chunk)
     hidden, _ = forward_hidden(params, cfg, batch["tokens"], batch["positions"], attend)
     # token_logprobs_entropies reads token t's distribution from hidden[t - 1]; putting each
     # token's predictor state there makes it read hidden[predictor[t]].

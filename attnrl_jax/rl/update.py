@@ -25,12 +25,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from attnrl_jax.buckets import padded_length, power_of_two
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import batch_sharding
 from attnrl_jax.models.transfer import to_device
 from attnrl_jax.rl.loss import LossConfig, metric_names, policy_loss
-from attnrl_jax.rl.packed import TrainProblem, make_rows, power_of_two, row_logprobs, stack_rows
+from attnrl_jax.rl.packed import TrainProblem, make_rows, row_logprobs, stack_rows
 from attnrl_jax.rl.settings import OptimConfig
 
 DEVICE_FIELDS = ("tokens", "positions", "nodes", "predictor", "ancestors")
@@ -118,7 +119,7 @@ def apply_gradients(
 def row_length_bucket(n: int, granule: int = 128) -> int:
     """Padded row length: a power of two (>= 16) up to `granule`, then a multiple of it (a
     600-token packed row pads to 640, not 1024)."""
-    return power_of_two(n, 16) if n <= granule else -(-n // granule) * granule
+    return padded_length(n, granule)
 
 
 def _device_batch(arrays: dict, mesh: Mesh | None) -> dict:

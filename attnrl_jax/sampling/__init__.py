@@ -9,9 +9,10 @@
 
 Files, one concept each: requests.py (requests -> padded device batches -> samples),
 sampler.py (the compiled prefill + decode loop), fci_decode.py (FCI of fresh samples accumulated
-while decoding, the `SamplingOptions.fci` option), cache.py (the KV cache with a length per row,
-as attention hooks), token_choice.py (greedy / temperature / top-k / top-p and the behaviour
-log-prob), buckets.py (the padded sizes that keep compiles few).
+while decoding by an attention observer, the `SamplingOptions.fci` option), cache.py (the KV cache
+with a length per row, as attention hooks; it knows nothing of FCI), token_choice.py (greedy /
+temperature / top-k / top-p and the behaviour log-prob), buckets.py (the padded sizes that keep
+compiles few, from `attnrl_jax.buckets`).
 """
 
 from attnrl_jax.sampling.buckets import Buckets

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-
-def _powers_of_two(lo: int, hi: int) -> tuple[int, ...]:
-    return tuple(1 << i for i in range(lo.bit_length() - 1, hi.bit_length()))
+from attnrl_jax.buckets import powers_of_two, round_up, smallest_fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,8 +19,8 @@ class Buckets:
     """rows: allowed row (and context) counts; the largest is the most rows per device batch.
     lengths: allowed context lengths, new-token budgets and cache lengths."""
 
-    rows: tuple[int, ...] = _powers_of_two(1, 64)
-    lengths: tuple[int, ...] = _powers_of_two(16, 131072)
+    rows: tuple[int, ...] = powers_of_two(1, 64)
+    lengths: tuple[int, ...] = powers_of_two(16, 131072)
 
     def __post_init__(self):
         for name in ("rows", "lengths"):
@@ -36,23 +34,12 @@ class Buckets:
 
     def fit_rows(self, n: int, multiple: int = 1) -> int:
         """The smallest row bucket >= n, rounded up to a multiple (the batch shard count)."""
-        return _round_up(_fit(self.rows, n, "rows"), multiple)
+        return round_up(smallest_fit(self.rows, n, "rows"), multiple)
 
     def fit_length(self, n: int) -> int:
-        return _fit(self.lengths, n, "lengths")
+        return smallest_fit(self.lengths, n, "lengths")
 
     def cache_length(self, context: int, new_tokens: int, longest_row: int) -> int:
         """Cache slots for padded sizes C and M whose rows need at most longest_row slots
         (context plus budget): C + M, or a smaller length bucket that still holds every row."""
         return min([context + new_tokens] + [s for s in self.lengths if s >= longest_row])
-
-
-def _fit(sizes: tuple[int, ...], n: int, name: str) -> int:
-    for size in sizes:
-        if size >= n:
-            return size
-    raise ValueError(f"{n} exceeds the largest {name} bucket {sizes[-1]}")
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple

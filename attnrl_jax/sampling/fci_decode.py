@@ -6,6 +6,9 @@ With c = 1/|step| (mean pooling; 1 for sum), the scoring forward computes per la
 
 While decoding, query i's attention row over the cache is computed anyway, so each decode step
 adds, per row, layer and head, the row's attention summed by key step (`current`, [R, H, S_max]).
+It arrives through the attention kernel's observer hook: `StepMassObserver` (one per counted
+layer) receives the cache chunks' running-softmax probabilities; `FciWatch` is the decode loop's
+side (feed, fold, result). The KV cache and decode attention know nothing of FCI.
 The query weight c_j is only known when step j ends (its separator is fed), so `current` holds the
 unweighted sums of the step in progress; at the step's end it is folded into `total` with weight
 c_j, for key steps k <= j - delta only (those are complete), and reset. After the last token,
@@ -150,9 +153,75 @@ def step_mass(probs: jax.Array, slot_steps: jax.Array, max_steps: int) -> jax.Ar
     return jnp.moveaxis(jax.vmap(one)(flat, slot_steps), 1, 2).reshape(r, hkv, g, max_steps)
 
 
-def add_layer(current: jax.Array, mass: jax.Array, fed: jax.Array) -> jax.Array:
-    """current [R, H, S_max] += mass [R, Hkv, G, S_max] of the rows fed this step."""
-    return current + jnp.where(fed[:, None, None], mass.reshape(current.shape), 0.0)
+class StepMassObserver(NamedTuple):
+    """The attention `Observer` of one counted layer while decoding (one query per row): sums
+    the row's attention by key step and adds it to the layer's `current`, for the fed rows.
+
+    Its state is the whole FciState (only `current[index]` changes).
+    """
+
+    index: int  # the layer's place in FciState.current (static)
+    slot_steps: jax.Array  # [R, S_cache] int32
+    fed: jax.Array  # [R] bool: rows whose query counts
+    kv_heads: int
+    max_steps: int
+
+    def start(self, state: FciState, q_start) -> jax.Array:
+        rows, heads, _ = state.current[self.index].shape
+        shape = (rows, self.kv_heads, heads // self.kv_heads, self.max_steps)
+        return jnp.zeros(shape, jnp.float32)
+
+    def add(self, acc, probs, rescale, q_start, k_start) -> jax.Array:
+        chunk = probs.shape[-1]
+        slots = jax.lax.dynamic_slice_in_dim(self.slot_steps, k_start, chunk, axis=1)
+        mass = step_mass(probs[:, :, :, 0], slots, self.max_steps)  # the one query per row
+        return mass if rescale is None else acc * rescale[..., 0, None] + mass
+
+    def finish(self, state: FciState, acc, total, q_start) -> FciState:
+        i, current = self.index, state.current
+        if total is not None:
+            acc = acc / total[..., 0, None]
+        added = current[i] + jnp.where(self.fed[:, None, None], acc.reshape(current[i].shape), 0.0)
+        return state._replace(current=current[:i] + (added,) + current[i + 1 :])
+
+
+class FciWatch(NamedTuple):
+    """FCI while decoding, as the sampler's decode watch (see `sampler.DecodeWatch`)."""
+
+    spec: DecodeFci
+    separators: jax.Array  # [V] bool: ids that end a step
+    num_layers: int
+    num_heads: int
+    kv_heads: int
+
+    feeds_last = True  # the response's last token must be fed once more (module docstring)
+
+    def initial(self, rows: int, cache_length: int, lengths: jax.Array) -> FciState:
+        state = initial_state(self.spec, rows, cache_length, self.num_heads, self.num_layers)
+        return mark_context(state, lengths)
+
+    def begin(self, state: FciState, positions: jax.Array, fed: jax.Array):
+        """Before a decode forward: (state, observe) with observe(layer) -> Observer | None."""
+        state = feed(state, positions, fed, self.spec)
+        counted = counted_layers(self.spec, self.num_layers)
+
+        def observe(layer: int) -> StepMassObserver | None:
+            if layer not in counted:
+                return None
+            index = counted.index(layer)
+            return StepMassObserver(
+                index, state.slot_steps, fed, self.kv_heads, self.spec.max_steps
+            )
+
+        return state, observe
+
+    def end(self, state: FciState, tokens: jax.Array, fed: jax.Array) -> FciState:
+        """After the forward of `tokens` [R]: rows whose fed token is a separator end a step."""
+        return fold(state, fed & self.separators[tokens], self.spec)
+
+    def result(self, state: FciState) -> jax.Array:
+        """[R, S_max] after the last feed: the unterminated last steps folded, aggregated."""
+        return aggregate(fold(state, state.size > 0, self.spec), self.spec)
 
 
 def fold(state: FciState, ends: jax.Array, spec: DecodeFci) -> FciState:

@@ -15,14 +15,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params
-from attnrl_jax.models.sharding import batch_sharding
-from attnrl_jax.models.transfer import to_device, to_host
+from attnrl_jax.models.transfer import replicated_to_device, rows_to_device, to_host
 from attnrl_jax.sampling import fci_decode
 from attnrl_jax.sampling.fci_decode import SamplerFci
 from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
@@ -237,15 +234,9 @@ def _pack(
 
 
 def _place(batch: DeviceBatch, config: SamplerConfig) -> DeviceBatch:
-    """Device arrays: without a mesh on the default device; with one, rows split over the
-    batch axes and the seed and EOS ids replicated."""
-    if config.mesh is None:
-        return jax.device_put(batch)
-    replicated = NamedSharding(config.mesh, PartitionSpec())
-    by_rows = batch._replace(seed=None, eos_ids=None, separators=None)
-    placed = jax.tree.map(lambda x: to_device(x, batch_sharding(config.mesh, x.ndim)), by_rows)
-    return placed._replace(
-        seed=to_device(batch.seed, replicated),
-        eos_ids=to_device(batch.eos_ids, replicated),
-        separators=None if batch.separators is None else to_device(batch.separators, replicated),
-    )
+    """Device arrays: rows (and contexts, padded to a multiple of the shards) split over the
+    batch axes; the seed, EOS ids and separator table replicated."""
+    shared = (batch.seed, batch.eos_ids, batch.separators)
+    placed = rows_to_device(batch._replace(seed=None, eos_ids=None, separators=None), config.mesh)
+    seed, eos_ids, separators = replicated_to_device(shared, config.mesh)
+    return placed._replace(seed=seed, eos_ids=eos_ids, separators=separators)

@@ -10,6 +10,9 @@ Rows generate in lock step (token i of every row at step i), but each writes its
 own position, so fresh samples and continuations of different prefixes mix in one batch. A row
 stops at one of the EOS ids or at its budget; the loop ends when every row has stopped.
 
+Attention statistics (FCI) ride along as a `DecodeWatch` (fci_decode.FciWatch): the loop has one
+body and one tail, with or without them.
+
 Static (a new value compiles a new program): the model config, `SamplerConfig`, and the padded
 sizes (array shapes, M and cache length S, all from buckets). Traced (never recompiles): tokens,
 lengths, budgets, temperature/top-p/top-k per row, the seed and the EOS ids.
@@ -19,19 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from attnrl_jax.buckets import largest_divisor
 from attnrl_jax.models import sharding
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params, forward_hidden, logits_from_hidden, unstack_layers
 from attnrl_jax.sampling import fci_decode
 from attnrl_jax.sampling.buckets import Buckets
-from attnrl_jax.sampling.cache import KVCache, StepMass, constrain, decode_attend, prefill_attend
-from attnrl_jax.sampling.fci_decode import DecodeFci, FciState
+from attnrl_jax.sampling.cache import KVCache, constrain, decode_attend, prefill_attend
+from attnrl_jax.sampling.fci_decode import DecodeFci
 from attnrl_jax.sampling.token_choice import SamplingParams, choose_tokens
 
 
@@ -66,11 +70,6 @@ class SamplerConfig:
         return self.mesh.shape.get("data", 1) * self.mesh.shape.get("fsdp", 1)
 
 
-def chunk_size(length: int, most: int) -> int:
-    """The largest divisor of length that is at most `most`."""
-    return max(d for d in range(1, min(length, most) + 1) if length % d == 0)
-
-
 class DeviceBatch(NamedTuple):
     """One padded batch; every field is traced. Padding rows have budget 0."""
 
@@ -99,7 +98,43 @@ class _Loop(NamedTuple):
     done: jax.Array  # [R] bool
     result: DeviceResult
     cache: KVCache
-    fci: FciState | None
+    watched: Any  # the DecodeWatch's state (None without one)
+
+
+class DecodeWatch(Protocol):
+    """Attention statistics gathered while decoding (FCI: `fci_decode.FciWatch`), kept out of
+    the cache and the loop: the loop calls begin before each decode forward (which threads the
+    state through the layers' attention observers), end after it, and result after the loop.
+    feeds_last (static): feed every row's last token once more after the loop, so statistics
+    of the last query are counted."""
+
+    feeds_last: bool
+
+    def initial(self, rows: int, cache_length: int, lengths: jax.Array) -> Any: ...
+
+    def begin(self, state: Any, positions: jax.Array, fed: jax.Array) -> tuple[Any, Any]: ...
+
+    def end(self, state: Any, tokens: jax.Array, fed: jax.Array) -> Any: ...
+
+    def result(self, state: Any) -> jax.Array | None: ...
+
+
+class NoWatch(NamedTuple):
+    """The decode loop without statistics."""
+
+    feeds_last = False
+
+    def initial(self, rows, cache_length, lengths):
+        return None
+
+    def begin(self, state, positions, fed):
+        return state, None
+
+    def end(self, state, tokens, fed):
+        return state
+
+    def result(self, state):
+        return None
 
 
 def _row_keys(batch: DeviceBatch) -> jax.Array:
@@ -181,39 +216,28 @@ def sample_batch(
         jnp.zeros((rows,), jnp.int32),
     )
     first = jnp.int32(0)
-    state = None
+    watch: DecodeWatch = NoWatch()
     if fci is not None:
-        heads, num_layers = cfg.num_heads, cfg.num_layers
-        state = fci_decode.initial_state(fci, rows, cache_length, heads, num_layers)
-        state = fci_decode.mark_context(state, lengths)
-    loop = _Loop(first, jnp.zeros((rows,), jnp.int32), budget <= 0, empty, cache, state)
+        kv_heads = cfg.num_kv_heads
+        watch = fci_decode.FciWatch(fci, batch.separators, cfg.num_layers, cfg.num_heads, kv_heads)
+    watched = watch.initial(rows, cache_length, lengths)
+    loop = _Loop(first, jnp.zeros((rows,), jnp.int32), budget <= 0, empty, cache, watched)
     loop = _record(loop, first, *choose(logits, first), eos_ids, budget)
-    chunk = chunk_size(cache_length, config.attention_chunk)
+    chunk = largest_divisor(cache_length, config.attention_chunk)
 
     def feed_last(loop: _Loop) -> tuple[jax.Array, _Loop]:
         """One forward of every row's last chosen token: hidden [R, E] and the new cache."""
         # The last token goes into slot length + step - 1; finished rows stay in range.
         positions = jnp.minimum(lengths + loop.step - 1, cache_length - 1)
-        tokens = loop.token[:, None]
-        if fci is None:
-            attend = decode_attend(positions, chunk)
-            hidden, cache = forward_hidden(
-                layers, cfg, tokens, positions[:, None], attend, loop.cache
-            )
-            return hidden[:, 0], loop._replace(cache=cache)
         # The token fed now is response token step - 1: new for rows that chose it.
         fed = loop.step - 1 < loop.result.num_tokens
-        state = fci_decode.feed(loop.fci, positions, fed, fci)
-        counted = fci_decode.counted_layers(fci, cfg.num_layers)
-        attend = decode_attend(
-            positions, chunk, StepMass(state.slot_steps, fed, fci.max_steps, counted)
+        watched, observe = watch.begin(loop.watched, positions, fed)
+        attend = decode_attend(positions, chunk, observe)
+        hidden, (cache, watched) = forward_hidden(
+            layers, cfg, loop.token[:, None], positions[:, None], attend, (loop.cache, watched)
         )
-        hidden, (cache, current) = forward_hidden(
-            layers, cfg, tokens, positions[:, None], attend, (loop.cache, state.current)
-        )
-        ends = fed & batch.separators[loop.token]
-        state = fci_decode.fold(state._replace(current=current), ends, fci)
-        return hidden[:, 0], loop._replace(cache=cache, fci=state)
+        watched = watch.end(watched, loop.token, fed)
+        return hidden[:, 0], loop._replace(cache=cache, watched=watched)
 
     def running(loop: _Loop):
         return (loop.step < max_new_tokens) & ~jnp.all(loop.done)
@@ -224,10 +248,8 @@ def sample_batch(
         return _record(loop, loop.step, token, logprob, eos_ids, budget)
 
     loop = jax.lax.while_loop(running, decode, loop)
-    if fci is None:
-        return loop.result
-    # Nothing is sampled after a row's last token, so the loop never fed it; one more forward
-    # does (rows already complete are not fed), then the unterminated last steps are folded.
-    _, loop = feed_last(loop)
-    state = fci_decode.fold(loop.fci, loop.fci.size > 0, fci)
-    return loop.result._replace(fci=fci_decode.aggregate(state, fci))
+    if watch.feeds_last:
+        # Nothing is sampled after a row's last token, so the loop never fed it; one more
+        # forward does (rows already complete are not fed).
+        _, loop = feed_last(loop)
+    return loop.result._replace(fci=watch.result(loop.watched))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnrl_jax.buckets import is_power_of_two, padded_length, power_of_two
 from attnrl_jax.models.attention import causal_attend
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params, default_positions, forward_hidden
@@ -28,10 +29,6 @@ from attnrl_jax.models.transfer import mesh_of, rows_to_device, to_host
 from attnrl_jax.scoring.fci import FciConfig, fci_attend, finish_fci, initial_state
 from attnrl_jax.scoring.logprobs import token_logprobs_entropies
 from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, pad_step_ids, segment_steps
-
-
-def _is_power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class ScoringConfig:
 
     def __post_init__(self):
         for name in ("query_chunk", "logit_chunk"):
-            if not _is_power_of_two(getattr(self, name)):
+            if not is_power_of_two(getattr(self, name)):
                 raise ValueError(f"{name} must be a power of two, got {getattr(self, name)}")
 
 
@@ -111,8 +108,7 @@ def length_bucket(n: int, granule: int = 1024) -> int:
     """Padded sequence length: the next power of two (at least 16) up to `granule`, then the
     next multiple of `granule` (a power of two), so a 9,216-token sequence costs 9,216, not 16,384.
     """
-    power = max(16, 1 << max(0, n - 1).bit_length())
-    return power if power <= granule else -(-n // granule) * granule
+    return padded_length(n, granule)
 
 
 @dataclass(frozen=True)
@@ -158,7 +154,7 @@ def score_sequences(
     order = sorted(range(len(layouts)), key=lambda i: layouts[i].total_len)
     granule = max(1024, config.query_chunk, config.logit_chunk)
     results: list[ScoredSequence | None] = [None] * len(layouts)
-    rows = min(batch_size, 1 << max(len(order) - 1, 0).bit_length())
+    rows = min(batch_size, power_of_two(len(order)))
     mesh = mesh_of(params)  # the params' mesh: rows split like a training batch
     for first in range(0, len(order), batch_size):
         group = order[first : first + batch_size]

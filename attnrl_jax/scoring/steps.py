@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnrl_jax.buckets import power_of_two
+
 THINK_END = "</think>"
 
 
@@ -126,7 +128,7 @@ def token_step_ids(layout: StepLayout, total_len: int) -> np.ndarray:
 
 def step_bucket(num_step_slots: int, minimum: int = 8) -> int:
     """Smallest power of two >= num_step_slots (and >= minimum): few distinct compiled shapes."""
-    return max(minimum, 1 << max(0, num_step_slots - 1).bit_length())
+    return power_of_two(num_step_slots, minimum)
 
 
 @dataclass(frozen=True)
