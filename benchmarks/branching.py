@@ -41,6 +41,7 @@ import reference_ads as ref_ads  # noqa: E402
 import reference_selection as ref_sel  # noqa: E402
 import reference_tree as ref_tree  # noqa: E402
 
+from attnrl_jax.buckets import power_of_two  # noqa: E402
 from attnrl_jax.rl import ads  # noqa: E402
 from attnrl_jax.rl.tree import (  # noqa: E402
     Continuation,
@@ -51,7 +52,6 @@ from attnrl_jax.rl.tree import (  # noqa: E402
 )
 from attnrl_jax.scoring.selection import (  # noqa: E402
     SelectionConfig,
-    bucket,
     select,
     selection_inputs,
 )
@@ -177,7 +177,7 @@ def main():
 
     # ----- jitted -----
     key = jax.random.key(0)
-    rows = bucket(p, 8)
+    rows = power_of_two(p, 8)
     sel_in = jax.device_put(selection_inputs(layouts, fci, rows=rows * g))
     pad_rewards = np.zeros((rows, g), np.float32)
     pad_rewards[:p] = rewards

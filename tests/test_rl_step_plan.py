@@ -10,6 +10,7 @@ import reference_ads as ref_ads
 import reference_grpo as ref_grpo
 import reference_pipeline as ref_pl
 
+from attnrl_jax.buckets import power_of_two
 from attnrl_jax.compile_watch import CompileWatch
 from attnrl_jax.data.pipeline import Prompt
 from attnrl_jax.data.records import Problem
@@ -23,7 +24,7 @@ from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree, keep_groups
 from attnrl_jax.rl.tree import ORIGINAL
 from attnrl_jax.sampling import Sample
 from attnrl_jax.scoring.forward import ScoringConfig
-from attnrl_jax.scoring.selection import SelectionConfig, bucket, select, selection_inputs
+from attnrl_jax.scoring.selection import SelectionConfig, select, selection_inputs
 from attnrl_jax.scoring.steps import SeparatorIds, segment_steps
 
 G = 3
@@ -292,7 +293,7 @@ def test_no_recompilation_across_steps(seps):
         gen.layouts[:n], 5,
     )  # fmt: skip
     steps = [lay.num_steps for lay in gen.layouts]
-    assert bucket(max(steps[:n]), 16) == bucket(max(steps), 16)  # same step bucket
+    assert power_of_two(max(steps[:n]), 16) == power_of_two(max(steps), 16)  # same step bucket
     with CompileWatch() as watch:
         step(smaller, 1.0 - rewards[:n], plan.filter_state, 1)
     assert watch.names == []

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnrl_jax.buckets import power_of_two
 from attnrl_jax.rl.tree import TreeInputs, TreeValues
-from attnrl_jax.scoring.selection import bucket
 
 EXPANSION_MODES = ("exp", "uniform")  # difficulty-aware count, or all G (ablation)
 ALL_CORRECT_MODES = ("attention", "always")
@@ -197,7 +197,7 @@ def plan_expansions(
     """
     rewards = np.asarray(rewards, np.float32)
     p, g = rewards.shape
-    rows = bucket(p, 8)
+    rows = power_of_two(p, 8)
     padded = np.zeros((rows, g), np.float32)
     padded[:p] = rewards
     fci = np.zeros(rows, np.float64)

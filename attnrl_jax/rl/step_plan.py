@@ -26,13 +26,14 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
+from attnrl_jax.buckets import power_of_two
 from attnrl_jax.rl import ads
 from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree, keep_groups
 from attnrl_jax.rl.packed import TrainProblem
 from attnrl_jax.rl.rollout import Generation, RolloutConfig
 from attnrl_jax.rl.tree import ORIGINAL, Continuation, Response, assemble_trees, tree_batch
 from attnrl_jax.sampling import Request, Sample
-from attnrl_jax.scoring.selection import bucket, select, selection_inputs
+from attnrl_jax.scoring.selection import select, selection_inputs
 
 # [response][branch point] -> the T continuations of that branch point (or their rewards)
 Nested = tuple[tuple[tuple, ...], ...]
@@ -91,7 +92,7 @@ def plan_branches(
         raise ValueError("ATB and the attention filter need FCI from the scoring pass")
     if gen.entropies is None and method == "entropy":
         raise ValueError("method 'entropy' needs per-token entropies from the scoring pass")
-    problems = bucket(p, 8)
+    problems = power_of_two(p, 8)
     inputs = selection_inputs(gen.layouts, gen.fci, gen.entropies, rows=problems * g)
     padded = np.zeros((problems, g), np.float32)
     padded[:p] = np.asarray(rewards).reshape(p, g)

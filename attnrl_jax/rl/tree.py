@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnrl_jax.scoring.selection import bucket
+from attnrl_jax.buckets import power_of_two
 
 ORIGINAL = -1  # `branch` / `continuation` value of tokens that come from the initial response
 
@@ -260,10 +260,12 @@ def tree_inputs(problems: Sequence[Sequence[Response]]) -> TreeInputs:
 
     P, G, N and T pad to powers of two (at least 8, 8, 2, 2: few shapes, few compiles).
     """
-    p = bucket(len(problems), 8)
-    g = bucket(max((len(r) for r in problems), default=1), 8)
-    n = bucket(max((len(x.branch_points) for r in problems for x in r), default=1), 2)
-    t = bucket(max((len(c) for r in problems for x in r for c in x.continuations), default=1), 2)
+    p = power_of_two(len(problems), 8)
+    g = power_of_two(max((len(r) for r in problems), default=1), 8)
+    n = power_of_two(max((len(x.branch_points) for r in problems for x in r), default=1), 2)
+    t = power_of_two(
+        max((len(c) for r in problems for x in r for c in x.continuations), default=1), 2
+    )
     reward = np.zeros((p, g), np.float32)
     valid = np.zeros((p, g), bool)
     length = np.zeros((p, g), np.int32)

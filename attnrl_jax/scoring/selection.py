@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnrl_jax.buckets import power_of_two
 from attnrl_jax.scoring.steps import StepLayout
 
 
@@ -85,11 +86,6 @@ class SelectionInputs:
     row_id: jax.Array
 
 
-def bucket(n: int, minimum: int = 1) -> int:
-    """The smallest power of two >= max(n, minimum)."""
-    return 1 << (max(int(n), int(minimum), 1) - 1).bit_length()
-
-
 def selection_inputs(
     layouts: Sequence[StepLayout],
     fci: Sequence[np.ndarray] | np.ndarray | None = None,
@@ -104,11 +100,11 @@ def selection_inputs(
     longer inputs are cut. row_ids default to 0..rows-1.
     """
     b = len(layouts)
-    rows = bucket(b, 8) if rows is None else rows
+    rows = power_of_two(b, 8) if rows is None else rows
     if rows < b:
         raise ValueError(f"rows={rows} < {b} responses")
     s_max = max((lay.num_steps for lay in layouts), default=0)
-    s_pad = bucket(s_max, 16)
+    s_pad = power_of_two(s_max, 16)
     starts = np.zeros((rows, s_pad), np.int32)
     ends = np.zeros((rows, s_pad), np.int32)
     scores = np.zeros((rows, s_pad), np.float32)
@@ -126,7 +122,7 @@ def selection_inputs(
     r_max = max((lay.response_len for lay in layouts), default=0)
     ent = np.zeros((rows, 1), np.float32)
     if entropy is not None:
-        ent = np.zeros((rows, bucket(r_max, 64)), np.float32)
+        ent = np.zeros((rows, power_of_two(r_max, 64)), np.float32)
         for i, lay in enumerate(layouts):
             e = np.asarray(entropy[i], np.float32)[: lay.response_len]
             if len(e) < lay.response_len:
