@@ -156,8 +156,11 @@ def _remaining(deadline: float, cap: float) -> float:
     return max(0.0, min(cap, deadline - time.monotonic()))
 
 
-def equivalent(pred: str, gold: str, deadline: float) -> Verdict:
-    """Is the extracted ``pred`` equal to ``gold``? Bounded by ``deadline`` (monotonic clock)."""
+def equivalent(pred: str, gold: str, deadline: float, *, math_verify: bool = True) -> Verdict:
+    """Is the extracted ``pred`` equal to ``gold``? Bounded by ``deadline`` (monotonic clock).
+
+    ``math_verify=False`` stops after sympy (the hybrid reward runs Math-Verify over the whole
+    response instead, :mod:`fallback`)."""
     a, b = normalize(pred), normalize(gold)
     if canonical(a) == canonical(b):
         return Verdict(True, "exact")
@@ -168,7 +171,7 @@ def equivalent(pred: str, gold: str, deadline: float) -> Verdict:
         ("sympy", structured_equal, SYMPY_STAGE_S),
         ("math_verify", _math_verify_equal, MATH_VERIFY_STAGE_S),
     ):
-        if stage == "math_verify" and _skip_math_verify(a, b):
+        if stage == "math_verify" and (not math_verify or _skip_math_verify(a, b)):
             break
         budget = _remaining(deadline, cap)
         if budget <= 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_TOKEN_RE = re.compile(r"[^\s$]+")
 _THINK_END = "</think>"
 
 
@@ -41,15 +42,15 @@ def _brace_pairs(text: str) -> dict[int, int]:
     return pairs
 
 
-def last_boxed(text: str) -> str | None:
-    """Contents of the last complete outermost ``\\boxed``/``\\fbox`` in ``text``, or None.
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every complete outermost ``\\boxed``/``\\fbox`` in ``text``, in order.
 
     A box inside another is part of it (``\\boxed{\\boxed{1} + 2}`` gives ``\\boxed{1} + 2``);
-    an unclosed box (a truncated generation) is skipped, so the previous complete one counts.
-    Linear time: braces are matched once for the whole text.
+    an unclosed box (a truncated generation) is skipped. Linear time: braces are matched once
+    for the whole text.
     """
     pairs = _brace_pairs(text) if "{" in text else {}
-    answer, pos = None, 0
+    boxes, pos = [], 0
     while (m := _BOX_RE.search(text, pos)) is not None:
         j = m.end()
         while j < len(text) and text[j] in " \t":
@@ -57,12 +58,20 @@ def last_boxed(text: str) -> str | None:
         pos = m.end()
         if j < len(text) and text[j] == "{":
             if j in pairs:
-                answer, pos = text[j + 1 : pairs[j]].strip(), pairs[j] + 1
+                boxes.append(text[j + 1 : pairs[j]].strip())
+                pos = pairs[j] + 1
         elif j > m.end():  # "\boxed 5": the token after the space, up to whitespace or '$'
-            tok = re.match(r"[^\s$]+", text[j:])
+            tok = _TOKEN_RE.match(text, j)
             if tok:
-                answer, pos = tok.group(0).rstrip("."), j + tok.end()
-    return answer
+                boxes.append(tok.group(0).rstrip("."))
+                pos = tok.end()
+    return boxes
+
+
+def last_boxed(text: str) -> str | None:
+    """Contents of the last complete outermost box in ``text`` (:func:`boxed_contents`), or None."""
+    boxes = boxed_contents(text)
+    return boxes[-1] if boxes else None
 
 
 def extract_answer(response: str) -> str | None:
