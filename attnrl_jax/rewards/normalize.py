@@ -120,6 +120,12 @@ def strip_lhs(s: str) -> str:
     return s
 
 
+def lhs(s: str) -> str | None:
+    """The bare-variable left side that :func:`strip_lhs` removes (``x_{1}`` of ``x_{1} = 3``)."""
+    m = _SHORT_LHS.match(s)
+    return s[: m.end() - 1].strip() if m and "=" not in s[m.end() :] else None
+
+
 def canonical(s: str) -> str:
     """Space-free form for exact string comparison."""
     return re.sub(r"\s+", "", s)
