@@ -11,7 +11,6 @@ import pytest
 from attnrl_jax.rewards.batch import Grader, grade_batch
 from attnrl_jax.rewards.math import GradeResult, grade
 
-
 HANG_S = 60.0  # a hung item; the test fails in finite time if its deadline is not enforced
 SLOW_LIMIT_S = 30.0  # two 1 s deadlines plus scheduling on a loaded machine, well below HANG_S
 
