@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from attnrl_jax.rewards.extract import last_box_run
 from attnrl_jax.rewards.math import GradeResult, grade
 
 EQUIVALENT = [
@@ -277,6 +278,9 @@ NOT_EQUIVALENT = [
     ("1, 2, and 3", "1, 2"),
     ("2 or 3", "(2, 3)"),  # Math-Verify equates these
     ("x = 2 \\text{ or } x = 3", "(2, 3)"),  # a set of solutions, not a point
+    ("32, 349", "32349"),  # a comma and a space: two numbers, not thousands
+    ("12:00", "1:00"),  # both read as undefined (n/0): undefined equals nothing
+    ("x = 1, y = 2", "y = 1, x = 2"),  # labelled items keep their labels
 ]
 
 CASES = [pytest.param(a, b, True, id=f"eq-{i}") for i, (a, b) in enumerate(EQUIVALENT)] + [
@@ -342,9 +346,21 @@ RESPONSES = [
     (THINK + " The final answer is $24$.", "25", False, False),
     (THINK + " No answer.", "25", False, False),
     ("\\boxed{7}</think> The final answer is $25$.", "7", False, False),  # only after </think>
-    # a gold given in its own boxes
+    # a gold given in its own boxes: its last box, or its last run of boxes
     ("\\boxed{2} and \\boxed{3}", "\\boxed{2}, \\boxed{3}", True, False),
     ("\\boxed{4}", "\\boxed{4}", True, True),
+    ("\\boxed{2}", "\\boxed{1} is wrong, so \\boxed{2}", True, True),
+    ("\\boxed{1, 2}", "\\boxed{1} is wrong, so \\boxed{2}", False, False),
+    ("\\boxed{1, 2}", "\\(\\boxed{1}\\) and \\(\\boxed{2}\\)", True, True),
+    # only a run of boxes is the parts of one answer; other text between boxes is a revision
+    ("\\boxed{1}, then I doubt it. \\boxed{2}", "1, 2, 3", False, False),
+    # Math-Verify evaluates an unboxed sum of matrices
+    (
+        "The sum is $\\begin{pmatrix}1 & 2\\end{pmatrix} + \\begin{pmatrix}3 & 4\\end{pmatrix}$",
+        "\\begin{pmatrix}4 & 6\\end{pmatrix}",
+        True,
+        False,
+    ),
 ]
 
 
@@ -366,3 +382,18 @@ def test_hybrid_reasons_and_extracted_answer():
 def test_unknown_reward_is_refused():
     with pytest.raises(ValueError, match="reward must be one of"):
         grade("\\boxed{1}", "1", reward="strict")
+
+
+@pytest.mark.parametrize(
+    ("text", "run"),
+    [
+        ("\\boxed{2}, \\boxed{3} and \\boxed{5}.", ["2", "3", "5"]),
+        ("$\\boxed{a}$ \\text{ or } $\\boxed{b}$", ["a", "b"]),
+        ("\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", ["1", "-2"]),
+        ("\\boxed{3}, no, wait: \\boxed{5}", ["5"]),
+        ("\\boxed{1} papers and \\boxed{2} bins", ["2"]),
+        ("no box", []),
+    ],
+)
+def test_last_box_run(text: str, run: list[str]):
+    assert last_box_run(text) == run

@@ -12,6 +12,10 @@ import re
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _TOKEN_RE = re.compile(r"[^\s$]+")
+# between the parts of one answer: commas, "and"/"or", spacing, math delimiters ($, \( \), \[ \])
+_JOINER = re.compile(
+    r"(?:\s|\$|,|;|\\[,;:()\[\]]|\\q?quad|\\text\{\s*(?:and|or)\s*\}|\b(?:and|or)\b)*"
+)
 _THINK_END = "</think>"
 
 
@@ -42,8 +46,8 @@ def _brace_pairs(text: str) -> dict[int, int]:
     return pairs
 
 
-def boxed_contents(text: str) -> list[str]:
-    """Contents of every complete outermost ``\\boxed``/``\\fbox`` in ``text``, in order.
+def boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, contents) of every complete outermost ``\\boxed``/``\\fbox`` in ``text``.
 
     A box inside another is part of it (``\\boxed{\\boxed{1} + 2}`` gives ``\\boxed{1} + 2``);
     an unclosed box (a truncated generation) is skipped. Linear time: braces are matched once
@@ -58,14 +62,34 @@ def boxed_contents(text: str) -> list[str]:
         pos = m.end()
         if j < len(text) and text[j] == "{":
             if j in pairs:
-                boxes.append(text[j + 1 : pairs[j]].strip())
+                boxes.append((m.start(), pairs[j] + 1, text[j + 1 : pairs[j]].strip()))
                 pos = pairs[j] + 1
         elif j > m.end():  # "\boxed 5": the token after the space, up to whitespace or '$'
             tok = _TOKEN_RE.match(text, j)
             if tok:
-                boxes.append(tok.group(0).rstrip("."))
+                boxes.append((m.start(), tok.end(), tok.group(0).rstrip(".")))
                 pos = tok.end()
     return boxes
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every complete outermost box in ``text``, in order (:func:`boxed_spans`)."""
+    return [c for _, _, c in boxed_spans(text)]
+
+
+def last_box_run(text: str) -> list[str]:
+    """Contents of the last run of boxes joined only by commas, "and"/"or", spacing or math
+    delimiters (``\\boxed{2}, \\boxed{3} and \\boxed{5}``): the parts of one answer. Boxes with
+    other text between them (``\\boxed{3}, no, wait: \\boxed{5}``) are a revision, not parts."""
+    spans = boxed_spans(text)
+    if not spans:
+        return []
+    run = [spans[-1]]
+    for prev in reversed(spans[:-1]):
+        if not _JOINER.fullmatch(text, prev[1], run[0][0]):
+            break
+        run.insert(0, prev)
+    return [c for _, _, c in run]
 
 
 def last_boxed(text: str) -> str | None:

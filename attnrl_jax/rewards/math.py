@@ -4,14 +4,14 @@ Pure and in-process. Two rewards (``reward``):
   hybrid (default) the authors' order: the last ``\\boxed{}``/``\\fbox{}`` after the last
                    ``</think>`` (:mod:`extract`) against each gold form by normalised exact match
                    and structure/sympy (:mod:`equivalence`, the DeepScaleR graders' role); then
-                   several boxes against a multi-part gold (sets, tuple lists, and/or-joined and
+                   a run of boxes against a multi-part gold (sets, tuple lists, and/or-joined and
                    labelled lists: ``\\boxed{k = 45}`` and ``\\boxed{n = 2}`` for ``45, 2``); then
                    Math-Verify over the whole region (:mod:`fallback`).
   boxed            the last box only: exact, sympy, then Math-Verify on the box's content.
-A gold is used as-is, or taken from its own boxes when it has some (as the authors do). When the
-gold is one value, the last box still decides (a revised answer counts): a multi-box response
-passes only through a multi-part gold. Time is bounded by ``time_budget_s`` on the main thread
-(SIGALRM) and by refusing explosive inputs everywhere; :mod:`batch` adds a hard per-item
+A gold is used as-is, or taken from its own last box (as the authors do) or last run of boxes.
+When the gold is one value, the last box still decides (a revised answer counts): a multi-box
+response passes only through a multi-part gold. Time is bounded by ``time_budget_s`` on the main
+thread (SIGALRM) and by refusing explosive inputs everywhere; :mod:`batch` adds a hard per-item
 process deadline.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attnrl_jax.rewards.equivalence import Verdict, equivalent
-from attnrl_jax.rewards.extract import answer_region, boxed_contents, extract_answer
+from attnrl_jax.rewards.extract import answer_region, extract_answer, last_box_run
 from attnrl_jax.rewards.normalize import canonical, normalize
 from attnrl_jax.rewards.structure import parse_structure
 
@@ -44,14 +44,15 @@ class GradeResult:
 
 
 def gold_forms(gold: str | int | float | Sequence[str]) -> list[str]:
-    """The accepted gold strings: a number from JSON is its text; a boxed gold is its box(es)."""
+    """The accepted gold strings: a number from JSON is its text; a boxed gold is its last box,
+    or its last run of boxes joined by commas (``\\boxed{2}, \\boxed{3}``: the parts)."""
     if isinstance(gold, str | int | float):
         gold = [str(gold)]
     forms = []
     for g in gold:
         if isinstance(g, str):
-            boxes = [b for b in boxed_contents(g) if b]
-            forms.append(", ".join(boxes) if boxes else g)
+            parts = [b for b in last_box_run(g) if b]
+            forms.append(", ".join(parts) if parts else g)
     return forms
 
 
@@ -72,9 +73,10 @@ def _last_box(extracted: str, golds: list[str], deadline: float, math_verify: bo
 
 
 def _multi_box(region: str, golds: list[str], deadline: float) -> bool:
-    """The distinct boxes of ``region``, joined by commas, equal a multi-part gold."""
+    """The distinct boxes of the last run of boxes in ``region``, joined by commas, equal a
+    multi-part gold."""
     parts: dict[str, str] = {}
-    for b in boxed_contents(region):
+    for b in last_box_run(region):
         if b.strip():
             parts.setdefault(canonical(normalize(b)), b)
         if len(parts) > MAX_PARTS:

@@ -37,7 +37,8 @@ _REPEATING = re.compile(
     r"|dot\s*\{(\d)\}(?!\s*\d|\s*\\dot))"
 )
 _PERCENT = re.compile(r"\\?%")
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:, ?\d{3})+(?:\.\d+)?")  # "11,\! 111" leaves a space
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # "32, 349" is two numbers
+_THIN_COMMA = re.compile(r"(?<=\d),\s*\\!\s*(?=\d)")  # MATH's "11,\! 111": one number
 _UNIT_TAIL = re.compile(r"(?<=[\d}).])\s+(?:[A-Za-z]{2,}\s*(?:\^\s*\{?\d\}?)?\s*)+$")
 _UNIT_WORDS = re.compile(
     r"^(?:units?|square|sq|cubic|cm|mm|km|m|meters?|inch(?:es)?|feet|ft|foot|miles?|yards?|"
@@ -85,7 +86,8 @@ def _strip_unit_tail(s: str) -> str:
 def normalize(answer: str) -> str:
     """Normalised LaTeX of a final answer (single spaces kept)."""
     s = _CONTROL.sub(" ", answer)
-    s = s.replace("\\$", "").replace("$", "").replace("\\!", "")
+    s = _THIN_COMMA.sub(",", s.replace("\\$", "").replace("$", ""))
+    s = s.replace("\\!", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = _LEFT_RIGHT.sub("", s)  # before the trig rule: \sin\left(30^\circ\right)
     s = _TRIG_DEGREES.sub(_trig_radians, s)
