@@ -51,12 +51,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attnrl_jax.eval.benchmarks import BENCHMARK_DIR  # noqa: E402
 from attnrl_jax.rewards.batch import BatchResult, Grader  # noqa: E402
 from attnrl_jax.rewards.math import GradeResult, grade  # noqa: E402
 from attnrl_jax.rewards.normalize import canonical, normalize  # noqa: E402
 from attnrl_jax.rewards.structure import parse_structure, split_top  # noqa: E402
 
+# the bundled eval sets (attnrl_jax.eval.benchmarks.BENCHMARK_DIR, named here: that module imports
+# JAX, and the spawned workers re-import this script)
+BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "attnrl_jax" / "eval" / "benchmarks"
 EVAL_SETS = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench")
 MIX = {
     "exact": 0.27,
@@ -248,6 +250,57 @@ def eval_gold_items() -> tuple[list[str], list[list[str]], list[bool]]:
     return responses, answers, expected
 
 
+# --- long responses: what the whole-text fallback costs -----------------------------------------
+
+
+def long_response(chars: int, ending: str, seed: int = 0) -> str:
+    """Prose with inline math and no ``</think>`` (a truncated or non-thinking response: the
+    whole text is the answer region), about ``chars`` long, then ``ending``."""
+    rng = random.Random(seed)
+    parts, n = [], 0
+    while n < chars:
+        k = rng.randint(1, 99)
+        part = rng.choice(
+            [
+                f"Then $x_{{{k}}} = \\frac{{{k}}}{{{k + 1}}}$, so the sum grows. ",
+                f"We check $({k}+1)^2 = {(k + 1) ** 2}$ and move on. ",
+                f"Let me think about case {k} again; it gives ${k}$ ways. ",
+            ]
+        )
+        parts.append(part)
+        n += len(part)
+    return "".join(parts) + ending
+
+
+def long_rows(row) -> None:
+    """ms per item (median of 3, cold caches, after a warm-up import) of the hybrid and boxed
+    rewards and of Math-Verify's parse alone, on 8k-token (~32 kB) and 200 kB responses with a
+    wrong final box (so the fallback runs) or no box."""
+    from math_verify import parse
+
+    grade("So \\boxed{1}.", "2")  # imports Math-Verify and builds the parsers
+
+    for chars in (32_000, 200_000):
+        for ending, name in (
+            ("So the answer is \\boxed{17}.", "wrong_box"),
+            ("So the answer is $17$.", "unboxed"),
+        ):
+            text = long_response(chars, ending)
+            for label, fn in (
+                ("hybrid", lambda t=text: grade(t, "18")),
+                ("boxed", lambda t=text: grade(t, "18", reward="boxed")),
+                ("math_verify_parse", lambda t=text: parse(t, parsing_timeout=None)),
+            ):
+                times = []
+                for _ in range(3):
+                    clear_caches()
+                    t0 = time.monotonic()
+                    fn()
+                    times.append(1000 * (time.monotonic() - t0))
+                ms = sorted(times)[1]
+                row("long_response_ms", ms, "ms", chars=chars, ending=name, grader=label)
+
+
 # --- running -----------------------------------------------------------------------------------
 
 
@@ -305,6 +358,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--serial", type=int, default=1000, help="items graded in-process per reward")
     p.add_argument("--json", type=Path, help="write the rows here")
+    p.add_argument("--long_only", action="store_true", help="only the long-response timings")
     args = p.parse_args()
     responses, answers, kinds = build(args.n)
     workers = args.workers or os.cpu_count() or 1
@@ -324,6 +378,10 @@ def main() -> None:
             }
         )
 
+    if args.long_only:
+        long_rows(row)
+        report(rows, [], args.json, info)
+        return
     fast = [i for i, k in enumerate(kinds) if k != "slow"]
     results = {}
     for reward in ("boxed", "hybrid"):  # back to back: the same machine load for both
@@ -417,18 +475,22 @@ def main() -> None:
             items=len(g_exp),
         )
 
-    print(f"{'metric':<44}{'value':>12}  unit")
+    long_rows(row)
+    report(rows, listed, args.json, info)
+
+
+def report(rows: list[dict], listed: list[dict], path: Path | None, info: dict) -> None:
+    print(f"{'metric':<60}{'value':>12}  unit")
     for r in rows:
-        tags = ", ".join(
-            str(r["params"][k]) for k in ("reward", "mode", "set", "kind") if k in r["params"]
-        )
+        keys = ("reward", "mode", "set", "kind", "chars", "ending", "grader")
+        tags = ", ".join(str(r["params"][k]) for k in keys if k in r["params"])
         print(f"{r['metric'] + (f' ({tags})' if tags else ''):<60}{r['value']:>12}  {r['unit']}")
     print(f"{len(listed)} disagreements with the authors' reward")
     for d in listed:
         print(json.dumps(d)[:400])
-    if args.json:
+    if path:
         out = {"run": info, "rows": rows, "disagreements": listed}
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        path.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":
