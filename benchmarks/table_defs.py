@@ -334,6 +334,25 @@ def grader_hybrid(doc: dict) -> str:
     )
 
 
+def grader_long(doc: dict) -> str:
+    rows = Rows("grader_long_cpu.json", doc["rows"])
+    endings = {"wrong_box": "a wrong final box", "unboxed": "no box (answer in $...$)"}
+    lines = []
+    for chars in rows.param_values("chars"):
+        for ending, label in endings.items():
+            ms = [
+                _f(rows.value("long_response_ms", chars=chars, ending=ending, grader=g), 1)
+                for g in ("boxed", "hybrid", "math_verify_parse")
+            ]
+            lines.append(f"| {chars // 1000} kB, {label} | {' | '.join(ms)} |")
+    return _lines(
+        "| response (no `</think>`: all of it is the answer region) | boxed (ms) | hybrid (ms) "
+        "| Math-Verify parse alone (ms) |",
+        "|---|---:|---:|---:|",
+        lines,
+    )
+
+
 def grader_peer(doc: dict) -> str:
     labels = {
         "math_verify": "Math-Verify 0.9 (as its suite calls it)",
@@ -550,6 +569,7 @@ TABLES: dict[str, Table] = {
     "scoring_memory_1p5b": Table(("cpu_scoring.json",), scoring_memory_1p5b),
     "grader": Table(("cpu_grader.json",), grader),
     "grader_hybrid": Table(("grader_cpu.json",), grader_hybrid),
+    "grader_long": Table(("grader_long_cpu.json",), grader_long),
     "grader_peer": Table(("grader_peer_suite.json",), grader_peer),
     "sampler_fci": Table(("cpu_sampler_fci.json", "h200_sampler_fci_gpu.json"), sampler_fci),
     "step_breakdown": Table(("step_breakdown_cpu.json",), step_breakdown),
