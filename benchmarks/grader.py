@@ -16,8 +16,10 @@ format (a ``<think>`` block, then the answer):
   slow        ``(x+1)^{9999}`` vs ``(x+2)^{9999}``               incorrect, at the stage limit
 Reported, with the pool (fresh per run, so parse caches start cold):
   - items/s of each reward ("boxed": the last box only, as before; "hybrid": the authors' order)
-    on the whole mix and without the slow items, run back to back on the same machine, and the
-    serial in-process rate; the fraction of each kind with the expected verdict;
+    on the whole mix, and without the slow items in the pool and serially in-process, the two
+    rewards alternating ``--repeats`` times (best of each: other jobs' load varies); the
+    fraction of each kind with the expected verdict;
+  - ms per long response (8k tokens, 200 kB) for both rewards and Math-Verify's parse alone;
   - agreement of the hybrid reward with the authors' reward reproduced here (``authors_grade``)
     on the mixed set and on the eval sets' golds (each gold form boxed: correct; another
     problem's gold boxed: incorrect), with every disagreement listed in the JSON.
@@ -74,6 +76,7 @@ MIX = {
 }
 CORRECT = {"exact", "equivalent", "revised", "multi_box", "unboxed"}
 HYBRID_ONLY = {"multi_box", "unboxed"}
+REWARDS = ("boxed", "hybrid")
 SLOW_SHARE = 0.002
 REFERENCE_TIMEOUT_S = 15.0
 ADVERSARIAL = [
@@ -357,8 +360,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="default: all CPUs")
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--serial", type=int, default=1000, help="items graded in-process per reward")
+    p.add_argument("--repeats", type=int, default=2, help="alternating throughput runs per reward")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--long_only", action="store_true", help="only the long-response timings")
+    p.add_argument("--gold_items", type=int, default=0, help="first N eval-gold items (0: all)")
     args = p.parse_args()
     responses, answers, kinds = build(args.n)
     workers = args.workers or os.cpu_count() or 1
@@ -383,27 +388,13 @@ def main() -> None:
         report(rows, [], args.json, info)
         return
     fast = [i for i, k in enumerate(kinds) if k != "slow"]
+    fast_rs, fast_gs = [responses[i] for i in fast], [answers[i] for i in fast]
     results = {}
-    for reward in ("boxed", "hybrid"):  # back to back: the same machine load for both
+    for reward in REWARDS:  # back to back: the same machine load for both
         startup, out = run_pool(responses, answers, workers, args.timeout, reward=reward)
-        _, out_fast = run_pool(
-            [responses[i] for i in fast],
-            [answers[i] for i in fast],
-            workers,
-            args.timeout,
-            reward=reward,
-        )
         results[reward] = out
         row("pool_startup", startup, "s", reward=reward)
         row("items_per_s", out.items_per_s, "items/s", mode="parallel", reward=reward)
-        row(
-            "items_per_s",
-            out_fast.items_per_s,
-            "items/s",
-            mode="parallel_without_slow",
-            reward=reward,
-            n=len(fast),
-        )
         row("timeouts", out.num_timeouts, "items", reward=reward)
         row("stage_timeouts", out.reasons.get("stage_timeout", 0), "items", reward=reward)
         for kind in sorted(set(kinds)):
@@ -418,19 +409,25 @@ def main() -> None:
                 kind=kind,
                 items=len(idx),
             )
-        m = min(args.serial, len(fast))
-        clear_caches()
-        t0 = time.monotonic()
-        for i in fast[:m]:
-            grade(responses[i], answers[i], reward=reward, time_budget_s=0.8 * args.timeout)
-        row(
-            "items_per_s",
-            m / (time.monotonic() - t0),
-            "items/s",
-            mode="serial_without_slow",
-            reward=reward,
-            n=m,
-        )
+    # Throughput without the slow items: the rewards alternate, `repeats` times each, and the
+    # best rate of each counts (the machine's load from other jobs varies within a run).
+    m = min(args.serial, len(fast))
+    rates: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.repeats):
+        for reward in REWARDS:
+            _, out = run_pool(fast_rs, fast_gs, workers, args.timeout, reward=reward)
+            rates.setdefault(("parallel_without_slow", reward), []).append(out.items_per_s)
+            clear_caches()
+            t0 = time.monotonic()
+            for r, g in zip(fast_rs[:m], fast_gs[:m], strict=True):
+                grade(r, g, reward=reward, time_budget_s=0.8 * args.timeout)
+            rates.setdefault(("serial_without_slow", reward), []).append(
+                m / (time.monotonic() - t0)
+            )
+    for (mode, reward), vals in rates.items():
+        n_items = len(fast) if mode.startswith("parallel") else m
+        runs = [round(v, 2) for v in vals]
+        row("items_per_s", max(vals), "items/s", mode=mode, reward=reward, n=n_items, runs=runs)
 
     listed = []
     _, ref = run_pool(responses, answers, workers, REFERENCE_TIMEOUT_S, grade_fn=authors_grade)
@@ -452,6 +449,12 @@ def main() -> None:
     row("hybrid_accuracy", results["hybrid"].accuracy, "fraction", set="mixed")
 
     g_resp, g_ans, g_exp = eval_gold_items()
+    if args.gold_items:
+        g_resp, g_ans, g_exp = (
+            g_resp[: args.gold_items],
+            g_ans[: args.gold_items],
+            g_exp[: args.gold_items],
+        )
     _, g_ours = run_pool(g_resp, g_ans, workers, args.timeout)
     _, g_ref = run_pool(g_resp, g_ans, workers, REFERENCE_TIMEOUT_S, grade_fn=authors_grade)
     g_kinds = ["gold" if e else "other_gold" for e in g_exp]

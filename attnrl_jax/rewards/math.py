@@ -21,8 +21,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from attnrl_jax.rewards.equivalence import Verdict, equivalent
-from attnrl_jax.rewards.extract import answer_region, extract_answer, last_box_run
+from attnrl_jax.rewards.equivalence import Verdict, _is_constant, equivalent
+from attnrl_jax.rewards.extract import answer_region, boxed_spans, extract_answer, last_box_run
+from attnrl_jax.rewards.limits import intractable
 from attnrl_jax.rewards.normalize import canonical, normalize
 from attnrl_jax.rewards.structure import parse_structure
 
@@ -95,6 +96,16 @@ def _multi_box(region: str, golds: list[str], deadline: float) -> bool:
     return False
 
 
+def _fallback_reads_only(region: str, extracted: str, golds: list[str]) -> bool:
+    """Math-Verify over ``region`` would read just this box, and box and golds are constants, so
+    the fallback would repeat the sympy verdict (it compares two constants with our exact check):
+    one box, and no "final answer" phrase (its only patterns that outrank a box)."""
+    if len(boxed_spans(region)) != 1 or "final answer" in region.lower():
+        return False
+    forms = [normalize(x) for x in (extracted, *golds)]
+    return all(not intractable(f) and _is_constant(f) for f in forms)
+
+
 def grade(
     response: str,
     gold: str | Sequence[str],
@@ -123,6 +134,8 @@ def grade(
     region = answer_region(response)
     if boxed and _multi_box(region, golds, deadline):
         return GradeResult(True, extracted, "multi_box")
+    if boxed and _fallback_reads_only(region, extracted, golds):
+        return GradeResult(False, extracted, verdict.reason)
     mv, found = math_verify_text(region, golds, deadline)
     if boxed:
         return GradeResult(mv.equal, extracted, mv.reason if mv.equal else verdict.reason)
