@@ -13,8 +13,8 @@ importing them (``ast.literal_eval`` of the literal lists), then grades each cas
 and reports how often each agrees with the suite's label. The gold handed to ``grade``: a gold
 with boxes whole (``grade`` takes its last box, or last run of boxes), else its ``$...$``
 contents, else the string Math-Verify reads from it. Cases of other shapes (string extraction,
-configs, timeouts) are skipped. Every case where ours or Math-Verify differs from the label is
-listed in the JSON by its id (the suite's text is not copied into our results).
+configs, timeouts) are skipped. Every case where the hybrid, the authors' or Math-Verify's verdict
+differs from the label is listed in the JSON by its id (the suite's text is not copied).
 
     python benchmarks/grader_peer.py --suite PATH/Math-Verify/tests --json OUT.json
 """
@@ -159,7 +159,7 @@ def main() -> None:
         }
         for k, v in verdicts.items():
             counts[k] += v == c["label"]
-        if verdicts["hybrid"] != c["label"] or verdicts["math_verify"] != c["label"]:
+        if any(verdicts[k] != c["label"] for k in ("hybrid", "math_verify", "authors")):
             listed.append({"where": c["where"], "label": c["label"], **verdicts})
     n = len(cases)
     summary = {k: {"agree": v, "n": n, "fraction": round(v / n, 4)} for k, v in counts.items()}

@@ -112,6 +112,8 @@ def _explosive(expr: str, prose: bool = False) -> str | None:
 
 
 MAX_OPERATORS = 5_000
+MAX_TEXT_DEPTH = 40  # bracket nesting of a whole response: LaTeX answers nest far less
+_BRACKET = re.compile(r"[{}()\[\]]")
 _NEXT_CARET = re.compile(r"\s*\^")
 _BIG_GROUP_FACTORIAL = re.compile(r"(?:\^|\d{4})[^!]{0,40}[)}]\s*!")
 
@@ -119,10 +121,15 @@ _BIG_GROUP_FACTORIAL = re.compile(r"(?:\^|\d{4})[^!]{0,40}[)}]\s*!")
 def explosive_text(text: str) -> str | None:
     """Why a whole response must not reach Math-Verify's parser (it evaluates what it reads), else
     None: :func:`intractable`'s tower/factorial/digit checks over the text, and a refusal of texts
-    with more than ``MAX_OPERATORS`` ``^``/``!``. Linear in ``len(text)``: each operand and base
-    is read at most ``MAX_EXPR_CHARS`` far."""
+    with more than ``MAX_OPERATORS`` ``^``/``!`` or brackets nested over ``MAX_TEXT_DEPTH``.
+    Linear in ``len(text)``: each operand and base is read at most ``MAX_EXPR_CHARS`` far."""
     if text.count("^") + text.count("**") + text.count("!") > MAX_OPERATORS:
         return "too_many_operators"
+    depth = 0  # Math-Verify's parser recurses per level: 2,000 nested braces take seconds
+    for m in _BRACKET.finditer(text):
+        depth += 1 if m.group() in "{([" else -1
+        if depth > MAX_TEXT_DEPTH:
+            return "too_deep"
     return _explosive(text, prose=True)
 
 
