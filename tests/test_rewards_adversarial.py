@@ -53,6 +53,7 @@ ADVERSARIAL = {
     "unboxed_200kB": ("We add $1+1$ here. " * 10_000 + "The final answer is $2$.", "2"),
     "unboxed_200kB_wrong": ("We add $1+1$ here. " * 10_000 + "The final answer is $3$.", "2"),
     "nested_boxes": ("\\boxed{" * 2000 + "1" + "}" * 2000, "1"),
+    "few_nested_boxes": ("\\boxed{" * 5 + "1" + "}" * 5, "1"),
     "boxes_in_a_box": ("\\boxed{\\boxed{1} + \\boxed{2}} and \\boxed{\\boxed{3}}", "1, 3"),
     "long_expression_text": ("$" + "1+" * 30_000 + "1$", "3"),  # Math-Verify alone: ~4.5 s
     "tower_in_text": ("The answer is $9^{9^{9^{9}}}$, clearly.", "1"),
@@ -88,7 +89,8 @@ def test_adversarial_finishes_with_a_result(name: str):
         ("response_200kB", True),
         ("unboxed_200kB", True),
         ("unboxed_200kB_wrong", False),
-        ("nested_boxes", True),
+        ("nested_boxes", False),  # nested deeper than the fallback reads: refused
+        ("few_nested_boxes", True),
         ("boxes_in_a_box", False),
         ("tower_in_text", False),
     ],
