@@ -20,18 +20,12 @@ Reported, with the pool (fresh per run, so parse caches start cold):
     rewards alternating ``--repeats`` times (best of each: other jobs' load varies); the
     fraction of each kind with the expected verdict;
   - ms per long response (8k tokens, 200 kB) for both rewards and Math-Verify's parse alone;
-  - agreement of the hybrid reward with the authors' reward reproduced here (``authors_grade``)
+  - agreement of the hybrid reward with the authors' reward (``authors_grade``)
     on the mixed set and on the eval sets' golds (each gold form boxed: correct; another
     problem's gold boxed: incorrect), with every disagreement listed in the JSON.
 
-The reference (``authors_grade``) follows rllm_skywork / math_reward_v2 (ALGORITHM.md section 4):
-the text after the last ``</think>``; its last ``\\boxed{}``/``\\fbox{}`` (brace counting); a gold
-taken from its own box if it has one; correct if the box equals the gold string or Math-Verify
-equates the box with the gold (a stand-in for DeepScaleR's ``grade_answer_mathd`` /
-``grade_answer_sympy``, which are not installed here and not copied); otherwise Math-Verify over
-the whole text: ``parse(text, parsing_timeout=5)`` with >= 2 entries, ``parsed[1]`` equal to a
-gold string, or ``verify(parse("\\boxed{gold}"), parsed, timeout_seconds=5)``. It runs in the
-same worker pool with a 15 s hard deadline (its own timeouts are 5 s per call).
+The reference is the authors' reward reproduced with Math-Verify (benchmarks/grader_reference.py),
+run in the same worker pool with a 15 s hard deadline (its own timeouts are 5 s per call).
 
     python benchmarks/grader.py --json benchmarks/results/grader_cpu.json [--n 4000] [--workers N]
 """
@@ -40,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import random
@@ -54,9 +47,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnrl_jax.rewards.batch import BatchResult, Grader  # noqa: E402
-from attnrl_jax.rewards.math import GradeResult, grade  # noqa: E402
+from attnrl_jax.rewards.math import grade  # noqa: E402
 from attnrl_jax.rewards.normalize import canonical, normalize  # noqa: E402
 from attnrl_jax.rewards.structure import parse_structure, split_top  # noqa: E402
+from benchmarks.grader_reference import authors_grade  # noqa: E402
 
 # the bundled eval sets (attnrl_jax.eval.benchmarks.BENCHMARK_DIR, named here: that module imports
 # JAX, and the spawned workers re-import this script)
@@ -87,62 +81,6 @@ ADVERSARIAL = [
     "\\boxed{1",
 ]
 PAD = "Let me think step by step. " * 80
-
-
-# --- the authors' reward, reproduced as the reference ------------------------------------------
-
-
-def _authors_last_box(text: str) -> str | None:
-    """The last ``\\boxed{...}`` / ``\\fbox{...}`` by brace counting from its start."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1 : j]
-    return None
-
-
-def authors_grade(response: str, golds, *, time_budget_s: float = 0.0) -> GradeResult:
-    """The authors' 0/1 reward (see the module docstring); a GradeFn for the worker pool."""
-    from math_verify import parse, verify
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # a timeout warning quotes the text
-    golds = [golds] if isinstance(golds, str) else list(golds)
-    golds = [_authors_last_box(g) or g if "\\boxed" in g else g for g in golds]
-    text = response.split("</think>")[-1]
-    box = _authors_last_box(text)
-    if box is not None:
-        for g in golds:
-            if box.strip() == g.strip():
-                return GradeResult(True, box, "exact")
-            try:
-                gp = parse("\\boxed{" + g + "}", parsing_timeout=5)
-                bp = parse("\\boxed{" + box + "}", parsing_timeout=5)
-                if gp and bp and verify(gp, bp, timeout_seconds=5):
-                    return GradeResult(True, box, "box_math_verify")
-            except Exception:  # noqa: BLE001 - as the authors: an error is "not correct"
-                pass
-    try:
-        parsed = parse(text, parsing_timeout=5)
-    except Exception:  # noqa: BLE001
-        return GradeResult(False, box, "parse_error")
-    if len(parsed) < 2:
-        return GradeResult(False, box, "no_parse")
-    if parsed[1] in golds:
-        return GradeResult(True, box, "text_string")
-    for g in golds:
-        try:
-            if verify(parse("\\boxed{" + g + "}", parsing_timeout=5), parsed, timeout_seconds=5):
-                return GradeResult(True, box, "text_math_verify")
-        except Exception:  # noqa: BLE001
-            continue
-    return GradeResult(False, box, "mismatch")
 
 
 # --- the mixed set -----------------------------------------------------------------------------

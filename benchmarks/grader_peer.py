@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnrl_jax.rewards.math import grade  # noqa: E402
-from benchmarks.grader import authors_grade  # noqa: E402
+from benchmarks.grader_reference import authors_grade  # noqa: E402
 
 # Labels judged against the paper's rules (the authors' reward, ALGORITHM.md section 4), by case
 # id in Math-Verify 5d148cf (2025-07-02). Agreement is also reported without them.
