@@ -25,6 +25,7 @@ error message and exit status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--mesh", help="data,fsdp,tensor device counts (one may be -1; default 1,1,1)")
     add("--grading_workers", "--grading-workers", type=int, default=0, help="0: in-process")
     add("--grading_timeout", "--grading-timeout", type=float, default=5.0)
+    add("--reward", choices=("hybrid", "boxed"), default="hybrid", help="rewards/math.py")
     add("--output", type=Path, help="report directory (default: eval/<model dir name>)")
     return parser.parse_args(argv)
 
@@ -197,7 +199,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.grading_workers > 0:
         from attnrl_jax.rewards.batch import Grader
 
-        grader = Grader(timeout_s=args.grading_timeout, num_workers=args.grading_workers)
+        grader = Grader(
+            timeout_s=args.grading_timeout, num_workers=args.grading_workers, reward=args.reward
+        )
     try:
         with tqdm(total=total, unit="sample", file=sys.stderr, dynamic_ncols=True) as bar:
             result = evaluate_policy(
@@ -205,7 +209,9 @@ def run(args: argparse.Namespace) -> dict:
                 tokenizer,
                 benchmarks,
                 options,
-                pool_grader(grader) if grader else in_process_grader,
+                pool_grader(grader)
+                if grader
+                else functools.partial(in_process_grader, reward=args.reward),
                 eos_ids=eos_ids(tokenizer, args.model, model.config.eos_token_id),
                 progress=bar.update,
             )

@@ -1,12 +1,15 @@
 """Grade math answers: the command-line contract of the reward.
 
     python -m attnrl_jax.grade --input IN.jsonl --output OUT.jsonl [--timeout S] [--workers N]
+        [--reward hybrid|boxed]
 
 Each non-blank input line is a JSON object with "response" (str) and "answer" (a gold string or a
 list of accepted forms). Each output line is the input object plus "correct", "extracted" and
 "reason", in input order. The whole input is checked first: a malformed line stops the run with
 one message naming the line and nothing is written. Output is written to a temporary file and
 renamed, so it is complete or absent. A summary (n, accuracy, timeouts) goes to stderr.
+--reward: "hybrid" (default; the authors' order: last box, then Math-Verify over the whole answer
+text) or "boxed" (the last box only); see rewards/math.py.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per item (hard deadline)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
+    p.add_argument("--reward", choices=("hybrid", "boxed"), default="hybrid")
     args = p.parse_args(argv)
     if args.timeout <= 0 or (args.workers is not None and args.workers < 1):
         p.error("--timeout must be > 0 and --workers >= 1")
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except GradeInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with Grader(timeout_s=args.timeout, num_workers=args.workers) as grader:
+    with Grader(timeout_s=args.timeout, num_workers=args.workers, reward=args.reward) as grader:
         out = grader.grade([r["response"] for r in rows], [r["answer"] for r in rows])
     for r, g in zip(rows, out.results, strict=True):
         r.update(correct=g.correct, extracted=g.extracted, reason=g.reason)

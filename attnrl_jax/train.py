@@ -18,6 +18,7 @@ workdir must be one directory all hosts see (shared disk or a bucket mount) for 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,10 +104,13 @@ def load_prompts(c: RunConfig, tokenizer):
     )[0]
 
 
-def grade_in_process(texts: Sequence[str], golds: Sequence[tuple[str, ...]]) -> np.ndarray:
+def grade_in_process(
+    texts: Sequence[str], golds: Sequence[tuple[str, ...]], reward: str = "hybrid"
+) -> np.ndarray:
     from attnrl_jax.rewards.math import grade
 
-    return np.array([grade(t, list(g)).correct for t, g in zip(texts, golds, strict=True)], float)
+    pairs = zip(texts, golds, strict=True)
+    return np.array([grade(t, list(g), reward=reward).correct for t, g in pairs], float)
 
 
 def make_grader(c: RunConfig):
@@ -116,7 +120,9 @@ def make_grader(c: RunConfig):
         return None
     from attnrl_jax.rewards.batch import Grader
 
-    return Grader(timeout_s=c.grading.timeout_s, num_workers=c.grading.workers)
+    return Grader(
+        timeout_s=c.grading.timeout_s, num_workers=c.grading.workers, reward=c.grading.reward
+    )
 
 
 def pool_reward_fn(grader):
@@ -132,7 +138,7 @@ def make_reward_fn(c: RunConfig):
     bounds slow items."""
     grader = make_grader(c)
     if grader is None:
-        return grade_in_process, lambda: None
+        return functools.partial(grade_in_process, reward=c.grading.reward), lambda: None
     return pool_reward_fn(grader), grader.close
 
 
@@ -164,13 +170,14 @@ def build_trainer(
     if grader is not None:
         closers.append(grader.close)
     if reward_fn is None:
-        reward_fn = grade_in_process if grader is None else pool_reward_fn(grader)
+        reward_fn = make_reward_fn(c)[0] if grader is None else pool_reward_fn(grader)
     eval_fn = None
     if c.eval.every > 0:
         from attnrl_jax.eval.run import in_process_grader, pool_grader
         from attnrl_jax.eval.training import training_eval_fn
 
-        grade_fn = in_process_grader if grader is None else pool_grader(grader)
+        in_process = functools.partial(in_process_grader, reward=c.grading.reward)
+        grade_fn = in_process if grader is None else pool_grader(grader)
         eval_fn = training_eval_fn(c, tokenizer, eos, grade_fn)
     loggers = [log_fn] if log_fn is not None else []
     if c.log.tensorboard and jax.process_index() == 0:

@@ -267,6 +267,121 @@ def grader(rows: Rows) -> str:
     return _lines("| measurement | value |", "|---|---:|", [f"| {m} | {v} |" for m, v in out])
 
 
+# --- grader.py (second version): the two rewards, and agreement with the authors' reward ------
+
+
+def grader_hybrid(doc: dict) -> str:
+    rows = Rows("grader_cpu.json", doc["rows"])
+    rewards = ("boxed", "hybrid")
+    n_fast = rows.row("items_per_s", mode="parallel_without_slow", reward="hybrid")["params"]["n"]
+    n_serial = rows.row("items_per_s", mode="serial_without_slow", reward="hybrid")["params"]["n"]
+    n_mix = rows.row("agreement_with_authors", set="mixed")["params"]["items"]
+    n_gold = rows.row("agreement_with_authors", set="eval_golds")["params"]["items"]
+
+    def per_reward(metric: str, fmt, **params) -> list[str]:
+        return [fmt(rows.value(metric, reward=r, **params)) for r in rewards]
+
+    def expected(reward: str) -> float:
+        kinds = [
+            r for r in rows.matching("expected_verdicts", reward=reward) if "kind" in r["params"]
+        ]
+        items = [r["params"]["items"] for r in kinds]
+        return sum(r["value"] * n for r, n in zip(kinds, items, strict=True)) / sum(items)
+
+    rate = {r: rows.value("items_per_s", reward=r, mode="parallel_without_slow") for r in rewards}
+    serial = {r: rows.value("items_per_s", reward=r, mode="serial_without_slow") for r in rewards}
+    runs = rows.row("items_per_s", mode="parallel_without_slow", reward="hybrid")["params"]["runs"]
+    out = [
+        ("pool start-up (s)", per_reward("pool_startup", lambda v: _f(v, 2))),
+        ("items/s, full mix", per_reward("items_per_s", lambda v: _f(v, 1), mode="parallel")),
+        (
+            f"items/s, mix without the slow items ({n_fast:,}), best of {len(runs)} alternating",
+            [_f(rate[r], 1) for r in rewards],
+        ),
+        (
+            f"items/s, serial in one process ({n_serial:,} items, no pool), best of {len(runs)}",
+            [_f(serial[r], 1) for r in rewards],
+        ),
+        (
+            "boxed / hybrid items/s: pool / serial",
+            [
+                "",
+                f"{_x(rate['boxed'] / rate['hybrid'])} / {_x(serial['boxed'] / serial['hybrid'])}",
+            ],
+        ),
+        (
+            "hard timeouts / in-process stage timeouts",
+            [
+                f"{rows.value('timeouts', reward=r)} / {rows.value('stage_timeouts', reward=r)}"
+                for r in rewards
+            ],
+        ),
+        (
+            "fraction of items with the expected verdict",
+            [str(round(expected(r), 4)) for r in rewards],
+        ),
+        (
+            f"agreement with the authors' reward, mixed set ({n_mix:,})",
+            [
+                str(rows.value("agreement_with_authors_boxed_reward", set="mixed")),
+                str(rows.value("agreement_with_authors", set="mixed")),
+            ],
+        ),
+        (
+            f"agreement with the authors' reward, eval-set golds ({n_gold:,})",
+            ["", str(rows.value("agreement_with_authors", set="eval_golds"))],
+        ),
+    ]
+    return _lines(
+        "| measurement | boxed (last box only) | hybrid (authors' order) |",
+        "|---|---:|---:|",
+        [f"| {m} | {b} | {h} |" for m, (b, h) in out],
+    )
+
+
+def grader_long(doc: dict) -> str:
+    rows = Rows("grader_cpu.json", doc["rows"])
+    endings = {"wrong_box": "a wrong final box", "unboxed": "no box (answer in $...$)"}
+    lines = []
+    for chars in rows.param_values("chars"):
+        for ending, label in endings.items():
+            ms = [
+                _f(rows.value("long_response_ms", chars=chars, ending=ending, grader=g), 1)
+                for g in ("boxed", "hybrid", "math_verify_parse")
+            ]
+            lines.append(f"| {chars // 1000} kB, {label} | {' | '.join(ms)} |")
+    return _lines(
+        "| response (no `</think>`: all of it is the answer region) | boxed (ms) | hybrid (ms) "
+        "| Math-Verify parse alone (ms) |",
+        "|---|---:|---:|---:|",
+        lines,
+    )
+
+
+def grader_peer(doc: dict) -> str:
+    labels = {
+        "math_verify": "Math-Verify 0.9 (as its suite calls it)",
+        "authors": "the authors' reward (reproduced)",
+        "hybrid": "ours, hybrid",
+        "boxed": "ours, boxed only",
+    }
+    lines = []
+    for key, label in labels.items():
+        v = doc["summary"][key]
+        lines.append(
+            f"| {label} | {v['agree']}/{v['n']} ({v['fraction']:.4f}) | "
+            f"{v['agree_without_reviewed']}/{v['n_without_reviewed']} "
+            f"({v['agree_without_reviewed'] / v['n_without_reviewed']:.4f}) |"
+        )
+    reviewed = doc["summary"]["hybrid"]["n"] - doc["summary"]["hybrid"]["n_without_reviewed"]
+    return _lines(
+        f"| grader | agrees with the label | without the {reviewed} labels against the paper's "
+        "rules |",
+        "|---|---:|---:|",
+        lines,
+    )
+
+
 # --- sampler_fci.py: FCI inside the sampler against the scoring forward ----------------------
 
 
@@ -486,6 +601,9 @@ TABLES: dict[str, Table] = {
     "scoring_gpu": Table(("h200_scoring_gpu.json",), scoring_gpu),
     "scoring_memory_1p5b": Table(("cpu_scoring.json",), scoring_memory_1p5b),
     "grader": Table(("cpu_grader.json",), grader),
+    "grader_hybrid": Table(("grader_cpu.json",), grader_hybrid),
+    "grader_long": Table(("grader_cpu.json",), grader_long),
+    "grader_peer": Table(("grader_peer_suite.json",), grader_peer),
     "sampler_fci": Table(("cpu_sampler_fci.json", "h200_sampler_fci_gpu.json"), sampler_fci),
     "step_breakdown": Table(("step_breakdown_cpu.json",), step_breakdown),
     "memory_plan": Table(("memory_plan.json",), memory_plan),

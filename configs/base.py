@@ -102,7 +102,9 @@ def get_config() -> ConfigDict:
     # packing: "tree" (each shared token once, weight = path count) or "path" (one row per path).
     # One optimizer update per minibatch_problems problems; micro-batches of microbatch_rows rows.
     c.train = ConfigDict({"packing": "path", "minibatch_problems": 32, "microbatch_rows": 8})
-    c.grading = ConfigDict({"workers": 0, "timeout_s": 5.0})  # workers 0: grade in-process
+    # workers 0: grade in-process. reward: "hybrid" (the authors' order: last box, then
+    # Math-Verify over the whole answer text) or "boxed" (the last box only); rewards/math.py.
+    c.grading = ConfigDict({"workers": 0, "timeout_s": 5.0, "reward": "hybrid"})
     c.checkpoint = ConfigDict({"every": 10, "keep": 2})
     c.log = ConfigDict({"progress": True, "tensorboard": True})
     # Evaluation during training (eval/run.py), every `every` steps and after the last; 0: off.

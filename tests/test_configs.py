@@ -117,7 +117,13 @@ def test_resolve_gives_one_frozen_run_config_with_each_method_spelled_out():
 def test_every_section_problem_is_listed_in_one_error():
     c = fill_required(load("demo.py"))
     c.checkpoint.every, c.grading.timeout_s, c.rollout.group_size = 0, 0.0, 1
+    c.grading.reward = "lenient"
     with pytest.raises(ConfigError) as e:
         resolve(c)
-    for message in ("checkpoint.every", "grading.timeout_s", "rollout.group_size"):
+    for message in (
+        "checkpoint.every",
+        "grading.timeout_s",
+        "rollout.group_size",
+        "grading.reward",
+    ):
         assert message in str(e.value)

@@ -46,6 +46,19 @@ ADVERSARIAL = {
     "huge_degrees": ("\\boxed{\\sin " + "9" * 5000 + "^\\circ}", "0"),
     "many_degrees": ("\\boxed{" + "".join(["\\cos 1^\\circ"] * 3000) + "}", "1"),
     "or_list": ("\\boxed{" + " or ".join(map(str, range(3000))) + "}", "1, 2"),
+    # the hybrid reward's Math-Verify fallback reads the whole text after </think>
+    "thousand_boxes": (" ".join(f"\\boxed{{{i}}}" for i in range(1000)), "999"),
+    "thousand_boxes_multipart_gold": (" ".join(f"\\boxed{{{i}}}" for i in range(1000)), "1, 2"),
+    "response_200kB": ("Let me think. " * 15_000 + "So the answer is \\boxed{2}.", "2"),
+    "unboxed_200kB": ("We add $1+1$ here. " * 10_000 + "The final answer is $2$.", "2"),
+    "unboxed_200kB_wrong": ("We add $1+1$ here. " * 10_000 + "The final answer is $3$.", "2"),
+    "nested_boxes": ("\\boxed{" * 2000 + "1" + "}" * 2000, "1"),
+    "few_nested_boxes": ("\\boxed{" * 5 + "1" + "}" * 5, "1"),
+    "boxes_in_a_box": ("\\boxed{\\boxed{1} + \\boxed{2}} and \\boxed{\\boxed{3}}", "1, 3"),
+    "long_expression_text": ("$" + "1+" * 30_000 + "1$", "3"),  # Math-Verify alone: ~4.5 s
+    "tower_in_text": ("The answer is $9^{9^{9^{9}}}$, clearly.", "1"),
+    "factorial_in_text": ("The answer is $(10^{5})!$ ways.", "1"),
+    "many_carets_text": ("$x^2$ " * 20_000, "1"),
 }
 
 
@@ -71,6 +84,15 @@ def test_adversarial_finishes_with_a_result(name: str):
         ("sympy_hang", False),
         ("complex_order", False),
         ("complex_order_gold", False),
+        ("thousand_boxes", True),
+        ("thousand_boxes_multipart_gold", False),
+        ("response_200kB", True),
+        ("unboxed_200kB", True),
+        ("unboxed_200kB_wrong", False),
+        ("nested_boxes", False),  # nested deeper than the fallback reads: refused
+        ("few_nested_boxes", True),
+        ("boxes_in_a_box", False),
+        ("tower_in_text", False),
     ],
 )
 def test_adversarial_verdicts(name: str, correct: bool):
@@ -103,10 +125,10 @@ def test_an_exception_inside_a_comparison_is_an_incorrect_result(monkeypatch):
 
     real = math_module.equivalent
 
-    def flaky(a, b, deadline):
+    def flaky(a, b, deadline, **kwargs):
         if b == "bad":
             raise TypeError("corner case")
-        return real(a, b, deadline)
+        return real(a, b, deadline, **kwargs)
 
     monkeypatch.setattr(math_module, "equivalent", flaky)
     assert grade("\\boxed{2}", ["bad"]) == GradeResult(False, "2", "error: TypeError")

@@ -11,11 +11,14 @@ import pytest
 from attnrl_jax.rewards.batch import Grader, grade_batch
 from attnrl_jax.rewards.math import GradeResult, grade
 
+HANG_S = 60.0  # a hung item; the test fails in finite time if its deadline is not enforced
+SLOW_LIMIT_S = 30.0  # two 1 s deadlines plus scheduling on a loaded machine, well below HANG_S
+
 
 def hang_or_grade(response: str, golds, *, time_budget_s: float) -> GradeResult:
     """Blocks without a timer when asked to: stands in for sympy stuck in one C call."""
     if response == "HANG":
-        time.sleep(3600)
+        time.sleep(HANG_S)
     if response == "CRASH":
         os._exit(3)
     if response == "SLEEP":
@@ -52,7 +55,7 @@ def test_hung_item_is_killed_counted_and_does_not_block(hanging_grader):
     assert [r.reason for r in out.results][0] == "timeout"
     assert out.results[-1] == GradeResult(False, None, "timeout")
     assert all(r.correct for r in out.results[1:-1])
-    assert elapsed < 6.0  # two deadlines of 1 s (in parallel or not), not an hour
+    assert elapsed < SLOW_LIMIT_S  # two deadlines of 1 s (in parallel or not), not HANG_S
     after = hanging_grader.grade(["\\boxed{1}"] * 4, ["1"] * 4)  # replacements serve new calls
     assert after.num_correct == 4 and after.num_timeouts == 0
 
@@ -101,3 +104,14 @@ def test_closed_grader_and_bad_lengths_raise():
     with pytest.raises(RuntimeError, match="closed"):
         g.grade(["a"], ["1"])
     assert all(not w.proc.is_alive() for w in g._workers)
+
+
+def test_reward_switch_reaches_the_workers():
+    responses = ["\\boxed{(2,2)} and \\boxed{(6,2)}", "The final answer is $25$."]
+    golds = ["(2, 2), (6, 2)", "25"]
+    hybrid = grade_batch(responses, golds, timeout_s=5.0, num_workers=1)
+    boxed = grade_batch(responses, golds, timeout_s=5.0, num_workers=1, reward="boxed")
+    assert [r.reason for r in hybrid.results] == ["multi_box", "math_verify"]
+    assert [r.reason for r in boxed.results] == ["mismatch", "no_answer"]
+    with pytest.raises(ValueError, match="reward must be one of"):
+        Grader(timeout_s=1.0, num_workers=1, reward="strict")

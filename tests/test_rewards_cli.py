@@ -46,3 +46,14 @@ def test_cli_malformed_line_names_it_and_writes_nothing(tmp_path: Path):
     p = _run("--input", str(inp), "--output", str(out))
     assert p.returncode == 2 and f"{inp} line 2: invalid JSON" in p.stderr
     assert not out.exists()
+
+
+def test_cli_reward_switch(tmp_path: Path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(json.dumps({"response": "The final answer is $3$.", "answer": "3"}) + "\n")
+    verdicts = {}
+    for reward in ("hybrid", "boxed"):
+        p = _run("--input", str(inp), "--output", str(out), "--workers", "1", "--reward", reward)
+        assert p.returncode == 0, p.stderr
+        verdicts[reward] = json.loads(out.read_text())["reason"]
+    assert verdicts == {"hybrid": "math_verify", "boxed": "no_answer"}

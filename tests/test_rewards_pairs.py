@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from attnrl_jax.rewards.math import grade
+from attnrl_jax.rewards.extract import last_box_run
+from attnrl_jax.rewards.math import GradeResult, grade
 
 EQUIVALENT = [
     # fractions
@@ -277,6 +278,9 @@ NOT_EQUIVALENT = [
     ("1, 2, and 3", "1, 2"),
     ("2 or 3", "(2, 3)"),  # Math-Verify equates these
     ("x = 2 \\text{ or } x = 3", "(2, 3)"),  # a set of solutions, not a point
+    ("32, 349", "32349"),  # a comma and a space: two numbers, not thousands
+    ("12:00", "1:00"),  # both read as undefined (n/0): undefined equals nothing
+    ("x = 1, y = 2", "y = 1, x = 2"),  # labelled items keep their labels
 ]
 
 CASES = [pytest.param(a, b, True, id=f"eq-{i}") for i, (a, b) in enumerate(EQUIVALENT)] + [
@@ -302,3 +306,94 @@ def test_pair(answer: str, gold: str, expected: bool):
     r = grade("Reasoning ... so the answer is \\boxed{" + answer + "}.", gold)
     assert r.correct is expected, r
     assert r.extracted == answer.strip()
+
+
+# Whole responses for the hybrid reward's rules (rewards/math.py): (response, gold, hybrid verdict,
+# boxed-only verdict). Each rule has equal and not-equal cases.
+THINK = "<think>Try \\boxed{7} first. Hmm.</think>"
+RESPONSES = [
+    # several boxes against a multi-part gold: tuple lists, labelled lists, sets, and/or-joined
+    ("So \\boxed{(2,2)} and \\boxed{(6,2)}.", "(2, 2), (6, 2)", True, False),
+    ("So \\boxed{(2,2)} and \\boxed{(6,2)}.", "(2, 2), (6, 3)", False, False),
+    ("So \\boxed{(2,2)} and \\boxed{(6,2)}.", "(2, 2)", False, False),
+    ("\\boxed{k = 45} and \\boxed{n = 2}", "k = 45, n = 2", True, False),
+    ("\\boxed{k = 45} and \\boxed{n = 2}", "k = 2, n = 45", False, False),  # labels matter
+    ("\\boxed{k = 45} and \\boxed{n = 2}", "45, 2", True, False),  # labelled vs bare
+    ("\\boxed{k = 45} and \\boxed{n = 2}", "45, 3", False, False),
+    ("\\boxed{1}, \\boxed{2}", "x_{1}=1, x_{2}=2", True, False),  # bare vs labelled
+    ("\\boxed{1}, \\boxed{3}", "x_{1}=1, x_{2}=2", False, False),
+    (THINK + "\\boxed{2} and \\boxed{3}", "\\{2, 3\\}", True, False),
+    (THINK + "\\boxed{2} and \\boxed{3}", "\\{2, 3, 4\\}", False, False),
+    ("\\boxed{2} and \\boxed{3}", "(2, 3)", False, False),  # a point is not a set of boxes
+    ("\\boxed{2} or \\boxed{3}", "2 \\text{ or } 3", True, False),
+    ("\\boxed{3}, \\boxed{1}, \\boxed{2}", "1, 2, and 3", True, False),
+    ("\\boxed{3}, \\boxed{1}, \\boxed{3}", "1, 2, and 3", False, False),
+    ("\\boxed{2}, \\boxed{2} and \\boxed{3}", "2, 3", True, False),  # repeats are one part
+    # one gold value: the last box wins (a revised answer)
+    ("First \\boxed{3}; no, wait: \\boxed{5}.", "5", True, True),
+    ("First \\boxed{3}; no, wait: \\boxed{5}.", "3", False, False),
+    ("\\boxed{1,2}", "2", False, False),  # two candidates are not the answer 2
+    # percent words
+    ("\\boxed{28 pct}", "28\\%", True, True),
+    ("\\boxed{28 percentage}", "28\\%", True, True),
+    ("\\boxed{28 percent}", "28", True, True),
+    ("\\boxed{28\\text{ percent}}", "28\\%", True, True),
+    ("\\boxed{28 pct}", "29\\%", False, False),
+    ("\\boxed{28 pct}", "0.28", False, False),  # percent signs are dropped, not converted
+    # no box: Math-Verify reads the answer from the text (the authors' fallback)
+    (THINK + " The final answer is $25$.", "25", True, False),
+    (THINK + " The final answer is $\\frac{50}{2}$.", "25", True, False),
+    (THINK + " The final answer is $24$.", "25", False, False),
+    (THINK + " No answer.", "25", False, False),
+    ("\\boxed{7}</think> The final answer is $25$.", "7", False, False),  # only after </think>
+    # a gold given in its own boxes: its last box, or its last run of boxes
+    ("\\boxed{2} and \\boxed{3}", "\\boxed{2}, \\boxed{3}", True, False),
+    ("\\boxed{4}", "\\boxed{4}", True, True),
+    ("\\boxed{2}", "\\boxed{1} is wrong, so \\boxed{2}", True, True),
+    ("\\boxed{1, 2}", "\\boxed{1} is wrong, so \\boxed{2}", False, False),
+    ("\\boxed{1, 2}", "\\(\\boxed{1}\\) and \\(\\boxed{2}\\)", True, True),
+    # only a run of boxes is the parts of one answer; other text between boxes is a revision
+    ("\\boxed{1}, then I doubt it. \\boxed{2}", "1, 2, 3", False, False),
+    # Math-Verify evaluates an unboxed sum of matrices
+    (
+        "The sum is $\\begin{pmatrix}1 & 2\\end{pmatrix} + \\begin{pmatrix}3 & 4\\end{pmatrix}$",
+        "\\begin{pmatrix}4 & 6\\end{pmatrix}",
+        True,
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("response", "gold", "hybrid", "boxed"), RESPONSES)
+def test_response_rules(response: str, gold: str, hybrid: bool, boxed: bool):
+    assert grade(response, gold).correct is hybrid
+    assert grade(response, gold, reward="boxed").correct is boxed
+
+
+def test_hybrid_reasons_and_extracted_answer():
+    r = grade("\\boxed{k = 45} and \\boxed{n = 2}", "45, 2")
+    assert (r.reason, r.extracted) == ("multi_box", "n = 2")
+    r = grade(THINK + " The final answer is $\\frac{50}{2}$.", "25")
+    assert (r.reason, r.extracted) == ("math_verify", "\\frac{50}{2}")  # what Math-Verify read
+    assert grade(THINK + " No answer.", "25") == GradeResult(False, None, "no_answer")
+    assert grade("\\boxed{24}", "25").reason == "mismatch"  # the last box's verdict is reported
+
+
+def test_unknown_reward_is_refused():
+    with pytest.raises(ValueError, match="reward must be one of"):
+        grade("\\boxed{1}", "1", reward="strict")
+
+
+@pytest.mark.parametrize(
+    ("text", "run"),
+    [
+        ("\\boxed{2}, \\boxed{3} and \\boxed{5}.", ["2", "3", "5"]),
+        ("$\\boxed{a}$ \\text{ or } $\\boxed{b}$", ["a", "b"]),
+        ("\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", ["1", "-2"]),
+        ("\\boxed{3}, no, wait: \\boxed{5}", ["5"]),
+        ("\\boxed{1} papers and \\boxed{2} bins", ["2"]),
+        ("no box", []),
+    ],
+)
+def test_last_box_run(text: str, run: list[str]):
+    assert last_box_run(text) == run

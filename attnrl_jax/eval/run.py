@@ -85,9 +85,11 @@ def metric_ks(k: int) -> list[int]:
     return sorted({1 << i for i in range(k.bit_length())} | {k})
 
 
-def in_process_grader(texts: Sequence[str], golds: Sequence[Sequence[str]]) -> list[GradeResult]:
+def in_process_grader(
+    texts: Sequence[str], golds: Sequence[Sequence[str]], reward: str = "hybrid"
+) -> list[GradeResult]:
     """Grades in this process (no hard deadline: for small runs and tests)."""
-    return [grade(t, list(g)) for t, g in zip(texts, golds, strict=True)]
+    return [grade(t, list(g), reward=reward) for t, g in zip(texts, golds, strict=True)]
 
 
 def pool_grader(grader) -> GradeFn:

@@ -11,6 +11,7 @@ dies gives reason "error". ``Grader`` keeps its pool across calls; use it as a c
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
-from attnrl_jax.rewards.math import GradeResult, grade
+from attnrl_jax.rewards.math import REWARDS, GradeResult, grade
 
 _READY = "ready"
 _START_FAILURE = (
@@ -100,7 +101,8 @@ class _Worker:
 class Grader:
     """A pool of grading processes that lives across calls (the trainer grades every step).
 
-    ``grade_fn`` (default :func:`math.grade`) must be a picklable module-level function; another
+    ``reward`` selects :func:`math.grade`'s reward ("hybrid" or "boxed"). ``grade_fn`` (default
+    :func:`math.grade` with that reward) must be a picklable module-level function; another
     reward with the same signature can reuse the pool and its deadline handling.
     """
 
@@ -109,17 +111,20 @@ class Grader:
         *,
         timeout_s: float = 5.0,
         num_workers: int | None = None,
-        grade_fn: GradeFn = grade,
+        reward: str = "hybrid",
+        grade_fn: GradeFn | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
         self.timeout_s = timeout_s
         self.num_workers = max(1, num_workers or os.cpu_count() or 1)
         self._ctx = mp.get_context("spawn")
         # In-process stage limits end before the hard deadline, so most slow items still get a
         # real verdict ("stage_timeout") instead of being killed.
         self._budget = 0.8 * timeout_s
-        self._grade_fn = grade_fn
+        self._grade_fn = grade_fn or functools.partial(grade, reward=reward)
         self._workers = [self._new_worker() for _ in range(self.num_workers)]
         self._closed = False
         self._failed_starts = 0
@@ -240,7 +245,8 @@ def grade_batch(
     *,
     timeout_s: float = 5.0,
     num_workers: int | None = None,
+    reward: str = "hybrid",
 ) -> BatchResult:
     """One-off parallel grading (starts and stops a pool; prefer ``Grader`` in a loop)."""
-    with Grader(timeout_s=timeout_s, num_workers=num_workers) as grader:
+    with Grader(timeout_s=timeout_s, num_workers=num_workers, reward=reward) as grader:
         return grader.grade(responses, golds)

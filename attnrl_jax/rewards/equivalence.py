@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import sympy
 
 from attnrl_jax.rewards.limits import StageTimeout, intractable, time_limit
-from attnrl_jax.rewards.normalize import canonical, normalize, strip_lhs
+from attnrl_jax.rewards.normalize import canonical, lhs, normalize, strip_lhs
 from attnrl_jax.rewards.structure import Structure, parse_structure
 from attnrl_jax.rewards.symbolic import PLAIN_NUMBER, sympy_equal, to_sympy
 
@@ -66,11 +66,20 @@ def _unordered_equal(xs: tuple[str, ...], ys: tuple[str, ...]) -> bool:
         return False
     left = list(ys)
     for x in xs:
-        j = next((k for k, y in enumerate(left) if structured_equal(x, y)), None)
+        j = next((k for k, y in enumerate(left) if _item_equal(x, y)), None)
         if j is None:
             return False
         left.pop(j)
     return True
+
+
+def _item_equal(x: str, y: str) -> bool:
+    """Items of two collections; two labelled items need the same label (in ``x = 1, y = 2``
+    against ``y = 1, x = 2`` the labels carry the meaning, unlike ``f(x) = ...`` alone)."""
+    lx, ly = lhs(x), lhs(y)
+    if lx and ly and canonical(lx) != canonical(ly):
+        return False
+    return structured_equal(x, y)
 
 
 def structured_equal(a: str, b: str) -> bool:
@@ -156,8 +165,11 @@ def _remaining(deadline: float, cap: float) -> float:
     return max(0.0, min(cap, deadline - time.monotonic()))
 
 
-def equivalent(pred: str, gold: str, deadline: float) -> Verdict:
-    """Is the extracted ``pred`` equal to ``gold``? Bounded by ``deadline`` (monotonic clock)."""
+def equivalent(pred: str, gold: str, deadline: float, *, math_verify: bool = True) -> Verdict:
+    """Is the extracted ``pred`` equal to ``gold``? Bounded by ``deadline`` (monotonic clock).
+
+    ``math_verify=False`` stops after sympy (the hybrid reward runs Math-Verify over the whole
+    response instead, :mod:`fallback`)."""
     a, b = normalize(pred), normalize(gold)
     if canonical(a) == canonical(b):
         return Verdict(True, "exact")
@@ -168,7 +180,7 @@ def equivalent(pred: str, gold: str, deadline: float) -> Verdict:
         ("sympy", structured_equal, SYMPY_STAGE_S),
         ("math_verify", _math_verify_equal, MATH_VERIFY_STAGE_S),
     ):
-        if stage == "math_verify" and _skip_math_verify(a, b):
+        if stage == "math_verify" and (not math_verify or _skip_math_verify(a, b)):
             break
         budget = _remaining(deadline, cap)
         if budget <= 0:

@@ -11,6 +11,11 @@ from __future__ import annotations
 import re
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_TOKEN_RE = re.compile(r"[^\s$]+")
+# between the parts of one answer: commas, "and"/"or", spacing, math delimiters ($, \( \), \[ \])
+_JOINER = re.compile(
+    r"(?:\s|\$|,|;|\\[,;:()\[\]]|\\q?quad|\\text\{\s*(?:and|or)\s*\}|\b(?:and|or)\b)*"
+)
 _THINK_END = "</think>"
 
 
@@ -41,15 +46,15 @@ def _brace_pairs(text: str) -> dict[int, int]:
     return pairs
 
 
-def last_boxed(text: str) -> str | None:
-    """Contents of the last complete outermost ``\\boxed``/``\\fbox`` in ``text``, or None.
+def boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, contents) of every complete outermost ``\\boxed``/``\\fbox`` in ``text``.
 
     A box inside another is part of it (``\\boxed{\\boxed{1} + 2}`` gives ``\\boxed{1} + 2``);
-    an unclosed box (a truncated generation) is skipped, so the previous complete one counts.
-    Linear time: braces are matched once for the whole text.
+    an unclosed box (a truncated generation) is skipped. Linear time: braces are matched once
+    for the whole text.
     """
     pairs = _brace_pairs(text) if "{" in text else {}
-    answer, pos = None, 0
+    boxes, pos = [], 0
     while (m := _BOX_RE.search(text, pos)) is not None:
         j = m.end()
         while j < len(text) and text[j] in " \t":
@@ -57,12 +62,40 @@ def last_boxed(text: str) -> str | None:
         pos = m.end()
         if j < len(text) and text[j] == "{":
             if j in pairs:
-                answer, pos = text[j + 1 : pairs[j]].strip(), pairs[j] + 1
+                boxes.append((m.start(), pairs[j] + 1, text[j + 1 : pairs[j]].strip()))
+                pos = pairs[j] + 1
         elif j > m.end():  # "\boxed 5": the token after the space, up to whitespace or '$'
-            tok = re.match(r"[^\s$]+", text[j:])
+            tok = _TOKEN_RE.match(text, j)
             if tok:
-                answer, pos = tok.group(0).rstrip("."), j + tok.end()
-    return answer
+                boxes.append((m.start(), tok.end(), tok.group(0).rstrip(".")))
+                pos = tok.end()
+    return boxes
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every complete outermost box in ``text``, in order (:func:`boxed_spans`)."""
+    return [c for _, _, c in boxed_spans(text)]
+
+
+def last_box_run(text: str) -> list[str]:
+    """Contents of the last run of boxes joined only by commas, "and"/"or", spacing or math
+    delimiters (``\\boxed{2}, \\boxed{3} and \\boxed{5}``): the parts of one answer. Boxes with
+    other text between them (``\\boxed{3}, no, wait: \\boxed{5}``) are a revision, not parts."""
+    spans = boxed_spans(text)
+    if not spans:
+        return []
+    run = [spans[-1]]
+    for prev in reversed(spans[:-1]):
+        if not _JOINER.fullmatch(text, prev[1], run[0][0]):
+            break
+        run.insert(0, prev)
+    return [c for _, _, c in run]
+
+
+def last_boxed(text: str) -> str | None:
+    """Contents of the last complete outermost box in ``text`` (:func:`boxed_contents`), or None."""
+    boxes = boxed_contents(text)
+    return boxes[-1] if boxes else None
 
 
 def extract_answer(response: str) -> str | None:

@@ -23,6 +23,7 @@ MAX_EXPONENT = 10_000  # |integer literal| allowed in an exponent
 MAX_FACTORIAL = 500
 MAX_DIGITS = 300
 MAX_RESULT_DIGITS = 100_000  # digits of an integer power N^k, estimated as len(N) * k
+_SCAN = MAX_EXPR_CHARS  # how far an exponent's base or operand is read: a whole screened answer
 
 
 class StageTimeout(BaseException):
@@ -35,11 +36,11 @@ def _operand(s: str, i: int) -> tuple[str, int]:
         i += 1
     if i < len(s) and s[i] == "{":
         depth = 0
-        for j in range(i, len(s)):
+        for j in range(i, min(len(s), i + _SCAN)):
             depth += {"{": 1, "}": -1}.get(s[j], 0)
             if depth == 0:
                 return s[i + 1 : j], j + 1
-        return s[i + 1 :], len(s)
+        return s[i + 1 : i + _SCAN], min(len(s), i + _SCAN)
     m = re.match(r"-?\d+|\\?[A-Za-z]+|.", s[i:])
     tok = m.group(0) if m else ""
     return tok, i + len(tok)
@@ -52,12 +53,12 @@ def _base(s: str, i: int) -> str:
         j -= 1
     if j >= 0 and s[j] in ")}]":
         depth = 0
-        for k in range(j, -1, -1):
+        for k in range(j, max(-1, j - _SCAN), -1):
             depth += {")": 1, "}": 1, "]": 1, "(": -1, "{": -1, "[": -1}.get(s[k], 0)
             if depth == 0:
                 return s[k : j + 1]
-        return s[: j + 1]
-    m = re.search(r"[\\\w.]*$", s[: j + 1])
+        return s[max(0, j + 1 - _SCAN) : j + 1]
+    m = re.search(r"[\\\w.]*$", s[max(0, j + 1 - _SCAN) : j + 1])
     return m.group(0) if m else ""
 
 
@@ -78,14 +79,23 @@ def intractable(expr: str) -> str | None:
         return "too_long"
     if _max_depth(expr) > MAX_DEPTH:
         return "too_deep"
+    return _explosive(expr)
+
+
+def _explosive(expr: str, prose: bool = False) -> str | None:
+    """The checks of :func:`intractable` for values that explode (towers, factorials).
+
+    ``prose``: ``expr`` is a whole response, where ``!!`` is punctuation and ``(n-1)!`` is common,
+    so a group's factorial is refused only when the group holds a power or a 4-digit number.
+    """
     s = expr.replace("**", "^")
     if re.search(rf"\d{{{MAX_DIGITS + 1},}}", s):
         return "too_many_digits"
     for m in re.finditer(r"\^", s):
         op, end = _operand(s, m.end())
-        rest = s[end:].lstrip()
+        tower = _NEXT_CARET.match(s, end) is not None
         base = _base(s, m.start())
-        if "^" in op or "\\exp" in op or rest.startswith("^") or "!" in op or "^" in base:
+        if "^" in op or "\\exp" in op or tower or "!" in op or "^" in base:
             return "exponent_tower"
         exps = [int(n) for n in re.findall(r"\d+", op)]
         if any(e > MAX_EXPONENT for e in exps):
@@ -95,9 +105,32 @@ def intractable(expr: str) -> str | None:
     for n in re.findall(r"(\d+)\s*!", s):
         if int(n) > MAX_FACTORIAL:
             return "huge_factorial"
-    if re.search(r"[)}]\s*!|!\s*!", s) or "\\binom" in s and re.search(r"\d{6,}", s):
+    group = _BIG_GROUP_FACTORIAL.search(s) if prose else re.search(r"[)}]\s*!|!\s*!", s)
+    if group or "\\binom" in s and re.search(r"\d{6,}", s):
         return "huge_factorial"
     return None
+
+
+MAX_OPERATORS = 5_000
+MAX_TEXT_DEPTH = 40  # bracket nesting of a whole response: LaTeX answers nest far less
+_BRACKET = re.compile(r"[{}()\[\]]")
+_NEXT_CARET = re.compile(r"\s*\^")
+_BIG_GROUP_FACTORIAL = re.compile(r"(?:\^|\d{4})[^!]{0,40}[)}]\s*!")
+
+
+def explosive_text(text: str) -> str | None:
+    """Why a whole response must not reach Math-Verify's parser (it evaluates what it reads), else
+    None: :func:`intractable`'s tower/factorial/digit checks over the text, and a refusal of texts
+    with more than ``MAX_OPERATORS`` ``^``/``!`` or brackets nested over ``MAX_TEXT_DEPTH``.
+    Linear in ``len(text)``: each operand and base is read at most ``MAX_EXPR_CHARS`` far."""
+    if text.count("^") + text.count("**") + text.count("!") > MAX_OPERATORS:
+        return "too_many_operators"
+    depth = 0  # Math-Verify's parser recurses per level: 2,000 nested braces take seconds
+    for m in _BRACKET.finditer(text):
+        depth += 1 if m.group() in "{([" else -1
+        if depth > MAX_TEXT_DEPTH:
+            return "too_deep"
+    return _explosive(text, prose=True)
 
 
 _REFIRE_S = 0.05  # after the deadline the timer keeps firing, so one swallowed raise is not enough

@@ -2,13 +2,13 @@
 
 Policy: remove what does not change the mathematical value of a final answer (``$``, ``\\left`` /
 ``\\right``, LaTeX spacing, ``\\text{}`` wrappers, trailing units after a number, degrees, percent
-signs, a trailing period, thousands separators of a lone number, a short left-hand side
-``x =``). Percent and degree signs are dropped, not converted: ``50\\%`` equals ``50`` (not
-``0.5``), as in DeepScaleR's and Hendrycks' graders. The exception is a degree argument of a
-trigonometric function: ``\\sin 30^\\circ`` becomes ``\\sin(\\frac{30\\pi}{180})`` (dropping the
-sign would read it in radians). A repeating decimal (``1.2\\overline{34}``) becomes its exact
-reduced fraction, so it is graded like that fraction. Spaces are kept single for the LaTeX parser;
-:func:`canonical` removes them for string comparison.
+signs and words (``28 pct``, ``28 percentage``), a trailing period, thousands separators of a lone
+number, a short left-hand side ``x =``). Percent and degree signs are dropped, not converted:
+``50\\%`` equals ``50`` (not ``0.5``), as in DeepScaleR's and Hendrycks' graders. The exception is
+a degree argument of a trigonometric function: ``\\sin 30^\\circ`` becomes
+``\\sin(\\frac{30\\pi}{180})`` (dropping the sign would read it in radians). A repeating decimal
+(``1.2\\overline{34}``) becomes its exact reduced fraction, so it is graded like that fraction.
+Spaces are kept single for the LaTeX parser; :func:`canonical` removes them for string comparison.
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ _REPEATING = re.compile(
     r"|dot\s*\{(\d)\}(?!\s*\d|\s*\\dot))"
 )
 _PERCENT = re.compile(r"\\?%")
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:, ?\d{3})+(?:\.\d+)?")  # "11,\! 111" leaves a space
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # "32, 349" is two numbers
+_THIN_COMMA = re.compile(r"(?<=\d),\s*\\!\s*(?=\d)")  # MATH's "11,\! 111": one number
 _UNIT_TAIL = re.compile(r"(?<=[\d}).])\s+(?:[A-Za-z]{2,}\s*(?:\^\s*\{?\d\}?)?\s*)+$")
 _UNIT_WORDS = re.compile(
     r"^(?:units?|square|sq|cubic|cm|mm|km|m|meters?|inch(?:es)?|feet|ft|foot|miles?|yards?|"
     r"degrees?|dollars?|cents?|hours?|minutes?|seconds?|days?|years?|kg|g|grams?|lbs?|pounds?|"
-    r"Hz|GHz|MHz|eV|keV|MeV|J|W|K|s|mph|mi|percent|L|mL|N|Pa|V|nm|mol|atm|sec|min|hrs?)$"
+    r"Hz|GHz|MHz|eV|keV|MeV|J|W|K|s|mph|mi|percent(?:age)?s?|pct|L|mL|N|Pa|V|nm|mol|atm|sec|min|hrs?)$"
 )
 # A unit set off as text at the end (``1.5 \mathrm{~m}``): single letters count here too, and so
 # do any words that start with a space (``3 \text{ apples}``), as in DeepScaleR's unit rule.
@@ -85,7 +86,8 @@ def _strip_unit_tail(s: str) -> str:
 def normalize(answer: str) -> str:
     """Normalised LaTeX of a final answer (single spaces kept)."""
     s = _CONTROL.sub(" ", answer)
-    s = s.replace("\\$", "").replace("$", "").replace("\\!", "")
+    s = _THIN_COMMA.sub(",", s.replace("\\$", "").replace("$", ""))
+    s = s.replace("\\!", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = _LEFT_RIGHT.sub("", s)  # before the trig rule: \sin\left(30^\circ\right)
     s = _TRIG_DEGREES.sub(_trig_radians, s)
@@ -118,6 +120,12 @@ def strip_lhs(s: str) -> str:
     if m and "=" not in s[m.end() :]:
         return s[m.end() :].strip()
     return s
+
+
+def lhs(s: str) -> str | None:
+    """The bare-variable left side that :func:`strip_lhs` removes (``x_{1}`` of ``x_{1} = 3``)."""
+    m = _SHORT_LHS.match(s)
+    return s[: m.end() - 1].strip() if m and "=" not in s[m.end() :] else None
 
 
 def canonical(s: str) -> str:

@@ -75,7 +75,7 @@ def parse_structure(s: str) -> Structure:
     """Top-level structure of a normalised answer."""
     s = s.strip()
     m = _MATRIX.match(s)
-    if m:
+    if m and "\\begin{" not in m.group(2):  # one matrix, not A + B or A B
         rows = [r for r in (x.strip() for x in m.group(2).split("\\\\")) if r]
         cells = [[c.strip() for c in r.split("&")] for r in rows]
         flat = tuple(c for r in cells for c in r)

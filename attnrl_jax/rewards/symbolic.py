@@ -50,8 +50,10 @@ def _numeric_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
         if a.is_Rational and b.is_Rational:
             return a == b
     rtol = FLOAT_RTOL if inexact else EXACT_RTOL
-    if any(x.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) for x in (a, b)):
-        return a == b  # oo only equals oo; nan never
+    if any(x.has(sympy.zoo, sympy.nan) for x in (a, b)):
+        return False  # undefined (12:00 read as 12/0) equals nothing
+    if any(x.has(sympy.oo, -sympy.oo) for x in (a, b)):
+        return a == b  # oo only equals oo
     try:  # sympy Floats (mpmath) have unbounded exponents: 9999^9999 does not overflow
         va, vb = sympy.N(a, 50), sympy.N(b, 50)
         scale = max(abs(va), abs(vb))

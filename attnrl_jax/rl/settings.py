@@ -27,6 +27,7 @@ from pathlib import Path
 import ml_collections
 
 from attnrl_jax.eval.benchmarks import parse_benchmarks
+from attnrl_jax.rewards.math import REWARDS
 from attnrl_jax.rl.ads import ADSConfig
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.packed import PACKINGS
@@ -166,6 +167,7 @@ class EvalSection:
 class GradingSection:
     workers: int  # 0: grade in-process
     timeout_s: float
+    reward: str  # "hybrid" (the authors' order, default) or "boxed" (last box only)
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,11 @@ def _check_run(errors: list[str], c: ml_collections.ConfigDict) -> None:
     _check(errors, c.checkpoint.keep >= 1, "checkpoint.keep must be >= 1")
     _check(errors, c.grading.workers >= 0, "grading.workers must be >= 0 (0: in-process)")
     _check(errors, c.grading.timeout_s > 0, "grading.timeout_s must be > 0")
+    _check(
+        errors,
+        c.grading.reward in REWARDS,
+        f"grading.reward={c.grading.reward!r}; known: {list(REWARDS)}",
+    )
 
 
 def _method(errors: list[str], c: ml_collections.ConfigDict) -> Method:
@@ -449,7 +456,9 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
             top_p=e.top_p,
             num_problems=e.num_problems,
         ),
-        grading=GradingSection(workers=c.grading.workers, timeout_s=c.grading.timeout_s),
+        grading=GradingSection(
+            workers=c.grading.workers, timeout_s=c.grading.timeout_s, reward=c.grading.reward
+        ),
         log=LogSection(progress=c.log.progress, tensorboard=c.log.tensorboard),
         distributed=DistributedSection(**c.distributed.to_dict()),
     )
