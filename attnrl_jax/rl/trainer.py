@@ -78,7 +78,7 @@ from attnrl_jax.rl.checkpoint import Checkpointer, generation_from_state, genera
 from attnrl_jax.rl.settings import RunConfig, build_rollout_mesh
 from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
-from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine
+from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine, place_on
 from attnrl_jax.sampling.eos import eos_ids as model_eos_ids
 from attnrl_jax.scoring.steps import SeparatorIds
 
@@ -209,7 +209,7 @@ class Trainer:
                 target = jax.tree.map(lambda _: self.rollout_mesh.devices.flat[0], self.params)
             else:
                 target = param_shardings(self.cfg, self.rollout_mesh)
-            self.rollout_params = jax.device_put(self.params, target)
+            self.rollout_params = place_on(self.params, target)
         self.engine.update_weights(self.rollout_params, version)
 
     # ----- state -----
