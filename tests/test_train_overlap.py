@@ -30,7 +30,7 @@ def shared(tmp_path_factory):
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("split")
-    metrics, _ = run(small_config(workdir, **SPLIT))
+    metrics, _ = run(small_config(workdir, **SPLIT, **{"log.tensorboard": True}))
     return workdir, metrics
 
 
@@ -86,6 +86,15 @@ def test_agreement_metrics(shared, split):
         for m in metrics[1:]:
             assert m["rollout/logp_diff_mean"] > 1e-3
             assert m["rollout/ratio_max"] > 1.01
+
+
+def test_agreement_metrics_reach_tensorboard(split):
+    pytest.importorskip("tensorboardX")
+    workdir, _ = split
+    (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
+    data = events.read_bytes()
+    for tag in (*AGREEMENT, "time_proximal"):
+        assert tag.encode() in data, tag
 
 
 def test_no_correction_gives_the_same_first_loss(shared, tmp_path):
