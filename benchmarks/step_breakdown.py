@@ -68,8 +68,8 @@ import numpy as np  # noqa: E402
 from attnrl_jax.compile_watch import CompileWatch  # noqa: E402
 from attnrl_jax.rl import trainer as trainer_module  # noqa: E402
 from attnrl_jax.rl.packed import tokens_processed  # noqa: E402
+from attnrl_jax.rl.phases import PHASES  # noqa: E402
 from attnrl_jax.rl.settings import resolve  # noqa: E402
-from attnrl_jax.rl.trainer import PHASES  # noqa: E402
 from attnrl_jax.train import build_trainer, make_reward_fn  # noqa: E402
 from configs.demo import get_config  # noqa: E402
 

@@ -57,7 +57,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,49 +74,13 @@ from attnrl_jax.rl import ads
 from attnrl_jax.rl import rollout as ro
 from attnrl_jax.rl import step_plan as sp
 from attnrl_jax.rl.checkpoint import Checkpointer, generation_from_state, generation_to_state
+from attnrl_jax.rl.phases import PhaseTimes
 from attnrl_jax.rl.settings import RunConfig, build_rollout_mesh
 from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
 from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine, place_on
 from attnrl_jax.sampling.eos import eos_ids as model_eos_ids
 from attnrl_jax.scoring.steps import SeparatorIds
-
-PHASES = ("sampling", "scoring", "grading", "reference", "proximal", "update")
-
-
-class PhaseTimes(dict):
-    """Seconds per phase: `with times("sampling"): ...` adds the block's wall time; with a span
-    name, `with times("sampling", "sample_initial")` also records the block in the timeline.
-
-    The trainer's phases (PHASES, metrics "time_<phase>"): sampling (sampler calls), scoring
-    (the scoring pass: log-probs, entropies, FCI), grading (reward function), reference (the
-    frozen policy's forward for the KL term; 0 with kl_weight 0), proximal (the importance
-    correction's forward; 0 with tis_cap 0) and update (the policy's forward, backward and
-    optimizer steps, without the reference and proximal forwards). Times add up across threads:
-    in the split schedule the background sampling counts too (see `timeline` for overlap).
-
-    timeline: {span: [start_s, end_s]} in seconds since `origin` (perf_counter); a span met
-    twice covers the first start to the last end.
-    """
-
-    def __init__(self, origin: float):
-        super().__init__(dict.fromkeys(PHASES, 0.0))
-        self.origin, self.timeline, self._lock = origin, {}, threading.Lock()
-
-    @contextlib.contextmanager
-    def __call__(self, name: str, *spans: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            end = time.perf_counter()
-            with self._lock:
-                self[name] = self.get(name, 0.0) + end - start
-                for span in spans:
-                    a, b = start - self.origin, end - self.origin
-                    if span in self.timeline:
-                        a, b = min(a, self.timeline[span][0]), max(b, self.timeline[span][1])
-                    self.timeline[span] = [round(a, 6), round(b, 6)]
 
 
 class Trainer:
