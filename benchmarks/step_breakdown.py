@@ -1,4 +1,4 @@
-"""Time per training step by phase, one-step off-policy vs on-policy, and tree-packing savings.
+"""Time per training step by phase: one-step off-policy, on-policy, split devices; tree packing.
 
 Runs the real trainer (train.build_trainer, Trainer.train_step) for --steps steps per mode and
 reports, per mode, the mean and median over steps 2..n of the trainer's phase times (metrics
@@ -20,6 +20,29 @@ benchmarks/packing.py's job.
     python benchmarks/step_breakdown.py --preset gpu_0p5b --steps 3 --json step_breakdown_gpu.json
 
 --set key=value overrides any config key (repeatable), after the preset.
+
+Split devices (mode "split": one-step off-policy with mesh.rollout_devices = --rollout_devices,
+default half of the devices): batch s + 1's initial responses are sampled on the rollout group
+while batch s updates on the others (rl/trainer.py). Per step the metrics' timeline gives the
+overlap: the fraction of the update span during which the initial sampling span was running
+("hidden"). On a CPU, --cpu_devices 8 forces 8 host devices in each mode's process; they share
+the machine's cores, so the overlap is real in time but not a parallel speed-up.
+
+    python benchmarks/step_breakdown.py --preset cpu --steps 6 --cpu_devices 8 \
+        --modes off_policy,on_policy,split --json benchmarks/results/step_overlap_cpu.json
+
+Projection to the paper's 1.5B run (printed and stored as "projection"): the paper's AttnRL
+step on 8 H100 (Table 3: 62.6 h / 500 steps = 451 s, with the one-step off-policy merged call)
+is cut into this run's measured shares: sampling (sampler + scoring pass) and update (policy,
+reference and proximal forwards) of the off-policy mode's steady steps, the rest (grading, ADS,
+trees, host); the continuation share of sampling comes from the on-policy mode, whose two calls
+are timed apart (or from the split mode's spans). With r of the 8 GPUs sampling, each phase's
+time is assumed to scale with 1 / (its group's devices): step(r) = 451 s x [c 8/r + rest +
+max(u 8/(8-r), i 8/r)] with c, i the continuation and initial sampling shares and u the update
+share; the best r is reported, and the bound with devices to spare (each group as fast as all
+8: c + rest + max(u, i)). The shares are this machine's and this model's: a CPU run with the
+tiny model is update-bound, so the projection means something only from a GPU run of a large
+preset (benchmarks/run_gpu_overlap.sh).
 """
 
 from __future__ import annotations
@@ -45,8 +68,8 @@ import numpy as np  # noqa: E402
 from attnrl_jax.compile_watch import CompileWatch  # noqa: E402
 from attnrl_jax.rl import trainer as trainer_module  # noqa: E402
 from attnrl_jax.rl.packed import tokens_processed  # noqa: E402
+from attnrl_jax.rl.phases import PHASES  # noqa: E402
 from attnrl_jax.rl.settings import resolve  # noqa: E402
-from attnrl_jax.rl.trainer import PHASES  # noqa: E402
 from attnrl_jax.train import build_trainer, make_reward_fn  # noqa: E402
 from configs.demo import get_config  # noqa: E402
 
@@ -96,14 +119,21 @@ def parse_value(text: str):
         return text
 
 
-def make_config(preset: str, overrides: list[str], off_policy: bool, workdir: str):
+MODES = ("off_policy", "on_policy", "split")
+# the paper's AttnRL 1.5B step: 62.6 h for 500 steps on 8 H100 (ALGORITHM.md section 9, Table 3)
+PAPER_STEP_S, PAPER_DEVICES = 62.6 * 3600 / 500, 8
+
+
+def make_config(preset: str, overrides: list[str], mode: str, workdir: str, rollout: int):
     c = get_config()
     for key, value in PRESETS[preset].items():
         set_key(c, key, value)
     for item in overrides:
         key, _, value = item.partition("=")
         set_key(c, key, parse_value(value))
-    c.off_policy = off_policy
+    c.off_policy = mode != "on_policy"
+    if mode == "split":
+        c.mesh.rollout_devices = rollout
     c.workdir = workdir
     c.log.progress = False
     c.log.tensorboard = False
@@ -152,6 +182,18 @@ def run_mode(c, steps: int) -> list[dict]:
     return out
 
 
+def span_s(step: dict, name: str) -> float:
+    a, b = step["timeline"].get(name, (0.0, 0.0))
+    return b - a
+
+
+def overlap_s(step: dict) -> float:
+    """Seconds during which the update span and the initial sampling span both ran."""
+    t = step["timeline"]
+    update, sample = t["update"], t.get("sample_initial", (0.0, 0.0))
+    return max(0.0, min(update[1], sample[1]) - max(update[0], sample[0]))
+
+
 def summarise(steps: list[dict]) -> dict:
     """Phase statistics over steps 2..n that compiled nothing (a step that meets a new bucket,
     say a longer context, compiles; its compile time is reported, not averaged)."""
@@ -186,6 +228,18 @@ def summarise(steps: list[dict]) -> dict:
         "later_steps_compiled": sorted({n for s in steps[1:] for n in s["compiled"]}),
         "tokens_generated": stats("tokens_generated"),
         "sampler_calls_per_step": stats("sampler_calls"),
+        "spans_s": {
+            name: statistics.mean(span_s(s, name) for s in later)
+            for name in ("sample_initial", "sample_continuations", "score", "grade", "update")
+        },
+        # the issue's measure: the fraction of the update span with sampling running beside it
+        "update_hidden_under_sampling": statistics.mean(
+            overlap_s(s) / max(span_s(s, "update"), 1e-9) for s in later
+        ),
+        # the gain: the fraction of the initial sampling taken off the critical path
+        "initial_sampling_under_update": statistics.mean(
+            overlap_s(s) / max(span_s(s, "sample_initial"), 1e-9) for s in later
+        ),
         "prompt_batch_size": stats("prompt_batch_size"),
         "packing": {
             "trained_with": None,  # filled by main
@@ -194,6 +248,38 @@ def summarise(steps: list[dict]) -> dict:
             "tokens_saved_by_tree": 1 - tree / path if path else None,
         },
     }
+
+
+def project_paper(modes: dict) -> dict | None:
+    """The paper's 1.5B step with split devices, from this run's phase shares (module doc)."""
+    if "off_policy" not in modes:
+        return None
+    off = modes["off_policy"]
+    phase = {p: off["phase_s"][p]["mean"] for p in PHASES}
+    step = off["step_s"]["mean"]
+    sampling = (phase["sampling"] + phase["scoring"]) / step
+    update = (phase["update"] + phase["reference"] + phase["proximal"]) / step
+    rest = max(0.0, 1.0 - sampling - update)
+    source = "on_policy" if "on_policy" in modes else "split" if "split" in modes else None
+    if source is None:
+        return None
+    spans = modes[source]["spans_s"]
+    cont = spans["sample_continuations"] / (
+        spans["sample_continuations"] + spans["sample_initial"] + 1e-12
+    )
+    c, i, d = sampling * cont, sampling * (1 - cont), PAPER_DEVICES
+    by_r = {r: c * d / r + rest + max(update * d / (d - r), i * d / r) for r in range(1, d)}
+    best = min(by_r, key=by_r.get)
+    return {
+        "paper_step_s": PAPER_STEP_S,
+        "shares": {"sampling": sampling, "continuation_part_of_sampling": cont,
+                   "update": update, "rest": rest, "continuation_share_from": source},
+        "split_step_s_by_rollout_gpus": {r: PAPER_STEP_S * v for r, v in by_r.items()},
+        "best_rollout_gpus": best,
+        "projected_split_step_s": PAPER_STEP_S * by_r[best],
+        "projected_with_devices_to_spare_s": PAPER_STEP_S * (c + rest + max(update, i)),
+        "method": "paper step x measured shares; each phase scales with 1 / its group's devices",
+    }  # fmt: skip
 
 
 def markdown(result: dict) -> str:
@@ -207,6 +293,10 @@ def markdown(result: dict) -> str:
         ("other (planning, trees, host)", lambda s: f"{s['other_s']['mean']:.3f}"),
         ("**step**", lambda s: f"**{s['step_s']['mean']:.3f}**"),
         ("sampler calls per step", lambda s: f"{s['sampler_calls_per_step']['mean']:.0f}"),
+        ("update span hidden under initial sampling",
+         lambda s: f"{100 * s['update_hidden_under_sampling']:.0f}%"),
+        ("initial sampling span under the update",
+         lambda s: f"{100 * s['initial_sampling_under_update']:.0f}%"),
         ("tokens generated per step", lambda s: f"{s['tokens_generated']['mean']:.0f}"),
         ("prompt batch size (mean)", lambda s: f"{s['prompt_batch_size']['mean']:.1f}"),
         ("first step: wall / compile (s)",
@@ -222,26 +312,81 @@ def markdown(result: dict) -> str:
     ]  # fmt: skip
     for name, cell in rows:
         lines.append(f"| {name} | " + " | ".join(cell(modes[m]) for m in modes) + " |")
+    p = result.get("projection")
+    if p:
+        lines.append("")
+        lines.append(
+            f"Projected 1.5B step (paper: {p['paper_step_s']:.0f} s on 8 GPUs shared): "
+            f"{p['projected_split_step_s']:.0f} s with {p['best_rollout_gpus']} of 8 GPUs "
+            f"sampling; {p['projected_with_devices_to_spare_s']:.0f} s with devices to spare "
+            f"(shares: sampling {p['shares']['sampling']:.2f}, of it continuations "
+            f"{p['shares']['continuation_part_of_sampling']:.2f}; update "
+            f"{p['shares']['update']:.2f}; rest {p['shares']['rest']:.2f})."
+        )
     return "\n".join(lines)
+
+
+def finish(result: dict) -> None:
+    """Step-time ratios, the projection and the table of result["modes"]."""
+    modes = list(result["modes"])
+    steps_s = {m: result["modes"][m]["step_s"]["mean"] for m in modes}
+    if {"off_policy", "on_policy"} <= set(modes):
+        result["on_over_off_step_time"] = steps_s["on_policy"] / steps_s["off_policy"]
+    if {"off_policy", "split"} <= set(modes):
+        result["split_over_off_step_time"] = steps_s["split"] / steps_s["off_policy"]
+    result["projection"] = project_paper(result["modes"])
+    result["markdown"] = markdown(result)
+
+
+def resummarise(path: Path) -> None:
+    result = json.loads(path.read_text())
+    for mode, steps in result["per_step"].items():
+        packing = result["modes"][mode]["packing"]["trained_with"]
+        result["modes"][mode] = summarise(steps)
+        result["modes"][mode]["packing"]["trained_with"] = packing
+    finish(result)
+    print(result["markdown"])
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--steps", type=int, default=8, help="per mode; step 1 is the warm-up")
-    parser.add_argument("--modes", default="off_policy,on_policy")
+    parser.add_argument("--modes", default="off_policy,on_policy", help=f"of {MODES}")
+    parser.add_argument(
+        "--rollout_devices", type=int, default=0, help="split mode (default: half the devices)"
+    )
+    parser.add_argument(
+        "--cpu_devices", type=int, default=0, help="force this many CPU devices per mode"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--resummarise", default=None, metavar="JSON",
+        help="recompute a result file's summaries, projection and table from its per_step rows",
+    )  # fmt: skip
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--only_out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.resummarise:
+        resummarise(Path(args.resummarise))
+        return
     if args.steps < 2:
         parser.error("--steps must be >= 2 (step 1 compiles and is not averaged)")
     modes = [m.strip() for m in args.modes.split(",")]
-    bad = [m for m in modes if m not in ("off_policy", "on_policy")]
+    bad = [m for m in modes if m not in MODES]
     if bad:
-        parser.error(f"unknown modes {bad}; known: off_policy, on_policy")
+        parser.error(f"unknown modes {bad}; known: {', '.join(MODES)}")
+    if args.cpu_devices:  # before this process's first JAX call; children inherit it
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + f" --xla_force_host_platform_device_count={args.cpu_devices}"
+        )
     device = jax.devices()[0]
+    rollout = args.rollout_devices or jax.device_count() // 2
+    if "split" in modes and not 0 < rollout < jax.device_count():
+        parser.error(f"split mode needs 2+ devices (have {jax.device_count()}); --cpu_devices 8")
     result = {
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -255,12 +400,13 @@ def main() -> None:
         },
         "preset": {"name": args.preset, **PRESETS[args.preset]},
         "overrides": args.set,
+        "rollout_devices": rollout if "split" in modes else 0,
         "modes": {},
         "per_step": {},
     }
     if args.only:  # child process: one mode, raw per-step metrics to args.only_out
         with tempfile.TemporaryDirectory() as workdir:
-            c = make_config(args.preset, args.set, args.only == "off_policy", workdir)
+            c = make_config(args.preset, args.set, args.only, workdir, rollout)
             steps = run_mode(c, args.steps)
         Path(args.only_out).write_text(json.dumps({"steps": steps, "packing": c.train.packing}))
         return
@@ -277,12 +423,8 @@ def main() -> None:
         result["modes"][mode] = summary
         result["per_step"][mode] = steps
         print(f"{mode}: {summary['step_s']['mean']:.3f} s/step", file=sys.stderr)
-    if len(modes) == 2:
-        off, on = (result["modes"][m]["step_s"]["mean"] for m in ("off_policy", "on_policy"))
-        result["on_over_off_step_time"] = on / off
-    table = markdown(result)
-    result["markdown"] = table
-    print(table)
+    finish(result)
+    print(result["markdown"])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

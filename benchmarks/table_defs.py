@@ -487,6 +487,42 @@ def step_breakdown(data: dict) -> str:
     )
 
 
+def step_overlap(data: dict) -> str:
+    """step_breakdown.py's three modes (shared off-policy, on-policy, split devices): phase
+    sums, the overlap of the initial sampling with the update, and the paper projection."""
+    names = {"off_policy": "off-policy, shared", "on_policy": "on-policy, shared",
+             "split": f"off-policy, split ({data['rollout_devices']} sampling)"}  # fmt: skip
+    modes = [m for m in names if m in data["modes"]]
+
+    def line(label: str, cell: Callable[[dict], str]) -> str:
+        return f"| {label} | {' | '.join(cell(data['modes'][m]) for m in modes)} |"
+
+    def phases(*keys: str) -> Callable[[dict], str]:
+        return lambda m: _f(sum(m["phase_s"][k]["mean"] for k in keys), 3)
+
+    out = [
+        line("sampling + scoring (s, all threads)", phases("sampling", "scoring")),
+        line("update + reference + proximal (s)", phases("update", "reference", "proximal")),
+        line("step", lambda m: _bold(_f(m["step_s"]["mean"], 3), True)),
+        line("sampler calls per step", lambda m: _f(m["sampler_calls_per_step"]["mean"], 0)),
+        line("update span with sampling beside it",
+             lambda m: f"{100 * m['update_hidden_under_sampling']:.0f}%"),
+        line("initial sampling span under the update",
+             lambda m: f"{100 * m['initial_sampling_under_update']:.0f}%"),
+        line("steps averaged", lambda m: str(m["steps_averaged"])),
+    ]  # fmt: skip
+    p = data["projection"]
+    out.append(
+        f"| projected paper 1.5B step (s; paper {p['paper_step_s']:.0f} on 8 GPUs) | "
+        f"{p['projected_split_step_s']:.0f} with {p['best_rollout_gpus']} of 8 sampling; "
+        f"{p['projected_with_devices_to_spare_s']:.0f} with devices to spare |"
+        + " |"
+        * (len(modes) - 1)
+    )
+    header = "| (s / step, mean of steady steps) | " + " | ".join(names[m] for m in modes) + " |"
+    return _lines(header, "|---|" + "---:|" * len(modes), out)
+
+
 # --- memory_plan.py ------------------------------------------------------------------------------
 
 
@@ -606,6 +642,7 @@ TABLES: dict[str, Table] = {
     "grader_peer": Table(("grader_peer_suite.json",), grader_peer),
     "sampler_fci": Table(("cpu_sampler_fci.json", "h200_sampler_fci_gpu.json"), sampler_fci),
     "step_breakdown": Table(("step_breakdown_cpu.json",), step_breakdown),
+    "step_overlap": Table(("step_overlap_cpu.json",), step_overlap),
     "memory_plan": Table(("memory_plan.json",), memory_plan),
     "sample_efficiency": Table(("sample_efficiency.json",), sample_efficiency),
     "demo": Table(("demo_summary.json",), demo),

@@ -16,8 +16,15 @@ def get_config() -> ConfigDict:
     c.method = "attnrl"  # attnrl | treerl (entropy branching, no ADS) | grpo (no tree)
     c.seed = 0
     c.off_policy = True  # one sampling call per step; False: the on-policy two-call variant
+    # With off_policy: how many updates the initial responses are stale when trained on (1: the
+    # paper's one-step off-policy; k > 1: batch s + k sampled with theta_s; 0: on-policy).
+    # off_policy=False means 0 whatever this says.
+    c.off_policy_steps = 1
     c.branching = ""  # "" = the method's own (attnrl: atb, treerl: entropy, grpo: none)
-    c.mesh = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # make_mesh(**mesh); -1: the rest
+    # The training mesh (make_mesh(data, fsdp, tensor); -1: the rest). rollout_devices > 0:
+    # that many devices only sample (their own mesh: rows over data, heads over `tensor`), the
+    # rest only train, and batch s + 1's initial responses are sampled while batch s trains.
+    c.mesh = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "rollout_devices": 0})
 
     # path: a Hugging Face Qwen2 directory. "" builds the project's tiny random model (tiny_*),
     # unless require_path is set (the paper configs: an empty path is then a ConfigError).
@@ -86,7 +93,10 @@ def get_config() -> ConfigDict:
         }
     )
     c.fci = ConfigDict({"pooling": "mean", "delta": 4, "aggregation": "max"})
-    # dual_clip 0 disables the dual clip; kl_weight 0 skips the reference forward.
+    # dual_clip 0 disables the dual clip; kl_weight 0 skips the reference forward. tis_cap: the
+    # importance correction (rl/loss.py): ratio against the trainer's recomputed (proximal)
+    # log-probs, times min(pi_prox / pi_behaviour, tis_cap); 0: off, the ratio is against the
+    # sampler's log-probs and no proximal forward runs.
     c.loss = ConfigDict(
         {
             "clip_low": 0.2,
@@ -94,6 +104,7 @@ def get_config() -> ConfigDict:
             "dual_clip": 3.0,
             "kl_weight": 0.001,
             "entropy_weight": 0.0,
+            "tis_cap": 2.0,
         }
     )
     c.optim = ConfigDict(

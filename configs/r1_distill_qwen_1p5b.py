@@ -15,6 +15,12 @@ problem/answer fields works too, e.g. the Hendrycks MATH train split.
 The mesh is the only thing that changes between machines: fsdp over every device here (1.5B in
 float32 with AdamW is about 24 GB of state, sharded); `--config.mesh.fsdp=1` runs on one device.
 mesh, microbatch_rows and sampler_rows are provisional (to be set from the memory plan).
+
+Device split: shared (mesh.rollout_devices=0), as the paper ran (8 H100, sampling and training
+one after the other, the one-step off-policy merged call). With devices to spare, e.g. 16:
+`--config.mesh.rollout_devices=8` samples batch k+1 on 8 while batch k trains on the other 8
+(BENCHMARKS.md, "Overlapped rollout and training", has the projected step time);
+microbatch_rows must then be a multiple of the training group's data x fsdp.
 """
 
 import os
@@ -57,4 +63,5 @@ def paper_config():
 def get_config(variant: str = ""):
     c = paper_config()
     c.mesh.update(data=1, fsdp=-1, tensor=1)  # provisional: FSDP over all devices
+    c.mesh.rollout_devices = 0  # shared devices, as the paper (see the module docstring)
     return apply_variant(c, variant)

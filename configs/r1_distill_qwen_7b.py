@@ -8,6 +8,10 @@ See configs/r1_distill_qwen_1p5b.py for the data and the variants. The mesh adds
 parallelism (Qwen2-7B has 28 query and 4 key/value heads, so tensor may be 1, 2 or 4): on 8
 chips (v5p-16, 8 x H100) the memory plan's train step fits at 1x2x4 with 2-row micro-batches
 (about 32 GiB per device with bf16 parameters, BENCHMARKS.md).
+
+Device split: shared (mesh.rollout_devices=0): the train step needs all 8 chips. With 16,
+`--config.mesh.rollout_devices=8` gives the rollout group 8 (rows over data 2, heads over
+tensor 4); rollout_devices must be a multiple of mesh.tensor.
 """
 
 import os
@@ -23,4 +27,5 @@ def get_config(variant: str = ""):
     c = paper_config()
     c.mesh.update(data=1, fsdp=-1, tensor=4)  # the memory plan's 1x2x4 on 8 devices
     c.train.microbatch_rows = 2
+    c.mesh.rollout_devices = 0  # shared devices (see the module docstring)
     return apply_variant(c, variant)

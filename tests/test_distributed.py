@@ -7,6 +7,8 @@
 - two processes (2 forced CPU devices each, XLA_FLAGS) train 2 steps and write the same
   metrics.jsonl as one process on a mesh of the same shape; the checkpoint they write together
   restores in one process, onto another mesh, with the single-process run's parameters.
+- the same with split devices (mesh.rollout_devices: each process samples on one device and
+  trains on the other, the next batch sampling on a background thread during the update).
 Every subprocess runs under a timeout; each test takes fresh ports.
 """
 
@@ -173,24 +175,25 @@ def test_train_cli_exits_with_the_message_when_a_peer_never_arrives(tmp_path):
 
 def metrics_of(workdir):
     lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if not k.startswith("time_")} for x in lines]
+    timing = ("time_", "timeline")  # wall-clock values
+    return [{k: v for k, v in json.loads(x).items() if not k.startswith(timing)} for x in lines]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def two_process_and_one(tmp_path_factory, split: bool):
     """(two-process workdir, one-process workdir, one-process params after STEPS steps).
 
     Two worker processes (2 CPU devices each) train config() while this process trains the
-    same config on the first 4 of its 8 devices (the same mesh shape), overlapping the two.
+    same config on its 8 devices with the same mesh shapes, overlapping the two.
     """
     from attnrl_jax.train import build_trainer
 
     two = tmp_path_factory.mktemp("two_process")
     one = tmp_path_factory.mktemp("one_process")
     address = f"127.0.0.1:{free_port()}"
+    mode = ["split"] if split else []
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(two), address, "2", str(i)],
+            [sys.executable, str(WORKER), str(two), address, "2", str(i), *mode],
             cwd=ROOT,
             env=env_for(2),
             stdout=subprocess.PIPE,
@@ -201,7 +204,7 @@ def runs(tmp_path_factory):
     ]
     outputs = []
     try:
-        trainer = build_trainer(config(one), reward_fn=parity_reward)
+        trainer = build_trainer(config(one, split=split), reward_fn=parity_reward)
         try:
             trainer.run(STEPS)
         finally:
@@ -217,12 +220,20 @@ def runs(tmp_path_factory):
     return two, one, jax.device_get(trainer.params)
 
 
-@pytest.mark.slow
-def test_two_processes_write_the_metrics_of_one(runs):
-    """Counts (tokens, sequences, rows, ...) are equal; float metrics agree to a relative 1e-5
-    (measured: about 1e-6): the gradient sums cross the processes through gloo in another
-    order than within one process, so step 2 differs in the last float32 bits."""
-    two, one = metrics_of(runs[0]), metrics_of(runs[1])
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The first 4 of this process's 8 devices: the workers' data 1 x fsdp 2 x tensor 2."""
+    return two_process_and_one(tmp_path_factory, split=False)
+
+
+@pytest.fixture(scope="module")
+def split_runs(tmp_path_factory):
+    """Here: rollout on the last 2 of 8 devices, training on the first 2 (fsdp 2); the workers:
+    rollout on each one's second device, training on each one's first."""
+    return two_process_and_one(tmp_path_factory, split=True)
+
+
+def assert_same_metrics(two, one):
     assert [m["step"] for m in two] == list(range(1, STEPS + 1))
     assert all(m["updates"] >= 1 for m in two)
     for a, b in zip(two, one, strict=True):
@@ -232,6 +243,24 @@ def test_two_processes_write_the_metrics_of_one(runs):
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
             else:
                 assert a[key] == b[key], key
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_metrics_of_one(runs):
+    """Counts (tokens, sequences, rows, ...) are equal; float metrics agree to a relative 1e-5
+    (measured: about 1e-6): the gradient sums cross the processes through gloo in another
+    order than within one process, so step 2 differs in the last float32 bits."""
+    assert_same_metrics(metrics_of(runs[0]), metrics_of(runs[1]))
+
+
+@pytest.mark.slow
+def test_two_processes_with_split_devices_write_the_metrics_of_one(split_runs):
+    """Both device groups span the two processes; the background sampling thread runs in each
+    (after the continuations are graded, so every process issues its collectives in one
+    order). Same tolerance as above."""
+    two = metrics_of(split_runs[0])
+    assert_same_metrics(two, metrics_of(split_runs[1]))
+    assert [m["sampler_calls"] for m in two] == [2] * STEPS
 
 
 @pytest.mark.slow
@@ -246,7 +275,7 @@ def test_two_process_checkpoint_restores_in_one_process(runs):
     trainer = build_trainer(c, reward_fn=parity_reward)
     try:
         assert trainer.step == STEPS
-        assert trainer.pending is not None  # the off-policy batch was saved with the state
+        assert len(trainer.pending) == 1  # the off-policy batch was saved with the state
         restored = jax.device_get(trainer.params)
     finally:
         trainer.close()

@@ -235,3 +235,62 @@ def test_tree_packed_rows_equal_per_path_rows_in_loss_and_gradient():
         np.testing.assert_allclose(packed.metrics[k], paths.metrics[k], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gp, gq, rtol=1e-5, atol=1e-7)
     assert (np.asarray(gp) != 0).mean() > 0.5
+
+
+# ----- importance correction: ratio against proximal log-probs, truncated behaviour weight -----
+
+NO_KL = LossConfig(kl_weight=0.0, tis_cap=2.0)
+
+
+def with_prox(seed):
+    """A batch plus proximal log-probs within +-1.5 of the behaviour ones (weights
+    pi_prox / pi_behaviour from 0.22 to 4.5: both sides of the cap 2)."""
+    d = random_batch(seed)
+    rng = np.random.default_rng(seed + 100)
+    d["prox"] = (d["old"] + rng.uniform(-1.5, 1.5, d["old"].shape)).astype(np.float32)
+    return d
+
+
+def test_correction_matches_numpy_reference():
+    """Each token's surrogate is the clipped one with ratio pi_new / pi_prox, times the constant
+    min(pi_prox / pi_behaviour, cap): the numpy reference with old := prox and the token weights
+    multiplied by the behaviour weight gives the same sums."""
+    d = with_prox(3)
+    tis = np.minimum(np.exp(d["prox"].astype(np.float64) - d["old"]), NO_KL.tis_cap)
+    assert (tis == NO_KL.tis_cap).any() and (tis < 0.5).any()
+    want, grad = reference({**d, "old": d["prox"], "w": d["w"] * tis}, NO_KL)
+    out = policy_loss(d["new"], d["old"], d["adv"], d["w"], None, None, d["prox"], config=NO_KL)
+    np.testing.assert_allclose(out.total, want["total"], rtol=1e-5)
+    np.testing.assert_allclose(out.metrics["pg_loss"], want["pg_loss"], rtol=1e-5)
+    # clipping counts tokens, not weighted surrogates: the reference with the plain weights
+    unweighted, _ = reference({**d, "old": d["prox"]}, NO_KL)
+    np.testing.assert_allclose(out.metrics["clip_frac"], unweighted["clip_frac"], rtol=1e-6)
+    np.testing.assert_allclose(out.denominator, d["w"].sum(), rtol=1e-6)
+
+    def total(new):
+        return policy_loss(new, d["old"], d["adv"], d["w"], None, None, d["prox"], config=NO_KL)
+
+    got = jax.grad(lambda n: total(n).total)(jnp.asarray(d["new"]))
+    np.testing.assert_allclose(got, grad, rtol=1e-4, atol=1e-5)
+
+
+def test_proximal_equal_to_behaviour_is_the_uncorrected_loss():
+    """With identical numerics (pi_prox = pi_behaviour) the weight is 1 and the loss is today's
+    (to float32 rounding: the extra product changes how XLA fuses the sums, ~1 ulp)."""
+    d = random_batch(4)
+    args = (d["adv"], d["w"], d["ref"], d["ent"])
+    plain = policy_loss(d["new"], d["old"], *args, config=WITH_ENTROPY)
+    fixed = LossConfig(**{**WITH_ENTROPY.__dict__, "tis_cap": 2.0})
+    corrected = policy_loss(d["new"], d["old"], *args, d["old"], config=fixed)
+    np.testing.assert_allclose(corrected.total, plain.total, rtol=1e-6)
+    for k, v in plain.metrics.items():
+        np.testing.assert_allclose(corrected.metrics[k], v, rtol=1e-6, err_msg=k)
+
+
+def test_correction_settings_are_checked():
+    with pytest.raises(ValueError, match="tis_cap"):
+        LossConfig(tis_cap=0.5)
+    d = random_batch(5)
+    off = LossConfig(kl_weight=0.0, tis_cap=0.0)
+    with pytest.raises(ValueError, match="prox_logp given with tis_cap 0"):
+        policy_loss(d["new"], d["old"], d["adv"], d["w"], None, None, d["old"], config=off)

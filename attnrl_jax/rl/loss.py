@@ -4,6 +4,13 @@ Per token: the clipped surrogate with asymmetric clip [1 - clip_low, 1 + clip_hi
 negative advantages, the dual clip at -A * c (verl's compute_policy_loss, which the released code
 trains with), plus kl_weight * k3(new, ref) minus entropy_weight * entropy.
 
+Importance correction (decoupled PPO, as AReaL and verl's truncated importance sampling): with
+proximal log-probs (the trainer's own forward at the step's first params, rl/update.py) the ratio
+is pi_new / pi_prox, clipped as above, and each token's surrogate is multiplied by the truncated
+behaviour weight min(pi_prox / pi_behaviour, tis_cap), a constant: it corrects for tokens the
+sampler drew with other numerics (bf16 kernels) or older params (off-policy). Without proximal
+log-probs (tis_cap 0) the behaviour log-probs are the old policy, as before.
+
 Aggregation is token-mean, returned unnormalised as (weighted sum, weight sum) together with
 weighted metric sums: summing those over micro-batches, accumulation steps and hosts and dividing
 once gives the exact mean over the whole mini-batch (verl instead averages per micro-batch and
@@ -30,7 +37,9 @@ class LossConfig:
     bound -A * c on the loss of negative-advantage tokens (None disables it). kl_weight: weight of
     the k3 KL to the reference policy (0: no reference log-probs needed). entropy_weight: bonus on
     the given token entropies. log_ratio_clamp: |log ratio| and |ref - new| are clamped to this
-    before exponentiating, as verl does for stability.
+    before exponentiating, as verl does for stability. tis_cap: C of the truncated behaviour
+    weight min(pi_prox / pi_behaviour, C); 0 turns the correction off (no proximal forward runs
+    and the behaviour log-probs are the old policy).
     """
 
     clip_low: float = 0.2
@@ -39,6 +48,7 @@ class LossConfig:
     kl_weight: float = 0.001
     entropy_weight: float = 0.0
     log_ratio_clamp: float = 20.0
+    tis_cap: float = 2.0
 
     def __post_init__(self):
         if not 0.0 <= self.clip_low < 1.0 or self.clip_high < 0.0:
@@ -47,6 +57,13 @@ class LossConfig:
             raise ValueError(f"dual_clip must be > 1 (or None), got {self.dual_clip}")
         if self.kl_weight < 0.0 or self.log_ratio_clamp <= 0.0:
             raise ValueError("kl_weight must be >= 0 and log_ratio_clamp > 0")
+        if self.tis_cap != 0 and self.tis_cap < 1.0:
+            raise ValueError(f"tis_cap must be 0 (off) or >= 1, got {self.tis_cap}")
+
+    @property
+    def proximal(self) -> bool:
+        """Whether the update recomputes proximal log-probs (the importance correction is on)."""
+        return self.tis_cap > 0
 
 
 class LossTerms(NamedTuple):
@@ -89,6 +106,7 @@ def policy_loss(
     weights: jax.Array,
     ref_logp: jax.Array | None = None,
     entropy: jax.Array | None = None,
+    prox_logp: jax.Array | None = None,
     *,
     config: LossConfig = LossConfig(),
 ) -> LossTerms:
@@ -96,6 +114,8 @@ def policy_loss(
 
     new_logp: float[B, T], log-probs of the sampled tokens under the policy being trained (the only
     input gradients are meant for, with `entropy`). old_logp: float[B, T], behaviour log-probs.
+    prox_logp: float[B, T] proximal log-probs (the importance correction, with config.tis_cap >
+    0), or None: the ratio is then against old_logp with no behaviour weight.
     advantages: float[B, T]. weights: float[B, T], token weights (0 = ignored; values there may be
     garbage, even inf or nan). ref_logp: float[B, T] or None (allowed only with kl_weight == 0).
     entropy: float[B, T] or None (allowed only with entropy_weight == 0).
@@ -113,7 +133,15 @@ def policy_loss(
     def wsum(x: jax.Array) -> jax.Array:
         return jnp.sum(w * x)
 
+    if prox_logp is not None and not config.proximal:
+        raise ValueError("prox_logp given with tis_cap 0 (the correction is off)")
     new, old, adv = clean(new_logp), clean(old_logp), clean(advantages)
+    tis = None
+    if prox_logp is not None:
+        prox = clean(prox_logp)
+        behaviour = jnp.clip(prox - old, -config.log_ratio_clamp, config.log_ratio_clamp)
+        tis = jax.lax.stop_gradient(jnp.minimum(jnp.exp(behaviour), config.tis_cap))
+        old = prox
     log_ratio = jnp.clip(new - old, -config.log_ratio_clamp, config.log_ratio_clamp)
     ratio = jnp.exp(log_ratio)
     pg1 = -adv * ratio
@@ -124,6 +152,8 @@ def policy_loss(
         pg3 = -adv * config.dual_clip
         metrics["clip_frac_lower"] = wsum((pg > pg3) & (adv < 0))
         pg = jnp.where(adv < 0, jnp.minimum(pg, pg3), pg)
+    if tis is not None:
+        pg = tis * pg
     metrics["pg_loss"] = wsum(pg)
     loss = pg
     if ref_logp is not None:

@@ -138,9 +138,18 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class MeshSection:
+    """The training mesh's axes; rollout_devices > 0 gives that many devices to sampling alone
+    (its own mesh: rows over data, heads over the same tensor size) and the rest to training
+    (split_devices)."""
+
     data: int
     fsdp: int
     tensor: int
+    rollout_devices: int = 0
+
+    @property
+    def axes(self) -> dict[str, int]:
+        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
 
 
 @dataclass(frozen=True)
@@ -198,7 +207,10 @@ class RunConfig:
     workdir: str
     total_steps: int
     seed: int
-    off_policy: bool  # one sampler call per step; False: the on-policy two-call variant
+    # 0: on-policy (two sampler calls per step); k >= 1: batch s + k's initial responses are
+    # sampled with theta_s (with batch s's continuations), so they are k updates stale when
+    # trained on; 1 is the paper's one-step off-policy
+    off_policy_steps: int
     method: Method
     model: ModelSection
     data: DataSection
@@ -212,6 +224,10 @@ class RunConfig:
     grading: GradingSection
     log: LogSection
     distributed: DistributedSection
+
+    @property
+    def off_policy(self) -> bool:
+        return self.off_policy_steps > 0
 
     @property
     def initial_model_dir(self) -> Path:
@@ -290,6 +306,20 @@ def _check_run(errors: list[str], c: ml_collections.ConfigDict) -> None:
         "data.train_files is required: comma-separated data files (JSONL, JSON, Parquet, HF or "
         "TFDS directories) or 'demo' (--config.data.train_files=/data/train.parquet)",
     )
+    _check(
+        errors,
+        c.off_policy_steps >= 0,
+        f"off_policy_steps must be >= 0 (0: on-policy), got {c.off_policy_steps}",
+    )
+    n, tensor = c.mesh.rollout_devices, c.mesh.tensor
+    _check(errors, n >= 0, f"mesh.rollout_devices must be >= 0 (0: shared devices), got {n}")
+    if n > 0 and tensor > 0:
+        _check(
+            errors,
+            n % tensor == 0,
+            f"mesh.rollout_devices={n} must be a multiple of mesh.tensor={tensor} (the rollout "
+            "mesh keeps the tensor axis)",
+        )
     _check(errors, c.checkpoint.every >= 1, "checkpoint.every must be >= 1")
     _check(errors, c.checkpoint.keep >= 1, "checkpoint.keep must be >= 1")
     _check(errors, c.grading.workers >= 0, "grading.workers must be >= 0 (0: in-process)")
@@ -383,6 +413,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
             dual_clip=c.loss.dual_clip or None,
             kl_weight=c.loss.kl_weight,
             entropy_weight=c.loss.entropy_weight,
+            tis_cap=c.loss.tis_cap,
         )
         optim = OptimConfig(**c.optim.to_dict())
         _check(errors, optim.learning_rate > 0, "optim.learning_rate must be > 0")
@@ -411,7 +442,8 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
         workdir=c.workdir,
         total_steps=c.total_steps,
         seed=c.seed,
-        off_policy=c.off_policy,
+        # off_policy=False, the older switch, still means on-policy whatever off_policy_steps
+        off_policy_steps=c.off_policy_steps if c.off_policy else 0,
         method=method,
         model=ModelSection(
             path=m.path,
@@ -464,20 +496,73 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
     )
 
 
+def split_devices(run: RunConfig) -> tuple[list, list]:
+    """(training devices, rollout devices): with mesh.rollout_devices = n > 0, each process gives
+    its last n / process_count devices to the rollout group (so both groups span every process
+    and every process runs both halves of the loop); ([all], []) with n = 0. A ConfigError for a
+    split the devices or the mesh axes cannot make, before anything compiles."""
+    import jax
+
+    n, devices = run.mesh.rollout_devices, jax.devices()
+    if n == 0:
+        return devices, []
+    count, processes = len(devices), jax.process_count()
+    if n >= count:
+        raise ConfigError(
+            f"mesh.rollout_devices={n} leaves no training device ({count} devices in all)"
+        )
+    if n % processes:
+        raise ConfigError(
+            f"mesh.rollout_devices={n} must be a multiple of the process count {processes} "
+            "(each process gives the same number of its devices to sampling)"
+        )
+    rollout = []
+    for p in range(processes):
+        local = [d for d in devices if d.process_index == p]
+        rollout += local[len(local) - n // processes :]
+    return [d for d in devices if d not in rollout], rollout
+
+
 def build_mesh(run: RunConfig):
-    """The device mesh of run.mesh (a ConfigError for a multi-host mesh that leaves devices out)."""
+    """The training mesh of run.mesh over the training devices (split_devices); a ConfigError for
+    a multi-host mesh that leaves devices out or axes the training group cannot hold."""
     import jax
     import numpy as np
 
     from attnrl_jax.models import make_mesh
 
-    sizes = run.mesh.__dict__
+    sizes = run.mesh.axes
+    train, rollout = split_devices(run)
     fixed = int(np.prod([s for s in sizes.values() if s > 0]))
-    devices = jax.devices() if -1 in sizes.values() else jax.devices()[:fixed]
-    if jax.process_count() > 1 and len(devices) != jax.device_count():
+    if -1 in sizes.values():
+        devices = train
+        if len(train) % fixed:
+            raise ConfigError(
+                f"mesh {sizes} cannot use the {len(train)} training devices "
+                f"(mesh.rollout_devices={run.mesh.rollout_devices}): {fixed} does not divide it"
+            )
+    elif fixed > len(train):
+        raise ConfigError(
+            f"mesh {sizes} needs {fixed} devices; {len(train)} are left for training "
+            f"(mesh.rollout_devices={run.mesh.rollout_devices})"
+        )
+    else:
+        devices = train[:fixed]
+    if jax.process_count() > 1 and len(devices) + len(rollout) != jax.device_count():
         raise ConfigError(
             f"mesh {sizes} uses {len(devices)} of the {jax.device_count()} devices of "
             f"{jax.process_count()} processes; a multi-host mesh must use every device (set "
             "one axis to -1)"
         )
     return make_mesh(**sizes, devices=devices)
+
+
+def build_rollout_mesh(run: RunConfig):
+    """The rollout group's mesh (rows over data, heads over mesh.tensor: the decode layout, no
+    fsdp axis), or None with mesh.rollout_devices = 0."""
+    from attnrl_jax.models import make_mesh
+
+    _, rollout = split_devices(run)
+    if not rollout:
+        return None
+    return make_mesh(data=-1, fsdp=1, tensor=max(run.mesh.tensor, 1), devices=rollout)

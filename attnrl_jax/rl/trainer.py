@@ -1,12 +1,36 @@
 """The training loop: rollout (rollout.py, step_plan.py), update (update.py), metrics, checkpoints.
 
-Step k (0-based; the params are theta_k, policy version k):
-- off-policy (default): grade the pending Generation(k) (sampled by theta_{k-1}; by theta_0 in
-  the warm-up), plan its branches, ONE sampler call with theta_k for the next prompt batch's G
-  samples and this batch's continuations, score the next batch with theta_k, grade the
-  continuations, build trees, update to theta_{k+1}; the next batch becomes the pending one.
-- on-policy: sample and score batch k with theta_k, grade, plan, a second sampler call for the
-  continuations, grade, build trees, update.
+Step s (0-based; the params are theta_s, policy version s), with k = run.off_policy_steps:
+- off-policy (k >= 1; 1 is the paper's one-step off-policy): grade the oldest pending
+  Generation (batch s, sampled by theta_{s-k}; by theta_0 in the warm-up, which samples k
+  batches), plan its branches, ONE sampler call with theta_s for batch s + k's G samples and
+  batch s's continuations, score batch s + k with theta_s, grade the continuations, build
+  trees, update to theta_{s+1}; batch s + k joins the pending queue. No trained token is more
+  than k updates stale (checked every step).
+- on-policy (k = 0): sample and score batch s with theta_s, grade, plan, a second sampler call
+  for the continuations, grade, build trees, update.
+
+Disjoint device groups (mesh.rollout_devices > 0, settings.split_devices): the engine samples
+on the rollout group's own mesh and the trainer trains on the rest. The schedule and every
+sampled token stay the same, but the off-policy call is cut in two with the same seed and
+request indexes (so the same samples): batch s's continuations first (the critical path), then
+batch s + k's initial responses and their scoring on a background thread while the training
+group grades, plans and updates; the thread is joined before the new weights go to the rollout
+group (one transfer per update, into its layout). With several processes the thread starts
+after the continuations are graded: grading all-gathers over every device, and each process
+must issue collectives in the same order. A checkpoint is written between steps, after the
+join, so it holds every batch in flight.
+
+Importance correction (loss.tis_cap > 0): the update recomputes the batch's log-probs at
+theta_s (the proximal policy, update.py) and weights each token by min(pi_prox /
+pi_behaviour, tis_cap); metrics rollout/logp_diff_mean, rollout/ratio_max,
+rollout/tis_truncated_frac say how far sampler and trainer agree.
+
+Each metrics line has a `timeline`: {phase: [start_s, end_s]} in seconds since the Trainer
+was built, for sample_initial, sample_continuations (one merged call: both get its span),
+sample_warm_up (the off-policy warm-up's batches, step 1), score, grade (first start to last
+end) and update (with the proximal and reference forwards). In the split schedule
+sample_initial overlaps update.
 
 Every sampler call goes through the trainer's RolloutEngine (sampling/engine.py; default the
 native sampler), which receives the params after every update as policy version k + 1. The
@@ -35,6 +59,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -49,32 +74,13 @@ from attnrl_jax.rl import ads
 from attnrl_jax.rl import rollout as ro
 from attnrl_jax.rl import step_plan as sp
 from attnrl_jax.rl.checkpoint import Checkpointer, generation_from_state, generation_to_state
-from attnrl_jax.rl.settings import RunConfig
+from attnrl_jax.rl.phases import PhaseTimes
+from attnrl_jax.rl.settings import RunConfig, build_rollout_mesh
 from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
-from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine
+from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine, place_on
 from attnrl_jax.sampling.eos import eos_ids as model_eos_ids
 from attnrl_jax.scoring.steps import SeparatorIds
-
-PHASES = ("sampling", "scoring", "grading", "reference", "update")
-
-
-class PhaseTimes(dict):
-    """Seconds per phase: `with times("sampling"): ...` adds the block's wall time.
-
-    The trainer's phases (PHASES, metrics "time_<phase>"): sampling (sampler calls), scoring
-    (the scoring pass: log-probs, entropies, FCI), grading (reward function), reference (the
-    frozen policy's forward for the KL term; 0 with kl_weight 0) and update (the policy's
-    forward, backward and optimizer steps, without the reference forward).
-    """
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[name] = self.get(name, 0.0) + time.perf_counter() - start
 
 
 class Trainer:
@@ -115,19 +121,26 @@ class Trainer:
             eos_ids = model_eos_ids(tokenizer, config_eos=model_cfg.eos_token_id)
         self.rollout = dataclasses.replace(run.rollout, eos_ids=tuple(sorted(set(eos_ids))))
         self.seps = SeparatorIds.from_tokenizer(tokenizer)
+        self._origin = time.perf_counter()  # the timeline's zero
         shardings = param_shardings(model_cfg, mesh)
         self.params = jax.device_put(params, shardings)
+        # Split devices: the rollout group's mesh and its copy of the params (decode layout).
+        self.rollout_mesh = build_rollout_mesh(run)
+        self.rollout_params = self.params
+        self._background = ThreadPoolExecutor(1, "rollout") if self.rollout_mesh else None
         if engine is None:
             # One row bucket: every device batch has exactly sampler_rows rows (and context
             # slots). A step's row count changes with the ADS plan; with power-of-two row
             # buckets each new (rows, contexts) pair compiled a sampler program mid-run.
             # Padding costs at most one partly empty device batch per call (padding rows have
             # budget 0 and stop at once).
-            single = mesh.devices.size == 1
+            sample_mesh = self.rollout_mesh or mesh
+            single = sample_mesh.devices.size == 1
             sampler = SamplerConfig(
-                buckets=Buckets(rows=(run.rollout.sampler_rows,)), mesh=None if single else mesh
+                buckets=Buckets(rows=(run.rollout.sampler_rows,)),
+                mesh=None if single else sample_mesh,
             )
-            engine = NativeEngine(model_cfg, self.params, sampler)
+            engine = NativeEngine(model_cfg, None, sampler)
         self.engine = engine
         # The frozen initial policy for the KL term (a copy: updates donate the params' buffers).
         self.ref_params = None
@@ -141,13 +154,26 @@ class Trainer:
         self.step = 0
         self.filter_state = ads.AttentionFilterState()
         self.prompt_batch_size = run.train.initial_prompt_batch_size
-        self.pending: ro.Generation | None = None
+        # sampled, not yet trained on: batches step .. step + k - 1, oldest first
+        self.pending: list[ro.Generation] = []
         self.checkpointer = Checkpointer(self.workdir, run.checkpoint.keep)
         latest = self.checkpointer.latest_step()
         if latest is not None:
             self.restore(latest)  # hands the engine the restored params
         else:
-            self.engine.update_weights(self.params, self.step)
+            self._push_weights(self.step)
+
+    def _push_weights(self, version: int) -> None:
+        """The current params to the engine as policy `version`; with split devices first into
+        the rollout group's layout (one transfer), which scoring then also uses."""
+        self.rollout_params = self.params
+        if self.rollout_mesh is not None:
+            if self.rollout_mesh.devices.size == 1:
+                target = jax.tree.map(lambda _: self.rollout_mesh.devices.flat[0], self.params)
+            else:
+                target = param_shardings(self.cfg, self.rollout_mesh)
+            self.rollout_params = place_on(self.params, target)
+        self.engine.update_weights(self.rollout_params, version)
 
     # ----- state -----
 
@@ -162,8 +188,10 @@ class Trainer:
             "pending": None,
         }
         arrays = None
-        if self.pending is not None:
-            arrays, host["pending"] = generation_to_state(self.pending)
+        if self.pending:  # a list of metadata; arrays under "0", "1", ... (oldest first)
+            states = [generation_to_state(g) for g in self.pending]
+            arrays = {str(i): a for i, (a, _) in enumerate(states)}
+            host["pending"] = [meta for _, meta in states]
         return host, arrays
 
     def save(self) -> None:
@@ -186,11 +214,14 @@ class Trainer:
         self.prompt_batch_size = int(host["prompt_batch_size"])
         self.stream.set_state(host["stream"])
         self._drop_metrics_after(self.step)
-        self.pending = None
-        if host["pending"] is not None:
-            arrays = {k: np.asarray(v) for k, v in arrays.items()}
-            self.pending = generation_from_state(arrays, host["pending"], self.seps)
-        self.engine.update_weights(self.params, self.step)
+        self.pending = []
+        metas = host["pending"]
+        if isinstance(metas, dict):  # written before off_policy_steps: one pending batch
+            metas, arrays = [metas], {"0": arrays}
+        for i, meta in enumerate(metas or ()):
+            state = {k: np.asarray(v) for k, v in arrays[str(i)].items()}
+            self.pending.append(generation_from_state(state, meta, self.seps))
+        self._push_weights(self.step)
 
     def _drop_metrics_after(self, step: int) -> None:
         """Forget metrics lines of steps after the restored checkpoint (and a line cut off by a
@@ -232,56 +263,89 @@ class Trainer:
         gathered = np.asarray(multihost_utils.process_allgather(padded))  # [P, ceil(N / P)]
         return gathered.T.reshape(-1)[: len(token_lists)].astype(np.float64)
 
-    def _sample_and_score(self, prompts, plan_of, timer, call):
+    def _sample_and_score(self, prompts, plan_of, timer, call, first_index=0, warm_up=False):
         """One sampler call: G samples per prompt, plus T continuations per branch point of
         `plan_of` = (Generation, BranchPlan) when given; then the scoring pass over the new
-        responses. Returns (Generation of the prompts or None, continuation samples)."""
+        responses. Returns (Generation of the prompts or None, continuation samples).
+
+        first_index: the first request index of the continuations when the prompts are sampled
+        by another call (the split schedule), so each row draws what the merged call draws.
+        warm_up: the off-policy warm-up's batches (timeline span "sample_warm_up")."""
         requests = ro.initial_requests(prompts, self.rollout.group_size)
         if plan_of is not None:
             requests += sp.continuation_requests(
-                *plan_of, self.rollout.continuations, first_index=len(requests)
+                *plan_of, self.rollout.continuations, first_index=len(requests) + first_index
             )
         self._sampler_calls += 1
         # FCI of the new initial responses from the sampler (rollout.fci_source = "sampler").
         fci = self.rollout.sampler_fci(self.seps) if prompts else None
-        with timer("sampling"):
+        spans = ("sample_initial",) * bool(prompts) + ("sample_continuations",) * bool(plan_of)
+        spans = ("sample_warm_up",) if warm_up else spans
+        version, params = self.step, self.rollout_params  # theta_s, even if the update lands
+        with timer("sampling", *spans):
             out = ro.sample_all(self.engine, requests, self.rollout, self._seed(call), fci)
         gen = None
         if prompts:
-            with timer("scoring"):
+            with timer("scoring", "score"):
                 gen = ro.score_generation(
-                    self.params, self.cfg, self.rollout, prompts, out[: len(prompts)], self.seps,
-                    self.step,
+                    params, self.cfg, self.rollout, prompts, out[: len(prompts)], self.seps,
+                    version,
                 )  # fmt: skip
         return gen, out[len(prompts) :]
 
+    def _sample_next(self, prompts, plan_of, timer) -> tuple[Future | None, list]:
+        """Batch s + k's initial responses and batch s's continuations, both with theta_s:
+        one call on shared devices; with split devices the continuations now and the initial
+        responses on the background thread (same seed and request indexes). Returns (a Future
+        of the new Generation or None, the continuation samples)."""
+        if self._background is None or not prompts:
+            gen, conts = self._sample_and_score(prompts, plan_of, timer, call=2)
+            done = Future()
+            done.set_result(gen)
+            return done, conts
+        _, conts = self._sample_and_score([], plan_of, timer, call=2, first_index=len(prompts))
+        return None, conts
+
+    def _start_initial(self, prompts, timer) -> Future:
+        return self._background.submit(
+            lambda: self._sample_and_score(prompts, None, timer, call=2)[0]
+        )
+
     def train_step(self) -> dict:
-        timer = PhaseTimes.fromkeys(PHASES, 0.0)
         start = time.perf_counter()
+        timer = PhaseTimes(self._origin)
         rng = np.random.default_rng([self.seed, self.step])
         self._sampler_calls = 0
         warm_up_tokens = 0
-        off_policy = self.run_config.off_policy
-        if off_policy and self.pending is None:  # warm-up: batch 1 with theta_0, no update
-            prompts = self.stream.take(self.prompt_batch_size)
-            self.pending, _ = self._sample_and_score(prompts, None, timer, call=0)
+        lag = self.run_config.off_policy_steps
+        if lag and not self.pending:  # warm-up: batches 0 .. k-1 with theta_0, no update
+            for j in range(lag):
+                prompts = self.stream.take(self.prompt_batch_size)
+                call = 0 if j == 0 else 10 + j
+                gen, _ = self._sample_and_score(prompts, None, timer, call, warm_up=True)
+                self.pending.append(gen)
             self._sampler_calls = 0  # the warm-up is not part of the step's pipeline
-            warm_up_tokens = sum(len(r) for r in self.pending.responses)
-        if off_policy:
-            gen = self.pending
+            warm_up_tokens = sum(len(r) for g in self.pending for r in g.responses)
+        if lag:
+            gen = self.pending.pop(0)
         else:
             prompts = self.stream.take(self.prompt_batch_size)
             gen, _ = self._sample_and_score(prompts, None, timer, call=1)
-        with timer("grading"):
+        with timer("grading", "grade"):
             rewards = self._grade(gen.responses, ro.golds_of(gen))
         plan = sp.plan_branches(gen, rewards, self.filter_state, rng, self.rollout)
-        next_prompts = self.stream.take(self.prompt_batch_size) if off_policy else []
-        next_gen, conts = self._sample_and_score(next_prompts, (gen, plan), timer, call=2)
+        next_prompts = self.stream.take(self.prompt_batch_size) if lag else []
+        next_gen, conts = self._sample_next(next_prompts, (gen, plan), timer)
+        single = jax.process_count() == 1
+        if next_gen is None and single:  # see the module docstring for several processes
+            next_gen = self._start_initial(next_prompts, timer)
         conts = sp.attach(plan, conts)
-        with timer("grading"):
+        with timer("grading", "grade"):
             flat = [s.token_ids for s in sp.flat_samples(conts)]
             graded = self._grade(flat, sp.continuation_golds(gen, conts))
             cont_rewards = sp.nest_rewards(conts, graded)
+        if next_gen is None:
+            next_gen = self._start_initial(next_prompts, timer)
         problems, stats = sp.build_problems(
             gen, rewards, plan, conts, cont_rewards, self.step, self.rollout
         )
@@ -289,7 +353,12 @@ class Trainer:
             (self.step - int(v.min()) for p in problems for v in p.segment_version if v.size),
             default=0,
         )
-        with timer("update"):
+        if staleness > lag:
+            raise RuntimeError(
+                f"step {self.step + 1} trains on tokens {staleness} updates stale; "
+                f"off_policy_steps={lag} allows {lag}"
+            )
+        with timer("update", "update"):
             r = self.run_config
             self.params, self.opt_state, update_metrics = run_updates(
                 self.params, self.opt_state, self.ref_params, problems,
@@ -299,8 +368,11 @@ class Trainer:
                 temperature=self.rollout.temperature,
                 mesh=None if self.mesh.devices.size == 1 else self.mesh, timer=timer,
             )  # fmt: skip
-        self.engine.update_weights(self.params, self.step + 1)
-        timer["update"] -= timer.get("reference", 0.0)  # "update": the policy's own share
+            jax.block_until_ready(self.params)  # the span ends when the update has run
+        next_gen = next_gen.result()  # the rollout group is done with theta_s
+        self._push_weights(self.step + 1)
+        # "update": the policy's own share
+        timer["update"] -= timer.get("reference", 0.0) + timer.get("proximal", 0.0)
         metrics = {
             "step": self.step + 1,
             "reward": stats.mean_leaf_reward,
@@ -310,11 +382,11 @@ class Trainer:
             "prompt_batch_size": len(gen.prompts),
             "sequences": stats.sequences,
             "expanded": sum(1 for p in plan.branch_points if p),
-            # every token sampled during this step, the off-policy warm-up batch included
+            # every token sampled during this step, the off-policy warm-up batches included
             "tokens_generated": int(
                 sum(len(s.token_ids) for s in sp.flat_samples(conts))
                 + (sum(len(r) for r in next_gen.responses) if next_gen else 0)
-                + (warm_up_tokens if off_policy else sum(len(r) for r in gen.responses))
+                + (warm_up_tokens if lag else sum(len(r) for r in gen.responses))
             ),
             "mc_valid_ratio": sp.mc_valid_ratio(rewards, cont_rewards),
             "max_staleness": staleness,
@@ -322,13 +394,15 @@ class Trainer:
             "policy_version": self.step,
             **{f"time_{k}": v for k, v in timer.items()},
             **update_metrics,
+            "timeline": dict(timer.timeline),
         }
         self.filter_state = plan.filter_state
         if self.run_config.method.adaptive_batch_size:
             self.prompt_batch_size = ads.next_prompt_batch_size(
                 len(gen.prompts), stats.sequences, self.rollout.ads
             )
-        self.pending = next_gen if off_policy else None
+        if next_gen is not None:
+            self.pending.append(next_gen)
         self.step += 1
         metrics["time_step"] = time.perf_counter() - start
         return metrics
@@ -376,6 +450,8 @@ class Trainer:
         return self.step % every == 0 or self.step == total_steps
 
     def close(self) -> None:
+        if self._background is not None:
+            self._background.shutdown(wait=True)
         self.checkpointer.close()
         self.engine.close()
         if self.on_close is not None:

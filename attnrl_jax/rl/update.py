@@ -7,6 +7,11 @@ micro-batch returns the gradient of the weighted token SUM and the weight sum, a
 divides the summed gradient by the summed weight once, so the result is the exact token mean over
 the mini-batch whatever the micro-batching (and equal for both packings).
 
+Importance correction (loss.tis_cap > 0, rl/loss.py): before the first update of a step, one
+forward of the step's params over every micro-batch gives the proximal log-probs (theta_k, the
+trainer's own numerics); the rows' stored log-probs (sampler / scoring pass) are the behaviour
+policy. The same pass measures how far they are apart (AGREEMENT metrics).
+
 Static shapes: micro-batches are [microbatch_rows, T] with T a power of two (>= 16) and node
 slots K a power of two (>= 8), fixed per step from its longest row, so a run compiles one program
 per (T, K) pair it meets and nothing after warm-up.
@@ -36,6 +41,9 @@ from attnrl_jax.rl.settings import OptimConfig
 
 DEVICE_FIELDS = ("tokens", "positions", "nodes", "predictor", "ancestors")
 LOSS_FIELDS = ("weights", "advantages", "old_logp")
+# behaviour (sampler) vs proximal (trainer) log-probs over trained tokens, with tis_cap > 0:
+# mean |log pi_behaviour - log pi_prox|, max pi_prox / pi_behaviour, fraction above tis_cap
+AGREEMENT = ("rollout/logp_diff_mean", "rollout/ratio_max", "rollout/tis_truncated_frac")
 
 
 def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
@@ -49,7 +57,8 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
 def reference_logprobs(
     ref_params: Params, batch: dict, temperature: jax.Array, *, cfg: ModelConfig
 ) -> jax.Array:
-    """Log-probs [m, T] of the row tokens under the frozen reference policy (for the KL term).
+    """Log-probs [m, T] of the row tokens under `ref_params`: the frozen reference policy (the KL
+    term) or the step's first params (the proximal policy of the importance correction).
 
     Its own program rather than part of microbatch_gradients, so the trainer can time the
     reference forward as a phase; the arithmetic is the same.
@@ -63,6 +72,7 @@ def microbatch_gradients(
     batch: dict,
     temperature: jax.Array,
     ref_logp: jax.Array | None,
+    prox_logp: jax.Array | None = None,
     *,
     cfg: ModelConfig,
     loss: LossConfig,
@@ -73,6 +83,8 @@ def microbatch_gradients(
     sampling temperature: new, reference and behaviour log-probs (and the entropy) are all of
     softmax(logits / temperature), so the importance ratio compares like with like. ref_logp:
     [m, T] from reference_logprobs, None when loss.kl_weight == 0 (no reference forward runs).
+    prox_logp: [m, T] proximal log-probs (reference_logprobs of the step's first params), None
+    when loss.tis_cap == 0.
     """
 
     def total(p):
@@ -81,12 +93,26 @@ def microbatch_gradients(
             ent = jax.lax.stop_gradient(ent)
         terms = policy_loss(
             new, batch["old_logp"], batch["advantages"], batch["weights"], ref_logp, ent,
-            config=loss,
+            prox_logp, config=loss,
         )  # fmt: skip
         return terms.total, terms
 
     grads, terms = jax.grad(total, has_aux=True)(params)
     return grads, terms
+
+
+@partial(jax.jit, static_argnames="cap")
+def _agreement(prox: jax.Array, batch: dict, *, cap: float) -> jax.Array:
+    """float32[4] of one micro-batch [m, T]: token weight sum, weighted sum of |old - prox|,
+    max over live tokens of prox - old, weighted count of tokens whose behaviour weight
+    min(pi_prox / pi_old, cap) truncates."""
+    w = batch["weights"]
+    live = w != 0
+    diff = jnp.where(live, prox - batch["old_logp"], 0.0)
+    top = jnp.max(jnp.where(live, diff, -jnp.inf))
+    return jnp.stack(
+        [jnp.sum(w), jnp.sum(w * jnp.abs(diff)), top, jnp.sum(w * (diff > jnp.log(cap)))]
+    )
 
 
 @jax.jit
@@ -153,25 +179,41 @@ def run_updates(
     and 0 would read as a measured value); "updates", "rows", "row_tokens" (tokens the model
     processed), "trained_tokens" (the token weight sum). temperature: the sampling temperature.
     timer: `timer("reference")` wraps each reference forward (waited for, so the time is real),
-    e.g. the trainer's PhaseTimes.
+    e.g. the trainer's PhaseTimes; `timer("proximal")` the proximal pass (loss.tis_cap > 0),
+    which also gives the AGREEMENT metrics (keys present iff loss.tis_cap > 0).
     """
     phase = timer or (lambda name: contextlib.nullcontext())
     metrics: dict = dict.fromkeys(("loss", *metric_names(loss), "grad_norm"))
     metrics.update(updates=0, rows=0, row_tokens=0, trained_tokens=0.0)
+    if loss.proximal:
+        metrics.update(dict.fromkeys(AGREEMENT))
     rows = make_rows(problems, packing)
     if not rows:
         return params, opt_state, metrics
     length = row_length_bucket(max(len(r.tokens) for r in rows))
     nodes = power_of_two(max(len(r.ancestors) for r in rows), 8)
     temp = jnp.float32(temperature)
-    sums: dict[str, float] = {}
-    norms = []
+    minis = []  # per mini-batch, its micro-batches on the device
     for first in range(0, len(problems), minibatch_problems):
         mini = make_rows(problems[first : first + minibatch_problems], packing)
+        minis.append(
+            [
+                _device_batch(stack_rows(mini[m : m + microbatch_rows], microbatch_rows,
+                                         length, nodes), mesh)
+                for m in range(0, len(mini), microbatch_rows)
+            ]
+        )  # fmt: skip
+    prox = None
+    if loss.proximal:  # every micro-batch at theta_k, before the first update changes it
+        with phase("proximal"):
+            prox = [[reference_logprobs(params, b, temp, cfg=cfg) for b in mini] for mini in minis]
+            jax.block_until_ready(prox)
+        metrics.update(_agreement_metrics(prox, minis, loss.tis_cap))
+    sums: dict[str, float] = {}
+    norms = []
+    for i, mini in enumerate(minis):
         acc = None
-        for m in range(0, len(mini), microbatch_rows):
-            arrays = stack_rows(mini[m : m + microbatch_rows], microbatch_rows, length, nodes)
-            batch = _device_batch(arrays, mesh)
+        for j, batch in enumerate(mini):
             ref = None
             if loss.kl_weight > 0:
                 if timer is not None and acc is not None:
@@ -179,7 +221,8 @@ def run_updates(
                 with phase("reference"):
                     ref = reference_logprobs(ref_params, batch, temp, cfg=cfg)
                     ref.block_until_ready()
-            grads, terms = microbatch_gradients(params, batch, temp, ref, cfg=cfg, loss=loss)
+            p = None if prox is None else prox[i][j]
+            grads, terms = microbatch_gradients(params, batch, temp, ref, p, cfg=cfg, loss=loss)
             acc = (grads, terms) if acc is None else _accumulate(acc, grads, terms)
         grad_sum, terms = acc
         denominator = float(terms.denominator)
@@ -205,3 +248,21 @@ def run_updates(
         trained_tokens=tokens,
     )
     return params, opt_state, metrics
+
+
+def _agreement_metrics(prox: list, minis: list, cap: float) -> dict:
+    """AGREEMENT over every trained token of the step (None when no token has weight)."""
+    parts = np.stack(
+        jax.device_get(
+            [
+                _agreement(p, b, cap=cap)
+                for ps, bs in zip(prox, minis, strict=True)
+                for p, b in zip(ps, bs, strict=True)
+            ]
+        )
+    )
+    tokens = float(parts[:, 0].sum())
+    if tokens == 0:
+        return dict.fromkeys(AGREEMENT)
+    values = (parts[:, 1].sum() / tokens, np.exp(parts[:, 2].max()), parts[:, 3].sum() / tokens)
+    return {k: float(v) for k, v in zip(AGREEMENT, values, strict=True)}

@@ -15,12 +15,16 @@ comes from the scoring forward. Row (request i, sample s) must draw from the ran
 engine that cannot promise this still trains correctly, only not bit-reproducibly.
 
 `NativeEngine` is the project's jitted KV-cache sampler (sampling/requests.py + sampler.py).
+`place_on` moves the trainer's params onto another device group (mesh.rollout_devices).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params
@@ -80,3 +84,27 @@ class NativeEngine:
 
     def close(self) -> None:
         self.params = None
+
+
+def place_on(tree: Any, shardings: Any) -> Any:
+    """`tree` (arrays on one device group) placed with `shardings` (another group's).
+
+    One process: a device_put. Several: multi-controller JAX cannot reshard between disjoint
+    device sets, so the tree is first replicated over its own mesh (one all-gather: every
+    process then holds each array whole, for a moment) and each process copies the slices its
+    devices of the target own.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    replicated = jax.tree.map(lambda x: NamedSharding(x.sharding.mesh, PartitionSpec()), tree)
+    whole = jax.jit(lambda t: t, out_shardings=replicated)(tree)
+
+    def one(x: jax.Array, sharding) -> jax.Array:
+        local = x.addressable_data(0)
+        parts = [
+            jax.device_put(local[index], device)
+            for device, index in sharding.addressable_devices_indices_map(x.shape).items()
+        ]
+        return jax.make_array_from_single_device_arrays(x.shape, sharding, parts)
+
+    return jax.tree.map(one, whole, shardings)
