@@ -45,10 +45,17 @@ from jax.sharding import Mesh
 from attnrl_jax.data.pipeline import Prompt, PromptStream
 from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import optimizer_state_shardings, param_shardings
-from attnrl_jax.rl import ads
+from attnrl_jax.rl import ads, integrity
 from attnrl_jax.rl import rollout as ro
 from attnrl_jax.rl import step_plan as sp
-from attnrl_jax.rl.checkpoint import Checkpointer, generation_from_state, generation_to_state
+from attnrl_jax.rl.checkpoint import (
+    Checkpointer,
+    check_writable,
+    generation_from_state,
+    generation_to_state,
+    say,
+)
+from attnrl_jax.rl.interrupt import SignalGuard
 from attnrl_jax.rl.settings import RunConfig
 from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
@@ -57,6 +64,10 @@ from attnrl_jax.sampling.eos import eos_ids as model_eos_ids
 from attnrl_jax.scoring.steps import SeparatorIds
 
 PHASES = ("sampling", "scoring", "grading", "reference", "update")
+
+
+class NonFiniteStep(RuntimeError):
+    """A step whose loss, gradient norm or new params/optimizer state are not finite."""
 
 
 class PhaseTimes(dict):
@@ -107,7 +118,7 @@ class Trainer:
         self.run_config, self.cfg, self.mesh = run, model_cfg, mesh
         self.tokenizer, self.reward_fn, self.seed = tokenizer, reward_fn, run.seed
         self.workdir = Path(run.workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.workdir)
         self.log_fn = log_fn
         self.on_close = on_close  # e.g. stops a grading worker pool
         self.eval_fn = eval_fn
@@ -142,10 +153,12 @@ class Trainer:
         self.filter_state = ads.AttentionFilterState()
         self.prompt_batch_size = run.train.initial_prompt_batch_size
         self.pending: ro.Generation | None = None
+        self.nonfinite_skips = 0  # steps not applied (train.on_nonfinite="skip")
         self.checkpointer = Checkpointer(self.workdir, run.checkpoint.keep)
-        latest = self.checkpointer.latest_step()
-        if latest is not None:
-            self.restore(latest)  # hands the engine the restored params
+        restored = self.checkpointer.restore_latest(self._state())
+        if restored is not None:
+            self._load(*restored)  # hands the engine the restored params
+            say(f"resumed from step {self.step} ({self.checkpointer.directory / str(self.step)})")
         else:
             self.engine.update_weights(self.params, self.step)
 
@@ -160,21 +173,32 @@ class Trainer:
             "prompt_batch_size": self.prompt_batch_size,
             "stream": self.stream.get_state(),
             "pending": None,
+            "nonfinite_skips": self.nonfinite_skips,
         }
         arrays = None
         if self.pending is not None:
             arrays, host["pending"] = generation_to_state(self.pending)
         return host, arrays
 
+    def _state(self) -> dict:
+        return {"params": self.params, "opt_state": self.opt_state}
+
     def save(self) -> None:
         host, arrays = self._host_state()
-        state = {"params": self.params, "opt_state": self.opt_state}
-        self.checkpointer.save(self.step, state, host, arrays)
+        self.checkpointer.save(self.step, self._state(), host, arrays)
 
     def restore(self, step: int) -> None:
-        """Loads checkpoint `step` (params, optimizer, stream, pending Generation)."""
-        target = {"params": self.params, "opt_state": self.opt_state}
-        state, host, arrays = self.checkpointer.restore(step, target)
+        """Loads checkpoint `step` (params, optimizer, stream, pending Generation), verified."""
+        self._load(step, *self.checkpointer.restore(step, self._state()))
+
+    def restore_point(self) -> str:
+        """Where a re-run of the same command resumes: one phrase for messages."""
+        latest = self.checkpointer.all_steps()
+        if not latest:
+            return f"no checkpoint yet in {self.checkpointer.directory}; a re-run starts afresh"
+        return f"checkpoint step {latest[-1]} in {self.checkpointer.directory}"
+
+    def _load(self, step: int, state, host: dict, arrays) -> None:
         if host["seed"] != self.seed:
             raise ValueError(
                 f"the checkpoint in {self.workdir} was trained with seed {host['seed']}, "
@@ -182,6 +206,7 @@ class Trainer:
             )
         self.params, self.opt_state = state["params"], state["opt_state"]
         self.step = int(host["step"])
+        self.nonfinite_skips = int(host.get("nonfinite_skips", 0))
         self.filter_state = ads.AttentionFilterState(host["filter_total"], host["filter_count"])
         self.prompt_batch_size = int(host["prompt_batch_size"])
         self.stream.set_state(host["stream"])
@@ -289,6 +314,7 @@ class Trainer:
             (self.step - int(v.min()) for p in problems for v in p.segment_version if v.size),
             default=0,
         )
+        backup = self._backup_for_skip()
         with timer("update"):
             r = self.run_config
             self.params, self.opt_state, update_metrics = run_updates(
@@ -299,6 +325,7 @@ class Trainer:
                 temperature=self.rollout.temperature,
                 mesh=None if self.mesh.devices.size == 1 else self.mesh, timer=timer,
             )  # fmt: skip
+        update_metrics = self._guard_nonfinite(update_metrics, backup)
         self.engine.update_weights(self.params, self.step + 1)
         timer["update"] -= timer.get("reference", 0.0)  # "update": the policy's own share
         metrics = {
@@ -333,6 +360,38 @@ class Trainer:
         metrics["time_step"] = time.perf_counter() - start
         return metrics
 
+    # ----- non-finite guard (train.on_nonfinite) -----
+
+    def _backup_for_skip(self):
+        """A copy of (params, opt_state) to fall back on when a step may be skipped: the update
+        donates the old buffers. Costs one more copy of the state in device memory."""
+        if self.run_config.train.on_nonfinite != "skip":
+            return None
+        return jax.tree.map(jnp.copy, (self.params, self.opt_state))
+
+    def _guard_nonfinite(self, update_metrics: dict, backup) -> dict:
+        """The update's metrics when loss, gradient norm and the new state are finite. Otherwise
+        the step is not applied: "stop" raises NonFiniteStep naming the step (nothing of it is
+        saved), "skip" puts the backup back, counts the skip and blanks the loss metrics."""
+        values = {k: v for k, v in update_metrics.items() if isinstance(v, float)}
+        bad = sorted(k for k, v in values.items() if not np.isfinite(v))
+        if not bad and not integrity.all_finite(self._state()):
+            bad = ["params/optimizer state"]
+        if not bad:
+            return {**update_metrics, "nonfinite_skips": self.nonfinite_skips}
+        what = ", ".join(f"{k}={values[k]}" if k in values else k for k in bad)
+        if backup is None:
+            raise NonFiniteStep(
+                f"step {self.step + 1}: non-finite {what}; the update was not applied and not "
+                f"saved ({self.restore_point()}); lower optim.learning_rate, check the rewards, "
+                "or set train.on_nonfinite=skip"
+            )
+        self.params, self.opt_state = backup
+        self.nonfinite_skips += 1
+        say(f"step {self.step + 1}: non-finite {what}; the update was skipped")
+        blank = dict.fromkeys(values)
+        return {**update_metrics, **blank, "nonfinite_skips": self.nonfinite_skips}
+
     # ----- loop -----
 
     def run(self, total_steps: int | None = None, progress: bool | None = None) -> list[dict]:
@@ -348,7 +407,8 @@ class Trainer:
             total=total_steps, initial=self.step, disable=not (progress and primary), desc="train"
         )
         path = self.workdir / "metrics.jsonl"
-        with open(path, "a") if primary else contextlib.nullcontext() as f:
+        guard = SignalGuard()
+        with guard, open(path, "a") if primary else contextlib.nullcontext() as f:
             while self.step < total_steps:
                 metrics = self.train_step()
                 if self._eval_due(total_steps):
@@ -364,7 +424,8 @@ class Trainer:
                 bar.set_postfix(reward=f"{metrics['reward']:.3f}", valid=metrics["valid_ratio"])
                 every = self.run_config.checkpoint.every
                 if self.step % every == 0 or self.step == total_steps:
-                    self.save()
+                    with guard.saving():  # a signal now waits for the save to complete
+                        self.save()
                 out.append(metrics)
         bar.close()
         return out
