@@ -161,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if args.batch_size < 1:
         raise ScoreInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    for name in ("model", "input", "output", "tokenizer"):
+        if "://" in str(getattr(args, name) or ""):
+            raise ScoreInputError(f"--{name}: object-storage URLs are not supported yet")
     model = load_pretrained(args.model, dtype=DTYPES[args.dtype])
     try:
         config = ScoringConfig(

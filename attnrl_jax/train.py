@@ -13,6 +13,11 @@ Multi-host: run the same command on every host (launch/); `distributed.*` keys o
 environment say how many processes there are (attnrl_jax/distributed.py), and the job starts
 jax.distributed before any other JAX use. The mesh then spans every process's devices; the
 workdir must be one directory all hosts see (shared disk or a bucket mount) for checkpoints.
+
+Failures are one line on stderr (README "Reliability"): exit code 2 for a bad config, data
+file, model or path (every config problem listed at once, before anything is loaded), 1 for a
+run that cannot go on (no intact checkpoint, a non-finite step), 130 / 143 for SIGINT / SIGTERM
+with the checkpoint a re-run resumes from; --debug or ATTNRL_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
@@ -292,7 +297,11 @@ def check_resume(config, workdir: str | Path) -> None:
 def _debug() -> bool:
     from absl import flags
 
-    return bool(flags.FLAGS.debug) or os.environ.get("ATTNRL_DEBUG", "") not in ("", "0")
+    return bool(flags.FLAGS.debug) or _env_debug()
+
+
+def _env_debug() -> bool:
+    return os.environ.get("ATTNRL_DEBUG", "") not in ("", "0")
 
 
 def fail(message: str, code: int) -> None:
@@ -388,9 +397,23 @@ def run() -> None:
     flags.DEFINE_bool("debug", False, "show tracebacks (also ATTNRL_DEBUG=1)")
     flags.mark_flags_as_required(["config"])
     try:
-        app.run(main)
+        app.run(main, flags_parser=_parse_flags)
     except AttributeError as e:  # ml_collections: an override of a key the config lacks
         fail(f"unknown config key: {e}", 2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag, config file or variant as one line and exit code 2
+    (absl prints the config file's whole traceback and exits 1)."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        if "--debug" in argv or _env_debug():
+            raise
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        fail(f"{lines[0]} {lines[-1]}" if len(lines) > 1 else str(e), 2)
 
 
 if __name__ == "__main__":

@@ -495,3 +495,9 @@ def test_score_checks_input_like_generate(tmp_path, rows, message):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(score.ScoreInputError, match=re.escape(message)):
         score.read_input(path, None, vocab_size=50, max_len=16)
+
+
+def test_readme_reliability_table_matches_its_results():
+    from benchmarks import fault_report
+
+    assert fault_report.main(["--check"]) == 0
