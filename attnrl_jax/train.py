@@ -349,12 +349,14 @@ def main(argv: Sequence[str]) -> None:
 def _main() -> None:
     from absl import flags
 
+    from attnrl_jax.rl.checkpoint import check_writable
     from attnrl_jax.rl.interrupt import Interrupted
 
     config = flags.FLAGS.config
     c = resolve(config)
     check_files(c)
     check_resume(config, c.workdir)
+    check_writable(Path(c.workdir))  # fail now, in one line, not in orbax minutes later
     cluster = initialize(c.distributed.to_dict())  # before any other JAX use
     import jax
 

@@ -61,13 +61,16 @@ def run_suite() -> dict:
 
     os.chdir(ROOT)
     collector = Collector()
-    code = pytest.main(["-q", "-p", "no:cacheprovider", "-W", "ignore", SUITE], plugins=[collector])
+    # the README check reads what this run writes: not part of the run
+    skip = f"{SUITE}::test_readme_reliability_table_matches_its_results"
+    args = ["-q", "-p", "no:cacheprovider", "-W", "ignore", SUITE, "--deselect", skip]
+    code = pytest.main(args, plugins=[collector])
     return {
         "suite": SUITE,
         "pytest_exit_code": int(code),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {platform.system()}, CPU",
-        "cases": sorted(collector.cases.values(), key=lambda c: c["test"]),
+        "cases": [collector.cases[n] for n in collector.labels if n in collector.cases],
     }
 
 

@@ -463,18 +463,43 @@ def test_missing_model_and_files_listed_together(tmp_path):
     assert "no such directory" in str(e.value) and "a.jsonl" in str(e.value)
 
 
-@fault("bad config on the command line (exit code, no traceback)", CLEAR)
-def test_train_cli_bad_config_exits_2_in_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config.checkpoint.keep=0", "--config.rollout.top_p=2"], ["checkpoint.keep", "top_p"]),
+        (["--config.workdir={file}/run"], ["not writable"]),
+        (["--config.data.train_files={bad}"], ["line 2: 'problem' is empty", "line 3: invalid"]),
+    ],
+    ids=["bad keys", "unwritable workdir", "bad data rows"],
+)
+@fault("bad config, workdir or data on the command line (exit 2, one line each)", CLEAR)
+def test_train_cli_errors_exit_2_without_traceback(tmp_path, args, expected):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "bad.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n{"problem": ""}\nx\n')
+    fill = {"file": tmp_path / "file", "bad": tmp_path / "bad.jsonl"}
     done = subprocess.run(
         [sys.executable, "-m", "attnrl_jax.train", "--config=configs/demo.py",
-         f"--config.workdir={tmp_path}", "--config.checkpoint.keep=0",
-         "--config.rollout.top_p=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+         f"--config.workdir={tmp_path / 'w'}", *(a.format(**fill) for a in args)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    assert "checkpoint.keep" in done.stderr and "rollout.top_p" in done.stderr
-    assert not (tmp_path / "config.json").exists()
+    for text in expected:
+        assert text in done.stderr
+    assert not (tmp_path / "w" / "config.json").exists()
+
+
+def test_data_summary_is_printed(tmp_path, capsys):
+    from attnrl_jax.data.tokenizer import build_tiny_tokenizer
+    from attnrl_jax.train import load_prompts
+
+    (tmp_path / "t.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n{"problem": ""}\n')
+    c = small_config(tmp_path, **{"data.train_files": str(tmp_path / "t.jsonl")})
+    c.data.update(on_error="skip", drop_eval_overlap=False)
+    prompts = load_prompts(resolve(c), build_tiny_tokenizer(512))
+    assert len(prompts) == 1
+    err = capsys.readouterr().err
+    assert "data: " in err and "1 kept" in err
 
 
 # ----- score input -----

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,8 @@ def say(message: str) -> None:
 def check_writable(directory: Path) -> None:
     """Creates `directory` and writes and removes a probe file: an unwritable folder fails here
     in one line, not minutes later inside orbax."""
-    probe = directory / f".write-probe-{os.getpid()}-{jax.process_index()}"
+    probe = directory / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # no JAX call:
+    # this runs before jax.distributed starts
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
