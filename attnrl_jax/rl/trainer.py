@@ -56,7 +56,7 @@ from attnrl_jax.rl.checkpoint import (
     say,
 )
 from attnrl_jax.rl.interrupt import SignalGuard
-from attnrl_jax.rl.settings import RunConfig
+from attnrl_jax.rl.settings import ConfigError, RunConfig
 from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
 from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine
@@ -200,7 +200,7 @@ class Trainer:
 
     def _load(self, step: int, state, host: dict, arrays) -> None:
         if host["seed"] != self.seed:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint in {self.workdir} was trained with seed {host['seed']}, "
                 f"this run has seed {self.seed}; use the same seed or a new workdir"
             )
