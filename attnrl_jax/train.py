@@ -326,8 +326,8 @@ def main(argv: Sequence[str]) -> None:
     from attnrl_jax.rl.trainer import NonFiniteStep
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    user = (ConfigError, DistributedError, DataError, CheckpointError, ExportError)
-    user += (CheckpointDirError,)
+    user = (ConfigError, DataError, CheckpointError, ExportError, CheckpointDirError)
+    failed = (DamagedCheckpoint, NonFiniteStep, DistributedError)  # e.g. a peer never arrived
     try:
         _main()
     except Exception as e:
@@ -337,7 +337,7 @@ def main(argv: Sequence[str]) -> None:
             fail(str(e), e.exit_code)
         if isinstance(e, user):
             fail(str(e), 2)
-        if isinstance(e, DamagedCheckpoint | NonFiniteStep):
+        if isinstance(e, failed):
             fail(str(e), 1)
         raise
     except KeyboardInterrupt:  # outside the training loop's own handler
