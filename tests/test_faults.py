@@ -374,6 +374,24 @@ def test_export_keeps_a_foreign_folder_unless_overwrite(exportable, tmp_path, ca
     assert code == 0  # its own earlier export may be replaced
 
 
+@fault(
+    "damaged latest checkpoint at export (the newest intact one is exported, saying so)", SURVIVED
+)
+def test_export_falls_back_to_the_newest_intact_checkpoint(full, tmp_path, capsys):
+    workdir, config = copy_run(full, tmp_path)
+    export.save_run_config(config, workdir)
+    for path in data_files(workdir / "checkpoints" / "3" / "state"):
+        path.unlink()
+    code, err = export_main(capsys, "--workdir", workdir, "--output", tmp_path / "latest")
+    assert code == 0 and "checkpoints/3 is damaged" in err and "exported step 2" in err
+    code, _ = export_main(capsys, "--workdir", workdir, "--output", tmp_path / "two", "--step", 2)
+    assert code == 0
+    for f in (tmp_path / "two").glob("*.safetensors"):
+        assert f.read_bytes() == (tmp_path / "latest" / f.name).read_bytes()
+    code, err = export_main(capsys, "--workdir", workdir, "--output", tmp_path / "x", "--step", 3)
+    assert code == 2 and "no intact checkpoint" in err  # an explicit step is never replaced
+
+
 def test_export_output_inside_the_model_directory_is_refused(tmp_path):
     model = tmp_path / "model"
     for out in (model, model / "sub", tmp_path):

@@ -19,6 +19,7 @@ none is intact it stops with a DamagedCheckpoint naming every step and why, and 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import uuid
@@ -92,11 +93,17 @@ class Checkpointer:
         none at all. Damaged newer steps are reported and set aside (module docstring)."""
         damaged = []
         for step in reversed(self.all_steps()):
+            problem = None
             try:
                 restored = self.restore(step, state_target)
             except DamagedCheckpoint as e:
-                say(f"{e}; trying the previous checkpoint")
-                damaged.append(e)
+                problem = e
+            if not _agreed(problem is None):  # a file one host could not read damages it for all
+                problem = problem or DamagedCheckpoint(
+                    step, self.directory, "another process could not read or verify it"
+                )
+                say(f"{problem}; trying the previous checkpoint")
+                damaged.append(problem)
                 continue
             for e in damaged:
                 self._set_aside(e.step)
@@ -108,8 +115,9 @@ class Checkpointer:
             raise DamagedCheckpoint(
                 damaged[0].step,
                 self.directory,
-                f"no intact checkpoint in {self.directory} ({reasons}); move the folder away to "
-                "start afresh",
+                reasons,
+                message=f"no intact checkpoint in {self.directory} ({reasons}); move the folder "
+                "away to start afresh",
             )
         return None
 
@@ -119,6 +127,7 @@ class Checkpointer:
         except DamagedCheckpoint:
             raise
         except Exception as e:  # tensorstore/orbax: a missing, truncated or garbled file
+            _quiet_failed_reads(self.directory)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise DamagedCheckpoint(
                 step, self.directory, f"cannot read its {what} ({first})"
@@ -165,6 +174,37 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class _FailedReads(logging.Filter):
+    """Drops asyncio's "... exception was never retrieved" reports of reads under `directory`:
+    orbax leaves the other reads of a damaged checkpoint as tasks nobody awaits, and asyncio
+    would print each (hundreds of lines) when they are collected. The damage was already
+    reported in one line."""
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = str(directory)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        first = message.split("\n", 1)[0]
+        return not ("exception was never retrieved" in first and self.directory in message)
+
+
+def _quiet_failed_reads(directory: Path) -> None:
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _FailedReads) and f.directory == str(directory) for f in log.filters):
+        log.addFilter(_FailedReads(directory))
+
+
+def _agreed(ok: bool) -> bool:
+    """Whether `ok` holds on every process (one all-gather with several)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)], np.int32))))
 
 
 def say(message: str) -> None:

@@ -27,8 +27,8 @@ _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
 class DamagedCheckpoint(RuntimeError):
     """A checkpoint step whose files cannot be read or whose contents fail verification."""
 
-    def __init__(self, step: int, directory, reason: str):
-        super().__init__(f"checkpoint {directory}/{step} is damaged: {reason}")
+    def __init__(self, step: int, directory, reason: str, message: str | None = None):
+        super().__init__(message or f"checkpoint {directory}/{step} is damaged: {reason}")
         self.step, self.reason = step, reason
 
 
