@@ -2,8 +2,9 @@
 
 A checkpoint holds three items:
 - "state": params and optimizer state (sharded arrays, restored with their shardings);
-- "host": JSON: step, seed, ADS running mean, prompt batch size, data stream position, and the
-  pending off-policy Generation's prompts and version;
+- "host": JSON: step, seed, ADS running mean, prompt batch size, data stream position, skipped
+  non-finite steps, the pending off-policy Generation's prompts and version, and the integrity
+  record;
 - "pending": numpy arrays of the pending Generation (responses, behaviour log-probs, entropies
   unless no scoring forward ran, FCI); absent on-policy or before the first step.
 Random numbers are a function of (seed, step) (see trainer.py), so the seed and step are the RNG
