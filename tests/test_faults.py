@@ -198,6 +198,12 @@ def test_signal_guard_holds_a_signal_during_a_save():
             os.kill(os.getpid(), signal.SIGTERM)
             saved = True  # the block went on after the signal
         assert saved and e.value.exit_code == 143
+        reached = []
+        with pytest.raises(Interrupted), guard.saving():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal abandons the save at once
+            reached.append(1)
+        assert not reached
         with pytest.raises(Interrupted) as e:
             os.kill(os.getpid(), signal.SIGINT)
         assert e.value.exit_code == 130
