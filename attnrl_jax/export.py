@@ -2,6 +2,7 @@
 any engine that reads HF Qwen2 checkpoints) loads as is.
 
     python -m attnrl_jax.export --workdir W [--output DIR] [--step N] [--dtype bfloat16]
+        [--overwrite] [--debug]
 
 Training writes <workdir>/config.json (the full config) and checkpoints; this reads the config
 back (validated like training's), restores only the policy's params of the latest (or --step)
@@ -10,18 +11,27 @@ tokenizer and the initial model's generation_config.json into DIR (default
 <workdir>/hf_export). `python -m attnrl_jax.train` does the same at the end of a run. The
 initial model (model.path, or <workdir>/initial_model) must still be readable: it gives the
 architecture and the tokenizer. No trainer, data or optimizer is built.
+
+Nothing it did not write is deleted: DIR may not be the workdir, a folder holding it, a folder
+inside it other than its hf_export, or the initial model's folder (nor one holding it or inside
+it); an existing non-empty DIR is replaced only when an earlier export wrote it (the marker file
+.attnrl-export) or with --overwrite. The latest checkpoint is verified (rl/integrity.py); a
+damaged one is reported and the newest intact one exported instead (an explicit --step is not
+replaced). Errors are one line and exit code 2 (--debug or ATTNRL_DEBUG=1: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 CONFIG_FILE = "config.json"
 EXPORT_DIR = "hf_export"
+MARKER = ".attnrl-export"  # in every directory export wrote: it may replace those
 
 
 class ExportError(ValueError):
@@ -41,14 +51,49 @@ def export_policy(
     generation = Path(source_dir) / "generation_config.json"
     if generation.is_file() and path.exists():
         shutil.copy2(generation, path / "generation_config.json")
+    if path.exists():
+        (path / MARKER).write_text("written by python -m attnrl_jax.export\n")
     return path
 
 
+def _is_within(a: Path, b: Path) -> bool:
+    """a is b or inside it."""
+    return a == b or b in a.parents
+
+
+def check_output(
+    output: Path, workdir: Path, model_dir: Path, own: bool = False, overwrite: bool = False
+) -> None:
+    """An ExportError when writing `output` could delete what export did not write (see the
+    module docstring); own: output is the run's own <workdir>/hf_export."""
+    if "://" in str(output):
+        raise ExportError(f"--output {output}: object-storage URLs are not supported yet")
+    out, work, model = (Path(os.path.abspath(p)) for p in (output, workdir, model_dir))
+    if _is_within(work, out):
+        raise ExportError(f"--output {output} would replace the workdir {workdir}")
+    if _is_within(out, work) and out != work / EXPORT_DIR:
+        raise ExportError(
+            f"--output {output} is inside the workdir {workdir}; use {work / EXPORT_DIR} or a "
+            "folder outside it"
+        )
+    if _is_within(out, model) or _is_within(model, out):
+        raise ExportError(f"--output {output} would overwrite the initial model {model_dir}")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--output {output} is a file")
+    written_by_us = (out / MARKER).is_file()
+    if out.is_dir() and any(out.iterdir()) and not written_by_us and not overwrite:
+        hint = "move it away" if own else "pass --overwrite to replace it"
+        raise ExportError(f"{output} exists, is not empty and was not written by export; {hint}")
+
+
 def save_run_config(c, workdir: str | Path) -> None:
-    """Writes the run's ml_collections config to <workdir>/config.json (what export reads)."""
+    """Writes the run's ml_collections config to <workdir>/config.json (what export reads),
+    atomically: a temporary file renamed into place."""
     path = Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
-    (path / CONFIG_FILE).write_text(c.to_json(indent=2) + "\n")
+    tmp = path / f".{CONFIG_FILE}.{os.getpid()}"
+    tmp.write_text(c.to_json(indent=2) + "\n")
+    os.replace(tmp, path / CONFIG_FILE)
 
 
 def load_run_config(workdir: Path):
@@ -75,27 +120,46 @@ def run(args: argparse.Namespace) -> Path:
     from attnrl_jax.rl.checkpoint import Checkpointer
     from attnrl_jax.rl.settings import build_mesh
 
+    if "://" in str(args.workdir):
+        raise ExportError(f"--workdir {args.workdir}: object-storage URLs are not supported yet")
     c = load_run_config(args.workdir)
-    checkpointer = Checkpointer(args.workdir)
+    output = args.output or args.workdir / EXPORT_DIR
+    check_output(output, args.workdir, c.initial_model_dir, overwrite=args.overwrite)
+    if not (args.workdir / "checkpoints").is_dir():
+        raise ExportError(f"{args.workdir / 'checkpoints'}: no checkpoints folder")
+    checkpointer = Checkpointer(args.workdir, read_only=True)
     try:
         steps = checkpointer.all_steps()
         if not steps:
             raise ExportError(f"{args.workdir / 'checkpoints'}: no complete checkpoint to export")
         if args.step is not None and args.step not in steps:
             raise ExportError(f"--step {args.step}: no such checkpoint; saved steps: {steps}")
-        step = steps[-1] if args.step is None else args.step
         source = c.initial_model_dir
         if not (source / "config.json").is_file():
             raise ExportError(f"{source}: the initial model is gone (it gives the architecture)")
         model = load_pretrained(source, dtype=c.model.dtype, mesh=build_mesh(c))
-        params = checkpointer.restore_params(step, model.params())
+        step, params = _restore_intact(checkpointer, steps if args.step is None else [args.step],
+                                       model.params())  # fmt: skip
     finally:
         checkpointer.close()
     tokenizer = AutoTokenizer.from_pretrained(str(source))
-    output = args.output or args.workdir / EXPORT_DIR
     export_policy(model.config, params, tokenizer, output, source, args.dtype)
     print(f"exported step {step} of {args.workdir} to {output}", file=sys.stderr)
     return Path(output)
+
+
+def _restore_intact(checkpointer, steps: list[int], params_target):
+    """(step, params) of the newest of `steps` whose params verify; damaged ones are reported."""
+    from attnrl_jax.rl.integrity import DamagedCheckpoint
+
+    problems = []
+    for step in reversed(steps):
+        try:
+            return step, checkpointer.restore_params(step, params_target)
+        except DamagedCheckpoint as e:
+            print(f"{e}; trying the previous checkpoint", file=sys.stderr)
+            problems.append(f"step {step}: {e.reason}")
+    raise ExportError(f"no intact checkpoint to export ({'; '.join(problems)})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,10 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="default: <workdir>/hf_export")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: training's")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing non-empty --output"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
+    from attnrl_jax.models.hf_io import CheckpointError
+    from attnrl_jax.rl.settings import ConfigError
+
     try:
         run(args)
-    except ExportError as e:
+    except (ExportError, CheckpointError, ConfigError) as e:
+        if args.debug or os.environ.get("ATTNRL_DEBUG", "") not in ("", "0"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

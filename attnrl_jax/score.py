@@ -52,8 +52,11 @@ def _ids(value, name: str, vocab_size: int, where: str) -> list[int]:
     return value
 
 
-def read_input(path: Path, tokenizer, vocab_size: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt and response ids of every non-blank line of a JSON-lines file."""
+def read_input(
+    path: Path, tokenizer, vocab_size: int, max_len: int | None = None
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt and response ids of every non-blank line of a JSON-lines file; each line's prompt +
+    response must fit in max_len tokens (the model's position limit), as generate requires."""
     prompts, responses = [], []
     try:
         rows = read_json_lines(path)
@@ -78,8 +81,15 @@ def read_input(path: Path, tokenizer, vocab_size: int) -> tuple[list[list[int]],
             )
         if not prompt:
             raise ScoreInputError(f"{where}: the prompt is empty (needs at least one token)")
+        if max_len is not None and len(prompt) + len(response) > max_len:
+            raise ScoreInputError(
+                f"{where}: prompt + response is {len(prompt) + len(response)} tokens; the "
+                f"model's limit is max_position_embeddings={max_len}"
+            )
         prompts.append(prompt)
         responses.append(response)
+    if not prompts:
+        raise ScoreInputError(f"{path} has no input lines")
     return prompts, responses
 
 
@@ -151,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if args.batch_size < 1:
         raise ScoreInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    for name in ("model", "input", "output", "tokenizer"):
+        if "://" in str(getattr(args, name) or ""):
+            raise ScoreInputError(f"--{name}: object-storage URLs are not supported yet")
     model = load_pretrained(args.model, dtype=DTYPES[args.dtype])
     try:
         config = ScoringConfig(
@@ -162,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ScoreInputError(str(e)) from None
     tokenizer = _load_tokenizer(args.tokenizer or args.model)
-    prompts, responses = read_input(args.input, tokenizer, model.config.vocab_size)
+    prompts, responses = read_input(
+        args.input, tokenizer, model.config.vocab_size, model.config.max_position_embeddings
+    )
     seps = SeparatorIds.from_tokenizer(tokenizer)
     scored = score_sequences(
         model.params(), model.config, config, prompts, responses, seps, args.batch_size

@@ -13,12 +13,19 @@ Multi-host: run the same command on every host (launch/); `distributed.*` keys o
 environment say how many processes there are (attnrl_jax/distributed.py), and the job starts
 jax.distributed before any other JAX use. The mesh then spans every process's devices; the
 workdir must be one directory all hosts see (shared disk or a bucket mount) for checkpoints.
+
+Failures are one line on stderr (README "Reliability"): exit code 2 for a bad config, data
+file, model or path (every config problem listed at once, before anything is loaded), 1 for a
+run that cannot go on (no intact checkpoint, a non-finite step), 130 / 143 for SIGINT / SIGTERM
+with the checkpoint a re-run resumes from; --debug or ATTNRL_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from attnrl_jax.distributed import DistributedError, initialize
-from attnrl_jax.rl.settings import ConfigError, RunConfig, build_mesh, resolve
+from attnrl_jax.rl.settings import ConfigError, RunConfig, build_mesh, check_files, resolve
 
 
 def tiny_model_config(run: RunConfig, vocab_size: int):
@@ -99,9 +106,19 @@ def load_prompts(c: RunConfig, tokenizer):
         from attnrl_jax.eval.benchmarks import eval_source_specs
 
         eval_sets = eval_source_specs(",".join(c.eval.files), c.data.problem_key, c.data.answer_key)
-    return prepare_prompts(
-        specs, tokenizer, max_prompt_len=c.data.max_prompt_len, eval_sets=eval_sets
-    )[0]
+    prompts, report = prepare_prompts(
+        specs,
+        tokenizer,
+        max_prompt_len=c.data.max_prompt_len,
+        eval_sets=eval_sets,
+        on_error=c.data.on_error,
+    )
+    import jax
+
+    if jax.process_index() == 0:  # what was kept and dropped, and why
+        for line in report.lines():
+            print(f"data: {line}", file=sys.stderr)
+    return prompts
 
 
 def grade_in_process(
@@ -151,6 +168,7 @@ def build_trainer(
     engine: a sampling.engine.RolloutEngine for the initial model (default: the native sampler;
     it receives the trainer's params before the first step and after every update)."""
     c = config if isinstance(config, RunConfig) else resolve(config)
+    check_files(c)
     import jax
     from transformers import AutoTokenizer
 
@@ -217,21 +235,29 @@ def build_trainer(
 class TensorBoardLogger:
     """Writes each step's numeric metrics as scalars to <workdir>/tensorboard (tensorboardX:
     TensorBoard's own writers need TensorFlow, which this project does not install). Metrics
-    that are None (loss terms on a step without an update) are skipped."""
+    that are None (loss terms on a step without an update) are skipped.
+
+    The writer opens at the first step logged, with purge_step = that step: after a resume,
+    TensorBoard drops the points a previous process wrote for this step and later ones (logged
+    before it was stopped, not kept by the checkpoint), so no step has two points."""
 
     def __init__(self, workdir: str | Path):
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self.directory = Path(workdir) / "tensorboard"
+        self.writer = None
 
     def __call__(self, metrics: dict) -> None:
+        if self.writer is None:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.directory), purge_step=metrics["step"])
         for k, v in metrics.items():
             if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
                 self.writer.add_scalar(k, v, metrics["step"])
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def tensorboard_logger(workdir: str | Path) -> TensorBoardLogger | None:
@@ -244,19 +270,104 @@ def tensorboard_logger(workdir: str | Path) -> TensorBoardLogger | None:
     return TensorBoardLogger(workdir)
 
 
+RESUME_KEYS = ("seed", "model")  # a workdir's checkpoints hold this run's model and seed
+
+
+def check_resume(config, workdir: str | Path) -> None:
+    """A ConfigError when `workdir` holds checkpoints of a run with another seed or model (its
+    config.json says so): resuming would fail or mix runs, and nothing has been written yet."""
+    path = Path(workdir) / "config.json"
+    steps = Path(workdir) / "checkpoints"
+    if not path.is_file() or not steps.is_dir() or not any(steps.iterdir()):
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # unreadable: the checkpoint's own seed check still applies
+    new = json.loads(config.to_json())
+    differ = []
+    for key in RESUME_KEYS:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            ignore = {"remat", "require_path"}
+            differ += [f"{key}.{k}: {a.get(k)!r} -> {b[k]!r}" for k in b
+                       if k not in ignore and a.get(k, b[k]) != b[k]]  # fmt: skip
+        elif a != b:
+            differ.append(f"{key}: {a!r} -> {b!r}")
+    if differ:
+        raise ConfigError(
+            f"{workdir} holds checkpoints of another run ({'; '.join(differ)}); use a new "
+            "workdir, or the same values to resume"
+        )
+
+
+def _debug() -> bool:
+    from absl import flags
+
+    return bool(flags.FLAGS.debug) or _env_debug()
+
+
+def _env_debug() -> bool:
+    return os.environ.get("ATTNRL_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str, code: int) -> None:
+    """Exits with one line on stderr (process 0 speaks; every process exits)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str]) -> None:
-    from absl import flags, logging
+    """The command line: a user error (config, data, model, paths) is one line and exit code 2,
+    a failed run (damaged checkpoints, a non-finite step) one line and exit code 1, SIGINT /
+    SIGTERM one line naming the restore point and 130 / 143. --debug (or ATTNRL_DEBUG=1) shows
+    the traceback instead."""
+    from absl import logging
+
+    from attnrl_jax.data.sources import DataError
+    from attnrl_jax.export import ExportError
+    from attnrl_jax.models.hf_io import CheckpointError
+    from attnrl_jax.rl.checkpoint import CheckpointDirError
+    from attnrl_jax.rl.integrity import DamagedCheckpoint
+    from attnrl_jax.rl.interrupt import Interrupted
+    from attnrl_jax.rl.trainer import NonFiniteStep
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    config = flags.FLAGS.config
+    user = (ConfigError, DataError, CheckpointError, ExportError, CheckpointDirError)
+    failed = (DamagedCheckpoint, NonFiniteStep, DistributedError)  # e.g. a peer never arrived
     try:
-        c = resolve(config)
-        cluster = initialize(c.distributed.to_dict())  # before any other JAX use
-    except (ConfigError, DistributedError) as e:
-        sys.exit(str(e))
+        _main()
+    except Exception as e:
+        if _debug():
+            raise
+        if isinstance(e, Interrupted):
+            fail(str(e), e.exit_code)
+        if isinstance(e, user):
+            fail(str(e), 2)
+        if isinstance(e, failed):
+            fail(str(e), 1)
+        raise
+    except KeyboardInterrupt:  # outside the training loop's own handler
+        if _debug():
+            raise
+        fail("interrupted (SIGINT) before training started; nothing was written", 130)
+
+
+def _main() -> None:
+    from absl import flags
+
+    from attnrl_jax.rl.checkpoint import check_writable
+    from attnrl_jax.rl.interrupt import Interrupted
+
+    config = flags.FLAGS.config
+    c = resolve(config)
+    check_files(c)
+    check_resume(config, c.workdir)
+    check_writable(Path(c.workdir))  # fail now, in one line, not in orbax minutes later
+    cluster = initialize(c.distributed.to_dict())  # before any other JAX use
     import jax
 
-    from attnrl_jax.export import EXPORT_DIR, export_policy, save_run_config
+    from attnrl_jax.export import EXPORT_DIR, check_output, export_policy, save_run_config
 
     primary = jax.process_index() == 0
     if cluster is not None and primary:
@@ -264,15 +375,22 @@ def main(argv: Sequence[str]) -> None:
             f"multi-host: {cluster.num_processes} processes ({cluster.source}), "
             f"{jax.device_count()} devices, coordinator {cluster.coordinator_address}"
         )
-    if primary:
-        save_run_config(config, c.workdir)  # read back by `python -m attnrl_jax.export`
+    output = Path(c.workdir) / EXPORT_DIR
+    check_output(output, Path(c.workdir), c.initial_model_dir, own=True)
     trainer = build_trainer(c)
     try:
-        trainer.run()
+        if primary:  # the run is accepted (resume checks passed): read back by export
+            save_run_config(config, c.workdir)
+        try:
+            trainer.run()
+        except Interrupted as e:  # name the restore point
+            e.args = (
+                f"stopped by {e}; restore point: {trainer.restore_point()} (re-run to resume)",
+            )
+            raise
         export = export_policy(
-            trainer.cfg, trainer.params, trainer.tokenizer, Path(c.workdir) / EXPORT_DIR,
-            initial_model_path(c),
-        )  # fmt: skip
+            trainer.cfg, trainer.params, trainer.tokenizer, output, initial_model_path(c)
+        )
     finally:
         trainer.close()
     if primary:
@@ -285,11 +403,26 @@ def run() -> None:
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/demo.py")
+    flags.DEFINE_bool("debug", False, "show tracebacks (also ATTNRL_DEBUG=1)")
     flags.mark_flags_as_required(["config"])
     try:
-        app.run(main)
+        app.run(main, flags_parser=_parse_flags)
     except AttributeError as e:  # ml_collections: an override of a key the config lacks
-        sys.exit(f"unknown config key: {e}")
+        fail(f"unknown config key: {e}", 2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag, config file or variant as one line and exit code 2
+    (absl prints the config file's whole traceback and exits 1)."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        if "--debug" in argv or _env_debug():
+            raise
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        fail(f"{lines[0]} {lines[-1]}" if len(lines) > 1 else str(e), 2)
 
 
 if __name__ == "__main__":

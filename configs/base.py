@@ -58,6 +58,7 @@ def get_config() -> ConfigDict:
             "max_prompt_len": 1024,
             "num_demo_problems": 512,
             "demo_seed": 0,
+            "on_error": "raise",  # a malformed row: "raise" (one line per row) | "skip" (counted)
         }
     )
     c.rollout = ConfigDict(
@@ -112,7 +113,17 @@ def get_config() -> ConfigDict:
     )
     # packing: "tree" (each shared token once, weight = path count) or "path" (one row per path).
     # One optimizer update per minibatch_problems problems; micro-batches of microbatch_rows rows.
-    c.train = ConfigDict({"packing": "path", "minibatch_problems": 32, "microbatch_rows": 8})
+    # on_nonfinite: a step whose loss, gradient norm or new state is not finite is never applied
+    # nor saved; "stop" ends the run naming the step, "skip" drops the update and goes on (a
+    # second copy of params + optimizer state on the devices; counted as nonfinite_skips).
+    c.train = ConfigDict(
+        {
+            "packing": "path",
+            "minibatch_problems": 32,
+            "microbatch_rows": 8,
+            "on_nonfinite": "stop",
+        }
+    )
     # workers 0: grade in-process. reward: "hybrid" (the authors' order: last box, then
     # Math-Verify over the whole answer text) or "boxed" (the last box only); rewards/math.py.
     c.grading = ConfigDict({"workers": 0, "timeout_s": 5.0, "reward": "hybrid"})

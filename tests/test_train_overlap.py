@@ -131,7 +131,7 @@ def test_two_steps_off_policy_split_and_resume(tmp_path):
     [
         ({"mesh.rollout_devices": 8}, "leaves no training device"),
         ({**SPLIT, "mesh.rollout_devices": 3, "mesh.fsdp": 2}, "cannot use the 5 training devices"),
-        ({"mesh.rollout_devices": 4, "mesh.data": 8}, "needs 8 devices; 4 are left"),
+        ({"mesh.rollout_devices": 4, "mesh.data": 8}, r"= 8 devices\) cannot use the 4 training"),
     ],
 )
 def test_bad_split_is_one_config_error_before_compiling(tmp_path, overrides, message):

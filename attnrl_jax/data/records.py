@@ -96,7 +96,7 @@ def load_problems(
         shown = "\n  ".join(bad[:_SHOWN])
         more = f"\n  ... and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
         raise DataError(
-            f"{spec.label}: {len(bad)} malformed rows of {rows} (set on_error='skip' to skip "
+            f"{spec.label}: {len(bad)} malformed rows of {rows} (set data.on_error=skip to skip "
             f"them):\n  {shown}{more}"
         )
     if bad:

@@ -2,17 +2,28 @@
 
 A checkpoint holds three items:
 - "state": params and optimizer state (sharded arrays, restored with their shardings);
-- "host": JSON: step, seed, ADS running mean, prompt batch size, data stream position, and the
-  pending off-policy Generation's prompts and version;
+- "host": JSON: step, seed, ADS running mean, prompt batch size, data stream position, skipped
+  non-finite steps, the pending off-policy Generation's prompts and version, and the integrity
+  record;
 - "pending": numpy arrays of the pending Generation (responses, behaviour log-probs, entropies
   unless no scoring forward ran, FCI); absent on-policy or before the first step.
 Random numbers are a function of (seed, step) (see trainer.py), so the seed and step are the RNG
 state. Orbax writes each step into a temporary directory and renames it when complete, and lists
 only finalised steps, so a checkpoint interrupted mid-write is never loaded.
+
+Every save records checksums of every array and of the host JSON (rl/integrity.py) in
+host["integrity"]; restore verifies them and refuses non-finite state. `restore_latest` walks
+back from the newest step: a damaged one is reported in one line and set aside as
+<step>.damaged (kept for inspection, no longer listed), the newest intact one is restored; when
+none is intact it stops with a DamagedCheckpoint naming every step and why, and renames nothing.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +33,8 @@ import orbax.checkpoint as ocp
 
 from attnrl_jax.data.pipeline import Prompt
 from attnrl_jax.data.records import Problem
+from attnrl_jax.rl import integrity
+from attnrl_jax.rl.integrity import DamagedCheckpoint
 from attnrl_jax.rl.rollout import Generation
 from attnrl_jax.scoring.steps import SeparatorIds, segment_steps
 
@@ -29,9 +42,16 @@ from attnrl_jax.scoring.steps import SeparatorIds, segment_steps
 class Checkpointer:
     """Saves and restores training state under <workdir>/checkpoints."""
 
-    def __init__(self, workdir: str | Path, keep: int = 2):
+    def __init__(self, workdir: str | Path, keep: int = 2, read_only: bool = False):
         self.directory = Path(workdir).absolute() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        if not read_only:
+            check_writable(self.directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else keep,
+            save_interval_steps=0 if read_only else 1,
+            create=not read_only,
+            read_only=read_only,
+        )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "host", "pending")
         )
@@ -40,6 +60,8 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, host: dict, pending: dict | None) -> None:
+        """Saves step `step` with its integrity record; refuses non-finite state."""
+        host = dict(host, integrity=integrity.record(state, host, pending))
         items = {"state": ocp.args.StandardSave(state), "host": ocp.args.JsonSave(host)}
         if pending is not None:
             items["pending"] = ocp.args.StandardSave(pending)
@@ -47,36 +69,166 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def restore(self, step: int, state_target: Any) -> tuple[Any, dict, dict | None]:
-        """(state with the target's shardings, host JSON, pending arrays or None).
+        """(state with the target's shardings, host JSON, pending arrays or None), verified; a
+        DamagedCheckpoint when a file is unreadable or a checksum or finiteness check fails.
 
         The host item says whether a pending batch was saved (host["pending"] is not None).
         """
-        host = self.manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))
+        host = self._read(step, "host state", ocp.args.Composite(host=ocp.args.JsonRestore()))
         host = host["host"]
+        if not isinstance(host, dict) or "step" not in host:
+            raise DamagedCheckpoint(step, self.directory, "the host state is not a training state")
+        self._check(step, integrity.verify_host(host))
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_target)
         items = {"state": ocp.args.StandardRestore(abstract)}
         if host.get("pending") is not None:
             items["pending"] = ocp.args.StandardRestore()
-        out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return out["state"], host, out["pending"] if "pending" in items else None
+        out = self._read(step, "arrays", ocp.args.Composite(**items))
+        self._check(step, integrity.verify_state(out["state"], host))
+        pending = out["pending"] if "pending" in items else None
+        self._check(step, integrity.verify_pending(pending, host))
+        return out["state"], host, pending
+
+    def restore_latest(self, state_target: Any) -> tuple[int, Any, dict, dict | None] | None:
+        """(step, state, host, pending) of the newest intact checkpoint, or None when there is
+        none at all. Damaged newer steps are reported and set aside (module docstring)."""
+        damaged = []
+        for step in reversed(self.all_steps()):
+            problem = None
+            try:
+                restored = self.restore(step, state_target)
+            except DamagedCheckpoint as e:
+                problem = e
+            if not _agreed(problem is None):  # a file one host could not read damages it for all
+                problem = problem or DamagedCheckpoint(
+                    step, self.directory, "another process could not read or verify it"
+                )
+                say(f"{problem}; trying the previous checkpoint")
+                damaged.append(problem)
+                continue
+            for e in damaged:
+                self._set_aside(e.step)
+            if damaged:
+                say(f"resuming from the newest intact checkpoint, step {step}")
+            return (step, *restored)
+        if damaged:
+            reasons = "; ".join(f"step {e.step}: {e.reason}" for e in damaged)
+            raise DamagedCheckpoint(
+                damaged[0].step,
+                self.directory,
+                reasons,
+                message=f"no intact checkpoint in {self.directory} ({reasons}); move the folder "
+                "away to start afresh",
+            )
+        return None
+
+    def _read(self, step: int, what: str, args) -> dict:
+        try:
+            return self.manager.restore(step, args=args)
+        except DamagedCheckpoint:
+            raise
+        except Exception as e:  # tensorstore/orbax: a missing, truncated or garbled file
+            _quiet_failed_reads(self.directory)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise DamagedCheckpoint(
+                step, self.directory, f"cannot read its {what} ({first})"
+            ) from e
+
+    def _check(self, step: int, problem: str | None) -> None:
+        if problem is not None:
+            raise DamagedCheckpoint(step, self.directory, problem)
+
+    def _set_aside(self, step: int) -> None:
+        """Renames a damaged step to <step>.damaged[-n] (process 0; all processes reload)."""
+        if jax.process_index() == 0:
+            target = self.directory / f"{step}.damaged"
+            n = 1
+            while target.exists():
+                target, n = self.directory / f"{step}.damaged-{n}", n + 1
+            os.replace(self.directory / str(step), target)
+            say(f"set the damaged checkpoint aside as {target}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"attnrl_jax set aside {step}")
+        self.manager.reload()
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     def restore_params(self, step: int, params_target: Any) -> Any:
         """Only the params of checkpoint `step`, with params_target's shapes and shardings (no
-        optimizer state: what export needs)."""
+        optimizer state: what export needs), verified like `restore`."""
+        host = self._read(step, "host state", ocp.args.Composite(host=ocp.args.JsonRestore()))
+        host = host["host"]
+        self._check(step, integrity.verify_host(host))
         abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, params_target)}
         restore = ocp.args.PyTreeRestore(
             abstract,
             restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
             partial_restore=True,
         )
-        out = self.manager.restore(step, args=ocp.args.Composite(state=restore))
-        return out["state"]["params"]
+        out = self._read(step, "params", ocp.args.Composite(state=restore))
+        params = out["state"]["params"]
+        self._check(step, integrity.verify_state({"params": params}, host, prefix="['params']"))
+        return params
 
     def close(self) -> None:
         self.manager.close()
+
+
+class _FailedReads(logging.Filter):
+    """Drops asyncio's "... exception was never retrieved" reports of reads under `directory`:
+    orbax leaves the other reads of a damaged checkpoint as tasks nobody awaits, and asyncio
+    would print each (hundreds of lines) when they are collected. The damage was already
+    reported in one line."""
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = str(directory)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        first = message.split("\n", 1)[0]
+        return not ("exception was never retrieved" in first and self.directory in message)
+
+
+def _quiet_failed_reads(directory: Path) -> None:
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _FailedReads) and f.directory == str(directory) for f in log.filters):
+        log.addFilter(_FailedReads(directory))
+
+
+def _agreed(ok: bool) -> bool:
+    """Whether `ok` holds on every process (one all-gather with several)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)], np.int32))))
+
+
+def say(message: str) -> None:
+    """One line on stderr from process 0 (every process reaches the same verdicts)."""
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def check_writable(directory: Path) -> None:
+    """Creates `directory` and writes and removes a probe file: an unwritable folder fails here
+    in one line, not minutes later inside orbax."""
+    probe = directory / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # no JAX call:
+    # this runs before jax.distributed starts
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointDirError(f"{directory} is not writable ({e.strerror or e})") from None
+
+
+class CheckpointDirError(OSError):
+    """The checkpoints folder cannot be created or written."""
 
 
 # ----- the pending Generation (off-policy: sampled, not yet trained on) -----

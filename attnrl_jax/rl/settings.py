@@ -21,12 +21,17 @@ The Table 2 ablations: `method=treerl branching=atb` (TreeRL + ATB), `ads.attent
 
 from __future__ import annotations
 
+import math
+import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import ml_collections
 
 from attnrl_jax.eval.benchmarks import parse_benchmarks
+from attnrl_jax.models.config import DTYPES
 from attnrl_jax.rewards.math import REWARDS
 from attnrl_jax.rl.ads import ADSConfig
 from attnrl_jax.rl.loss import LossConfig
@@ -36,9 +41,17 @@ from attnrl_jax.scoring.fci import FciConfig
 from attnrl_jax.scoring.forward import ScoringConfig
 from attnrl_jax.scoring.selection import SELECTORS, SelectionConfig
 
+DTYPE_NAMES = tuple(sorted(DTYPES))
+
 
 class ConfigError(ValueError):
     """A config value or combination the trainer cannot run."""
+
+
+NONFINITE_POLICIES = ("stop", "skip")
+ON_ERROR = ("raise", "skip")
+# A URL scheme (gs://, s3://, http://): object storage is not supported (see _check_paths).
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,7 @@ class DataSection:
     max_prompt_len: int
     num_demo_problems: int
     demo_seed: int
+    on_error: str = "raise"  # a malformed row: "raise" (one line per row) | "skip" (counted)
 
     @property
     def demo(self) -> bool:
@@ -134,6 +148,9 @@ class TrainSection:
     minibatch_problems: int
     microbatch_rows: int
     initial_prompt_batch_size: int
+    # a step with non-finite loss / gradient norm / new state: "stop" the run naming the step,
+    # or "skip" the update (keeps a second copy of the state on the devices; counted in metrics)
+    on_nonfinite: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -320,8 +337,24 @@ def _check_run(errors: list[str], c: ml_collections.ConfigDict) -> None:
             f"mesh.rollout_devices={n} must be a multiple of mesh.tensor={tensor} (the rollout "
             "mesh keeps the tensor axis)",
         )
-    _check(errors, c.checkpoint.every >= 1, "checkpoint.every must be >= 1")
-    _check(errors, c.checkpoint.keep >= 1, "checkpoint.keep must be >= 1")
+    _check(
+        errors, c.checkpoint.every >= 1, f"checkpoint.every must be >= 1, got {c.checkpoint.every}"
+    )
+    _check(errors, c.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {c.checkpoint.keep}")
+    _check(
+        errors, c.model.dtype in DTYPE_NAMES, f"model.dtype={c.model.dtype!r}; known: {DTYPE_NAMES}"
+    )
+    _check(errors, c.data.max_prompt_len >= 1, "data.max_prompt_len must be >= 1")
+    if c.data.train_files.strip() == "demo":
+        _check(errors, c.data.num_demo_problems >= 1, "data.num_demo_problems must be >= 1")
+    _check(
+        errors, c.data.on_error in ON_ERROR, f"data.on_error={c.data.on_error!r}; known: {ON_ERROR}"
+    )
+    _check(
+        errors,
+        c.train.on_nonfinite in NONFINITE_POLICIES,
+        f"train.on_nonfinite={c.train.on_nonfinite!r}; known: {NONFINITE_POLICIES}",
+    )
     _check(errors, c.grading.workers >= 0, "grading.workers must be >= 0 (0: in-process)")
     _check(errors, c.grading.timeout_s > 0, "grading.timeout_s must be > 0")
     _check(
@@ -360,6 +393,12 @@ def _check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) ->
     # Greedy sampling (0) would give G identical responses and no defined behaviour policy.
     _check(errors, r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
     _check(errors, r.sampler_rows >= 1, "rollout.sampler_rows must be >= 1")
+    _check(errors, 0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    _check(errors, r.score_batch_size >= 1, "rollout.score_batch_size must be >= 1")
+    o = c.optim
+    _check(errors, o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    for name in ("b1", "b2"):
+        _check(errors, 0 <= o[name] < 1, f"optim.{name} must be in [0, 1), got {o[name]}")
     _check(
         errors,
         r.fci_source in FCI_SOURCES,
@@ -368,6 +407,16 @@ def _check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) ->
     mb, micro = c.train.minibatch_problems, c.train.microbatch_rows
     _check(errors, mb >= 1 and micro >= 1, "train.minibatch_problems and microbatch_rows >= 1")
     _check(errors, c.train.packing in PACKINGS, f"train.packing must be one of {PACKINGS}")
+    sizes = {axis: c.mesh[axis] for axis in ("data", "fsdp", "tensor")}
+    for axis, size in sizes.items():
+        _check(
+            errors,
+            size == -1 or size >= 1,
+            f"mesh.{axis} must be >= 1 or -1 (the rest), got {size}",
+        )
+    _check(
+        errors, list(sizes.values()).count(-1) <= 1, f"at most one mesh axis may be -1, got {sizes}"
+    )
     shards = max(c.mesh.data, 1) * max(c.mesh.fsdp, 1)
     if c.mesh.data > 0 and c.mesh.fsdp > 0:
         _check(
@@ -377,24 +426,60 @@ def _check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) ->
         )
 
 
+def _check_paths(errors: list[str], c: ml_collections.ConfigDict) -> None:
+    """Paths, lexically (no file is touched): no object-storage URL, no workdir in the model."""
+    named = [("workdir", c.workdir), ("model.path", c.model.path)]
+    named += [("data.train_files", f) for f in _split(c.data.train_files)]
+    named += [("eval.files", f) for f in _split(c.eval.files)]
+    for key, value in named:
+        _check(
+            errors,
+            not _URL.match(value),
+            f"{key}={value!r}: object-storage URLs (gs://, s3://) are not supported yet; mount "
+            "the bucket (e.g. gcsfuse) and pass the mounted path",
+        )
+    if c.workdir and c.model.path and not _URL.match(c.workdir):
+        work, model = Path(os.path.abspath(c.workdir)), Path(os.path.abspath(c.model.path))
+        _check(
+            errors,
+            not (work == model or model in work.parents),
+            f"workdir={c.workdir!r} is inside model.path={c.model.path!r}: training would write "
+            "into the model directory; use a separate workdir",
+        )
+
+
+def _build(errors: list[str], make: Callable):
+    """make() or None, its ValueError/TypeError added to errors (so every section is checked)."""
+    try:
+        return make()
+    except (ValueError, TypeError) as e:
+        errors.append(str(e))
+        return None
+
+
 def resolve(config: ml_collections.ConfigDict) -> RunConfig:
     """The validated RunConfig of `config`; a ConfigError naming every problem otherwise."""
     errors: list[str] = []
     c = config
     _check_run(errors, c)
+    _check_paths(errors, c)
     _check_eval(errors, c.eval)
     method = _method(errors, c)
     _check_rollout_and_train(errors, c)
     _check_distributed(errors, c.distributed)
     r = c.rollout
-    try:
-        selection = SelectionConfig(
+    selection = _build(
+        errors,
+        lambda: SelectionConfig(
             method=method.branching,
             rho=r.rho,
             num_points=r.num_points,
             min_token_distance=r.min_token_distance,
-        )
-        ads = ADSConfig(
+        ),
+    )
+    ads = _build(
+        errors,
+        lambda: ADSConfig(
             expansion="exp" if method.difficulty_expansion else "uniform",
             rounding=c.ads.rounding,
             all_correct="attention" if method.attention_filter else "always",
@@ -402,24 +487,30 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
             target_sequences=c.ads.target_sequences,
             batch_lambda=c.ads.batch_lambda,
             initial_prompt_batch_size=c.ads.initial_prompt_batch_size,
-        )
-        scoring = ScoringConfig(
+        ),
+    )
+    scoring = _build(
+        errors,
+        lambda: ScoringConfig(
             with_fci=method.needs_fci,
             fci=FciConfig(c.fci.pooling, c.fci.delta, c.fci.aggregation),
-        )
-        loss = LossConfig(
+        ),
+    )
+    loss = _build(
+        errors,
+        lambda: LossConfig(
             clip_low=c.loss.clip_low,
             clip_high=c.loss.clip_high,
             dual_clip=c.loss.dual_clip or None,
             kl_weight=c.loss.kl_weight,
             entropy_weight=c.loss.entropy_weight,
             tis_cap=c.loss.tis_cap,
-        )
-        optim = OptimConfig(**c.optim.to_dict())
+        ),
+    )
+    optim = _build(errors, lambda: OptimConfig(**c.optim.to_dict()))
+    if optim is not None:
         _check(errors, optim.learning_rate > 0, "optim.learning_rate must be > 0")
         _check(errors, optim.grad_clip > 0, "optim.grad_clip must be > 0")
-    except (ValueError, TypeError) as e:
-        errors.append(str(e))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     rollout = RolloutConfig(
@@ -466,6 +557,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
             max_prompt_len=c.data.max_prompt_len,
             num_demo_problems=c.data.num_demo_problems,
             demo_seed=c.data.demo_seed,
+            on_error=c.data.on_error,
         ),
         rollout=rollout,
         loss=loss,
@@ -475,6 +567,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
             minibatch_problems=c.train.minibatch_problems,
             microbatch_rows=c.train.microbatch_rows,
             initial_prompt_batch_size=c.ads.initial_prompt_batch_size,
+            on_nonfinite=c.train.on_nonfinite,
         ),
         mesh=MeshSection(**c.mesh.to_dict()),
         checkpoint=CheckpointSection(every=c.checkpoint.every, keep=c.checkpoint.keep),
@@ -523,31 +616,61 @@ def split_devices(run: RunConfig) -> tuple[list, list]:
     return [d for d in devices if d not in rollout], rollout
 
 
+def check_files(run: RunConfig) -> None:
+    """What resolve cannot check without touching files: the model directory and the data and
+    evaluation files exist. One ConfigError listing every problem."""
+    errors = []
+    if run.model.path:
+        path = Path(run.model.path)
+        _check(
+            errors,
+            (path / "config.json").is_file(),
+            f"model.path={run.model.path!r}: "
+            + ("no config.json there (not a Hugging Face model directory)" if path.is_dir()
+               else "no such directory"),
+        )  # fmt: skip
+    files = () if run.data.demo else run.data.train_files
+    for key, names in (("data.train_files", files), ("eval.files", run.eval.files)):
+        for name in names:
+            _check(errors, Path(name).exists(), f"{key}: {name}: no such file or directory")
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def mesh_sizes(run: RunConfig, num_devices: int) -> dict[str, int]:
+    """run.mesh's axes with a -1 axis resolved against num_devices (the training devices); a
+    ConfigError when the sizes do not fit them (the message gives the configured and resolved
+    sizes)."""
+    sizes = run.mesh.axes
+    known = math.prod(s for s in sizes.values() if s != -1)
+    resolved = {k: (num_devices // known if v == -1 else v) for k, v in sizes.items()}
+    product = math.prod(resolved.values())
+    fits = product == num_devices if -1 in sizes.values() else product <= num_devices
+    if not fits or min(resolved.values()) < 1:
+        split = run.mesh.rollout_devices
+        where = (
+            f"{num_devices} training devices (mesh.rollout_devices={split})"
+            if split
+            else f"{num_devices} visible devices"
+        )
+        shown = " x ".join(f"{k}={v}" for k, v in sizes.items())
+        got = " x ".join(f"{k}={v}" for k, v in resolved.items())
+        raise ConfigError(
+            f"mesh {shown} (resolved: {got} = {product} devices) cannot use the {where}"
+        )
+    return resolved
+
+
 def build_mesh(run: RunConfig):
     """The training mesh of run.mesh over the training devices (split_devices); a ConfigError for
-    a multi-host mesh that leaves devices out or axes the training group cannot hold."""
+    sizes that do not fit them, or a multi-host mesh that leaves devices out."""
     import jax
-    import numpy as np
 
     from attnrl_jax.models import make_mesh
 
-    sizes = run.mesh.axes
     train, rollout = split_devices(run)
-    fixed = int(np.prod([s for s in sizes.values() if s > 0]))
-    if -1 in sizes.values():
-        devices = train
-        if len(train) % fixed:
-            raise ConfigError(
-                f"mesh {sizes} cannot use the {len(train)} training devices "
-                f"(mesh.rollout_devices={run.mesh.rollout_devices}): {fixed} does not divide it"
-            )
-    elif fixed > len(train):
-        raise ConfigError(
-            f"mesh {sizes} needs {fixed} devices; {len(train)} are left for training "
-            f"(mesh.rollout_devices={run.mesh.rollout_devices})"
-        )
-    else:
-        devices = train[:fixed]
+    sizes = mesh_sizes(run, len(train))
+    devices = train[: math.prod(sizes.values())]
     if jax.process_count() > 1 and len(devices) + len(rollout) != jax.device_count():
         raise ConfigError(
             f"mesh {sizes} uses {len(devices)} of the {jax.device_count()} devices of "

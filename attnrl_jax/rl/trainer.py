@@ -70,17 +70,28 @@ from jax.sharding import Mesh
 from attnrl_jax.data.pipeline import Prompt, PromptStream
 from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import optimizer_state_shardings, param_shardings
-from attnrl_jax.rl import ads
+from attnrl_jax.rl import ads, integrity
 from attnrl_jax.rl import rollout as ro
 from attnrl_jax.rl import step_plan as sp
-from attnrl_jax.rl.checkpoint import Checkpointer, generation_from_state, generation_to_state
+from attnrl_jax.rl.checkpoint import (
+    Checkpointer,
+    check_writable,
+    generation_from_state,
+    generation_to_state,
+    say,
+)
+from attnrl_jax.rl.interrupt import SignalGuard
 from attnrl_jax.rl.phases import PhaseTimes
-from attnrl_jax.rl.settings import RunConfig, build_rollout_mesh
+from attnrl_jax.rl.settings import ConfigError, RunConfig, build_rollout_mesh
 from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
 from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine, place_on
 from attnrl_jax.sampling.eos import eos_ids as model_eos_ids
 from attnrl_jax.scoring.steps import SeparatorIds
+
+
+class NonFiniteStep(RuntimeError):
+    """A step whose loss, gradient norm or new params/optimizer state are not finite."""
 
 
 class Trainer:
@@ -113,7 +124,7 @@ class Trainer:
         self.run_config, self.cfg, self.mesh = run, model_cfg, mesh
         self.tokenizer, self.reward_fn, self.seed = tokenizer, reward_fn, run.seed
         self.workdir = Path(run.workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.workdir)
         self.log_fn = log_fn
         self.on_close = on_close  # e.g. stops a grading worker pool
         self.eval_fn = eval_fn
@@ -156,10 +167,12 @@ class Trainer:
         self.prompt_batch_size = run.train.initial_prompt_batch_size
         # sampled, not yet trained on: batches step .. step + k - 1, oldest first
         self.pending: list[ro.Generation] = []
+        self.nonfinite_skips = 0  # steps not applied (train.on_nonfinite="skip")
         self.checkpointer = Checkpointer(self.workdir, run.checkpoint.keep)
-        latest = self.checkpointer.latest_step()
-        if latest is not None:
-            self.restore(latest)  # hands the engine the restored params
+        restored = self.checkpointer.restore_latest(self._state())
+        if restored is not None:
+            self._load(*restored)  # hands the engine the restored params
+            say(f"resumed from step {self.step} ({self.checkpointer.directory / str(self.step)})")
         else:
             self._push_weights(self.step)
 
@@ -186,6 +199,7 @@ class Trainer:
             "prompt_batch_size": self.prompt_batch_size,
             "stream": self.stream.get_state(),
             "pending": None,
+            "nonfinite_skips": self.nonfinite_skips,
         }
         arrays = None
         if self.pending:  # a list of metadata; arrays under "0", "1", ... (oldest first)
@@ -194,22 +208,33 @@ class Trainer:
             host["pending"] = [meta for _, meta in states]
         return host, arrays
 
+    def _state(self) -> dict:
+        return {"params": self.params, "opt_state": self.opt_state}
+
     def save(self) -> None:
         host, arrays = self._host_state()
-        state = {"params": self.params, "opt_state": self.opt_state}
-        self.checkpointer.save(self.step, state, host, arrays)
+        self.checkpointer.save(self.step, self._state(), host, arrays)
 
     def restore(self, step: int) -> None:
-        """Loads checkpoint `step` (params, optimizer, stream, pending Generation)."""
-        target = {"params": self.params, "opt_state": self.opt_state}
-        state, host, arrays = self.checkpointer.restore(step, target)
+        """Loads checkpoint `step` (params, optimizer, stream, pending Generation), verified."""
+        self._load(step, *self.checkpointer.restore(step, self._state()))
+
+    def restore_point(self) -> str:
+        """Where a re-run of the same command resumes: one phrase for messages."""
+        latest = self.checkpointer.all_steps()
+        if not latest:
+            return f"no checkpoint yet in {self.checkpointer.directory}; a re-run starts afresh"
+        return f"checkpoint step {latest[-1]} in {self.checkpointer.directory}"
+
+    def _load(self, step: int, state, host: dict, arrays) -> None:
         if host["seed"] != self.seed:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint in {self.workdir} was trained with seed {host['seed']}, "
                 f"this run has seed {self.seed}; use the same seed or a new workdir"
             )
         self.params, self.opt_state = state["params"], state["opt_state"]
         self.step = int(host["step"])
+        self.nonfinite_skips = int(host.get("nonfinite_skips", 0))
         self.filter_state = ads.AttentionFilterState(host["filter_total"], host["filter_count"])
         self.prompt_batch_size = int(host["prompt_batch_size"])
         self.stream.set_state(host["stream"])
@@ -358,6 +383,7 @@ class Trainer:
                 f"step {self.step + 1} trains on tokens {staleness} updates stale; "
                 f"off_policy_steps={lag} allows {lag}"
             )
+        backup = self._backup_for_skip()
         with timer("update", "update"):
             r = self.run_config
             self.params, self.opt_state, update_metrics = run_updates(
@@ -370,6 +396,7 @@ class Trainer:
             )  # fmt: skip
             jax.block_until_ready(self.params)  # the span ends when the update has run
         next_gen = next_gen.result()  # the rollout group is done with theta_s
+        update_metrics = self._guard_nonfinite(update_metrics, backup)
         self._push_weights(self.step + 1)
         # "update": the policy's own share
         timer["update"] -= timer.get("reference", 0.0) + timer.get("proximal", 0.0)
@@ -407,6 +434,38 @@ class Trainer:
         metrics["time_step"] = time.perf_counter() - start
         return metrics
 
+    # ----- non-finite guard (train.on_nonfinite) -----
+
+    def _backup_for_skip(self):
+        """A copy of (params, opt_state) to fall back on when a step may be skipped: the update
+        donates the old buffers. Costs one more copy of the state in device memory."""
+        if self.run_config.train.on_nonfinite != "skip":
+            return None
+        return jax.tree.map(jnp.copy, (self.params, self.opt_state))
+
+    def _guard_nonfinite(self, update_metrics: dict, backup) -> dict:
+        """The update's metrics when loss, gradient norm and the new state are finite. Otherwise
+        the step is not applied: "stop" raises NonFiniteStep naming the step (nothing of it is
+        saved), "skip" puts the backup back, counts the skip and blanks the loss metrics."""
+        values = {k: v for k, v in update_metrics.items() if isinstance(v, float)}
+        bad = sorted(k for k, v in values.items() if not np.isfinite(v))
+        if not bad and not integrity.all_finite(self._state()):
+            bad = ["params/optimizer state"]
+        if not bad:
+            return {**update_metrics, "nonfinite_skips": self.nonfinite_skips}
+        what = ", ".join(f"{k}={values[k]}" if k in values else k for k in bad)
+        if backup is None:
+            raise NonFiniteStep(
+                f"step {self.step + 1}: non-finite {what}; the update was not applied and not "
+                f"saved ({self.restore_point()}); lower optim.learning_rate, check the rewards, "
+                "or set train.on_nonfinite=skip"
+            )
+        self.params, self.opt_state = backup
+        self.nonfinite_skips += 1
+        say(f"step {self.step + 1}: non-finite {what}; the update was skipped")
+        blank = dict.fromkeys(values)
+        return {**update_metrics, **blank, "nonfinite_skips": self.nonfinite_skips}
+
     # ----- loop -----
 
     def run(self, total_steps: int | None = None, progress: bool | None = None) -> list[dict]:
@@ -422,7 +481,8 @@ class Trainer:
             total=total_steps, initial=self.step, disable=not (progress and primary), desc="train"
         )
         path = self.workdir / "metrics.jsonl"
-        with open(path, "a") if primary else contextlib.nullcontext() as f:
+        guard = SignalGuard()
+        with guard, open(path, "a") if primary else contextlib.nullcontext() as f:
             while self.step < total_steps:
                 metrics = self.train_step()
                 if self._eval_due(total_steps):
@@ -438,7 +498,8 @@ class Trainer:
                 bar.set_postfix(reward=f"{metrics['reward']:.3f}", valid=metrics["valid_ratio"])
                 every = self.run_config.checkpoint.every
                 if self.step % every == 0 or self.step == total_steps:
-                    self.save()
+                    with guard.saving():  # a signal now waits for the save to complete
+                        self.save()
                 out.append(metrics)
         bar.close()
         return out
