@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> Path:
         source = c.initial_model_dir
         if not (source / "config.json").is_file():
             raise ExportError(f"{source}: the initial model is gone (it gives the architecture)")
-        model = load_pretrained(source, dtype=c.model.dtype, mesh=build_mesh(c))
+        model = load_pretrained(
+            source, dtype=c.model.dtype, mesh=build_mesh(c), param_dtype=c.model.param_dtype
+        )
         params = checkpointer.restore_params(step, model.params())
     finally:
         checkpointer.close()

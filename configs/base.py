@@ -25,7 +25,11 @@ def get_config() -> ConfigDict:
         {
             "path": "",
             "require_path": False,
+            # dtype: computation (activations, matmuls); param_dtype: the stored weights and
+            # AdamW moments. bfloat16 + float32 is mixed precision: softmax, norm and log-prob
+            # statistics and gradient sums stay float32 either way.
             "dtype": "float32",
+            "param_dtype": "float32",
             # recompute each layer's activations in the backward pass: the memory plan
             # (BENCHMARKS.md) needs it for 8k-token sequences of the 1.5B and 7B models
             "remat": False,

@@ -27,6 +27,7 @@ from pathlib import Path
 import ml_collections
 
 from attnrl_jax.eval.benchmarks import parse_benchmarks
+from attnrl_jax.models.config import DTYPES
 from attnrl_jax.rl.ads import ADSConfig
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.packed import PACKINGS
@@ -107,7 +108,8 @@ class TinyModel:
 @dataclass(frozen=True)
 class ModelSection:
     path: str  # a Hugging Face directory; "" builds the tiny random model
-    dtype: str
+    dtype: str  # computation (activations, matmuls)
+    param_dtype: str  # storage of the weights the optimizer updates (and of AdamW's moments)
     remat: bool
     tiny: TinyModel
 
@@ -282,6 +284,15 @@ def _check_run(errors: list[str], c: ml_collections.ConfigDict) -> None:
         "model.path is required by this config (a local Hugging Face checkpoint directory, "
         "e.g. --config.model.path=/models/DeepSeek-R1-Distill-Qwen-1.5B; nothing is downloaded)",
     )
+    for key in ("dtype", "param_dtype"):
+        value = c.model[key]
+        _check(errors, value in DTYPES, f"model.{key}={value!r}; known: {sorted(DTYPES)}")
+    _check(
+        errors,
+        c.model.param_dtype == "float32" or c.model.param_dtype == c.model.dtype,
+        "model.param_dtype below float32 only with the same dtype (AdamW at lr 1e-6 rounds "
+        "most updates of bfloat16 weights away)",
+    )
     _check(
         errors,
         bool(c.data.train_files.strip()),
@@ -409,6 +420,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
         model=ModelSection(
             path=m.path,
             dtype=m.dtype,
+            param_dtype=m.param_dtype,
             remat=m.remat,
             tiny=TinyModel(
                 hidden_size=m.tiny_hidden_size,
