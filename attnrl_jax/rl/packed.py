@@ -27,7 +27,6 @@ only the prompt, so per-response rows cost one extra prompt copy per response an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -266,7 +265,7 @@ def row_logprobs(
     source = jnp.take_along_axis(hidden, batch["predictor"][:, :, None], axis=1)
     shifted = jnp.roll(source, -1, axis=1)
     valid = batch["nodes"] >= 0
-    chunk = math.gcd(valid.size, logit_chunk)
+    chunk = largest_divisor(length, logit_chunk)
     return token_logprobs_entropies(params, shifted, batch["tokens"], valid, chunk, temperature)
 
 
