@@ -105,7 +105,11 @@ def get_config() -> ConfigDict:
     )
     # packing: "tree" (each shared token once, weight = path count) or "path" (one row per path).
     # One optimizer update per minibatch_problems problems; micro-batches of microbatch_rows rows.
-    c.train = ConfigDict({"packing": "path", "minibatch_problems": 32, "microbatch_rows": 8})
+    # tokens_per_row > 0: padding-free rows, whole rows packed side by side into rows of this
+    # many tokens (at least the longest row); 0: every row padded to the step's longest.
+    c.train = ConfigDict(
+        {"packing": "path", "minibatch_problems": 32, "microbatch_rows": 8, "tokens_per_row": 0}
+    )
     c.grading = ConfigDict({"workers": 0, "timeout_s": 5.0})  # workers 0: grade in-process
     c.checkpoint = ConfigDict({"every": 10, "keep": 2})
     c.log = ConfigDict({"progress": True, "tensorboard": True})

@@ -134,6 +134,7 @@ class TrainSection:
     packing: str
     minibatch_problems: int
     microbatch_rows: int
+    tokens_per_row: int  # > 0: padding-free rows of this many tokens (rl/packed.pack_rows)
     initial_prompt_batch_size: int
 
 
@@ -342,6 +343,13 @@ def _check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) ->
     mb, micro = c.train.minibatch_problems, c.train.microbatch_rows
     _check(errors, mb >= 1 and micro >= 1, "train.minibatch_problems and microbatch_rows >= 1")
     _check(errors, c.train.packing in PACKINGS, f"train.packing must be one of {PACKINGS}")
+    budget, longest = c.train.tokens_per_row, c.data.max_prompt_len + r.max_new_tokens
+    _check(
+        errors,
+        budget == 0 or budget >= longest,
+        f"train.tokens_per_row={budget} is smaller than the longest sequence "
+        f"(data.max_prompt_len + rollout.max_new_tokens = {longest}); 0 turns packing off",
+    )
     shards = max(c.mesh.data, 1) * max(c.mesh.fsdp, 1)
     if c.mesh.data > 0 and c.mesh.fsdp > 0:
         _check(
@@ -447,6 +455,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
             packing=c.train.packing,
             minibatch_problems=c.train.minibatch_problems,
             microbatch_rows=c.train.microbatch_rows,
+            tokens_per_row=c.train.tokens_per_row,
             initial_prompt_batch_size=c.ads.initial_prompt_batch_size,
         ),
         mesh=MeshSection(**c.mesh.to_dict()),
