@@ -32,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.aot_phases import PHASES, Shapes, plan_phases  # noqa: E402
+from attnrl_jax.aot_phases import PHASES, Shapes, plan_phases  # noqa: E402
 from benchmarks.aot_targets import (  # noqa: E402
     CHIP_HBM_GIB,
     GIB,

@@ -10,7 +10,7 @@ from attnrl_jax.models.lm import logical_axes, param_shapes
 from attnrl_jax.rl.settings import OptimConfig
 from attnrl_jax.rl.update import DEVICE_FIELDS
 from benchmarks import memory_plan
-from benchmarks.aot_phases import (
+from attnrl_jax.aot_phases import (
     PHASES,
     Shapes,
     abstract_opt_state,

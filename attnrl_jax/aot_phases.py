@@ -254,13 +254,15 @@ def plan_phases(
     phases: tuple[str, ...] = PHASES,
     loss: LossConfig | None = None,
     optim: OptimConfig | None = None,
+    scoring: ScoringConfig | None = None,
 ) -> list[PhaseMemory]:
     """Compiles the requested phases for `mesh` and returns their per-device memory.
 
     Training phases chain real shardings: the reference log-probs and gradients passed on are
     abstract arrays with the output shardings of the compiled program that produced them (when
     the compiler refused that program: the batch's and the params' shardings instead).
-    loss / optim: default LossConfig() / OptimConfig() (KL weight 0.001: reference params held).
+    loss / optim / scoring: default LossConfig() / OptimConfig() / ScoringConfig() (KL weight
+    0.001: reference params held).
     """
     unknown = set(phases) - set(PHASES)
     if unknown:
@@ -293,7 +295,7 @@ def plan_phases(
             _rows(mesh, (b,), jnp.int32),  # think_end_step
             temperature,
         )
-        statics = dict(cfg=cfg, config=ScoringConfig(), max_steps=shapes.score_steps)
+        statics = dict(cfg=cfg, config=scoring or ScoringConfig(), max_steps=shapes.score_steps)
         out.append(_analyse("score", score_batch, args, statics, o_bytes + ref_bytes)[0])
 
     if not {"reference", "grad", "accumulate", "apply"} & set(phases):
