@@ -203,7 +203,8 @@ def resolve_for_plan(config):
     try:
         return resolve(config)
     except ConfigError as e:
-        raise PlanError(f"the config cannot be built: {e}") from e
+        problems = " ".join(str(e).split())  # one line
+        raise PlanError(f"the config cannot be built: {problems}") from e
 
 
 def plan(config, topology: Topology) -> list[dict]:
@@ -212,8 +213,8 @@ def plan(config, topology: Topology) -> list[dict]:
     from attnrl_jax.models.sharding import make_mesh
     from attnrl_jax.sampling.buckets import Buckets
 
+    data, fsdp, tensor = mesh_sizes(config.mesh.to_dict(), topology.num_devices)
     run = resolve_for_plan(config)
-    data, fsdp, tensor = mesh_sizes(run.mesh.__dict__, topology.num_devices)
     shapes = plan_shapes(run, data * fsdp)
     cfg = model_config(run)
     devices = topology_devices(topology)
