@@ -21,6 +21,7 @@ from their shapes and shardings, so `total` is the device memory the phase needs
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import time
@@ -49,6 +50,7 @@ from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
 from attnrl_jax.sampling.token_choice import SamplingParams
 from attnrl_jax.scoring.forward import ScoringConfig, score_batch
 
+LOG = logging.getLogger(__name__)
 PHASES = ("sample", "score", "reference", "grad", "accumulate", "apply")
 
 
@@ -230,6 +232,7 @@ def _analyse(phase: str, fn, args: tuple, kwargs: dict, resident: int):
         memory.exhausted, memory.message = True, str(e).splitlines()[0][:300]
         return memory, None
     seconds = time.perf_counter() - start
+    LOG.info("compiled %s in %.0f s", phase, seconds)
     stats = compiled.memory_analysis()
     memory = PhaseMemory(
         phase=phase,

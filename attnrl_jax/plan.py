@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -265,6 +266,16 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _log_progress() -> None:
+    """Each compiled phase and its compile time on stderr (TPU programs take minutes)."""
+    log = logging.getLogger("attnrl_jax.aot_phases")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("plan: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the plan; returns the exit status (0 all fit, 1 some do not, 2 bad input)."""
     from absl import flags
@@ -288,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise PlanError("--config=FILE[:VARIANT] and --topology=... are required")
         topology = parse_topology(values.topology, values.hbm_gib)
         prepare_backend(topology)
+        _log_progress()
         rows = plan(values.config, topology)
     except (PlanError, flags.Error, AttributeError) as e:  # AttributeError: unknown config key
         print(f"plan: {e}", file=sys.stderr)

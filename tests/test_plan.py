@@ -25,8 +25,8 @@ SMALL = [
     "--config.mesh.data=-1",
     "--config.rollout.sampler_rows=8",
     "--config.train.microbatch_rows=8",
-    "--config.data.max_prompt_len=192",  # + 64 new tokens: 256-token sequences
-    "--config.train.tokens_per_row=256",
+    "--config.data.max_prompt_len=192",  # + 2 x 64 new tokens: rows of up to 320 tokens
+    "--config.train.tokens_per_row=384",
 ]
 KEYS = {"phase", "topology", "mesh", "args_gib", "temp_gib", "resident_gib", "total_gib"}
 KEYS |= {"hbm_gib", "fits", "outputs_gib"}

@@ -343,12 +343,17 @@ def _check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) ->
     mb, micro = c.train.minibatch_problems, c.train.microbatch_rows
     _check(errors, mb >= 1 and micro >= 1, "train.minibatch_problems and microbatch_rows >= 1")
     _check(errors, c.train.packing in PACKINGS, f"train.packing must be one of {PACKINGS}")
-    budget, longest = c.train.tokens_per_row, c.data.max_prompt_len + r.max_new_tokens
+    # The longest row: a path through a continuation holds the prompt, a response prefix and
+    # a continuation of up to max_new_tokens each; a tree-packed row every segment once.
+    spec = METHODS.get(c.method)
+    tree = spec is None or spec.tree
+    news = 1 + (r.num_points * r.continuations if c.train.packing == "tree" else 1) if tree else 1
+    budget, longest = c.train.tokens_per_row, c.data.max_prompt_len + news * r.max_new_tokens
     _check(
         errors,
         budget == 0 or budget >= longest,
-        f"train.tokens_per_row={budget} is smaller than the longest sequence "
-        f"(data.max_prompt_len + rollout.max_new_tokens = {longest}); 0 turns packing off",
+        f"train.tokens_per_row={budget} is smaller than the longest row (data.max_prompt_len + "
+        f"{news} x rollout.max_new_tokens = {longest}); 0 turns packing off",
     )
     shards = max(c.mesh.data, 1) * max(c.mesh.fsdp, 1)
     if c.mesh.data > 0 and c.mesh.fsdp > 0:
