@@ -77,12 +77,11 @@ def main() -> None:
     longest_tree = max(len(r.tokens) for r in make_rows(probs, "tree"))
     results = [
         slots(probs, "path", 32, 8, 0),
-        slots(probs, "path", 32, 8, 9216),
-        slots(probs, "path", 32, 8, 16384),
+        slots(probs, "path", 32, 8, 17408),  # the paper config: 1,024 + 2 x 8,192
         slots(probs, "tree", 32, 8, 0),
         slots(probs, "tree", 32, 8, row_length_bucket(longest_tree)),
     ]
-    path, tree = results[0]["row_tokens"], results[3]["row_tokens"]
+    path, tree = results[0]["row_tokens"], results[2]["row_tokens"]
     out = {"problems": args.problems, "seed": args.seed, "rows": results,
            "tree_vs_path_tokens": tree / path, "longest_tree_row": longest_tree}  # fmt: skip
     print(json.dumps(out, indent=1))

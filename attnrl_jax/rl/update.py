@@ -9,7 +9,13 @@ the mini-batch whatever the micro-batching (and equal for both packings).
 
 Static shapes: micro-batches are [microbatch_rows, T] with T a power of two (>= 16) and node
 slots K a power of two (>= 8), fixed per step from its longest row, so a run compiles one program
-per (T, K) pair it meets and nothing after warm-up.
+per (T, K) pair it meets and nothing after warm-up. With `tokens_per_row` (padding-free rows,
+packed.pack_rows) T is that budget on every step and rows are packed side by side into it, so
+computed slots stay close to real tokens (the "slot_ratio" metric).
+
+Numerics: gradients come back in the parameters' dtype, so float32 master weights (model
+param_dtype) give float32 gradient sums across micro-batches and float32 AdamW moments, whatever
+the computation dtype.
 """
 
 from __future__ import annotations
