@@ -228,6 +228,7 @@ def _analyse(phase: str, fn, args: tuple, kwargs: dict, resident: int):
         if temps is None:
             raise
         seconds = time.perf_counter() - start
+        LOG.info("%s does not fit the device (refused by the compiler, %.0f s)", phase, seconds)
         memory = PhaseMemory(phase, per_device_bytes(args), 0, 0, temps, 0, resident, seconds)
         memory.exhausted, memory.message = True, str(e).splitlines()[0][:300]
         return memory, None

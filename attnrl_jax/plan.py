@@ -274,6 +274,7 @@ def _log_progress() -> None:
         handler.setFormatter(logging.Formatter("plan: %(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
