@@ -12,9 +12,12 @@ RyanLiu112/AttnRL) loads with --config.data.problem_key=prompt.0.content
 --config.data.answer_key=reward_model.ground_truth; any JSONL/JSON/Parquet file with
 problem/answer fields works too, e.g. the Hendrycks MATH train split.
 
-The mesh is the only thing that changes between machines: fsdp over every device here (1.5B in
-float32 with AdamW is about 24 GB of state, sharded); `--config.mesh.fsdp=1` runs on one device.
-mesh, microbatch_rows and sampler_rows are provisional (to be set from the memory plan).
+The mesh is the only thing that changes between machines. mesh, microbatch_rows and
+sampler_rows come from `python -m attnrl_jax.plan --config=configs/r1_distill_qwen_1p5b.py
+--config.model.path=DIR --topology=v5e:2x4` (BENCHMARKS.md, "Will the paper runs fit?"): fsdp x
+tensor 2 with one 17,408-token row per data x fsdp shard trains on v5e-8 (11.3 GiB per chip);
+sampling continuations with 64 rows does not fit v5e-8 yet (36 GiB: the sampler prefills whole
+16k-token contexts), so run the plan for your slice before renting it.
 """
 
 import os
