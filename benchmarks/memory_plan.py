@@ -1,7 +1,8 @@
 """Ahead-of-time memory plan: per-device memory of the sampler, scoring and training programs
 for DeepSeek-R1-Distill-Qwen-1.5B / -7B shapes on TPU slices and 8-GPU nodes, from compiled
-executables (nothing runs; weights exist only as shapes). See aot_phases.py for what each phase
-compiles and how `total` is counted, aot_targets.py for the models and targets.
+executables (nothing runs; weights exist only as shapes). See attnrl_jax/aot_phases.py for
+what each phase compiles and how `total` is counted, aot_targets.py for the models and targets.
+For one config on one slice, `python -m attnrl_jax.plan` (README, "Will my run fit?").
 
 TPU targets need libtpu, kept out of the default install. In a separate virtual environment:
 
