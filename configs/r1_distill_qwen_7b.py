@@ -9,7 +9,7 @@ parallelism (Qwen2-7B has 28 query and 4 key/value heads, so tensor may be 1, 2 
 `python -m attnrl_jax.plan --config=configs/r1_distill_qwen_7b.py --config.model.path=DIR
 --topology=v6e:2x4` (BENCHMARKS.md, "Will the paper runs fit?"): at 1x2x4 with 2-row
 micro-batches of 17,408 tokens the train step needs 34.5 GiB per chip, so it does not fit
-v6e-8 (32 GiB) yet; 95-GiB v5p chips or 80 GB GPUs hold it. Run the plan for your slice.
+v6e-8 (32 GiB) yet (what would close the gap: BENCHMARKS.md). Run the plan for your slice.
 """
 
 import os

@@ -13,8 +13,9 @@ import pytest
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import init_params
 from attnrl_jax.rl.loss import LossConfig
-from attnrl_jax.rl.settings import OptimConfig
+from attnrl_jax.rl.settings import ConfigError, OptimConfig, resolve
 from attnrl_jax.rl.update import make_optimizer, run_updates
+from tests.test_configs import fill_required, load
 from tests.test_rl_packed import random_problem
 
 F32 = ModelConfig(
@@ -89,3 +90,12 @@ def test_mixed_updates_stay_close_to_float32_updates(runs):
     # the loss is computed from bf16 logits of float32 statistics: within bf16 rounding
     assert metrics["loss"] == pytest.approx(ref_metrics["loss"], abs=2e-2)
     assert metrics["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=2e-2)
+
+
+def test_config_keys_select_mixed_precision_and_refuse_low_precision_masters():
+    run = resolve(fill_required(load("r1_distill_qwen_1p5b.py")))
+    assert (run.model.dtype, run.model.param_dtype) == ("bfloat16", "float32")
+    c = fill_required(load("demo.py"))
+    c.model.param_dtype = "bfloat16"
+    with pytest.raises(ConfigError, match="model.param_dtype below float32"):
+        resolve(c)
