@@ -2,6 +2,7 @@
 that add up; bad input is refused in one line before anything compiles."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -30,6 +31,17 @@ SMALL = [
 ]
 KEYS = {"phase", "topology", "mesh", "args_gib", "temp_gib", "resident_gib", "total_gib"}
 KEYS |= {"hbm_gib", "fits", "outputs_gib"}
+
+
+@pytest.fixture(autouse=True)
+def _keep_environment(monkeypatch):
+    """main() sets the backend's environment variables; undo that after each test."""
+    for key in ("XLA_FLAGS", "JAX_PLATFORMS", "TPU_SKIP_MDS_QUERY", "TPU_ACCELERATOR_TYPE"):
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
 
 
 @pytest.fixture(scope="module")
