@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> Path:
         source = c.initial_model_dir
         if not (source / "config.json").is_file():
             raise ExportError(f"{source}: the initial model is gone (it gives the architecture)")
-        model = load_pretrained(source, dtype=c.model.dtype, mesh=build_mesh(c))
+        model = load_pretrained(
+            source, dtype=c.model.dtype, mesh=build_mesh(c), param_dtype=c.model.param_dtype
+        )
         step, params = _restore_intact(checkpointer, steps if args.step is None else [args.step],
                                        model.params())  # fmt: skip
     finally:

@@ -53,7 +53,7 @@ def tiny_model_config(run: RunConfig, vocab_size: int):
         tie_word_embeddings=True,
         max_position_embeddings=4096,
         dtype=run.model.dtype,
-        param_dtype=run.model.dtype,
+        param_dtype=run.model.param_dtype,
     )
 
 
@@ -179,7 +179,7 @@ def build_trainer(
     mesh = build_mesh(c)
     path = initial_model_path(c)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = load_pretrained(path, dtype=c.model.dtype, mesh=mesh)
+    model = load_pretrained(path, dtype=c.model.dtype, mesh=mesh, param_dtype=c.model.param_dtype)
     model_cfg = dataclasses.replace(model.config, remat=c.model.remat)
     eos = eos_ids(tokenizer, path, model.config.eos_token_id)
     prompts = load_prompts(c, tokenizer)

@@ -1,7 +1,8 @@
 """Ahead-of-time memory plan: per-device memory of the sampler, scoring and training programs
 for DeepSeek-R1-Distill-Qwen-1.5B / -7B shapes on TPU slices and 8-GPU nodes, from compiled
-executables (nothing runs; weights exist only as shapes). See aot_phases.py for what each phase
-compiles and how `total` is counted, aot_targets.py for the models and targets.
+executables (nothing runs; weights exist only as shapes). See attnrl_jax/aot_phases.py for
+what each phase compiles and how `total` is counted, aot_targets.py for the models and targets.
+For one config on one slice, `python -m attnrl_jax.plan` (README, "Will my run fit?").
 
 TPU targets need libtpu, kept out of the default install. In a separate virtual environment:
 
@@ -32,7 +33,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.aot_phases import PHASES, Shapes, plan_phases  # noqa: E402
+from attnrl_jax.aot_phases import PHASES, Shapes, plan_phases  # noqa: E402
 from benchmarks.aot_targets import (  # noqa: E402
     CHIP_HBM_GIB,
     GIB,

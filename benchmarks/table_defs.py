@@ -551,6 +551,45 @@ def memory_plan(data: dict) -> str:
     return memory_plan_table(data["rows"])
 
 
+# --- python -m attnrl_jax.plan (fit_plan.json: one entry per run of the CLI) ----------------------
+
+
+def fit_plan(data: dict) -> str:
+    """One line per phase of each `attnrl_jax.plan` run: GiB per device against 90% of HBM."""
+    lines = [
+        "| run | topology | mesh | phase | args | temps | resident | total GiB/device "
+        "| HBM | fits |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for run in data["runs"]:
+        for r in run["rows"]:
+            total = _bold(_f(r["total_gib"], 2), not r["fits"])
+            lines.append(
+                f"| {run['name']} | {r['topology']} | {r['mesh']} | {r['phase']} "
+                f"| {r['args_gib']:.2f} | {r['temp_gib']:.2f} | {r['resident_gib']:.2f} "
+                f"| {total} | {r['hbm_gib']:.0f} "
+                f"| {'yes' if r['fits'] else '**no**'} |"
+            )
+    return "\n".join(lines)
+
+
+# --- slot_ratio.py --------------------------------------------------------------------------------
+
+
+def slot_ratio(data: dict) -> str:
+    lines = [
+        "| packing | tokens_per_row | row tokens | computed slots | slots / row tokens |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in data["rows"]:
+        budget = f"{r['tokens_per_row']:,}" if r["tokens_per_row"] else "0 (pad to longest)"
+        lines.append(
+            f"| {r['packing']} | {budget} | {r['row_tokens']:,} | {r['slots']:,} "
+            f"| {_bold(_x(r['slot_ratio']), bool(r['tokens_per_row']))} |"
+        )
+    return "\n".join(lines)
+
+
 # marker name -> Table; BENCHMARKS.md's order
 def demo(summary: dict) -> str:
     """`make demo`'s summary.json."""
@@ -644,6 +683,8 @@ TABLES: dict[str, Table] = {
     "step_breakdown": Table(("step_breakdown_cpu.json",), step_breakdown),
     "step_overlap": Table(("step_overlap_cpu.json",), step_overlap),
     "memory_plan": Table(("memory_plan.json",), memory_plan),
+    "fit_plan": Table(("fit_plan.json",), fit_plan),
+    "slot_ratio": Table(("slot_ratio.json",), slot_ratio),
     "sample_efficiency": Table(("sample_efficiency.json",), sample_efficiency),
     "demo": Table(("demo_summary.json",), demo),
     "branching": Table(("cpu_branching.json",), branching),

@@ -32,7 +32,11 @@ def get_config() -> ConfigDict:
         {
             "path": "",
             "require_path": False,
+            # dtype: computation (activations, matmuls); param_dtype: the stored weights and
+            # AdamW moments. bfloat16 + float32 is mixed precision: softmax, norm and log-prob
+            # statistics and gradient sums stay float32 either way.
             "dtype": "float32",
+            "param_dtype": "float32",
             # recompute each layer's activations in the backward pass: the memory plan
             # (BENCHMARKS.md) needs it for 8k-token sequences of the 1.5B and 7B models
             "remat": False,
@@ -116,12 +120,15 @@ def get_config() -> ConfigDict:
     # on_nonfinite: a step whose loss, gradient norm or new state is not finite is never applied
     # nor saved; "stop" ends the run naming the step, "skip" drops the update and goes on (a
     # second copy of params + optimizer state on the devices; counted as nonfinite_skips).
+    # tokens_per_row > 0: padding-free rows, whole rows packed side by side into rows of this
+    # many tokens (at least the longest row); 0: every row padded to the step's longest.
     c.train = ConfigDict(
         {
             "packing": "path",
             "minibatch_problems": 32,
             "microbatch_rows": 8,
             "on_nonfinite": "stop",
+            "tokens_per_row": 0,
         }
     )
     # workers 0: grade in-process. reward: "hybrid" (the authors' order: last box, then

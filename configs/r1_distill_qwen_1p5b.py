@@ -12,9 +12,12 @@ RyanLiu112/AttnRL) loads with --config.data.problem_key=prompt.0.content
 --config.data.answer_key=reward_model.ground_truth; any JSONL/JSON/Parquet file with
 problem/answer fields works too, e.g. the Hendrycks MATH train split.
 
-The mesh is the only thing that changes between machines: fsdp over every device here (1.5B in
-float32 with AdamW is about 24 GB of state, sharded); `--config.mesh.fsdp=1` runs on one device.
-mesh, microbatch_rows and sampler_rows are provisional (to be set from the memory plan).
+The mesh is the only thing that changes between machines. mesh, microbatch_rows and
+sampler_rows come from `python -m attnrl_jax.plan --config=configs/r1_distill_qwen_1p5b.py
+--config.model.path=DIR --topology=v5e:2x4` (BENCHMARKS.md, "Will the paper runs fit?"): fsdp x
+tensor 2 with one 17,408-token row per data x fsdp shard trains on v5e-8 (11.3 GiB per chip);
+sampling continuations with 64 rows does not fit v5e-8 yet (36 GiB: the sampler prefills whole
+16k-token contexts), so run the plan for your slice before renting it.
 
 Device split: shared (mesh.rollout_devices=0), as the paper ran (8 H100, sampling and training
 one after the other, the one-step off-policy merged call). With devices to spare, e.g. 16:
@@ -37,8 +40,11 @@ def paper_config():
     c = base_config()
     c.model.path = ""
     c.model.require_path = True
-    # float32: AdamW at lr 1e-6 needs float32 weights (bfloat16 would round most updates away).
-    c.model.dtype = "float32"
+    # Mixed precision: bfloat16 matmuls over float32 master weights and AdamW moments (AdamW
+    # at lr 1e-6 needs float32 weights: bfloat16 would round most updates away); softmax, norm
+    # and log-prob statistics and gradient sums run in float32 (tests/test_mixed_precision.py).
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
     c.model.remat = True  # the train step does not fit at 8k tokens without it (BENCHMARKS.md)
     c.data.train_files = ""  # required: DeepScaleR-style problem/answer data (see above)
     c.data.max_prompt_len = 1024
@@ -49,8 +55,10 @@ def paper_config():
     c.ads.update(target_sequences=64 * 6 * 5, initial_prompt_batch_size=64, batch_lambda=0.9)
     c.loss.update(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_weight=0.001)
     c.optim.update(learning_rate=1e-6, weight_decay=0.01, grad_clip=1.0)
-    c.train.update(minibatch_problems=32, microbatch_rows=8)  # microbatch: provisional
-    c.rollout.sampler_rows = 256  # provisional
+    # Padding-free rows of 17,408 tokens: the longest path row (1,024-token prompt, a response
+    # prefix and a continuation of up to 8,192 tokens each); one row per data x fsdp shard.
+    c.train.update(minibatch_problems=32, microbatch_rows=4, tokens_per_row=17408)
+    c.rollout.sampler_rows = 64
     c.grading.update(workers=8, timeout_s=5.0)  # a hard per-answer deadline (rewards/batch.py)
     c.checkpoint.update(every=10, keep=2)
     # The paper's evaluation (avg@32 AIME24/25, AMC23; avg@4 the rest; temperature 0.6, 32k
@@ -62,6 +70,6 @@ def paper_config():
 
 def get_config(variant: str = ""):
     c = paper_config()
-    c.mesh.update(data=1, fsdp=-1, tensor=1)  # provisional: FSDP over all devices
+    c.mesh.update(data=1, fsdp=-1, tensor=2)  # 1x4x2 on 8 chips (python -m attnrl_jax.plan)
     c.mesh.rollout_devices = 0  # shared devices, as the paper (see the module docstring)
     return apply_variant(c, variant)

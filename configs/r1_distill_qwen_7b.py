@@ -5,9 +5,11 @@
         --config.data.train_files=/data/deepscaler.parquet --config.workdir=/runs/attnrl_7b
 
 See configs/r1_distill_qwen_1p5b.py for the data and the variants. The mesh adds tensor
-parallelism (Qwen2-7B has 28 query and 4 key/value heads, so tensor may be 1, 2 or 4): on 8
-chips (v5p-16, 8 x H100) the memory plan's train step fits at 1x2x4 with 2-row micro-batches
-(about 32 GiB per device with bf16 parameters, BENCHMARKS.md).
+parallelism (Qwen2-7B has 28 query and 4 key/value heads, so tensor may be 1, 2 or 4).
+`python -m attnrl_jax.plan --config=configs/r1_distill_qwen_7b.py --config.model.path=DIR
+--topology=v6e:2x4` (BENCHMARKS.md, "Will the paper runs fit?"): at 1x2x4 with 2-row
+micro-batches of 17,408 tokens the train step needs 34.5 GiB per chip, so it does not fit
+v6e-8 (32 GiB) yet (what would close the gap: BENCHMARKS.md). Run the plan for your slice.
 
 Device split: shared (mesh.rollout_devices=0): the train step needs all 8 chips. With 16,
 `--config.mesh.rollout_devices=8` gives the rollout group 8 (rows over data 2, heads over

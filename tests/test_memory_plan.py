@@ -6,11 +6,7 @@ import math
 
 import pytest
 
-from attnrl_jax.models.lm import logical_axes, param_shapes
-from attnrl_jax.rl.settings import OptimConfig
-from attnrl_jax.rl.update import DEVICE_FIELDS
-from benchmarks import memory_plan
-from benchmarks.aot_phases import (
+from attnrl_jax.aot_phases import (
     PHASES,
     Shapes,
     abstract_opt_state,
@@ -20,6 +16,10 @@ from benchmarks.aot_phases import (
     plan_phases,
     train_batch,
 )
+from attnrl_jax.models.lm import logical_axes, param_shapes
+from attnrl_jax.rl.settings import OptimConfig
+from attnrl_jax.rl.update import DEVICE_FIELDS
+from benchmarks import memory_plan
 from benchmarks.aot_targets import TARGETS, model_config, parse_mesh, target_devices, target_mesh
 
 TINY = Shapes(

@@ -27,7 +27,6 @@ only the prompt, so per-response rows cost one extra prompt copy per response an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -200,6 +199,63 @@ def make_rows(problems: Sequence[TrainProblem], packing: str) -> list[Row]:
     return [row for problem in problems for row in build(problem)]
 
 
+def pack_rows(rows: Sequence[Row], tokens_per_row: int) -> list[Row]:
+    """Padding-free rows: whole rows placed first-fit by decreasing length into rows of at most
+    `tokens_per_row` tokens. Each packed row is a forest: the rows' node ids are offset so they
+    stay DFS-numbered, the ancestor matrix is block-diagonal, so no token sees another row's
+    tokens, and positions and predictors are each row's own (log-probs are unchanged).
+    """
+    longest = max((len(r.tokens) for r in rows), default=0)
+    if longest > tokens_per_row:
+        raise ValueError(
+            f"train.tokens_per_row={tokens_per_row} is smaller than the longest row ({longest} "
+            "tokens: prompt + every segment of one response's tree)"
+        )
+    bins: list[list[Row]] = []
+    room: list[int] = []
+    for row in sorted(rows, key=lambda r: -len(r.tokens)):
+        n = len(row.tokens)
+        i = next((i for i, free in enumerate(room) if free >= n), len(bins))
+        if i == len(bins):
+            bins.append([])
+            room.append(tokens_per_row)
+        bins[i].append(row)
+        room[i] -= n
+    return [_concat(b) for b in bins]
+
+
+def _concat(rows: Sequence[Row]) -> Row:
+    """One row holding `rows` side by side (see pack_rows)."""
+    if len(rows) == 1:
+        return rows[0]
+    sizes = [len(r.tokens) for r in rows]
+    counts = [len(r.ancestors) for r in rows]
+    token_at, node_at = np.cumsum([0, *sizes[:-1]]), np.cumsum([0, *counts[:-1]])
+    k = sum(counts)
+    ancestors = np.zeros((k, k), bool)
+    for r, start in zip(rows, node_at, strict=True):
+        ancestors[start : start + len(r.ancestors), start : start + len(r.ancestors)] = r.ancestors
+
+    def cat(name, offsets=None):
+        parts = [getattr(r, name) for r in rows]
+        dtype = parts[0].dtype
+        if offsets is not None:
+            parts = [p + o for p, o in zip(parts, offsets, strict=True)]
+        return np.concatenate(parts).astype(dtype)
+
+    return Row(
+        tokens=cat("tokens"),
+        positions=cat("positions"),
+        nodes=cat("nodes", node_at),
+        predictor=cat("predictor", token_at),
+        ancestors=ancestors,
+        weights=cat("weights"),
+        advantages=cat("advantages"),
+        old_logp=cat("old_logp"),
+        versions=cat("versions"),
+    )
+
+
 def stack_rows(rows: Sequence[Row], num_rows: int, length: int, max_nodes: int) -> dict:
     """Right-pad rows to [num_rows, length] (ancestors [num_rows, K, K]); padding has node -1
     and weight 0. Padding rows are all padding."""
@@ -266,7 +322,7 @@ def row_logprobs(
     source = jnp.take_along_axis(hidden, batch["predictor"][:, :, None], axis=1)
     shifted = jnp.roll(source, -1, axis=1)
     valid = batch["nodes"] >= 0
-    chunk = math.gcd(valid.size, logit_chunk)
+    chunk = largest_divisor(length, logit_chunk)
     return token_logprobs_entropies(params, shifted, batch["tokens"], valid, chunk, temperature)
 
 

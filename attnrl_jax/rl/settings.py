@@ -121,7 +121,8 @@ class TinyModel:
 @dataclass(frozen=True)
 class ModelSection:
     path: str  # a Hugging Face directory; "" builds the tiny random model
-    dtype: str
+    dtype: str  # computation (activations, matmuls)
+    param_dtype: str  # storage of the weights the optimizer updates (and of AdamW's moments)
     remat: bool
     tiny: TinyModel
 
@@ -147,6 +148,7 @@ class TrainSection:
     packing: str
     minibatch_problems: int
     microbatch_rows: int
+    tokens_per_row: int  # > 0: padding-free rows of this many tokens (rl/packed.pack_rows)
     initial_prompt_batch_size: int
     # a step with non-finite loss / gradient norm / new state: "stop" the run naming the step,
     # or "skip" the update (keeps a second copy of the state on the devices; counted in metrics)
@@ -317,6 +319,15 @@ def _check_run(errors: list[str], c: ml_collections.ConfigDict) -> None:
         "model.path is required by this config (a local Hugging Face checkpoint directory, "
         "e.g. --config.model.path=/models/DeepSeek-R1-Distill-Qwen-1.5B; nothing is downloaded)",
     )
+    for key in ("dtype", "param_dtype"):
+        value = c.model[key]
+        _check(errors, value in DTYPES, f"model.{key}={value!r}; known: {sorted(DTYPES)}")
+    _check(
+        errors,
+        c.model.param_dtype == "float32" or c.model.param_dtype == c.model.dtype,
+        "model.param_dtype below float32 only with the same dtype (AdamW at lr 1e-6 rounds "
+        "most updates of bfloat16 weights away)",
+    )
     _check(
         errors,
         bool(c.data.train_files.strip()),
@@ -416,6 +427,18 @@ def _check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) ->
         )
     _check(
         errors, list(sizes.values()).count(-1) <= 1, f"at most one mesh axis may be -1, got {sizes}"
+    )
+    # The longest row: a path through a continuation holds the prompt, a response prefix and
+    # a continuation of up to max_new_tokens each; a tree-packed row every segment once.
+    spec = METHODS.get(c.method)
+    tree = spec is None or spec.tree
+    news = 1 + (r.num_points * r.continuations if c.train.packing == "tree" else 1) if tree else 1
+    budget, longest = c.train.tokens_per_row, c.data.max_prompt_len + news * r.max_new_tokens
+    _check(
+        errors,
+        budget == 0 or budget >= longest,
+        f"train.tokens_per_row={budget} is smaller than the longest row (data.max_prompt_len + "
+        f"{news} x rollout.max_new_tokens = {longest}); 0 turns packing off",
     )
     shards = max(c.mesh.data, 1) * max(c.mesh.fsdp, 1)
     if c.mesh.data > 0 and c.mesh.fsdp > 0:
@@ -539,6 +562,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
         model=ModelSection(
             path=m.path,
             dtype=m.dtype,
+            param_dtype=m.param_dtype,
             remat=m.remat,
             tiny=TinyModel(
                 hidden_size=m.tiny_hidden_size,
@@ -566,6 +590,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
             packing=c.train.packing,
             minibatch_problems=c.train.minibatch_problems,
             microbatch_rows=c.train.microbatch_rows,
+            tokens_per_row=c.train.tokens_per_row,
             initial_prompt_batch_size=c.ads.initial_prompt_batch_size,
             on_nonfinite=c.train.on_nonfinite,
         ),

@@ -391,6 +391,7 @@ class Trainer:
                 cfg=self.cfg, loss=r.loss, optim=r.optim, packing=r.train.packing,
                 minibatch_problems=r.train.minibatch_problems,
                 microbatch_rows=r.train.microbatch_rows,
+                tokens_per_row=r.train.tokens_per_row,
                 temperature=self.rollout.temperature,
                 mesh=None if self.mesh.devices.size == 1 else self.mesh, timer=timer,
             )  # fmt: skip

@@ -14,7 +14,13 @@ policy. The same pass measures how far they are apart (AGREEMENT metrics).
 
 Static shapes: micro-batches are [microbatch_rows, T] with T a power of two (>= 16) and node
 slots K a power of two (>= 8), fixed per step from its longest row, so a run compiles one program
-per (T, K) pair it meets and nothing after warm-up.
+per (T, K) pair it meets and nothing after warm-up. With `tokens_per_row` (padding-free rows,
+packed.pack_rows) T is that budget on every step and rows are packed side by side into it, so
+computed slots stay close to real tokens (the "slot_ratio" metric).
+
+Numerics: gradients come back in the parameters' dtype, so float32 master weights (model
+param_dtype) give float32 gradient sums across micro-batches and float32 AdamW moments, whatever
+the computation dtype.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import batch_sharding
 from attnrl_jax.models.transfer import to_device
 from attnrl_jax.rl.loss import LossConfig, metric_names, policy_loss
-from attnrl_jax.rl.packed import TrainProblem, make_rows, row_logprobs, stack_rows
+from attnrl_jax.rl.packed import TrainProblem, make_rows, pack_rows, row_logprobs, stack_rows
 from attnrl_jax.rl.settings import OptimConfig
 
 DEVICE_FIELDS = ("tokens", "positions", "nodes", "predictor", "ancestors")
@@ -170,6 +176,7 @@ def run_updates(
     temperature: float = 1.0,
     mesh: Mesh | None = None,
     timer: Callable[[str], AbstractContextManager] | None = None,
+    tokens_per_row: int = 0,
 ):
     """One epoch over `problems`; returns (params, opt_state, metrics of the whole step).
 
@@ -177,32 +184,42 @@ def run_updates(
     and loss.metric_names: "pg_loss", "clip_frac", "kl", ...) and "grad_norm" (mean over
     updates), all None when no update ran (every problem filtered: there is no loss to report,
     and 0 would read as a measured value); "updates", "rows", "row_tokens" (tokens the model
-    processed), "trained_tokens" (the token weight sum). temperature: the sampling temperature.
+    processed), "trained_tokens" (the token weight sum), "slot_ratio" (token slots computed,
+    padding included, / row tokens). temperature: the sampling temperature. tokens_per_row > 0:
+    padding-free rows, each mini-batch's rows packed side by side into rows of that many tokens
+    (rounded up by row_length_bucket; pack_rows); 0: one row per row, padded to the longest.
     timer: `timer("reference")` wraps each reference forward (waited for, so the time is real),
     e.g. the trainer's PhaseTimes; `timer("proximal")` the proximal pass (loss.tis_cap > 0),
     which also gives the AGREEMENT metrics (keys present iff loss.tis_cap > 0).
     """
     phase = timer or (lambda name: contextlib.nullcontext())
     metrics: dict = dict.fromkeys(("loss", *metric_names(loss), "grad_norm"))
-    metrics.update(updates=0, rows=0, row_tokens=0, trained_tokens=0.0)
+    metrics.update(updates=0, rows=0, row_tokens=0, trained_tokens=0.0, slot_ratio=None)
     if loss.proximal:
         metrics.update(dict.fromkeys(AGREEMENT))
-    rows = make_rows(problems, packing)
+    row_minis = [
+        make_rows(problems[first : first + minibatch_problems], packing)
+        for first in range(0, len(problems), minibatch_problems)
+    ]
+    rows = [row for mini in row_minis for row in mini]
     if not rows:
         return params, opt_state, metrics
-    length = row_length_bucket(max(len(r.tokens) for r in rows))
-    nodes = power_of_two(max(len(r.ancestors) for r in rows), 8)
+    if tokens_per_row > 0:
+        length = row_length_bucket(tokens_per_row)
+        row_minis = [pack_rows(mini, length) for mini in row_minis]
+    else:
+        length = row_length_bucket(max(len(r.tokens) for r in rows))
+    nodes = power_of_two(max(len(r.ancestors) for mini in row_minis for r in mini), 8)
     temp = jnp.float32(temperature)
-    minis = []  # per mini-batch, its micro-batches on the device
-    for first in range(0, len(problems), minibatch_problems):
-        mini = make_rows(problems[first : first + minibatch_problems], packing)
-        minis.append(
-            [
-                _device_batch(stack_rows(mini[m : m + microbatch_rows], microbatch_rows,
-                                         length, nodes), mesh)
-                for m in range(0, len(mini), microbatch_rows)
-            ]
-        )  # fmt: skip
+    minis = [  # per mini-batch, its micro-batches on the device
+        [
+            _device_batch(stack_rows(mini[m : m + microbatch_rows], microbatch_rows, length, nodes),
+                          mesh)
+            for m in range(0, len(mini), microbatch_rows)
+        ]
+        for mini in row_minis
+    ]  # fmt: skip
+    slots = sum(len(mini) for mini in minis) * microbatch_rows * length
     prox = None
     if loss.proximal:  # every micro-batch at theta_k, before the first update changes it
         with phase("proximal"):
@@ -241,11 +258,13 @@ def run_updates(
     if tokens:
         metrics.update({k: v / tokens for k, v in sums.items()})
         metrics["grad_norm"] = float(np.mean(norms))
+    row_tokens = int(sum(len(r.tokens) for r in rows))
     metrics.update(
         updates=len(norms),
         rows=len(rows),
-        row_tokens=int(sum(len(r.tokens) for r in rows)),
+        row_tokens=row_tokens,
         trained_tokens=tokens,
+        slot_ratio=slots / row_tokens,
     )
     return params, opt_state, metrics
 

@@ -21,6 +21,7 @@ from their shapes and shardings, so `total` is the device memory the phase needs
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import time
@@ -49,6 +50,7 @@ from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
 from attnrl_jax.sampling.token_choice import SamplingParams
 from attnrl_jax.scoring.forward import ScoringConfig, score_batch
 
+LOG = logging.getLogger(__name__)
 PHASES = ("sample", "score", "reference", "grad", "accumulate", "apply")
 
 
@@ -226,10 +228,12 @@ def _analyse(phase: str, fn, args: tuple, kwargs: dict, resident: int):
         if temps is None:
             raise
         seconds = time.perf_counter() - start
+        LOG.info("%s does not fit the device (refused by the compiler, %.0f s)", phase, seconds)
         memory = PhaseMemory(phase, per_device_bytes(args), 0, 0, temps, 0, resident, seconds)
         memory.exhausted, memory.message = True, str(e).splitlines()[0][:300]
         return memory, None
     seconds = time.perf_counter() - start
+    LOG.info("compiled %s in %.0f s", phase, seconds)
     stats = compiled.memory_analysis()
     memory = PhaseMemory(
         phase=phase,
@@ -254,13 +258,15 @@ def plan_phases(
     phases: tuple[str, ...] = PHASES,
     loss: LossConfig | None = None,
     optim: OptimConfig | None = None,
+    scoring: ScoringConfig | None = None,
 ) -> list[PhaseMemory]:
     """Compiles the requested phases for `mesh` and returns their per-device memory.
 
     Training phases chain real shardings: the reference log-probs and gradients passed on are
     abstract arrays with the output shardings of the compiled program that produced them (when
     the compiler refused that program: the batch's and the params' shardings instead).
-    loss / optim: default LossConfig() / OptimConfig() (KL weight 0.001: reference params held).
+    loss / optim / scoring: default LossConfig() / OptimConfig() / ScoringConfig() (KL weight
+    0.001: reference params held).
     """
     unknown = set(phases) - set(PHASES)
     if unknown:
@@ -293,7 +299,7 @@ def plan_phases(
             _rows(mesh, (b,), jnp.int32),  # think_end_step
             temperature,
         )
-        statics = dict(cfg=cfg, config=ScoringConfig(), max_steps=shapes.score_steps)
+        statics = dict(cfg=cfg, config=scoring or ScoringConfig(), max_steps=shapes.score_steps)
         out.append(_analyse("score", score_batch, args, statics, o_bytes + ref_bytes)[0])
 
     if not {"reference", "grad", "accumulate", "apply"} & set(phases):
