@@ -669,6 +669,17 @@ def branching(rows: Rows) -> str:
     return _lines("| phase | host reference, ms | jitted, ms |", "|---|---:|---:|", out)
 
 
+# --- ab_revisions.py: two checkouts side by side ----------------------------------------------
+
+
+def ab_revisions(result: dict) -> str:
+    out = [
+        f"| {r['case']} | {_f(r['base_s'], 3)} | {_f(r['new_s'], 3)} | {_x(r['ratio'])} |"
+        for r in result["rows"]
+    ]
+    return _lines("| case | base, s | new, s | new / base |", "|---|---:|---:|---:|", out)
+
+
 TABLES: dict[str, Table] = {
     "sampler_cpu": Table(("cpu_sampler.json", "cpu_sampler_repeat.json"), sampler_cpu),
     "sampler_gpu": Table(("h200_sampler_gpu.json",), sampler_gpu),
@@ -688,4 +699,5 @@ TABLES: dict[str, Table] = {
     "sample_efficiency": Table(("sample_efficiency.json",), sample_efficiency),
     "demo": Table(("demo_summary.json",), demo),
     "branching": Table(("cpu_branching.json",), branching),
+    "ab_revisions": Table(("ab_revisions_cpu.json",), ab_revisions),
 }
