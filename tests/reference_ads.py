@@ -27,55 +27,17 @@ import jax
 import numpy as np
 from reference_tree import ProblemTree
 
-EXPANSION_MODES = ("exp", "uniform")  # difficulty-aware count, or all G (ablation)
-ALL_CORRECT_MODES = ("attention", "always")
-ZERO_ADVANTAGE_FILTERS = ("same_reward", "zero_advantage", "off")
+from attnrl_jax.rl.ads import (  # noqa: F401 (re-exported for the tests)
+    ALL_CORRECT_MODES,
+    EXPANSION_MODES,
+    ZERO_ADVANTAGE_FILTERS,
+    ADSConfig,
+)
+
+DEFAULT_CONFIG = ADSConfig()
 
 
-@dataclass(frozen=True)
-class ADSConfig:
-    """ADS settings (defaults: the published AttnRL run).
-
-    expansion: "exp" (ceil(G * exp(-c / G)) responses) or "uniform" (all G; the ablation without
-    difficulty-aware expansion). rounding: "ceil" (released code) or "round" (paper).
-    all_correct: "attention" (the attention filter) or "always" (the ablation without it).
-    zero_advantage_filter: "same_reward" (drop problems whose training paths all share one reward,
-    released code), "zero_advantage" (drop problems whose every token advantage is 0) or "off".
-    target_sequences: B', training sequences wanted per step (64 x 6 x 5). batch_lambda: weight of
-    the previous prompt batch size. initial_prompt_batch_size: prompts in the first batches.
-    row_buckets: static row counts that training batches are padded up to.
-    """
-
-    expansion: str = "exp"
-    rounding: str = "ceil"
-    all_correct: str = "attention"
-    zero_advantage_filter: str = "same_reward"
-    target_sequences: int = 1920
-    batch_lambda: float = 0.9
-    initial_prompt_batch_size: int = 64
-    row_buckets: tuple[int, ...] = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536)
-
-    def __post_init__(self):
-        choices = {
-            "expansion": EXPANSION_MODES,
-            "rounding": ("ceil", "round"),
-            "all_correct": ALL_CORRECT_MODES,
-            "zero_advantage_filter": ZERO_ADVANTAGE_FILTERS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"ADSConfig.{name}={getattr(self, name)!r}; allowed: {allowed}")
-        if not 0.0 <= self.batch_lambda <= 1.0:
-            raise ValueError(f"batch_lambda must be in [0, 1], got {self.batch_lambda}")
-        if self.target_sequences < 1 or self.initial_prompt_batch_size < 1:
-            raise ValueError("target_sequences and initial_prompt_batch_size must be >= 1")
-        if not self.row_buckets or list(self.row_buckets) != sorted(set(self.row_buckets)):
-            raise ValueError(f"row_buckets must be strictly increasing, got {self.row_buckets}")
-        if self.row_buckets[0] < 1:
-            raise ValueError("row_buckets must be positive")
-
-
-def expansion_count(num_correct: int, group_size: int, config: ADSConfig = ADSConfig()) -> int:
+def expansion_count(num_correct: int, group_size: int, config: ADSConfig = DEFAULT_CONFIG) -> int:
     """Responses to expand when `num_correct` of `group_size` (G) initial responses are correct.
 
     "exp": ceil (or round) of G * exp(-c / G), so all-wrong gives G and all-correct ceil(G / e).
@@ -90,7 +52,7 @@ def expansion_count(num_correct: int, group_size: int, config: ADSConfig = ADSCo
 
 
 def choose_expansions(
-    rewards: np.ndarray, rng: np.random.Generator, config: ADSConfig = ADSConfig()
+    rewards: np.ndarray, rng: np.random.Generator, config: ADSConfig = DEFAULT_CONFIG
 ) -> np.ndarray:
     """Indices (sorted) of the initial responses to expand, ignoring the all-correct filter.
 
@@ -152,7 +114,7 @@ def plan_expansions(
     mean_fci: np.ndarray,
     state: AttentionFilterState,
     rng: np.random.Generator,
-    config: ADSConfig = ADSConfig(),
+    config: ADSConfig = DEFAULT_CONFIG,
 ) -> tuple[AttentionFilterState, list[np.ndarray]]:
     """Which responses of each problem of a batch to expand.
 
@@ -174,7 +136,7 @@ def plan_expansions(
     return state, chosen
 
 
-def keep_problem(tree: ProblemTree, config: ADSConfig = ADSConfig()) -> bool:
+def keep_problem(tree: ProblemTree, config: ADSConfig = DEFAULT_CONFIG) -> bool:
     """Zero-advantage filter: whether a problem's training paths carry any learning signal.
 
     A problem without training paths is always dropped.
@@ -188,7 +150,9 @@ def keep_problem(tree: ProblemTree, config: ADSConfig = ADSConfig()) -> bool:
     return True
 
 
-def next_prompt_batch_size(prev: int, last_sequences: int, config: ADSConfig = ADSConfig()) -> int:
+def next_prompt_batch_size(
+    prev: int, last_sequences: int, config: ADSConfig = DEFAULT_CONFIG
+) -> int:
     """B_next = ceil((1 - lambda) * floor(B_prev * B' / B'') + lambda * B_prev).
 
     prev: B_prev, prompts in the last batch. last_sequences: B'', training sequences in the last
@@ -201,30 +165,3 @@ def next_prompt_batch_size(prev: int, last_sequences: int, config: ADSConfig = A
     lam = Fraction(repr(config.batch_lambda))
     target = (prev * config.target_sequences) // last_sequences
     return max(math.ceil((1 - lam) * target + lam * prev), 1)
-
-
-def bucket_size(n: int, buckets: tuple[int, ...]) -> int:
-    """The smallest bucket >= n; beyond the largest, the next multiple of the largest."""
-    for b in buckets:
-        if n <= b:
-            return b
-    return -(-n // buckets[-1]) * buckets[-1]
-
-
-def pad_rows(arrays: dict[str, np.ndarray], buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Pad each array's leading axis (N rows, equal for all) with zeros up to bucket_size(N).
-
-    Adds "row_weight": float32[N_pad], 1 for real rows and 0 for padding, so padded rows carry
-    zero weight (and zero advantage) in the loss while the jitted step sees a static shape.
-    """
-    sizes = {len(a) for a in arrays.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"arrays disagree on the row count: {sorted(sizes)}")
-    (n,) = sizes
-    size = bucket_size(n, buckets)
-    out = {
-        k: np.pad(np.asarray(a), [(0, size - n)] + [(0, 0)] * (np.ndim(a) - 1))
-        for k, a in arrays.items()
-    }
-    out["row_weight"] = (np.arange(size) < n).astype(np.float32)
-    return out

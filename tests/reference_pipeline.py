@@ -16,20 +16,11 @@ def host_selection_config(config):
     )
 
 
-def host_ads_config(config):
-    return ads.ADSConfig(
-        expansion=config.expansion,
-        rounding=config.rounding,
-        all_correct=config.all_correct,
-        zero_advantage_filter=config.zero_advantage_filter,
-    )
-
-
 def plan_branches(gen, rewards, state, rng, rc):
     """(branch points per response, filter state, num_filtered) as the host code planned them."""
     g, p = rc.group_size, len(gen.prompts)
     rewards = np.asarray(rewards).reshape(p, g)
-    cfg = host_ads_config(rc.ads)
+    cfg = rc.ads
     mean_fci = np.zeros(p)
     if cfg.all_correct == "attention":
         for j in range(p):
@@ -58,7 +49,7 @@ def build_problems(gen, rewards, branch_points, continuations, continuation_rewa
     """[(problem index, tree, segment log-probs)] of the kept problems and the stats tuple
     (problems, kept, sequences, mean_leaf_reward), as the host code built them."""
     g = rc.group_size
-    cfg = host_ads_config(rc.ads)
+    cfg = rc.ads
     out, leaves, leaf_sum, cursor = [], 0, 0.0, 0
     starts = np.cumsum([0] + [len(p) for p in branch_points])
     for j in range(len(gen.prompts)):

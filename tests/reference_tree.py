@@ -38,91 +38,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ORIGINAL = -1  # `branch` / `continuation` value of tokens that come from the initial response
+from attnrl_jax.rl.tree import (  # noqa: F401 (re-exported for the tests)
+    ORIGINAL,
+    Continuation,
+    ProblemTree,
+    Response,
+    Segment,
+    TrainingPath,
+)
 
 
-@dataclass(frozen=True, eq=False)
-class Continuation:
-    """A graded continuation: the sampler's tokens after the prefix response[:offset]."""
-
-    tokens: np.ndarray  # int[L]
-    reward: float
-
-
-@dataclass(frozen=True, eq=False)
-class Response:
-    """An initial response with its branch points and the continuations hanging off each.
-
-    branch_points: response-relative offsets (any order; duplicates allowed); the prefix of point i
-    is tokens[:branch_points[i]]. continuations[i]: the graded continuations from branch_points[i].
-    """
-
-    tokens: np.ndarray  # int[R]
-    reward: float
-    branch_points: tuple[int, ...] = ()
-    continuations: tuple[tuple[Continuation, ...], ...] = ()
-
-    def __post_init__(self):
-        if len(self.branch_points) != len(self.continuations):
-            raise ValueError(
-                f"{len(self.branch_points)} branch points but {len(self.continuations)} "
-                "continuation groups; need one group per branch point"
-            )
-        r = len(self.tokens)
-        bad = [b for b in self.branch_points if not 0 <= b <= r]
-        if bad:
-            raise ValueError(f"branch points {bad} outside [0, {r}] (response length {r})")
-
-
-@dataclass(frozen=True, eq=False)
-class Segment:
-    """One node of the packed tree: a contiguous run of path tokens sharing one advantage.
-
-    parent: index into ProblemTree.segments, -1 for children of the root. start: response-relative
-    position of the first token (position ids are prompt_len + start + arange(L)). Tokens come from
-    the initial response [start, start + L) when branch == -1, else they are the whole continuation
-    `continuation` of branch point `branch` (indices into the input Response's fields). May be empty
-    (a branch point at offset 0, or duplicate points with merge_duplicates=False).
-    """
-
-    response: int
-    parent: int
-    start: int
-    tokens: np.ndarray  # int32[L]
-    branch: int
-    continuation: int
-    value: float
-    path_count: int
-    advantage: float
-
-
-@dataclass(frozen=True, eq=False)
-class TrainingPath:
-    """One root-to-leaf training sequence (response tokens only, prompt excluded).
-
-    segments: indices into ProblemTree.segments, root side first. branch/continuation: the leaf
-    (-1, -1 for the response's original ending). reward: the leaf's 0/1 reward.
-    """
-
-    response: int
-    branch: int
-    continuation: int
-    segments: tuple[int, ...]
-    tokens: np.ndarray  # int32[T]
-    advantages: np.ndarray  # float32[T]
-    from_response: np.ndarray  # bool[T]; a prefix of True then the continuation's False
-    reward: float
-
-
-@dataclass(frozen=True, eq=False)
-class ProblemTree:
-    """A problem's tree: V(root), the packed segments and the per-path sequences."""
-
-    root_value: float
-    segments: tuple[Segment, ...]
-    paths: tuple[TrainingPath, ...]
-
-
+# The data types are the package's own (only the algorithm below is the former host code).
 @dataclass
 class _Node:
     """Mutable node while building; leaf statistics accumulate bottom-up."""
