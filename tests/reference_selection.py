@@ -1,7 +1,6 @@
 """REFERENCE (tests only): the former host implementation of branch selection, one response at a
 time in numpy float64. The package runs attnrl_jax.scoring.selection (jitted);
-tests/test_selection.py
-checks both agree.
+tests/test_selection.py checks both agree (on the package's SelectionConfig).
 
 Where to branch an initial response: ATB (ALGORITHM.md section 3) and the baseline selectors.
 
@@ -17,38 +16,11 @@ The rules follow the authors' released code where it is more specific than the p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
+from attnrl_jax.scoring.selection import SelectionConfig
 from attnrl_jax.scoring.steps import StepLayout
-
-
-@dataclass(frozen=True)
-class SelectionConfig:
-    """Branch-selection settings.
-
-    method: a SELECTORS name: "atb" (attention, default), "entropy", "random", "earliest", "none".
-    rho: ATB keeps steps whose FCI is in the top rho quantile. num_points: N, branch points wanted.
-    min_token_distance: ATB's minimum absolute start of a chosen step and minimum gap between chosen
-    steps, in tokens; 0 disables both.
-    """
-
-    method: str = "atb"
-    rho: float = 0.2
-    num_points: int = 2
-    min_token_distance: int = 512
-
-    def __post_init__(self):
-        if self.method not in SELECTORS:
-            raise ValueError(
-                f"unknown selection method {self.method!r}; known: {sorted(SELECTORS)}"
-            )
-        if not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
-        if self.num_points < 0 or self.min_token_distance < 0:
-            raise ValueError("num_points and min_token_distance must be >= 0")
-
 
 # (layout, fci float[>= S+1] or None, entropy float[>= R] or None, config, rng) -> offsets
 Selector = Callable[
