@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> Path:
 
     from attnrl_jax.models import load_pretrained
     from attnrl_jax.rl.checkpoint import Checkpointer
-    from attnrl_jax.rl.settings import build_mesh
+    from attnrl_jax.rl.devices import build_mesh
 
     if "://" in str(args.workdir):
         raise ExportError(f"--workdir {args.workdir}: object-storage URLs are not supported yet")

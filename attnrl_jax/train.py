@@ -34,7 +34,8 @@ import ml_collections
 import numpy as np
 
 from attnrl_jax.distributed import DistributedError, initialize
-from attnrl_jax.rl.settings import ConfigError, RunConfig, build_mesh, check_files, resolve
+from attnrl_jax.rl.devices import build_mesh
+from attnrl_jax.rl.settings import ConfigError, RunConfig, check_files, resolve
 
 
 def tiny_model_config(run: RunConfig, vocab_size: int):

@@ -26,9 +26,10 @@ from train_helpers import parity_reward, run, small_config, strip
 from attnrl_jax import export, score
 from attnrl_jax.rl import integrity
 from attnrl_jax.rl.checkpoint import CheckpointDirError, Checkpointer
+from attnrl_jax.rl.devices import mesh_sizes
 from attnrl_jax.rl.integrity import DamagedCheckpoint
 from attnrl_jax.rl.interrupt import Interrupted, SignalGuard
-from attnrl_jax.rl.settings import ConfigError, check_files, mesh_sizes, resolve
+from attnrl_jax.rl.settings import ConfigError, check_files, resolve
 from attnrl_jax.rl.trainer import NonFiniteStep
 from attnrl_jax.train import build_trainer, check_resume
 

@@ -1,31 +1,19 @@
-"""The run's configuration: an ml_collections config validated ONCE into frozen dataclasses.
+"""From an ml_collections config to a validated RunConfig (rl/run_config.py), before anything
+compiles.
 
 ml_collections is the user interface (config files, --config.key=value, FILE:VARIANT);
 `resolve(config)` checks every value and every combination it can know about without touching
 a device or a file, raises one ConfigError listing everything wrong, and otherwise returns a
 RunConfig: one tree of frozen dataclasses that every component receives. Nothing reads the
-ConfigDict after that (export reads <workdir>/config.json back through resolve).
-
-What each method means is written once, in METHODS and `Method` (ALGORITHM.md section 3 and the
-paper's Table 2):
-
-| method | branching default | ADS | tree |
-|---|---|---|---|
-| attnrl | atb | expansion count, attention filter, adaptive batch size (each a switch) | yes |
-| treerl | entropy | none: every response expanded, fixed prompt batch size | yes |
-| grpo | none | none | no: group-normalised outcome advantages |
-
-The Table 2 ablations: `method=treerl branching=atb` (TreeRL + ATB), `ads.attention_filter=False`,
-`ads.difficulty_expansion=False`.
+ConfigDict after that (export reads <workdir>/config.json back through resolve). `check_files`
+checks what needs the file system; rl/devices.py builds the meshes.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import ml_collections
@@ -37,222 +25,32 @@ from attnrl_jax.rl.ads import ADSConfig
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.packed import PACKINGS
 from attnrl_jax.rl.rollout import FCI_SOURCES, RolloutConfig
+from attnrl_jax.rl.run_config import (
+    METHODS,
+    NONFINITE_POLICIES,
+    ON_ERROR,
+    CheckpointSection,
+    ConfigError,
+    DataSection,
+    DistributedSection,
+    EvalSection,
+    GradingSection,
+    LogSection,
+    MeshSection,
+    Method,
+    ModelSection,
+    OptimConfig,
+    RunConfig,
+    TinyModel,
+    TrainSection,
+)
 from attnrl_jax.scoring.fci import FciConfig
 from attnrl_jax.scoring.forward import ScoringConfig
 from attnrl_jax.scoring.selection import SELECTORS, SelectionConfig
 
 DTYPE_NAMES = tuple(sorted(DTYPES))
-
-
-class ConfigError(ValueError):
-    """A config value or combination the trainer cannot run."""
-
-
-NONFINITE_POLICIES = ("stop", "skip")
-ON_ERROR = ("raise", "skip")
 # A URL scheme (gs://, s3://, http://): object storage is not supported (see _check_paths).
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """A method's fixed meaning: its default branching rule, whether it builds trees, whether
-    ADS (difficulty expansion, attention filter, adaptive batch size) applies."""
-
-    default_branching: str
-    tree: bool
-    ads: bool
-
-
-METHODS = {
-    "attnrl": MethodSpec(default_branching="atb", tree=True, ads=True),
-    "treerl": MethodSpec(default_branching="entropy", tree=True, ads=False),
-    "grpo": MethodSpec(default_branching="none", tree=False, ads=False),
-}
-
-
-@dataclass(frozen=True)
-class Method:
-    """The chosen method with its switches resolved: what the rollout must compute follows."""
-
-    name: str
-    branching: str  # a scoring.selection.SELECTORS name
-    difficulty_expansion: bool  # ADS switches, all False unless the method has ADS
-    attention_filter: bool
-    adaptive_batch_size: bool
-
-    @property
-    def tree(self) -> bool:
-        return METHODS[self.name].tree
-
-    @property
-    def needs_fci(self) -> bool:
-        """ATB branching and the attention filter read FCI of the initial responses."""
-        return self.branching == "atb" or self.attention_filter
-
-    @property
-    def needs_entropies(self) -> bool:
-        return self.branching == "entropy"
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """AdamW with global-norm clipping (hashable: static in the jitted update)."""
-
-    learning_rate: float = 1e-6
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    b1: float = 0.9
-    b2: float = 0.999
-
-
-@dataclass(frozen=True)
-class TinyModel:
-    """The project's tiny random Qwen2 (used when model.path is empty)."""
-
-    hidden_size: int
-    intermediate_size: int  # already resolved (0 in the config: 2 x hidden_size)
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab_size: int
-
-
-@dataclass(frozen=True)
-class ModelSection:
-    path: str  # a Hugging Face directory; "" builds the tiny random model
-    dtype: str  # computation (activations, matmuls)
-    param_dtype: str  # storage of the weights the optimizer updates (and of AdamW's moments)
-    remat: bool
-    tiny: TinyModel
-
-
-@dataclass(frozen=True)
-class DataSection:
-    train_files: tuple[str, ...]  # ("demo",) for the built-in arithmetic task
-    drop_eval_overlap: bool
-    problem_key: str
-    answer_key: str
-    max_prompt_len: int
-    num_demo_problems: int
-    demo_seed: int
-    on_error: str = "raise"  # a malformed row: "raise" (one line per row) | "skip" (counted)
-
-    @property
-    def demo(self) -> bool:
-        return self.train_files == ("demo",)
-
-
-@dataclass(frozen=True)
-class TrainSection:
-    packing: str
-    minibatch_problems: int
-    microbatch_rows: int
-    tokens_per_row: int  # > 0: padding-free rows of this many tokens (rl/packed.pack_rows)
-    initial_prompt_batch_size: int
-    # a step with non-finite loss / gradient norm / new state: "stop" the run naming the step,
-    # or "skip" the update (keeps a second copy of the state on the devices; counted in metrics)
-    on_nonfinite: str = "stop"
-
-
-@dataclass(frozen=True)
-class MeshSection:
-    """The training mesh's axes; rollout_devices > 0 gives that many devices to sampling alone
-    (its own mesh: rows over data, heads over the same tensor size) and the rest to training
-    (split_devices)."""
-
-    data: int
-    fsdp: int
-    tensor: int
-    rollout_devices: int = 0
-
-    @property
-    def axes(self) -> dict[str, int]:
-        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
-
-
-@dataclass(frozen=True)
-class CheckpointSection:
-    every: int
-    keep: int
-
-
-@dataclass(frozen=True)
-class EvalSection:
-    """Evaluation during training (0: off); benchmarks as parse_benchmarks reads them."""
-
-    every: int
-    benchmarks: str
-    files: tuple[str, ...]
-    k: int
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    num_problems: int
-
-
-@dataclass(frozen=True)
-class GradingSection:
-    workers: int  # 0: grade in-process
-    timeout_s: float
-    reward: str  # "hybrid" (the authors' order, default) or "boxed" (last box only)
-
-
-@dataclass(frozen=True)
-class LogSection:
-    progress: bool
-    tensorboard: bool
-
-
-@dataclass(frozen=True)
-class DistributedSection:
-    """distributed.initialize's keys (see attnrl_jax/distributed.py)."""
-
-    mode: str
-    coordinator_address: str
-    num_processes: int
-    process_id: int
-    port: int
-    initialization_timeout_s: float
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a training run reads, validated (see the module docstring)."""
-
-    workdir: str
-    total_steps: int
-    seed: int
-    # 0: on-policy (two sampler calls per step); k >= 1: batch s + k's initial responses are
-    # sampled with theta_s (with batch s's continuations), so they are k updates stale when
-    # trained on; 1 is the paper's one-step off-policy
-    off_policy_steps: int
-    method: Method
-    model: ModelSection
-    data: DataSection
-    rollout: RolloutConfig  # eos_ids are filled in by the trainer (sampling/eos.py)
-    loss: LossConfig
-    optim: OptimConfig
-    train: TrainSection
-    mesh: MeshSection
-    checkpoint: CheckpointSection
-    eval: EvalSection
-    grading: GradingSection
-    log: LogSection
-    distributed: DistributedSection
-
-    @property
-    def off_policy(self) -> bool:
-        return self.off_policy_steps > 0
-
-    @property
-    def initial_model_dir(self) -> Path:
-        """The Hugging Face directory training starts from: model.path, or the tiny random
-        model that training writes to <workdir>/initial_model."""
-        return Path(self.model.path) if self.model.path else Path(self.workdir) / "initial_model"
 
 
 def _check(errors: list[str], ok: bool, message: str) -> None:
@@ -614,33 +412,6 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
     )
 
 
-def split_devices(run: RunConfig) -> tuple[list, list]:
-    """(training devices, rollout devices): with mesh.rollout_devices = n > 0, each process gives
-    its last n / process_count devices to the rollout group (so both groups span every process
-    and every process runs both halves of the loop); ([all], []) with n = 0. A ConfigError for a
-    split the devices or the mesh axes cannot make, before anything compiles."""
-    import jax
-
-    n, devices = run.mesh.rollout_devices, jax.devices()
-    if n == 0:
-        return devices, []
-    count, processes = len(devices), jax.process_count()
-    if n >= count:
-        raise ConfigError(
-            f"mesh.rollout_devices={n} leaves no training device ({count} devices in all)"
-        )
-    if n % processes:
-        raise ConfigError(
-            f"mesh.rollout_devices={n} must be a multiple of the process count {processes} "
-            "(each process gives the same number of its devices to sampling)"
-        )
-    rollout = []
-    for p in range(processes):
-        local = [d for d in devices if d.process_index == p]
-        rollout += local[len(local) - n // processes :]
-    return [d for d in devices if d not in rollout], rollout
-
-
 def check_files(run: RunConfig) -> None:
     """What resolve cannot check without touching files: the model directory and the data and
     evaluation files exist. One ConfigError listing every problem."""
@@ -660,57 +431,3 @@ def check_files(run: RunConfig) -> None:
             _check(errors, Path(name).exists(), f"{key}: {name}: no such file or directory")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-
-
-def mesh_sizes(run: RunConfig, num_devices: int) -> dict[str, int]:
-    """run.mesh's axes with a -1 axis resolved against num_devices (the training devices); a
-    ConfigError when the sizes do not fit them (the message gives the configured and resolved
-    sizes)."""
-    sizes = run.mesh.axes
-    known = math.prod(s for s in sizes.values() if s != -1)
-    resolved = {k: (num_devices // known if v == -1 else v) for k, v in sizes.items()}
-    product = math.prod(resolved.values())
-    fits = product == num_devices if -1 in sizes.values() else product <= num_devices
-    if not fits or min(resolved.values()) < 1:
-        split = run.mesh.rollout_devices
-        where = (
-            f"{num_devices} training devices (mesh.rollout_devices={split})"
-            if split
-            else f"{num_devices} visible devices"
-        )
-        shown = " x ".join(f"{k}={v}" for k, v in sizes.items())
-        got = " x ".join(f"{k}={v}" for k, v in resolved.items())
-        raise ConfigError(
-            f"mesh {shown} (resolved: {got} = {product} devices) cannot use the {where}"
-        )
-    return resolved
-
-
-def build_mesh(run: RunConfig):
-    """The training mesh of run.mesh over the training devices (split_devices); a ConfigError for
-    sizes that do not fit them, or a multi-host mesh that leaves devices out."""
-    import jax
-
-    from attnrl_jax.models import make_mesh
-
-    train, rollout = split_devices(run)
-    sizes = mesh_sizes(run, len(train))
-    devices = train[: math.prod(sizes.values())]
-    if jax.process_count() > 1 and len(devices) + len(rollout) != jax.device_count():
-        raise ConfigError(
-            f"mesh {sizes} uses {len(devices)} of the {jax.device_count()} devices of "
-            f"{jax.process_count()} processes; a multi-host mesh must use every device (set "
-            "one axis to -1)"
-        )
-    return make_mesh(**sizes, devices=devices)
-
-
-def build_rollout_mesh(run: RunConfig):
-    """The rollout group's mesh (rows over data, heads over mesh.tensor: the decode layout, no
-    fsdp axis), or None with mesh.rollout_devices = 0."""
-    from attnrl_jax.models import make_mesh
-
-    _, rollout = split_devices(run)
-    if not rollout:
-        return None
-    return make_mesh(data=-1, fsdp=1, tensor=max(run.mesh.tensor, 1), devices=rollout)

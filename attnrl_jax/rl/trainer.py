@@ -10,7 +10,7 @@ Step s (0-based; the params are theta_s, policy version s), with k = run.off_pol
 - on-policy (k = 0): sample and score batch s with theta_s, grade, plan, a second sampler call
   for the continuations, grade, build trees, update.
 
-Disjoint device groups (mesh.rollout_devices > 0, settings.split_devices): the engine samples
+Disjoint device groups (mesh.rollout_devices > 0, devices.split_devices): the engine samples
 on the rollout group's own mesh and the trainer trains on the rest. The schedule and every
 sampled token stay the same, but the off-policy call is cut in two with the same seed and
 request indexes (so the same samples): batch s's continuations first (the critical path), then
@@ -80,9 +80,10 @@ from attnrl_jax.rl.checkpoint import (
     generation_to_state,
     say,
 )
+from attnrl_jax.rl.devices import build_rollout_mesh
 from attnrl_jax.rl.interrupt import SignalGuard
 from attnrl_jax.rl.phases import PhaseTimes
-from attnrl_jax.rl.settings import ConfigError, RunConfig, build_rollout_mesh
+from attnrl_jax.rl.settings import ConfigError, RunConfig
 from attnrl_jax.rl.update import make_optimizer, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
 from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine, place_on
