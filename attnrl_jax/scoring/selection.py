@@ -24,14 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import chain
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from attnrl_jax.buckets import power_of_two
-from attnrl_jax.scoring.steps import StepLayout
+from attnrl_jax.scoring.steps import StepLayout, StepLayouts
 
 
 @dataclass(frozen=True)
@@ -86,57 +85,46 @@ class SelectionInputs:
     row_id: jax.Array
 
 
+Scores = Sequence[np.ndarray] | np.ndarray | jax.Array
+
+
 def selection_inputs(
-    layouts: Sequence[StepLayout],
-    fci: Sequence[np.ndarray] | np.ndarray | None = None,
-    entropy: Sequence[np.ndarray] | np.ndarray | None = None,
+    layouts: Sequence[StepLayout] | StepLayouts,
+    fci: Scores | None = None,
+    entropy: Scores | None = None,
     row_ids: Sequence[int] | np.ndarray | None = None,
     rows: int | None = None,
 ) -> SelectionInputs:
-    """Host side: pad per-response layouts and scores into a SelectionInputs (numpy leaves).
+    """Host side: pad B responses' layouts and scores into a SelectionInputs, without a Python
+    loop per response (flat arrays scattered by index arrays).
 
     Rows pad to `rows` (default a power of two >= 8), steps to a power of two (>= 16), entropies
-    to a power of two (>= 64) tokens. fci[i]: float[>= S_i + 1]; entropy[i]: float[>= R_i];
-    longer inputs are cut. row_ids default to 0..rows-1.
+    to a power of two (>= 64) tokens. fci: per response float[>= S_i + 1] (step 0 first), or one
+    padded array [B, >= S_max + 1] (numpy, or a jax array that stays on its device: the
+    sampler's FCI needs no host copy); entropy: per response float[>= R_i], or one [B, >= R_max]
+    array. Entries past S_i (R_i) are ignored. row_ids default to 0..rows-1.
     """
-    b = len(layouts)
+    flat = StepLayouts.stack(layouts)
+    b = len(flat)
     rows = power_of_two(b, 8) if rows is None else rows
     if rows < b:
         raise ValueError(f"rows={rows} < {b} responses")
-    s_max = max((lay.num_steps for lay in layouts), default=0)
-    s_pad = power_of_two(s_max, 16)
-    starts = np.zeros((rows, s_pad), np.int32)
-    ends = np.zeros((rows, s_pad), np.int32)
+    s_pad = power_of_two(int(flat.num_steps.max(initial=0)), 16)
+    starts, ends = flat.padded_bounds(rows, s_pad)
+    response_len = flat.response_len
     scores = np.zeros((rows, s_pad), np.float32)
-    for i, lay in enumerate(layouts):  # host bookkeeping: layouts are host objects
-        flat = np.fromiter(chain.from_iterable(lay.bounds), np.int32, 2 * len(lay.bounds))
-        starts[i, : lay.num_steps], ends[i, : lay.num_steps] = flat[2::2], flat[3::2]
-        if fci is not None:
-            f = np.asarray(fci[i], np.float32)[: lay.num_steps + 1]
-            if len(f) < lay.num_steps + 1:
-                raise ValueError(
-                    f"fci of response {i} has {len(f)} entries, need >= {lay.num_steps + 1} "
-                    "(step 0 included)"
-                )
-            scores[i, : len(f) - 1] = f[1:]
-    r_max = max((lay.response_len for lay in layouts), default=0)
+    if fci is not None:
+        scores = _pad_ragged(fci, flat.num_steps, 1, rows, s_pad, "fci", "(step 0 included)")
     ent = np.zeros((rows, 1), np.float32)
     if entropy is not None:
-        ent = np.zeros((rows, power_of_two(r_max, 64)), np.float32)
-        for i, lay in enumerate(layouts):
-            e = np.asarray(entropy[i], np.float32)[: lay.response_len]
-            if len(e) < lay.response_len:
-                raise ValueError(
-                    f"entropy of response {i} has {len(e)} entries, need >= {lay.response_len} "
-                    "response tokens"
-                )
-            ent[i, : len(e)] = e
+        r_pad = power_of_two(int(response_len.max(initial=0)), 64)
+        ent = _pad_ragged(entropy, response_len, 0, rows, r_pad, "entropy", "response tokens")
     ids = np.arange(rows, dtype=np.int32)
     if row_ids is not None:
         ids[:b] = np.asarray(row_ids, np.int32)
 
-    def per_row(values, dtype=np.int32):
-        out = np.zeros(rows, dtype)
+    def per_row(values):
+        out = np.zeros(rows, np.int32)
         out[:b] = values
         return out
 
@@ -145,14 +133,61 @@ def selection_inputs(
         ends=ends,
         fci=scores,
         entropy=ent,
-        num_steps=per_row([lay.num_steps for lay in layouts]),
-        prompt_len=per_row([lay.prompt_len for lay in layouts]),
-        response_len=per_row([lay.response_len for lay in layouts]),
-        think_end_step=per_row(
-            [-1 if lay.think_end_step is None else lay.think_end_step for lay in layouts]
-        ),
+        num_steps=per_row(flat.num_steps),
+        prompt_len=per_row(flat.prompt_len),
+        response_len=per_row(response_len),
+        think_end_step=per_row(flat.think_end_step),
         row_id=ids,
     )
+
+
+def _pad_ragged(values, counts, skip, rows, columns, name, unit):
+    """float32[rows, columns]: values[i][skip : skip + counts[i]] in row i's first counts[i]
+    columns, zeros elsewhere. values: per-row sequences (one concatenation, one gather) or one
+    2D array (sliced and masked; a jax array stays a jax array)."""
+    b = len(counts)
+    need = counts + skip
+    if isinstance(values, np.ndarray | jax.Array) and values.ndim == 2:
+        if values.shape[0] < b or values.shape[1] < int(need.max(initial=0)):
+            raise ValueError(
+                f"{name} of shape {values.shape} cannot hold {b} responses of up to "
+                f"{int(need.max(initial=0))} entries {unit}"
+            )
+        pad_to = _padded_device if isinstance(values, jax.Array) else _padded_host
+        return pad_to(values, counts, skip, rows, columns)
+    if len(values) != b:
+        raise ValueError(f"{len(values)} {name} arrays for {b} responses")
+    lengths = np.fromiter((len(v) for v in values), np.int64, b)
+    short = np.flatnonzero(lengths < need)
+    if short.size:
+        i = int(short[0])
+        raise ValueError(
+            f"{name} of response {i} has {lengths[i]} entries, need >= {need[i]} {unit}"
+        )
+    base = np.zeros(b + 1, np.int64)
+    np.cumsum(lengths, out=base[1:])
+    cat = np.concatenate([np.asarray(v, np.float32).reshape(-1) for v in values] or [[]])
+    row = np.repeat(np.arange(b), counts)
+    col = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out = np.zeros((rows, columns), np.float32)
+    out[row, col] = cat[base[row] + skip + col]
+    return out
+
+
+def _padded_host(values, counts, skip, rows, columns):
+    x = np.asarray(values[: len(counts), skip : skip + columns], np.float32)
+    out = np.zeros((rows, columns), np.float32)
+    out[: x.shape[0], : x.shape[1]] = x
+    out[: len(counts)] = np.where(np.arange(columns) < counts[:, None], out[: len(counts)], 0.0)
+    return out
+
+
+@partial(jax.jit, static_argnums=(2, 3, 4))
+def _padded_device(values, counts, skip, rows, columns):
+    x = values[: counts.shape[0], skip : skip + columns].astype(jnp.float32)
+    x = jnp.pad(x, ((0, rows - x.shape[0]), (0, columns - x.shape[1])))
+    counts = jnp.pad(jnp.asarray(counts, jnp.int32), (0, rows - counts.shape[0]))
+    return jnp.where(jnp.arange(columns) < counts[:, None], x, 0.0)
 
 
 @jax.tree_util.register_dataclass

@@ -5,7 +5,8 @@ A response is cut right after every separator token: ids whose decoded text cont
 response without those either makes every token a step. The fallback is chosen per response. Step 0
 is the whole prompt, response steps are 1..S, and tokens after the last separator form a final step.
 
-Segmentation runs on the host over token ids (no text round trip); the result is a `StepLayout`, and
+Segmentation runs on the host over token ids (no text round trip); the result is a `StepLayout`
+(step ends as an int32 array), `StepLayouts` keeps a batch of them as flat arrays, and
 `pad_step_ids` turns a batch of layouts into the padded int32 arrays the jitted scorer consumes.
 """
 
@@ -51,31 +52,173 @@ class SeparatorIds:
         )
 
 
-@dataclass(frozen=True)
 class StepLayout:
-    """Steps of one prompt + response sequence, in absolute token positions.
+    """Steps of one prompt + response sequence, in absolute token positions (immutable).
 
     bounds[k] = (start, end), half-open; bounds[0] = (0, prompt_len); response steps are contiguous
     and cover [prompt_len, prompt_len + response_len). think_end_step is the step holding the last
     `</think>` (for a multi-token `</think>`, the step holding its final token), or None.
+
+    Stored as `ends`, int32[S]: the absolute end of each response step (the starts follow from
+    contiguity), so batches concatenate into `StepLayouts` without a Python loop over steps;
+    `bounds` is built from them on first use. Build with `StepLayout(prompt_len, bounds,
+    think_end_step)` or `StepLayout.from_ends`.
     """
 
-    prompt_len: int
-    bounds: tuple[tuple[int, int], ...]
-    think_end_step: int | None
+    __slots__ = ("prompt_len", "ends", "think_end_step", "_bounds")
+
+    def __init__(
+        self, prompt_len: int, bounds: Sequence[tuple[int, int]], think_end_step: int | None
+    ):
+        flat = np.asarray(bounds, np.int64).reshape(-1, 2)
+        if len(flat) == 0 or flat[0, 0] != 0 or flat[0, 1] != prompt_len:
+            raise ValueError(f"bounds must start with (0, prompt_len={prompt_len}), got {bounds}")
+        if (flat[1:, 0] != flat[:-1, 1]).any():
+            raise ValueError(f"step bounds must be contiguous, got {bounds}")
+        self._init(prompt_len, flat[1:, 1], think_end_step)
+
+    @classmethod
+    def from_ends(cls, prompt_len: int, ends: np.ndarray, think_end_step: int | None) -> StepLayout:
+        """A layout from the absolute ends of its response steps (int[S], increasing, the
+        first > prompt_len): no tuple of bounds is built."""
+        out = cls.__new__(cls)
+        out._init(prompt_len, ends, think_end_step)
+        return out
+
+    def _init(self, prompt_len, ends, think_end_step):
+        ends = np.array(ends, np.int32).reshape(-1)
+        ends.flags.writeable = False
+        set_ = object.__setattr__
+        set_(self, "prompt_len", int(prompt_len))
+        set_(self, "ends", ends)
+        set_(self, "think_end_step", None if think_end_step is None else int(think_end_step))
+        set_(self, "_bounds", None)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"StepLayout is immutable (cannot set {name})")
+
+    def __reduce__(self):  # pickle / copy through from_ends (__setattr__ refuses)
+        return StepLayout.from_ends, (self.prompt_len, self.ends, self.think_end_step)
+
+    @property
+    def bounds(self) -> tuple[tuple[int, int], ...]:
+        if self._bounds is None:
+            cuts = [self.prompt_len, *self.ends.tolist()]
+            object.__setattr__(
+                self, "_bounds", ((0, self.prompt_len), *zip(cuts, cuts[1:], strict=False))
+            )
+        return self._bounds
 
     @property
     def num_steps(self) -> int:
         """S, the number of response steps (step 0, the prompt, not counted)."""
-        return len(self.bounds) - 1
+        return len(self.ends)
 
     @property
     def total_len(self) -> int:
-        return self.bounds[-1][1]
+        return int(self.ends[-1]) if len(self.ends) else self.prompt_len
 
     @property
     def response_len(self) -> int:
         return self.total_len - self.prompt_len
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, StepLayout):
+            return NotImplemented
+        return (self.prompt_len, self.think_end_step) == (
+            other.prompt_len,
+            other.think_end_step,
+        ) and np.array_equal(self.ends, other.ends)
+
+    def __hash__(self) -> int:
+        return hash((self.prompt_len, self.think_end_step, self.ends.tobytes()))
+
+    def __repr__(self) -> str:
+        return (
+            f"StepLayout(prompt_len={self.prompt_len}, bounds={self.bounds}, "
+            f"think_end_step={self.think_end_step})"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class StepLayouts:
+    """B step layouts as flat numpy arrays (what padding consumes without a loop per response).
+
+    prompt_len, num_steps: int32[B]; think_end_step: int32[B], -1 = none; ends: int32[sum S], the
+    absolute step ends of response 0, then response 1, ...; first: int64[B + 1], response i's
+    ends are ends[first[i]:first[i + 1]]. Also a Sequence of StepLayout (len, index, iterate).
+    """
+
+    prompt_len: np.ndarray
+    num_steps: np.ndarray
+    think_end_step: np.ndarray
+    ends: np.ndarray
+    first: np.ndarray
+
+    @classmethod
+    def stack(cls, layouts: Sequence[StepLayout]) -> StepLayouts:
+        """One concatenation of the layouts' `ends` arrays (a StepLayouts is returned as is)."""
+        if isinstance(layouts, StepLayouts):
+            return layouts
+        layouts = list(layouts)
+        num_steps = np.fromiter((len(lay.ends) for lay in layouts), np.int32, len(layouts))
+        first = np.zeros(len(layouts) + 1, np.int64)
+        np.cumsum(num_steps, out=first[1:])
+        return cls(
+            prompt_len=np.fromiter((lay.prompt_len for lay in layouts), np.int32, len(layouts)),
+            num_steps=num_steps,
+            think_end_step=np.fromiter(
+                (-1 if lay.think_end_step is None else lay.think_end_step for lay in layouts),
+                np.int32,
+                len(layouts),
+            ),
+            ends=np.concatenate([lay.ends for lay in layouts] or [np.zeros(0, np.int32)]),
+            first=first,
+        )
+
+    def __len__(self) -> int:
+        return len(self.num_steps)
+
+    def __getitem__(self, i: int) -> StepLayout:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"layout {i} out of range for {len(self)} layouts")
+        i %= len(self)
+        think = int(self.think_end_step[i])
+        ends = self.ends[self.first[i] : self.first[i + 1]]
+        return StepLayout.from_ends(int(self.prompt_len[i]), ends, None if think < 0 else think)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def total_len(self) -> np.ndarray:
+        """int32[B]: prompt + response length of each sequence."""
+        last = self.ends[np.maximum(self.first[1:] - 1, 0)] if len(self.ends) else 0
+        return np.where(self.num_steps > 0, last, self.prompt_len).astype(np.int32)
+
+    @property
+    def response_len(self) -> np.ndarray:
+        """int32[B]."""
+        return self.total_len - self.prompt_len
+
+    def padded_bounds(self, rows: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) int32[rows, columns]: absolute [start, end) of response step c + 1 in
+        column c of row i (zeros elsewhere), by one scatter (rows >= B, columns >= every S)."""
+        if rows < len(self) or columns < int(self.num_steps.max(initial=0)):
+            raise ValueError(
+                f"padded_bounds({rows}, {columns}) cannot hold {len(self)} layouts of up to "
+                f"{int(self.num_steps.max(initial=0))} steps"
+            )
+        row = np.repeat(np.arange(len(self)), self.num_steps)
+        col = np.arange(len(self.ends)) - self.first[row]
+        starts_flat = np.empty_like(self.ends)
+        starts_flat[1:] = self.ends[:-1]
+        has = self.num_steps > 0
+        starts_flat[self.first[:-1][has]] = self.prompt_len[has]  # a response's first step
+        starts = np.zeros((rows, columns), np.int32)
+        ends = np.zeros((rows, columns), np.int32)
+        starts[row, col], ends[row, col] = starts_flat, self.ends
+        return starts, ends
 
 
 def _last_match_end(ids: np.ndarray, pattern: tuple[int, ...]) -> int | None:
@@ -103,17 +246,14 @@ def segment_steps(
         is_sep = np.isin(ids, seps.newline)
     if not is_sep.any():
         is_sep = np.ones_like(is_sep)
-    ends = (np.flatnonzero(is_sep) + 1).tolist()
-    if ids.size and (not ends or ends[-1] != ids.size):
-        ends.append(ids.size)
-    bounds = ((0, prompt_len),) + tuple(
-        (prompt_len + s, prompt_len + e) for s, e in zip([0, *ends], ends, strict=False)
-    )
+    ends = np.flatnonzero(is_sep) + 1
+    if ids.size and (not ends.size or ends[-1] != ids.size):
+        ends = np.append(ends, ids.size)
     think_tok = _last_match_end(ids, seps.think_end)
     think_step = None
     if think_tok is not None:
-        think_step = 1 + int(np.searchsorted(np.asarray(ends), think_tok, side="right"))
-    return StepLayout(prompt_len=prompt_len, bounds=bounds, think_end_step=think_step)
+        think_step = 1 + int(np.searchsorted(ends, think_tok, side="right"))
+    return StepLayout.from_ends(prompt_len, prompt_len + ends, think_step)
 
 
 def token_step_ids(layout: StepLayout, total_len: int) -> np.ndarray:
@@ -121,8 +261,10 @@ def token_step_ids(layout: StepLayout, total_len: int) -> np.ndarray:
     if total_len < layout.total_len:
         raise ValueError(f"total_len {total_len} < sequence length {layout.total_len}")
     out = np.full(total_len, -1, dtype=np.int32)
-    for k, (start, end) in enumerate(layout.bounds):
-        out[start:end] = k
+    sizes = np.diff(layout.ends, prepend=layout.prompt_len)
+    out[: layout.total_len] = np.repeat(
+        np.arange(len(sizes) + 1, dtype=np.int32), [layout.prompt_len, *sizes]
+    )
     return out
 
 
