@@ -164,13 +164,14 @@ def _pad_ragged(values, counts, skip, rows, columns, name, unit):
         raise ValueError(
             f"{name} of response {i} has {lengths[i]} entries, need >= {need[i]} {unit}"
         )
-    base = np.zeros(b + 1, np.int64)
-    np.cumsum(lengths, out=base[1:])
     cat = np.concatenate([np.asarray(v, np.float32).reshape(-1) for v in values] or [[]])
-    row = np.repeat(np.arange(b), counts)
-    col = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    # row-major order of the output's valid cells is the order of the kept input entries
+    local = np.arange(len(cat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    keep = (local >= skip) & (local < np.repeat(need, lengths))
+    mask = np.zeros((rows, columns), bool)
+    mask[:b] = np.arange(columns) < counts[:, None]
     out = np.zeros((rows, columns), np.float32)
-    out[row, col] = cat[base[row] + skip + col]
+    out[mask] = cat[keep]
     return out
 
 

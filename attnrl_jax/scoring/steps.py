@@ -203,21 +203,22 @@ class StepLayouts:
 
     def padded_bounds(self, rows: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
         """(starts, ends) int32[rows, columns]: absolute [start, end) of response step c + 1 in
-        column c of row i (zeros elsewhere), by one scatter (rows >= B, columns >= every S)."""
+        column c of row i (zeros elsewhere), by boolean-mask assignment (row-major order is the
+        flat order; rows >= B, columns >= every S)."""
         if rows < len(self) or columns < int(self.num_steps.max(initial=0)):
             raise ValueError(
                 f"padded_bounds({rows}, {columns}) cannot hold {len(self)} layouts of up to "
                 f"{int(self.num_steps.max(initial=0))} steps"
             )
-        row = np.repeat(np.arange(len(self)), self.num_steps)
-        col = np.arange(len(self.ends)) - self.first[row]
         starts_flat = np.empty_like(self.ends)
         starts_flat[1:] = self.ends[:-1]
         has = self.num_steps > 0
         starts_flat[self.first[:-1][has]] = self.prompt_len[has]  # a response's first step
+        mask = np.zeros((rows, columns), bool)
+        mask[: len(self)] = np.arange(columns) < self.num_steps[:, None]
         starts = np.zeros((rows, columns), np.int32)
         ends = np.zeros((rows, columns), np.int32)
-        starts[row, col], ends[row, col] = starts_flat, self.ends
+        starts[mask], ends[mask] = starts_flat, self.ends
         return starts, ends
 
 
