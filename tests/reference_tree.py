@@ -136,20 +136,9 @@ def build_tree(responses: Sequence[Response], merge_duplicates: bool = True) -> 
             )
         )
 
-    paths = []
-    for ids, branch, k, reward in leaf_paths:
-        segs = [segments[i] for i in ids]
-        lens = [len(s.tokens) for s in segs]
-        paths.append(
-            TrainingPath(
-                response=segs[0].response,
-                branch=branch,
-                continuation=k,
-                segments=tuple(ids),
-                tokens=np.concatenate([s.tokens for s in segs]).astype(np.int32),
-                advantages=np.repeat(np.array([s.advantage for s in segs], np.float32), lens),
-                from_response=np.repeat(np.array([s.branch == ORIGINAL for s in segs]), lens),
-                reward=reward,
-            )
-        )
-    return ProblemTree(v_root, tuple(segments), tuple(paths))
+    segments = tuple(segments)
+    paths = [
+        TrainingPath(segments[ids[0]].response, branch, k, tuple(ids), reward, segments)
+        for ids, branch, k, reward in leaf_paths
+    ]
+    return ProblemTree(v_root, segments, tuple(paths))

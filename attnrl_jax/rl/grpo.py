@@ -58,22 +58,11 @@ def grpo_tree(
     advantages: float[G] when already computed for the batch (grpo_advantages over [P, G]).
     """
     adv = np.asarray(grpo_advantages(rewards, eps) if advantages is None else advantages)
-    segments, paths = [], []
-    for i, (tokens, reward) in enumerate(zip(responses, rewards, strict=True)):
-        tokens = np.asarray(tokens, dtype=np.int32)
-        segments.append(
-            Segment(i, -1, 0, tokens, ORIGINAL, ORIGINAL, float(reward), 1, float(adv[i]))
-        )
-        paths.append(
-            TrainingPath(
-                response=i,
-                branch=ORIGINAL,
-                continuation=ORIGINAL,
-                segments=(i,),
-                tokens=tokens,
-                advantages=np.full(len(tokens), adv[i], np.float32),
-                from_response=np.ones(len(tokens), bool),
-                reward=float(reward),
-            )
-        )
-    return ProblemTree(float(np.mean(rewards)), tuple(segments), tuple(paths))
+    segments = tuple(
+        Segment(i, -1, 0, np.asarray(tokens, np.int32), ORIGINAL, ORIGINAL, float(r), 1, float(a))
+        for i, (tokens, r, a) in enumerate(zip(responses, rewards, adv, strict=True))
+    )
+    paths = tuple(
+        TrainingPath(i, ORIGINAL, ORIGINAL, (i,), float(r), segments) for i, r in enumerate(rewards)
+    )
+    return ProblemTree(float(np.mean(rewards)), segments, paths)

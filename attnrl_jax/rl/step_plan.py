@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from attnrl_jax.buckets import power_of_two
@@ -80,8 +81,9 @@ def plan_branches(
     rewards: float[P * G]. GRPO (rc.tree False) branches nowhere. Two jitted calls over the whole
     batch (ads.expansion_plan, selection.select); random picks draw from a jax key taken from
     `rng` (the trainer's (seed, step) generator), split between ADS and selection.
-    Host-side: padding the per-response layouts / FCI / entropies (they arrive as host arrays
-    from sampling and scoring) and turning the offsets into the plan's tuples.
+    Host-side: padding the layouts / FCI / entropies into arrays (selection_inputs: index
+    arrays, no loop per response; the Generation holds them per response, as host arrays) and
+    turning the offsets into the plan's tuples.
     """
     g = rc.group_size
     p = len(gen.prompts)
@@ -96,8 +98,7 @@ def plan_branches(
     inputs = selection_inputs(gen.layouts, gen.fci, gen.entropies, rows=problems * g)
     padded = np.zeros((problems, g), np.float32)
     padded[:p] = np.asarray(rewards).reshape(p, g)
-    step0 = np.zeros((problems * g, 1), np.float32)  # problem_mean_fci takes step 0 first
-    fci = np.concatenate([step0, inputs.fci], axis=1).reshape(problems, g, -1)
+    fci = jnp.pad(inputs.fci, ((0, 0), (1, 0))).reshape(problems, g, -1)  # step 0 first
     mean_fci = ads.problem_mean_fci(fci, inputs.num_steps.reshape(problems, g))
     k_ads, k_sel = jax.random.split(jax.random.key(int(rng.integers(2**31))))
     new_state, expand, filtered = ads.expansion_plan(
@@ -132,8 +133,9 @@ def build_problems(
 
     continuations[i][b] / continuation_rewards[i][b]: the samples and float[T] 0/1 rewards of
     branch point b of response i (`attach`). Values, advantages and the filter are one
-    jitted call each over all problems; the host gathers the graded rewards into arrays and
-    assembles the kept problems' token-level trees and log-prob segments.
+    jitted call each over all problems; the host gathers the graded rewards into arrays, wraps
+    the kept problems' nodes (index arrays over the batch, `assemble_trees`) and slices the
+    log-prob segments.
     """
     g = rc.group_size
     p = len(gen.prompts)
@@ -157,9 +159,9 @@ def build_problems(
         ]
         inputs, values = tree_batch(problems, rc.merge_duplicates)
         keep = ads.keep_problems(inputs, values, rc.ads.zero_advantage_filter)
-        values, keep = jax.device_get((values, keep))
+        inputs, values, keep = jax.device_get((inputs, values, keep))
         kept = np.flatnonzero(keep[:p])
-        trees = assemble_trees(problems, values, kept)
+        trees = assemble_trees(problems, inputs, values, kept)
         c_valid = np.asarray(inputs.cont_valid)
         leaves = int(inputs.response_valid.sum() + c_valid.sum())
         leaf_sum = float(rewards.sum() + np.where(c_valid, inputs.cont_reward, 0.0).sum())

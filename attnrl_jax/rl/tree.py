@@ -32,8 +32,9 @@ Outputs, for a problem's expanded responses:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
+from functools import cached_property, partial
+from itertools import chain
 
 import jax
 import jax.numpy as jnp
@@ -104,17 +105,43 @@ class TrainingPath:
     """One root-to-leaf training sequence (response tokens only, prompt excluded).
 
     segments: indices into ProblemTree.segments, root side first. branch/continuation: the leaf
-    (-1, -1 for the response's original ending). reward: the leaf's 0/1 reward.
+    (-1, -1 for the response's original ending). reward: the leaf's 0/1 reward. tree_segments:
+    the problem's segments (shared with its ProblemTree). The per-token arrays (`tokens`,
+    `advantages`, `from_response`) are built from the segments by index arrays on first use:
+    training rows are built from the segments, so a step never pays for them.
     """
 
     response: int
     branch: int
     continuation: int
     segments: tuple[int, ...]
-    tokens: np.ndarray  # int32[T]
-    advantages: np.ndarray  # float32[T]
-    from_response: np.ndarray  # bool[T]; a prefix of True then the continuation's False
     reward: float
+    tree_segments: tuple[Segment, ...] = field(repr=False)
+
+    def _nodes(self) -> list[Segment]:
+        return [self.tree_segments[i] for i in self.segments]
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """int64[len(segments)]: tokens of each segment on the path."""
+        return np.array([len(s.tokens) for s in self._nodes()], np.int64)
+
+    @cached_property
+    def tokens(self) -> np.ndarray:
+        """int32[T]."""
+        return np.concatenate([s.tokens for s in self._nodes()]).astype(np.int32)
+
+    @cached_property
+    def advantages(self) -> np.ndarray:
+        """float32[T]: each token carries its segment's advantage."""
+        per_node = np.array([s.advantage for s in self._nodes()], np.float32)
+        return np.repeat(per_node, self.lengths)
+
+    @cached_property
+    def from_response(self) -> np.ndarray:
+        """bool[T]; a prefix of True (original-response tokens) then the continuation's False."""
+        original = np.array([s.branch == ORIGINAL for s in self._nodes()], bool)
+        return np.repeat(original, self.lengths)
 
 
 @dataclass(frozen=True, eq=False)
@@ -258,30 +285,48 @@ def tree_values(inputs: TreeInputs, merge: bool = True) -> TreeValues:
 def tree_inputs(problems: Sequence[Sequence[Response]]) -> TreeInputs:
     """Host side: pack problems (each a sequence of Responses) into bucketed TreeInputs.
 
-    P, G, N and T pad to powers of two (at least 8, 8, 2, 2: few shapes, few compiles).
+    P, G, N and T pad to powers of two (at least 8, 8, 2, 2: few shapes, few compiles). The
+    graded values are read into flat arrays (one pass over the objects) and scattered by index
+    arrays: no Python loop per response with array writes.
     """
+    flat = [x for responses in problems for x in responses]
+    groups = [conts for x in flat for conts in x.continuations]  # one per branch point
+    conts = [c for group in groups for c in group]
+    per_problem = np.fromiter(map(len, problems), np.int64, len(problems))
+    per_response = np.fromiter((len(x.branch_points) for x in flat), np.int64, len(flat))
+    per_point = np.fromiter(map(len, groups), np.int64, len(groups))
     p = power_of_two(len(problems), 8)
-    g = power_of_two(max((len(r) for r in problems), default=1), 8)
-    n = power_of_two(max((len(x.branch_points) for r in problems for x in r), default=1), 2)
-    t = power_of_two(
-        max((len(c) for r in problems for x in r for c in x.continuations), default=1), 2
-    )
+    g = power_of_two(int(per_problem.max(initial=1)), 8)
+    n = power_of_two(int(per_response.max(initial=1)), 2)
+    t = power_of_two(int(per_point.max(initial=1)), 2)
+    problem, response = _ragged_index(per_problem)  # of each flat response
+    owner, point = _ragged_index(per_response)  # of each branch point
+    group, cont = _ragged_index(per_point)  # of each continuation
     reward = np.zeros((p, g), np.float32)
     valid = np.zeros((p, g), bool)
     length = np.zeros((p, g), np.int32)
+    at = (problem, response)
+    reward[at] = np.fromiter((x.reward for x in flat), np.float32, len(flat))
+    valid[at] = True
+    length[at] = np.fromiter((len(x.tokens) for x in flat), np.int32, len(flat))
     offsets = np.zeros((p, g, n), np.int32)
+    offsets[problem[owner], response[owner], point] = np.fromiter(
+        chain.from_iterable(x.branch_points for x in flat), np.int32, len(groups)
+    )
     c_reward = np.zeros((p, g, n, t), np.float32)
     c_valid = np.zeros((p, g, n, t), bool)
     c_len = np.zeros((p, g, n, t), np.int32)
-    for a, responses in enumerate(problems):  # bookkeeping: gather graded rewards
-        for j, resp in enumerate(responses):
-            reward[a, j], valid[a, j], length[a, j] = resp.reward, True, len(resp.tokens)
-            offsets[a, j, : len(resp.branch_points)] = resp.branch_points
-            for i, conts in enumerate(resp.continuations):
-                c_reward[a, j, i, : len(conts)] = [c.reward for c in conts]
-                c_valid[a, j, i, : len(conts)] = True
-                c_len[a, j, i, : len(conts)] = [len(c.tokens) for c in conts]
+    at = (problem[owner[group]], response[owner[group]], point[group], cont)
+    c_reward[at] = np.fromiter((c.reward for c in conts), np.float32, len(conts))
+    c_valid[at] = True
+    c_len[at] = np.fromiter((len(c.tokens) for c in conts), np.int32, len(conts))
     return TreeInputs(reward, valid, length, offsets, c_reward, c_valid, c_len)
+
+
+def _ragged_index(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(outer, inner) int64[sum(counts)]: item k of group i is (i, k), groups in order."""
+    outer = np.repeat(np.arange(len(counts)), counts)
+    return outer, np.arange(len(outer)) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 def tree_batch(
@@ -296,21 +341,43 @@ def tree_batch(
 
 
 def assemble_trees(
-    problems: Sequence[Sequence[Response]], values: TreeValues, which: Sequence[int] | None = None
+    problems: Sequence[Sequence[Response]],
+    inputs: TreeInputs,
+    values: TreeValues,
+    which: Sequence[int] | np.ndarray | None = None,
 ) -> list[ProblemTree]:
-    """Host assembly of the ProblemTrees of problems `which` (default all) from tree_values'
-    outputs (host arrays: jax.device_get them once)."""
-    which = range(len(problems)) if which is None else which
-    return [_assemble(problems[a], jax.tree.map(lambda x, a=a: x[a], values)) for a in which]
+    """The ProblemTrees of problems `which` (default all) from tree_values' inputs and outputs.
+
+    Every node's fields (parent, start, value, path count, advantage, path members) come from
+    index-array operations over the whole batch (`_node_table`); the host then only wraps them in
+    Segment / TrainingPath objects, whose token arrays are views of the response or the
+    continuation's own array. Node order: per expanded response, its chain S_0..S_m, then the
+    continuations of each group in sorted point order; paths: the original ending first, then
+    continuations in node order.
+    """
+    which = np.arange(len(problems)) if which is None else np.asarray(which, np.int64)
+    inputs, values = jax.device_get((inputs, values))
+    table = _node_table(inputs, values, which)
+    ok = table.pop("ok")
+    chain_id = table.pop("chain_id").tolist()
+    columns = {name: col[ok].tolist() for name, col in table.items()}
+    ends = np.cumsum(ok.reshape(len(which), -1).sum(1)).tolist()
+    roots = values.root_value[which].tolist()
+    trees, lo = [], 0
+    for k, (a, hi) in enumerate(zip(which.tolist(), ends, strict=True)):
+        node = {name: col[lo:hi] for name, col in columns.items()}
+        trees.append(_wrap(problems[a], node, chain_id[k], roots[k]))
+        lo = hi
+    return trees
 
 
 def build_trees(
     problems: Sequence[Sequence[Response]], merge_duplicates: bool = True
 ) -> list[ProblemTree]:
-    """Trees of a batch of problems: one jitted tree_values call, then host assembly of the
-    token-level segments and paths (see the module doc)."""
-    _, values = tree_batch(problems, merge_duplicates)
-    return assemble_trees(problems, jax.device_get(values))
+    """Trees of a batch of problems: one jitted tree_values call, then the assembly of the
+    segments and paths (see the module doc)."""
+    inputs, values = tree_batch(problems, merge_duplicates)
+    return assemble_trees(problems, inputs, values)
 
 
 def build_tree(responses: Sequence[Response], merge_duplicates: bool = True) -> ProblemTree:
@@ -318,58 +385,97 @@ def build_tree(responses: Sequence[Response], merge_duplicates: bool = True) -> 
     return build_trees([responses], merge_duplicates)[0]
 
 
-def _assemble(responses: Sequence[Response], v: TreeValues) -> ProblemTree:
-    """One problem's Segments and TrainingPaths from its row of TreeValues (no arithmetic).
+def _node_table(inputs: TreeInputs, v: TreeValues, which: np.ndarray) -> dict[str, np.ndarray]:
+    """Node fields of problems `which` as [K, G, W] arrays, W = N + 1 + N * T: slots 0..N are
+    the chain S_0..S_N of response j, slot N + 1 + s * T + c continuation c of sorted point s.
 
-    Node order: per expanded response, its chain S_0..S_m, then the continuations of each group
-    in sorted point order; paths: the original ending first, then continuations in node order.
+    "ok": the slots that are nodes (row-major order = node order); "chain_id" [K, G, N + 1]: a
+    chain slot's node index in its problem; "depth": the last chain slot on the node's path
+    (its own slot for a chain node, the chain it hangs under for a continuation); "leaf": the
+    node ends a training path.
     """
-    segments: list[Segment] = []
-    paths: list[TrainingPath] = []
-    for j, resp in enumerate(responses):
-        m = int(v.num_groups[j])
-        if m == 0:
-            continue
-        tokens = np.asarray(resp.tokens, dtype=np.int32)
-        chain = []
-        for i in range(m + 1):
-            lo, hi = int(v.chain_start[j, i]), int(v.chain_end[j, i])
-            chain.append(len(segments))
-            segments.append(
-                Segment(
-                    j, chain[-2] if i else -1, lo, tokens[lo:hi], ORIGINAL, ORIGINAL,
-                    float(v.chain_value[j, i]), int(v.chain_leaves[j, i]),
-                    float(v.chain_advantage[j, i]),
-                )
-            )  # fmt: skip
-        leaves = [(list(chain), ORIGINAL, ORIGINAL, float(resp.reward))]
-        for slot in range(len(resp.branch_points)):
-            g = int(v.group[j, slot])
-            if g < 0:
-                break
-            branch = int(v.order[j, slot])
-            off = int(v.chain_start[j, g + 1])
-            for k, cont in enumerate(resp.continuations[branch]):
-                segments.append(
-                    Segment(
-                        j, chain[g], off, np.asarray(cont.tokens, dtype=np.int32), branch, k,
-                        float(cont.reward), 1, float(v.cont_advantage[j, branch, k]),
-                    )
-                )  # fmt: skip
-                leaves.append((chain[: g + 1] + [len(segments) - 1], branch, k, float(cont.reward)))
-        for ids, branch, k, reward in leaves:
-            segs = [segments[i] for i in ids]
-            lens = [len(s.tokens) for s in segs]
-            paths.append(
-                TrainingPath(
-                    response=j,
-                    branch=branch,
-                    continuation=k,
-                    segments=tuple(ids),
-                    tokens=np.concatenate([s.tokens for s in segs]).astype(np.int32),
-                    advantages=np.repeat(np.array([s.advantage for s in segs], np.float32), lens),
-                    from_response=np.repeat(np.array([s.branch == ORIGINAL for s in segs]), lens),
-                    reward=reward,
-                )
-            )
-    return ProblemTree(float(v.root_value), tuple(segments), tuple(paths))
+    m, group, order = v.num_groups[which], v.group[which], v.order[which]
+    k, g, n = order.shape
+    t = inputs.cont_valid.shape[-1]
+    slot = np.arange(n + 1)
+    chain_ok = (slot <= m[..., None]) & (m[..., None] > 0)
+    under = np.maximum(group, 0)  # the chain slot a sorted point's continuations hang under
+
+    def sorted_points(x):  # [P, G, N (point index), T] -> [K, G, N (sorted), T]
+        return np.take_along_axis(x[which], order[..., None], axis=2)
+
+    def each_cont(x):  # [K, G, N] per sorted point -> [K, G, N, T]
+        return np.broadcast_to(x[..., None], (k, g, n, t))
+
+    def cat(chain_part, cont_part):
+        chain_part = np.broadcast_to(chain_part, (k, g, n + 1))
+        return np.concatenate([chain_part, cont_part.reshape(k, g, n * t)], axis=-1)
+
+    ok = cat(chain_ok, (group >= 0)[..., None] & sorted_points(inputs.cont_valid))
+    node = (np.cumsum(ok.reshape(k, -1), axis=1) - 1).reshape(ok.shape)
+    chain_id = node[..., : n + 1]
+    chain_start = v.chain_start[which]
+    cont_reward = sorted_points(inputs.cont_reward)
+    return {
+        "ok": ok,
+        "chain_id": chain_id,
+        "response": cat(
+            np.arange(g)[:, None], each_cont(np.broadcast_to(np.arange(g)[:, None], (k, g, n)))
+        ),
+        "parent": cat(
+            np.concatenate([np.full((k, g, 1), -1), chain_id[..., :-1]], axis=-1),
+            each_cont(np.take_along_axis(chain_id, under, -1)),
+        ),
+        "start": cat(chain_start, each_cont(np.take_along_axis(chain_start, under + 1, -1))),
+        "end": cat(v.chain_end[which], each_cont(np.zeros_like(order))),
+        "branch": cat(ORIGINAL, each_cont(order)),
+        "continuation": cat(ORIGINAL, np.broadcast_to(np.arange(t), (k, g, n, t))),
+        "value": cat(v.chain_value[which], cont_reward),
+        "path_count": cat(v.chain_leaves[which], np.ones((k, g, n, t), np.int32)),
+        "advantage": cat(v.chain_advantage[which], sorted_points(v.cont_advantage)),
+        "reward": cat(inputs.reward[which][..., None], cont_reward),  # replaced by _wrap
+        "depth": cat(slot, each_cont(under)),
+        "leaf": cat(slot == m[..., None], np.ones((k, g, n, t), bool)),
+    }
+
+
+def _wrap(
+    responses: Sequence[Response], node: dict[str, list], chain_id: list, root_value: float
+) -> ProblemTree:
+    """One problem's Segment and TrainingPath objects from its node columns (no arithmetic;
+    leaf rewards are the Responses' / Continuations' own floats)."""
+    tokens: dict[int, np.ndarray] = {}
+    own, values, rewards = [], list(node["value"]), list(node["reward"])
+    for i, (j, start, end, branch, cont) in enumerate(
+        zip(node["response"], node["start"], node["end"], node["branch"], node["continuation"],
+            strict=True)
+    ):  # fmt: skip
+        if branch == ORIGINAL:
+            if j not in tokens:
+                tokens[j] = np.asarray(responses[j].tokens, dtype=np.int32)
+            own.append(tokens[j][start:end])
+            rewards[i] = float(responses[j].reward)
+        else:
+            c = responses[j].continuations[branch][cont]
+            own.append(np.asarray(c.tokens, dtype=np.int32))
+            values[i] = rewards[i] = float(c.reward)
+    segments = tuple(
+        Segment(j, parent, start, toks, branch, cont, value, count, adv)
+        for j, parent, start, toks, branch, cont, value, count, adv in zip(
+            node["response"], node["parent"], node["start"], own, node["branch"],
+            node["continuation"], values, node["path_count"], node["advantage"], strict=True,
+        )
+    )  # fmt: skip
+    paths = tuple(
+        TrainingPath(
+            j, branch, cont,
+            tuple(chain_id[j][: depth + 1]) + (() if branch == ORIGINAL else (i,)),
+            reward, segments,
+        )
+        for i, (j, branch, cont, depth, reward, leaf) in enumerate(
+            zip(node["response"], node["branch"], node["continuation"], node["depth"], rewards,
+                node["leaf"], strict=True)
+        )
+        if leaf
+    )  # fmt: skip
+    return ProblemTree(root_value, segments, paths)
