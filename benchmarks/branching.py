@@ -77,7 +77,8 @@ def make_batch(problems: int, group: int, steps: int, step_len: int, prompt: int
 
 
 def tree_problems(rewards, points, response_len, cont_len, seed=1):
-    """Responses with their branch points and T = 2 graded continuations each."""
+    """Responses with their branch points and T = 2 graded continuations each (int32 tokens, as
+    the sampler and the Generation hold them)."""
     rng = np.random.default_rng(seed)
     p, g = rewards.shape
     out = []
@@ -87,12 +88,14 @@ def tree_problems(rewards, points, response_len, cont_len, seed=1):
             pts = points[j * g + r]
             conts = tuple(
                 tuple(
-                    Continuation(rng.integers(1, 1000, cont_len), float(rng.integers(2)))
+                    Continuation(
+                        rng.integers(1, 1000, cont_len, dtype=np.int32), float(rng.integers(2))
+                    )
                     for _ in range(2)
                 )
                 for _ in pts
             )
-            toks = rng.integers(1, 1000, response_len)
+            toks = rng.integers(1, 1000, response_len, dtype=np.int32)
             responses.append(Response(toks, float(rewards[j, r]), tuple(pts), conts))
         out.append(responses)
     return out

@@ -164,7 +164,7 @@ def _pad_ragged(values, counts, skip, rows, columns, name, unit):
         raise ValueError(
             f"{name} of response {i} has {lengths[i]} entries, need >= {need[i]} {unit}"
         )
-    cat = np.concatenate([np.asarray(v, np.float32).reshape(-1) for v in values] or [[]])
+    cat = np.concatenate(list(values) or [[]], dtype=np.float32)
     # row-major order of the output's valid cells is the order of the kept input entries
     local = np.arange(len(cat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     keep = (local >= skip) & (local < np.repeat(need, lengths))
