@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import reference_tree as ref
 
-from attnrl_jax.rl.tree import Continuation, Response, build_tree, build_trees
+from attnrl_jax.rl.tree import (
+    Continuation,
+    Response,
+    assemble_trees,
+    build_tree,
+    build_trees,
+    tree_batch,
+)
 
 
 def toks(n: int, base: int) -> np.ndarray:
@@ -314,3 +321,34 @@ def test_batched_trees_equal_host_reference(merge):
             np.testing.assert_array_equal(a.tokens, b.tokens)
             np.testing.assert_array_equal(a.from_response, b.from_response)
             np.testing.assert_allclose(a.advantages, b.advantages, rtol=0, atol=2e-7)
+
+
+def test_assembling_a_subset_from_device_values_equals_the_whole_batch():
+    """assemble_trees on kept problems only (device arrays in) gives those problems' trees, and
+    a path's per-token arrays are its segments' (tokens, advantage, source) laid end to end."""
+    rng = np.random.default_rng(11)
+    problems = [random_problem(rng) for _ in range(40)]
+    inputs, values = tree_batch(problems)
+    whole = assemble_trees(problems, inputs, values)
+    which = [3, 0, 17, 39]
+    for tree, want in zip(
+        assemble_trees(problems, inputs, values, which), [whole[i] for i in which], strict=True
+    ):
+        assert tree.root_value == want.root_value
+        assert [(s.parent, s.start, s.advantage, s.tokens.tolist()) for s in tree.segments] == [
+            (s.parent, s.start, s.advantage, s.tokens.tolist()) for s in want.segments
+        ]
+        assert [p.segments for p in tree.paths] == [p.segments for p in want.paths]
+    for tree in whole:
+        for p in tree.paths:
+            segs = [tree.segments[s] for s in p.segments]
+            np.testing.assert_array_equal(p.lengths, [len(s.tokens) for s in segs])
+            for s, adv, src, tok in zip(
+                segs,
+                np.split(p.advantages, np.cumsum(p.lengths)[:-1]),
+                np.split(p.from_response, np.cumsum(p.lengths)[:-1]),
+                np.split(p.tokens, np.cumsum(p.lengths)[:-1]),
+                strict=True,
+            ):
+                assert (adv == np.float32(s.advantage)).all() and (src == (s.branch == -1)).all()
+                np.testing.assert_array_equal(tok, s.tokens)

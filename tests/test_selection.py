@@ -16,7 +16,7 @@ from attnrl_jax.scoring.selection import (
     select_branch_points,
     selection_inputs,
 )
-from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, segment_steps
+from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, StepLayouts, segment_steps
 
 
 def make_layout(prompt_len: int, step_lens: list[int]) -> StepLayout:
@@ -283,3 +283,53 @@ def test_random_batch_follows_the_host_rules_and_distribution(cases):
     pairs, counts = np.unique(np.array(many), axis=0, return_counts=True)
     assert len(pairs) == 6  # each ordered pair ~500 times, sd 20.4: 5 sd bounds
     assert counts.min() > 500 - 102 and counts.max() < 500 + 102
+
+
+def naive_inputs(cases, rows):
+    """The former per-response padding loop (starts, ends, fci, entropy, per-row fields)."""
+    s_pad = max(16, 1 << max(0, max(c[0].num_steps for c in cases) - 1).bit_length())
+    r_pad = max(64, 1 << max(0, max(c[0].response_len for c in cases) - 1).bit_length())
+    out = {k: np.zeros((rows, s_pad), np.float32) for k in ("starts", "ends", "fci")}
+    out["entropy"] = np.zeros((rows, r_pad), np.float32)
+    for k in ("num_steps", "prompt_len", "response_len", "think_end_step"):
+        out[k] = np.zeros(rows, np.int32)
+    for i, (lay, fci, _, ent) in enumerate(cases):
+        s = lay.num_steps
+        for c, (a, b) in enumerate(lay.bounds[1:]):
+            out["starts"][i, c], out["ends"][i, c] = a, b
+        out["fci"][i, :s] = fci[1 : s + 1]
+        out["entropy"][i, : lay.response_len] = ent[: lay.response_len]
+        out["num_steps"][i], out["prompt_len"][i] = s, lay.prompt_len
+        out["response_len"][i] = lay.response_len
+        out["think_end_step"][i] = -1 if lay.think_end_step is None else lay.think_end_step
+    return out
+
+
+def test_selection_inputs_padding_forms_agree(cases):
+    """Per-response lists, one padded numpy array, one device array and a flat StepLayouts all
+    give the arrays of the former per-response loop (exact: copies, no arithmetic)."""
+    cases = cases[:500]
+    layouts = [c[0] for c in cases]
+    want = naive_inputs(cases, 512)
+    by_list = selection_inputs(layouts, [c[1] for c in cases], [c[3] for c in cases])
+    for name, value in want.items():
+        np.testing.assert_array_equal(getattr(by_list, name), value, err_msg=name)
+    s_max = max(lay.num_steps for lay in layouts)
+    padded = np.full((len(cases), s_max + 3), np.nan, np.float32)  # padding is never read
+    for i, (lay, fci, _, _) in enumerate(cases):
+        padded[i, : lay.num_steps + 1] = fci[: lay.num_steps + 1]
+    flat = StepLayouts.stack(layouts)
+    host = selection_inputs(flat, padded)
+    device = selection_inputs(flat, jax.device_put(padded))
+    assert isinstance(device.fci, jax.Array) and isinstance(host.fci, np.ndarray)
+    np.testing.assert_array_equal(host.fci, want["fci"])
+    np.testing.assert_array_equal(np.asarray(device.fci), want["fci"])
+    np.testing.assert_array_equal(host.starts, want["starts"])
+    cfg = SelectionConfig(num_points=3, min_token_distance=40)
+    got = [jax.device_get(select(x, jax.random.key(0), cfg)) for x in (by_list, device)]
+    np.testing.assert_array_equal(got[0][0], got[1][0])
+    np.testing.assert_array_equal(got[0][1], got[1][1])
+    with pytest.raises(ValueError, match="cannot hold"):
+        selection_inputs(flat, padded[:, : s_max - 1])
+    with pytest.raises(ValueError, match="fci arrays for"):
+        selection_inputs(flat, [c[1] for c in cases[:-1]])

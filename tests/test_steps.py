@@ -1,5 +1,8 @@
 """Step segmentation: separator sets, per-response fallbacks, </think>, and the padded arrays."""
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
@@ -9,6 +12,7 @@ from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 from attnrl_jax.scoring.steps import (
     SeparatorIds,
     StepLayout,
+    StepLayouts,
     pad_step_ids,
     segment_steps,
     step_bucket,
@@ -143,3 +147,57 @@ def test_think_end_opening_a_step_belongs_to_that_step():
     seps = SeparatorIds(double_newline=(NL2,), newline=(NL, NL2), think_end=(THINK,))
     assert segment_steps(1, [A, NL2, THINK, B], seps).think_end_step == 2
     assert segment_steps(1, [A, THINK, NL2, B], seps).think_end_step == 1
+
+
+def random_layouts(rng, n):
+    """Random layouts: zero-step responses, one-token steps, think markers."""
+    out = []
+    for _ in range(n):
+        s = int(rng.choice([0, 1, 2, int(rng.integers(3, 40))]))
+        prompt = int(rng.integers(0, 50))
+        ends = prompt + np.cumsum(rng.integers(1, 9, s))
+        think = None if s == 0 or rng.random() < 0.5 else int(rng.integers(1, s + 1))
+        out.append(StepLayout.from_ends(prompt, ends, think))
+    return out
+
+
+def test_step_layout_ends_and_bounds_agree():
+    lay = StepLayout(prompt_len=2, bounds=((0, 2), (2, 3), (3, 6)), think_end_step=2)
+    assert lay.ends.tolist() == [3, 6] and lay.ends.dtype == np.int32
+    assert lay == StepLayout.from_ends(2, np.array([3, 6]), 2)
+    assert hash(lay) == hash(StepLayout.from_ends(2, [3, 6], 2))
+    assert lay != StepLayout.from_ends(2, [3, 6], None)
+    assert (lay.num_steps, lay.total_len, lay.response_len) == (2, 6, 4)
+    empty = StepLayout.from_ends(4, [], None)
+    assert empty.bounds == ((0, 4),) and (empty.total_len, empty.response_len) == (4, 0)
+    assert pickle.loads(pickle.dumps(lay)) == lay and copy.deepcopy(lay) == lay
+    with pytest.raises(AttributeError, match="immutable"):
+        lay.prompt_len = 3
+    with pytest.raises(ValueError):
+        lay.ends[0] = 9  # read-only: the flat batch and the bounds cannot drift apart
+    with pytest.raises(ValueError, match="contiguous"):
+        StepLayout(prompt_len=2, bounds=((0, 2), (2, 3), (4, 6)), think_end_step=None)
+    with pytest.raises(ValueError, match="start with"):
+        StepLayout(prompt_len=2, bounds=((0, 3), (3, 6)), think_end_step=None)
+
+
+def test_step_layouts_flat_batch_matches_each_layout():
+    rng = np.random.default_rng(5)
+    layouts = random_layouts(rng, 300)
+    flat = StepLayouts.stack(layouts)
+    assert StepLayouts.stack(flat) is flat and len(flat) == 300
+    assert list(flat) == layouts and flat[-1] == layouts[-1]
+    np.testing.assert_array_equal(flat.total_len, [lay.total_len for lay in layouts])
+    np.testing.assert_array_equal(flat.response_len, [lay.response_len for lay in layouts])
+    starts, ends = flat.padded_bounds(320, 64)
+    want_s, want_e = np.zeros((320, 64), np.int32), np.zeros((320, 64), np.int32)
+    for i, lay in enumerate(layouts):  # the per-response loop the flat form replaces
+        for c, (a, b) in enumerate(lay.bounds[1:]):
+            want_s[i, c], want_e[i, c] = a, b
+    np.testing.assert_array_equal(starts, want_s)
+    np.testing.assert_array_equal(ends, want_e)
+    with pytest.raises(ValueError, match="cannot hold"):
+        flat.padded_bounds(320, 8)
+    with pytest.raises(IndexError):
+        flat[300]
+    assert len(StepLayouts.stack([])) == 0
