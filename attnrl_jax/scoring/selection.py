@@ -6,7 +6,8 @@ order they were chosen (consumers sort them), with a validity mask where the rul
 continuation's prefix is response[:offset], so the token at `offset` (for step selectors: the whole
 chosen step) is re-generated. A selector is a per-response function of fixed-shape arrays; `select`
 vmaps it over the batch, so there is no Python loop per response and shapes are static (pad rows
-and steps to powers of two with `selection_inputs`, so nothing recompiles across steps).
+and steps to powers of two with `selection_inputs` in branch_batch.py, so nothing recompiles
+across steps).
 
 The rules follow the authors' released code where it is more specific than the paper; where it fails
 (a one-step response makes its duplicate fallback loop forever) we return fewer points instead.
@@ -21,7 +22,7 @@ neighbour or exactly on it; float32 decides that to 2^-23 relative of the float6
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,8 +30,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnrl_jax.buckets import power_of_two
-from attnrl_jax.scoring.steps import StepLayout, StepLayouts
+from attnrl_jax.scoring.branch_batch import SelectionInputs, selection_inputs
+from attnrl_jax.scoring.steps import StepLayout
+
+__all__ = [
+    "SELECTORS",
+    "RuleParams",
+    "SelectionConfig",
+    "SelectionInputs",
+    "register_selector",
+    "rule_params",
+    "select",
+    "select_branch_points",
+    "selection_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -57,138 +70,6 @@ class SelectionConfig:
             raise ValueError(f"rho must be in [0, 1], got {self.rho}")
         if self.num_points < 0 or self.min_token_distance < 0:
             raise ValueError("num_points and min_token_distance must be >= 0")
-
-
-@jax.tree_util.register_dataclass
-@dataclass(frozen=True)
-class SelectionInputs:
-    """A padded batch of B responses (one row each; padding rows have num_steps 0).
-
-    starts / ends: int32[B, S_pad], absolute [start, end) of response step c + 1 in column c
-    (S_pad >= every S; the prompt, step 0, has no column). fci: float32[B, S_pad], FCI of response
-    step c + 1 in column c (zeros where unknown). entropy: float32[B, R_pad]
-    per response token ([B, 1] zeros when unused). num_steps, prompt_len, response_len: int32[B].
-    think_end_step: int32[B], -1 = none; FCI of steps from it on counts as 0 (the scoring pass and
-    the sampler mask them already; masking twice changes nothing). row_id: int32[B], the response's
-    index in its batch, folded into the random key so draws do not depend on the padding or on
-    which other rows share the call.
-    """
-
-    starts: jax.Array
-    ends: jax.Array
-    fci: jax.Array
-    entropy: jax.Array
-    num_steps: jax.Array
-    prompt_len: jax.Array
-    response_len: jax.Array
-    think_end_step: jax.Array
-    row_id: jax.Array
-
-
-Scores = Sequence[np.ndarray] | np.ndarray | jax.Array
-
-
-def selection_inputs(
-    layouts: Sequence[StepLayout] | StepLayouts,
-    fci: Scores | None = None,
-    entropy: Scores | None = None,
-    row_ids: Sequence[int] | np.ndarray | None = None,
-    rows: int | None = None,
-) -> SelectionInputs:
-    """Host side: pad B responses' layouts and scores into a SelectionInputs, without a Python
-    loop per response (flat arrays scattered by index arrays).
-
-    Rows pad to `rows` (default a power of two >= 8), steps to a power of two (>= 16), entropies
-    to a power of two (>= 64) tokens. fci: per response float[>= S_i + 1] (step 0 first), or one
-    padded array [B, >= S_max + 1] (numpy, or a jax array that stays on its device: the
-    sampler's FCI needs no host copy); entropy: per response float[>= R_i], or one [B, >= R_max]
-    array. Entries past S_i (R_i) are ignored. row_ids default to 0..rows-1.
-    """
-    flat = StepLayouts.stack(layouts)
-    b = len(flat)
-    rows = power_of_two(b, 8) if rows is None else rows
-    if rows < b:
-        raise ValueError(f"rows={rows} < {b} responses")
-    s_pad = power_of_two(int(flat.num_steps.max(initial=0)), 16)
-    starts, ends = flat.padded_bounds(rows, s_pad)
-    response_len = flat.response_len
-    scores = np.zeros((rows, s_pad), np.float32)
-    if fci is not None:
-        scores = _pad_ragged(fci, flat.num_steps, 1, rows, s_pad, "fci", "(step 0 included)")
-    ent = np.zeros((rows, 1), np.float32)
-    if entropy is not None:
-        r_pad = power_of_two(int(response_len.max(initial=0)), 64)
-        ent = _pad_ragged(entropy, response_len, 0, rows, r_pad, "entropy", "response tokens")
-    ids = np.arange(rows, dtype=np.int32)
-    if row_ids is not None:
-        ids[:b] = np.asarray(row_ids, np.int32)
-
-    def per_row(values):
-        out = np.zeros(rows, np.int32)
-        out[:b] = values
-        return out
-
-    return SelectionInputs(
-        starts=starts,
-        ends=ends,
-        fci=scores,
-        entropy=ent,
-        num_steps=per_row(flat.num_steps),
-        prompt_len=per_row(flat.prompt_len),
-        response_len=per_row(response_len),
-        think_end_step=per_row(flat.think_end_step),
-        row_id=ids,
-    )
-
-
-def _pad_ragged(values, counts, skip, rows, columns, name, unit):
-    """float32[rows, columns]: values[i][skip : skip + counts[i]] in row i's first counts[i]
-    columns, zeros elsewhere. values: per-row sequences (one concatenation, one gather) or one
-    2D array (sliced and masked; a jax array stays a jax array)."""
-    b = len(counts)
-    need = counts + skip
-    if isinstance(values, np.ndarray | jax.Array) and values.ndim == 2:
-        if values.shape[0] < b or values.shape[1] < int(need.max(initial=0)):
-            raise ValueError(
-                f"{name} of shape {values.shape} cannot hold {b} responses of up to "
-                f"{int(need.max(initial=0))} entries {unit}"
-            )
-        pad_to = _padded_device if isinstance(values, jax.Array) else _padded_host
-        return pad_to(values, counts, skip, rows, columns)
-    if len(values) != b:
-        raise ValueError(f"{len(values)} {name} arrays for {b} responses")
-    lengths = np.fromiter((len(v) for v in values), np.int64, b)
-    short = np.flatnonzero(lengths < need)
-    if short.size:
-        i = int(short[0])
-        raise ValueError(
-            f"{name} of response {i} has {lengths[i]} entries, need >= {need[i]} {unit}"
-        )
-    cat = np.concatenate(list(values) or [[]], dtype=np.float32)
-    # row-major order of the output's valid cells is the order of the kept input entries
-    local = np.arange(len(cat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    keep = (local >= skip) & (local < np.repeat(need, lengths))
-    mask = np.zeros((rows, columns), bool)
-    mask[:b] = np.arange(columns) < counts[:, None]
-    out = np.zeros((rows, columns), np.float32)
-    out[mask] = cat[keep]
-    return out
-
-
-def _padded_host(values, counts, skip, rows, columns):
-    x = np.asarray(values[: len(counts), skip : skip + columns], np.float32)
-    out = np.zeros((rows, columns), np.float32)
-    out[: x.shape[0], : x.shape[1]] = x
-    out[: len(counts)] = np.where(np.arange(columns) < counts[:, None], out[: len(counts)], 0.0)
-    return out
-
-
-@partial(jax.jit, static_argnums=(2, 3, 4))
-def _padded_device(values, counts, skip, rows, columns):
-    x = values[: counts.shape[0], skip : skip + columns].astype(jnp.float32)
-    x = jnp.pad(x, ((0, rows - x.shape[0]), (0, columns - x.shape[1])))
-    counts = jnp.pad(jnp.asarray(counts, jnp.int32), (0, rows - counts.shape[0]))
-    return jnp.where(jnp.arange(columns) < counts[:, None], x, 0.0)
 
 
 @jax.tree_util.register_dataclass
