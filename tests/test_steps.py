@@ -14,6 +14,7 @@ from attnrl_jax.scoring.steps import (
     StepLayout,
     StepLayouts,
     pad_step_ids,
+    segment_batch,
     segment_steps,
     step_bucket,
     token_step_ids,
@@ -201,3 +202,57 @@ def test_step_layouts_flat_batch_matches_each_layout():
     with pytest.raises(IndexError):
         flat[300]
     assert len(StepLayouts.stack([])) == 0
+
+
+def reference_segment(prompt_len, ids, seps):
+    """The former per-response segmentation (np.isin per response, a tuple of bounds)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    is_sep = np.isin(ids, seps.double_newline)
+    if not is_sep.any():
+        is_sep = np.isin(ids, seps.newline)
+    if not is_sep.any():
+        is_sep = np.ones_like(is_sep)
+    ends = (np.flatnonzero(is_sep) + 1).tolist()
+    if ids.size and (not ends or ends[-1] != ids.size):
+        ends.append(ids.size)
+    bounds = ((0, prompt_len),) + tuple(
+        (prompt_len + s, prompt_len + e) for s, e in zip([0, *ends], ends, strict=False)
+    )
+    think, n = None, len(seps.think_end)
+    if n and len(ids) >= n:
+        windows = np.lib.stride_tricks.sliding_window_view(ids, n)
+        hits = np.flatnonzero((windows == np.asarray(seps.think_end)).all(axis=1))
+        if hits.size:
+            think = 1 + int(np.searchsorted(np.asarray(ends), hits[-1] + n - 1, side="right"))
+    return bounds, think
+
+
+@pytest.mark.parametrize("think_end", [(LT, THINK, GT), (THINK,), ()])
+def test_segment_batch_equals_per_response_reference(think_end):
+    """Thousands of random responses (any separator mix, empty ones, `</think>` pieces split
+    across neighbouring responses) cut at once equal the former per-response code."""
+    seps = SeparatorIds(double_newline=(DOT2, NL2, BANG), newline=(DOT2, NL, NL2, XNY, BANG),
+                        think_end=think_end)  # fmt: skip
+    rng = np.random.default_rng(len(think_end))
+    vocab = np.arange(0, 14)  # ids past the separator tables too
+    responses, prompts = [], []
+    for _ in range(3000):
+        kind = rng.integers(4)
+        weights = np.ones(len(vocab))
+        if kind == 0:  # no "\n\n": newline or every-token fallback
+            weights[[DOT2, NL2, BANG]] = 0
+        if kind == 1:
+            weights[[DOT2, NL2, BANG, NL, XNY]] = 0
+        weights[[LT, THINK, GT]] *= 4  # frequent (partial) `</think>` matches
+        r = rng.choice(vocab, size=int(rng.integers(0, 30)), p=weights / weights.sum())
+        responses.append(r.astype(np.int32) if kind == 2 else r.tolist())
+        prompts.append(int(rng.integers(0, 9)))
+    flat = segment_batch(prompts, responses, seps)
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        bounds, think = reference_segment(p, r, seps)
+        assert flat[i].bounds == bounds and flat[i].think_end_step == think, (p, r)
+        assert segment_steps(p, r, seps) == flat[i]
+    with pytest.raises(ValueError, match="prompt lengths"):
+        segment_batch([1], [[A], [B]], seps)
+    with pytest.raises(ValueError, match="prompt_len"):
+        segment_batch([-1], [[A]], seps)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -50,6 +51,23 @@ class SeparatorIds:
             newline=tuple(i for i, t in enumerate(texts) if "\n" in t),
             think_end=tuple(tokenizer.encode(think_end, add_special_tokens=False)),
         )
+
+    @cached_property
+    def _tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """bool lookup tables of the double-newline and newline ids, one slot past the largest
+        id (ids outside a table read its last slot: no separator)."""
+        size = max((*self.double_newline, *self.newline), default=-1) + 2
+        tables = np.zeros((2, size), bool)
+        tables[0, list(self.double_newline)] = True
+        tables[1, list(self.newline)] = True
+        return tables[0], tables[1]
+
+    def is_separator(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(contains "\\n\\n", contains "\\n"): two bool arrays shaped like int `ids`."""
+        double, single = self._tables
+        outside = len(double) - 1
+        at = np.where((ids >= 0) & (ids < outside), ids, outside)
+        return double[at], single[at]
 
 
 class StepLayout:
@@ -222,39 +240,67 @@ class StepLayouts:
         return starts, ends
 
 
-def _last_match_end(ids: np.ndarray, pattern: tuple[int, ...]) -> int | None:
-    """Index of the final token of the last occurrence of `pattern` in `ids`, or None."""
-    n = len(pattern)
-    if n == 0 or len(ids) < n:
-        return None
-    windows = np.lib.stride_tricks.sliding_window_view(ids, n)
-    hits = np.flatnonzero((windows == np.asarray(pattern)).all(axis=1))
-    return int(hits[-1]) + n - 1 if hits.size else None
-
-
 def segment_steps(
     prompt_len: int, response_ids: Sequence[int] | np.ndarray, seps: SeparatorIds
 ) -> StepLayout:
     """Cut `response_ids` (int[R], no padding) into steps after separator tokens.
 
-    An empty response gives S = 0 (only step 0).
+    An empty response gives S = 0 (only step 0). One response of `segment_batch`.
     """
     if prompt_len < 0:
         raise ValueError(f"prompt_len must be >= 0, got {prompt_len}")
-    ids = np.asarray(response_ids, dtype=np.int64).reshape(-1)
-    is_sep = np.isin(ids, seps.double_newline)
-    if not is_sep.any():
-        is_sep = np.isin(ids, seps.newline)
-    if not is_sep.any():
-        is_sep = np.ones_like(is_sep)
-    ends = np.flatnonzero(is_sep) + 1
-    if ids.size and (not ends.size or ends[-1] != ids.size):
-        ends = np.append(ends, ids.size)
-    think_tok = _last_match_end(ids, seps.think_end)
-    think_step = None
-    if think_tok is not None:
-        think_step = 1 + int(np.searchsorted(ends, think_tok, side="right"))
-    return StepLayout.from_ends(prompt_len, prompt_len + ends, think_step)
+    return segment_batch([prompt_len], [response_ids], seps)[0]
+
+
+def segment_batch(
+    prompt_lens: Sequence[int] | np.ndarray,
+    responses: Sequence[Sequence[int] | np.ndarray],
+    seps: SeparatorIds,
+) -> StepLayouts:
+    """`segment_steps` of B responses at once, straight into flat StepLayouts: the responses are
+    concatenated and cut with array operations (no Python loop per response or per step).
+
+    The separator set is chosen per response (double newline, else newline, else every token);
+    a response's last token always ends a step; `</think>` matches never span two responses.
+    """
+    b = len(responses)
+    prompt = np.asarray(prompt_lens, np.int64).reshape(-1)
+    if len(prompt) != b:
+        raise ValueError(f"{len(prompt)} prompt lengths for {b} responses")
+    if (prompt < 0).any():
+        raise ValueError(f"prompt_len must be >= 0, got {int(prompt.min())}")
+    lengths = np.fromiter(map(len, responses), np.int64, b)
+    ids = np.concatenate([np.zeros(0, np.int64), *responses], dtype=np.int64, casting="unsafe")
+    owner = np.repeat(np.arange(b), lengths)
+    first_token = np.cumsum(lengths) - lengths
+    local = np.arange(len(ids)) - first_token[owner]
+    double, single = seps.is_separator(ids)
+    has_double = np.bincount(owner[double], minlength=b) > 0
+    has_single = np.bincount(owner[single], minlength=b) > 0
+    is_sep = np.where(has_double[owner], double, np.where(has_single[owner], single, True))
+    is_end = is_sep | (local == lengths[owner] - 1)
+    at = np.flatnonzero(is_end)
+    num_steps = np.bincount(owner[at], minlength=b).astype(np.int32)
+    first = np.zeros(b + 1, np.int64)
+    np.cumsum(num_steps, out=first[1:])
+    think = np.full(b, -1, np.int64)
+    m = len(seps.think_end)
+    if m and len(ids) >= m:
+        windows = np.lib.stride_tricks.sliding_window_view(ids, m)
+        hits = np.flatnonzero((windows == np.asarray(seps.think_end)).all(axis=1))
+        hits = hits[owner[hits] == owner[hits + m - 1]]  # within one response
+        last = np.full(b, -1, np.int64)
+        np.maximum.at(last, owner[hits], hits + m - 1)  # the last match's final token
+        ends_before = np.concatenate([[0], np.cumsum(is_end)])  # step ends before a token
+        found = last >= 0
+        think[found] = 1 + ends_before[last[found]] - ends_before[first_token[found]]
+    return StepLayouts(
+        prompt_len=prompt.astype(np.int32),
+        num_steps=num_steps,
+        think_end_step=think.astype(np.int32),
+        ends=(prompt[owner[at]] + local[at] + 1).astype(np.int32),
+        first=first,
+    )
 
 
 def token_step_ids(layout: StepLayout, total_len: int) -> np.ndarray:
