@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnrl_jax.rl.tree import ORIGINAL, ProblemTree, Segment, TrainingPath
+from attnrl_jax.rl.tree_nodes import ORIGINAL, ProblemTree, Segment, TrainingPath
 
 
 @jax.jit
