@@ -352,3 +352,11 @@ def test_assembling_a_subset_from_device_values_equals_the_whole_batch():
             ):
                 assert (adv == np.float32(s.advantage)).all() and (src == (s.branch == -1)).all()
                 np.testing.assert_array_equal(tok, s.tokens)
+
+
+def test_assembling_no_problem_gives_no_tree():
+    """The zero-advantage filter can drop every problem of a step."""
+    problems = [[resp(6, 1, (2,), ((1,),)), resp(4, 1, base=1)]]
+    inputs, values = tree_batch(problems)
+    assert assemble_trees(problems, inputs, values, np.zeros(0, np.int64)) == []
+    assert len(assemble_trees(problems, inputs, values, [0])[0].paths) == 2

@@ -107,7 +107,9 @@ def plan_branches(
     offsets, valid = select(inputs, k_sel, rc.selection)
     expand, filtered, offsets, valid = jax.device_get((expand, filtered, offsets, valid))
     valid = valid[: p * g] & expand.reshape(-1, 1)[: p * g]
-    points = tuple(tuple(o[v].tolist()) for o, v in zip(offsets[: p * g], valid, strict=True))
+    flat = offsets[: p * g][valid].tolist()  # row-major: response by response, choice order
+    ends = np.cumsum(valid.sum(1)).tolist()
+    points = tuple(tuple(flat[a:b]) for a, b in zip([0, *ends], ends, strict=False))
     state = ads.AttentionFilterState(float(new_state.total), int(new_state.count))
     return BranchPlan(points, state, int(filtered.sum()))
 

@@ -127,7 +127,7 @@ def assemble_trees(
     ok = table.pop("ok")
     chain_id = table.pop("chain_id").tolist()
     columns = {name: col[ok].tolist() for name, col in table.items()}
-    ends = np.cumsum(ok.reshape(len(which), -1).sum(1)).tolist()
+    ends = np.cumsum(ok.sum((1, 2))).tolist()
     roots = values.root_value[which].tolist()
     trees, lo = [], 0
     for k, (a, hi) in enumerate(zip(which.tolist(), ends, strict=True)):
@@ -164,7 +164,7 @@ def _node_table(inputs: TreeInputs, v: TreeValues, which: np.ndarray) -> dict[st
         return np.concatenate([chain_part, cont_part.reshape(k, g, n * t)], axis=-1)
 
     ok = cat(chain_ok, (group >= 0)[..., None] & sorted_points(inputs.cont_valid))
-    node = (np.cumsum(ok.reshape(k, -1), axis=1) - 1).reshape(ok.shape)
+    node = (np.cumsum(ok.reshape(k, g * ok.shape[-1]), axis=1) - 1).reshape(ok.shape)
     chain_id = node[..., : n + 1]
     chain_start = v.chain_start[which]
     cont_reward = sorted_points(inputs.cont_reward)
