@@ -18,6 +18,8 @@ side's compile time is reported separately):
   assembly     jitted side only, host: tree.assemble_trees (node fields by index arrays, then
                the Segment / TrainingPath objects; per-token path arrays are built on use)
   total_with_host  jitted total + packing + assembly (the issue's target: under 50 ms)
+  selection_padding_device_fci  jitted side only: selection_inputs from flat StepLayouts and the
+               FCI as one device array [B, S + 1] (the seam for a sampler that keeps FCI on device)
 
     python benchmarks/branching.py --json benchmarks/results/cpu_branching.json
 """
@@ -58,7 +60,7 @@ from attnrl_jax.scoring.selection import (  # noqa: E402
     select,
     selection_inputs,
 )
-from attnrl_jax.scoring.steps import StepLayout  # noqa: E402
+from attnrl_jax.scoring.steps import StepLayout, StepLayouts  # noqa: E402
 
 
 def make_batch(problems: int, group: int, steps: int, step_len: int, prompt: int, seed: int = 0):
@@ -228,6 +230,15 @@ def main():
         ),
         "assembly": timed(lambda: assemble_trees(problems, t_host, values), args.rounds),
     }
+    # the seam for a sampler that keeps FCI on the device: one [B, S + 1] array, flat layouts
+    flat = StepLayouts.stack(layouts)
+    fci_device = jax.device_put(np.stack(fci))
+
+    def device_fci_padding():
+        inputs = selection_inputs(flat, fci_device, rows=rows * g)
+        return jax.block_until_ready(inputs.fci)
+
+    device_fci_ms = 1000 * timed(device_fci_padding, args.rounds)
 
     device = jax.devices()[0]
     base = {
@@ -273,6 +284,7 @@ def main():
         row("jitted", phase, "ms", 1000 * value, "ms")
     with_host = sum(jitted.values()) + sum(jitted_host.values())
     row("jitted", "total_with_host", "ms", 1000 * with_host, "ms")
+    row("jitted", "selection_padding_device_fci", "ms", device_fci_ms, "ms")
     for r in out:
         print(f"{r['system']:15s} {r['params']['phase']:11s} {r['metric']:9s} {r['value']}")
     if args.json:
