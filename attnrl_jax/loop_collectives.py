@@ -200,23 +200,44 @@ def _all(v: Invariance) -> bool:
 
 
 class _Walker:
-    """Follows computations from a loop body, recording collectives and their invariance."""
+    """Follows computations from a loop body. A value is invariant when it does not depend on
+    the loop-carried values that change between iterations of the top-level loop (an inner
+    loop's counter is invariant: it runs the same way every iteration)."""
 
     def __init__(self, comps: dict[str, list[Instr]], batch_of: np.ndarray):
         self.comps, self.batch_of = comps, batch_of
         self.found: list[Collective] = []
-        self.done: set[tuple] = set()
+        self.memo: dict[tuple, Invariance] = {}
 
-    def enter(self, name: str, params: dict[int, Invariance]) -> None:
-        key = (name, repr(sorted(params.items())))
-        if key in self.done:
-            return
-        self.done.add(key)
-        values: dict[str, Invariance] = {}
-        for instr in self.comps[name]:
-            values[instr.name] = self.value(instr, values, params, name)
+    def enter(self, name: str, params: dict[int, Invariance], record: bool) -> Invariance:
+        """The invariance of computation `name`'s root, given its parameters'; with `record`,
+        its collectives (and those of what it calls) are added to `found`, once."""
+        key = (name, repr(sorted(params.items())), record)
+        if key not in self.memo:
+            self.memo[key] = False  # a computation never calls itself; this only guards
+            values: dict[str, Invariance] = {}
+            for instr in self.comps[name]:
+                values[instr.name] = self.value(instr, values, params, name, record)
+            root = next((i for i in self.comps[name] if i.root), None)
+            self.memo[key] = values[root.name] if root else False
+        return self.memo[key]
 
-    def value(self, instr: Instr, values, params, name: str) -> Invariance:
+    def loop(self, body: str, condition: str, state: list[bool], record: bool) -> list[bool]:
+        """Invariance of an inner loop's carry: an element stays invariant while its update
+        in the body is invariant (a fixed point from its initial invariance)."""
+        while True:
+            root = self.enter(body, {0: state}, False)
+            root = root if isinstance(root, list) else [root] * len(state)
+            new = [s and _all(r) for s, r in zip(state, root, strict=True)]
+            if new == state:
+                break
+            state = new
+        if record:
+            self.enter(body, {0: state}, True)
+            self.enter(condition, {0: state}, True)
+        return state
+
+    def value(self, instr: Instr, values, params, name: str, record: bool) -> Invariance:
         ops, op = instr.operands, instr.opcode
         if op == "parameter":
             return params.get(int(instr.args), False)
@@ -229,28 +250,25 @@ class _Walker:
             return [values.get(o, False) for o in ops]
         callees = _callees(instr)
         if op == "while":
-            init = values.get(ops[0], False)
             body = callees["body"][0]
-            carried = _passed_through(self.comps[body])
-            init = init if isinstance(init, list) else [init] * (max(carried, default=0) + 1)
-            state = [_all(v) and k in carried for k, v in enumerate(init)]
-            self.enter(body, {0: state})
-            self.enter(callees["condition"][0], {0: state})
-            return state
+            size = len(next(i for i in self.comps[body] if i.root).operands)
+            init = values.get(ops[0], False)
+            init = init if isinstance(init, list) else [init] * size
+            return self.loop(body, callees["condition"][0], [_all(v) for v in init], record)
         if op == "conditional":
             for k, branch in enumerate(callees.get("branch_computations", [])):
-                self.enter(branch, {0: values.get(ops[k + 1], False)})
+                self.enter(branch, {0: values.get(ops[k + 1], False)}, record)
             for key, k in (("true_computation", 1), ("false_computation", 2)):
                 for branch in callees.get(key, []):
-                    self.enter(branch, {0: values.get(ops[k], False)})
+                    self.enter(branch, {0: values.get(ops[k], False)}, record)
         else:
             for callee in callees.get("calls", []) + callees.get("to_apply", []):
-                self.enter(callee, {k: values.get(o, False) for k, o in enumerate(ops)})
+                self.enter(callee, {k: values.get(o, False) for k, o in enumerate(ops)}, record)
         invariant = op not in ("rng", "rng-bit-generator", "custom-call") and all(
             _all(values.get(o, False)) for o in ops
         )
         kind = _kind(op)
-        if kind is not None:
+        if kind is not None and record:
             op_name = re.search(r'op_name="([^"]*)"', instr.attrs)
             self.found.append(
                 Collective(
@@ -294,8 +312,8 @@ def loop_collectives(text: str, mesh: Mesh, loop: re.Pattern = TOP_LOOP) -> list
         body = comps[callees["body"][0]]
         size = len(next(i for i in body if i.root).operands)
         state = [k in _passed_through(body) for k in range(size)]
-        walker.enter(callees["body"][0], {0: state})
-        walker.enter(callees["condition"][0], {0: state})
+        walker.enter(callees["body"][0], {0: state}, True)
+        walker.enter(callees["condition"][0], {0: state}, True)
     return walker.found
 
 

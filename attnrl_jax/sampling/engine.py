@@ -111,6 +111,9 @@ class NativeEngine:
         self.params = None  # the old decode copy is freed before the new one is made
         self.params, self.version = self._place(params), version
 
+    def close(self) -> None:
+        self.params = None
+
     def _place(self, params: Params) -> Params:
         """params in the engine's layout (module docstring); unchanged without a mesh or when
         they are in it already (a rollout group's params placed by the trainer)."""
