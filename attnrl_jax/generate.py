@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
             )
 
     engine = NativeEngine(model.config, model.params(), config)
+    del model  # on a mesh the engine holds its own (decode layout) copy: free the loaded one
     bar = tqdm(total=len(requests) * args.n, unit="sample", file=sys.stderr, dynamic_ncols=True)
     with bar:
         samples = engine.generate(requests, options, bar.update)

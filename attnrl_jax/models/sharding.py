@@ -188,14 +188,16 @@ def decode_layout(
 ) -> tuple[Rules, Any]:
     """(rules, dtype) the sampler's parameters are placed with on `mesh`.
 
-    "replicated": decode_rules(rules) in decode_dtype(cfg). Each device then holds
-    param_bytes / tensor in that dtype (1.5B in bfloat16: 3.6 GB / tensor; 7B: 15.2 GB / tensor)
-    on top of whatever else it holds (in training on shared devices: the FSDP params, AdamW
-    moments and the KV cache). "training": `rules` and the weights' dtype unchanged (weights
-    split over fsdp; the decode loop gathers weights or activations over the batch axes every
-    step). "auto": replicated when that costs at most `budget_bytes` per device (default: a
-    quarter of the first device's memory when the backend reports it, else no limit), otherwise
-    training, with one log line saying why.
+    "replicated": decode_rules(rules) in decode_dtype(cfg). Each device holds param_bytes /
+    tensor in that dtype (DeepSeek-R1-Distill-Qwen in bfloat16: 1.5B 3.55 GB / tensor, 7B
+    15.2 GB / tensor) on top of what else it holds (in training on shared devices: its FSDP
+    share of the params, AdamW moments and reference, and the KV cache). "training": `rules`
+    and the weights' dtype unchanged (weights split over fsdp: every decode step then gathers
+    weights, or moves activations to the weight shards, across the batch axes). "auto":
+    replicated when that costs at most `budget_bytes` per device (default: a quarter of the
+    first device's memory when the backend reports it, else no limit), otherwise training,
+    with one log line saying why. On 16 GiB v5e chips (a 4 GiB budget) the 1.5B model is
+    replicated at any tensor size; the 7B needs tensor >= 4 (tensor 2: 7.1 GiB per device).
     """
     if layout not in DECODE_LAYOUTS:
         raise ValueError(f"decode layout {layout!r}: choose from {DECODE_LAYOUTS}")
