@@ -111,11 +111,17 @@ def _callees(instr: Instr) -> dict[str, list[str]]:
     return out
 
 
-def _result_bytes(shape: str) -> int:
-    total = 0
-    for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", shape):
-        total += math.prod(int(d) for d in dims.split(",") if d) * _BYTES.get(dtype, 4)
-    return total
+def _result_bytes(shape: str, opcode: str) -> int:
+    """Bytes a collective delivers: its result's (a tuple: every element's, as a combined
+    all-reduce returns them), or for an async gather / permute start, whose tuple also holds
+    its operand and context, the largest element's."""
+    sizes = [
+        math.prod(int(d) for d in dims.split(",") if d) * _BYTES.get(dtype, 4)
+        for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", shape)
+    ]
+    if opcode in ("all-gather-start", "collective-permute-start"):
+        return max(sizes, default=0)
+    return sum(sizes)
 
 
 def _ints(text: str) -> list[int]:
@@ -274,7 +280,7 @@ class _Walker:
                 Collective(
                     kind=kind,
                     shape=instr.shape,
-                    bytes=_result_bytes(instr.shape),
+                    bytes=_result_bytes(instr.shape, op),
                     invariant=invariant,
                     batch_axes=_spans_batch(instr, self.batch_of),
                     op_name=op_name.group(1) if op_name else "",
