@@ -8,6 +8,7 @@ seen up to 1.6e-5 on a log-prob of -2.6); tokens must be equal.
 """
 
 import dataclasses
+import json
 import logging
 
 import jax
@@ -188,3 +189,31 @@ def test_loop_collectives_finds_weight_gathers_in_a_loop(mesh):
 )
 def test_device_groups_reads_every_format(attrs, groups):
     assert device_groups(attrs) == groups
+
+
+def test_benchmark_script_writes_rows_the_table_reads(tmp_path, capsys):
+    from benchmarks import decode_layout
+    from benchmarks.aot_targets import model_config
+    from benchmarks.table_defs import decode_layout_table
+
+    out = tmp_path / "decode_layout.json"
+    args = ["--target", "cpu4", "--model", "tiny", "--mesh", "1x2x2", "--rows", "4"]
+    args += ["--context", "16", "--new_tokens", "8", "--json", str(out)]
+    assert decode_layout.main(args) == 0
+    rows = json.loads(out.read_text())
+    assert [r["layout"] for r in rows] == ["training", "replicated"]
+    training, replicated = rows
+    assert replicated["invariant_gathers"] == 0 and replicated["param_dtype"] == "bfloat16"
+    assert replicated["batch_axis_collectives"] < training["batch_axis_collectives"]
+    tiny = model_config("tiny")  # bfloat16 matmuls over float32 weights
+    small = sharding.make_mesh(1, 2, 2, devices=jax.devices()[:4])
+    for row, rules, dtype in (
+        (training, sharding.DEFAULT_RULES, jnp.float32),
+        (replicated, sharding.decode_rules(), jnp.bfloat16),
+    ):
+        held = sharding.param_bytes_per_device(tiny, small, rules, dtype)
+        assert row["param_gib_per_device"] == held / 2**30
+    assert decode_layout_table(rows) in capsys.readouterr().out
+    # A second run of the same settings replaces its rows instead of adding to them.
+    assert decode_layout.main(args) == 0
+    assert len(json.loads(out.read_text())) == 2
