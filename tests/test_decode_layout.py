@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from attnrl_jax.compile_watch import CompileWatch
 from attnrl_jax.loop_collectives import device_groups, loop_collectives
 from attnrl_jax.models import sharding
 from attnrl_jax.models.config import ModelConfig
@@ -98,9 +99,13 @@ def test_engine_decodes_in_the_decode_layout_like_one_device(params, mesh):
         assert x.sharding.is_equivalent_to(s, x.ndim)
     _same(engine.generate(REQUESTS, OPTIONS), single)
 
-    # An update is placed the same way, and decodes like one device with the new weights.
+    # An update is placed the same way (by the program compiled for the first placement), and
+    # decodes like one device with the new weights.
     newer = jax.tree.map(lambda x: 0.9 * x, params)
-    engine.update_weights(sharding.shard_params(newer, CFG, mesh), version=1)
+    update = sharding.shard_params(newer, CFG, mesh)
+    with CompileWatch() as watch:
+        engine.update_weights(update, version=1)
+    assert watch.names == []
     for x, s in zip(jax.tree.leaves(engine.params), jax.tree.leaves(want), strict=True):
         assert x.sharding.is_equivalent_to(s, x.ndim)
     _same(engine.generate(REQUESTS, OPTIONS), sample(newer, CFG, REQUESTS, OPTIONS, CONFIG))
