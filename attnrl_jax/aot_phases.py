@@ -33,7 +33,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import param_shapes, unflatten
-from attnrl_jax.models.sharding import batch_sharding, optimizer_state_shardings, param_shardings
+from attnrl_jax.models.sharding import (
+    DEFAULT_RULES,
+    Rules,
+    batch_sharding,
+    optimizer_state_shardings,
+    param_shardings,
+)
 from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.settings import OptimConfig
 from attnrl_jax.rl.update import (
@@ -133,13 +139,16 @@ def per_device_bytes(tree: Any) -> int:
     return total
 
 
-def abstract_params(cfg: ModelConfig, mesh: Mesh) -> dict:
-    """The model's params as ShapeDtypeStructs with the trainer's shardings (param_shardings)."""
+def abstract_params(
+    cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES, dtype: Any = None
+) -> dict:
+    """The model's params as ShapeDtypeStructs with the trainer's shardings (param_shardings),
+    or those of `rules` in `dtype` (the sampler's decode layout: sharding.decode_layout)."""
     shapes = unflatten(param_shapes(cfg))
     plain = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s, cfg.weight_dtype), shapes, is_leaf=_is_shape
+        lambda s: jax.ShapeDtypeStruct(s, dtype or cfg.weight_dtype), shapes, is_leaf=_is_shape
     )
-    shardings = param_shardings(cfg, mesh)
+    shardings = param_shardings(cfg, mesh, rules)
     return jax.tree.map(lambda a, s: _spec(a.shape, a.dtype, s), plain, shardings)
 
 
@@ -259,6 +268,7 @@ def plan_phases(
     loss: LossConfig | None = None,
     optim: OptimConfig | None = None,
     scoring: ScoringConfig | None = None,
+    sample_layout: tuple[Rules, Any] | None = None,
 ) -> list[PhaseMemory]:
     """Compiles the requested phases for `mesh` and returns their per-device memory.
 
@@ -267,6 +277,9 @@ def plan_phases(
     the compiler refused that program: the batch's and the params' shardings instead).
     loss / optim / scoring: default LossConfig() / OptimConfig() / ScoringConfig() (KL weight
     0.001: reference params held).
+    sample_layout: (rules, dtype) of the sampler's own copy of the params (what
+    sharding.decode_layout chose for NativeEngine); the training params are then resident
+    beside it. None: the sampler reads the training params.
     """
     unknown = set(phases) - set(PHASES)
     if unknown:
@@ -286,7 +299,11 @@ def plan_phases(
         statics = dict(
             cfg=cfg, config=config, max_new_tokens=shapes.new_tokens, cache_length=shapes.cache_len
         )
-        memory, _ = _analyse("sample", sample_batch, (params, batch), statics, o_bytes + ref_bytes)
+        held, decode_params = o_bytes + ref_bytes, params
+        if sample_layout is not None:
+            decode_params = abstract_params(cfg, mesh, *sample_layout)
+            held += p_bytes
+        memory, _ = _analyse("sample", sample_batch, (decode_params, batch), statics, held)
         out.append(memory)
 
     if "score" in phases:

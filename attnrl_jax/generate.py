@@ -6,7 +6,9 @@
 
 Each non-blank input line is a JSON object with "prompt" (text, encoded with the model
 directory's tokenizer) or "prompt_ids" (token ids), and optionally "prefix_ids" (response
-tokens to continue from). --chat_template wraps text prompts as one user message of the
+tokens to continue from), and optionally "max_new_tokens" (this line's budget instead of
+--max_new_tokens: a positive integer with prompt + prefix + budget within the model's position
+limit). --chat_template wraps text prompts as one user message of the
 tokenizer's chat template, generation prompt included. Other keys are ignored.
 
 Each output line, ordered by input line then sample:
@@ -76,7 +78,14 @@ def read_requests(path: Path, tokenizer, chat_template: bool, n: int) -> list[Re
         else:
             prompt = _ids(row["prompt_ids"], "prompt_ids", where)
         prefix = _ids(row.get("prefix_ids", []), "prefix_ids", where)
-        requests.append(Request(prompt, prefix, n=n, index=number))
+        budget = row.get("max_new_tokens")
+        if budget is not None and (
+            not isinstance(budget, int) or isinstance(budget, bool) or budget < 1
+        ):
+            raise InputError(
+                f"{where}: 'max_new_tokens' must be a positive integer, got {budget!r}"
+            )
+        requests.append(Request(prompt, prefix, n=n, max_new_tokens=budget, index=number))
     if not requests:
         raise InputError(f"{path} has no input lines")
     return requests
@@ -173,13 +182,21 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise InputError(str(e)) from None
     requests = read_requests(args.input, tokenizer, args.chat_template, args.n)
+    limit = model.config.max_position_embeddings
     for request in requests:
+        where = f"{args.input} line {request.index + 1}"
         try:
-            check_request(request, model.config)
+            context = check_request(request, model.config)
         except ValueError as e:
-            raise InputError(f"{args.input} line {request.index + 1}: {e}") from None
+            raise InputError(f"{where}: {e}") from None
+        if request.max_new_tokens is not None and len(context) + request.max_new_tokens > limit:
+            raise InputError(
+                f"{where}: 'max_new_tokens' {request.max_new_tokens} after a context of "
+                f"{len(context)} tokens passes the model's position limit of {limit}"
+            )
 
     engine = NativeEngine(model.config, model.params(), config)
+    del model  # on a mesh the engine holds its own (decode layout) copy: free the loaded one
     bar = tqdm(total=len(requests) * args.n, unit="sample", file=sys.stderr, dynamic_ncols=True)
     with bar:
         samples = engine.generate(requests, options, bar.update)

@@ -3,7 +3,9 @@
 Cloud TPU topology (through libtpu, the `tpu` extra) or `cpu:N` (N forced XLA:CPU devices, an
 estimate for N GPUs of --hbm_gib each) and prints per-device memory by phase:
 
-    sample               prefill + decode of one sampler device batch (fresh prompts)
+    sample               prefill + decode of one sampler device batch (fresh prompts), with
+                         the params in the engine's decode layout (sharding.decode_layout:
+                         replicated over data x fsdp when that takes at most a quarter of HBM)
     sample_continuation  the same for continuation rows (prompt + response prefix as context)
     score                the scoring forward (log-probs, entropies, FCI) of one scoring batch
     reference            the frozen policy's forward for the KL term, one micro-batch
@@ -211,7 +213,7 @@ def resolve_for_plan(config):
 def plan(config, topology: Topology) -> list[dict]:
     """Compiles every phase of `config` for `topology`; one JSON row per phase."""
     from attnrl_jax.aot_phases import PHASES, plan_phases
-    from attnrl_jax.models.sharding import make_mesh
+    from attnrl_jax.models.sharding import decode_layout, make_mesh
     from attnrl_jax.sampling.buckets import Buckets
 
     data, fsdp, tensor = mesh_sizes(config.mesh.to_dict(), topology.num_devices)
@@ -220,7 +222,9 @@ def plan(config, topology: Topology) -> list[dict]:
     cfg = model_config(run)
     devices = topology_devices(topology)
     mesh = make_mesh(data, fsdp, tensor, devices=devices)
-    common = dict(loss=run.loss, optim=run.optim, scoring=run.rollout.scoring)
+    # the layout NativeEngine's "auto" picks on this chip (its default budget: a quarter of HBM)
+    layout = decode_layout(cfg, mesh, budget_bytes=int(topology.hbm_gib * GIB) // 4)
+    common = dict(loss=run.loss, optim=run.optim, scoring=run.rollout.scoring, sample_layout=layout)
     memories = plan_phases(cfg, mesh, shapes, PHASES, **common)
     if run.rollout.tree:
         # continuation rows: prompt + response prefix as context, the same new-token budget

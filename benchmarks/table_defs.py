@@ -573,6 +573,33 @@ def fit_plan(data: dict) -> str:
     return "\n".join(lines)
 
 
+# --- decode_layout.py ----------------------------------------------------------------------------
+
+
+def decode_layout_table(rows: list[dict]) -> str:
+    """One line per compiled layout: the collectives inside the sampler's decode loop (per
+    decode step) and the weights each device holds. Also what decode_layout.py prints."""
+    lines = [
+        "| model | target (compiled for) | mesh d x f x t | rows | params layout | weights "
+        "GiB/device | collectives in the loop | of them weight gathers | across data x fsdp "
+        "| MiB they move |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} {r['precision']} | {r['target']} ({r['compiled_for']}) "
+            f"| {r['mesh']} | {r['rows']} | {r['layout']} ({r['param_dtype']}) "
+            f"| {r['param_gib_per_device']:.2f} | {r['collectives']} "
+            f"| {_bold(str(r['invariant_gathers']), r['layout'] == 'replicated')} "
+            f"| {r['batch_axis_collectives']} | {_f(r['collective_bytes'] / MIB, 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def decode_layout(rows: Rows) -> str:
+    return decode_layout_table(rows.rows)
+
+
 # --- slot_ratio.py --------------------------------------------------------------------------------
 
 
@@ -696,6 +723,7 @@ TABLES: dict[str, Table] = {
     "memory_plan": Table(("memory_plan.json",), memory_plan),
     "fit_plan": Table(("fit_plan.json",), fit_plan),
     "slot_ratio": Table(("slot_ratio.json",), slot_ratio),
+    "decode_layout": Table(("decode_layout.json",), decode_layout),
     "sample_efficiency": Table(("sample_efficiency.json",), sample_efficiency),
     "demo": Table(("demo_summary.json",), demo),
     "branching": Table(("cpu_branching.json",), branching),

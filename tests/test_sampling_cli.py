@@ -69,6 +69,37 @@ def test_cli_writes_documented_samples(tmp_path, model_dir, tokenizer):
         np.testing.assert_allclose(s.logprobs, r["logprobs"], atol=1e-5)
 
 
+def test_per_line_max_new_tokens(tmp_path, model_dir, tokenizer):
+    # Each line's budget bounds its samples, and the tokens are the library's for the same
+    # per-request budgets (line 2's budget is above --max_new_tokens, line 0's below).
+    rows = [
+        {"prompt_ids": [5, 6, 7], "max_new_tokens": 3},
+        {"prompt_ids": [10, 11]},
+        {"prompt_ids": [12], "prefix_ids": [4], "max_new_tokens": 9},
+    ]
+    src, out = _write(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    args = ["--n", "2", "--max_new_tokens", "6", "--temperature", "0.8", "--seed", "5"]
+    assert _generate(model_dir, src, out, *args) == 0
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    budgets = {0: 3, 1: 6, 2: 9}
+    for r in results:
+        assert len(r["token_ids"]) <= budgets[r["index"]]
+        if r["finish_reason"] == "length":
+            assert len(r["token_ids"]) == budgets[r["index"]]
+    assert any(len(r["token_ids"]) > 6 for r in results if r["index"] == 2)
+    model = load_pretrained(model_dir)
+    options = SamplingOptions(
+        max_new_tokens=6, temperature=0.8, seed=5, eos_ids=(tokenizer.eos_token_id,)
+    )
+    requests = [
+        Request([5, 6, 7], n=2, max_new_tokens=3, index=0),
+        Request([10, 11], n=2, index=1),
+        Request([12], [4], n=2, max_new_tokens=9, index=2),
+    ]
+    library = sample(model.params(), model.config, requests, options)
+    assert [s.token_ids.tolist() for s in library] == [r["token_ids"] for r in results]
+
+
 def test_chat_template_wraps_text_prompts(tmp_path, model_dir, tokenizer):
     question = "Let's think step by step."
     text = "<|im_start|>user\nLet's think step by step.<|im_end|>\n<|im_start|>assistant\n"
@@ -93,6 +124,15 @@ def test_chat_template_wraps_text_prompts(tmp_path, model_dir, tokenizer):
         ([{"prompt_ids": [1], "prefix_ids": 7}], "line 1: 'prefix_ids' must be a list"),
         ([{"prompt_ids": []}], "line 1: the prompt is empty"),
         (["", {"prompt_ids": [2] * MAX_POSITIONS}], "line 2: prompt + prefix is 128 tokens"),
+        ([{"prompt_ids": [1], "max_new_tokens": 0}], "line 1: 'max_new_tokens' must be a posi"),
+        ([{"prompt_ids": [1], "max_new_tokens": "5"}], "line 1: 'max_new_tokens' must be a posi"),
+        ([{"prompt_ids": [1], "max_new_tokens": 2.0}], "line 1: 'max_new_tokens' must be a posi"),
+        ([{"prompt_ids": [1], "max_new_tokens": True}], "line 1: 'max_new_tokens' must be a pos"),
+        (
+            [{"prompt_ids": [1]}, {"prompt_ids": [2] * 100, "max_new_tokens": 29}],
+            "line 2: 'max_new_tokens' 29 after a context of 100 tokens passes the model's "
+            "position limit of 128",
+        ),
     ],
 )
 def test_bad_input_names_the_line_and_writes_nothing(tmp_path, capsys, model_dir, rows, message):

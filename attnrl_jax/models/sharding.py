@@ -4,10 +4,15 @@ Parameters carry logical axis names (lm.logical_axes(cfg)); `Rules` map each nam
 The defaults give FSDP over `fsdp` (the embedding dimension of every matrix) and tensor
 parallelism over `tensor` (heads, MLP and vocabulary); batches split over `data` x `fsdp`.
 A dimension that does not divide evenly by its mesh axes is replicated instead.
+
+The decode layout (`decode_rules`, `decode_shardings`, `decode_layout`) is what the sampler
+wants instead: every weight whole on each batch shard (replicated over data x fsdp), split over
+`tensor` only, so the decode loop reads local weights and never all-gathers them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +22,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from attnrl_jax.models.config import ModelConfig
+
+LOG = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -124,3 +131,96 @@ def optimizer_state_shardings(opt_state: Any, params: dict, shardings: dict, mes
         opt_state,
         is_leaf=is_param_like,
     )
+
+
+# ----- the decode layout -----
+
+DECODE_LAYOUTS = ("auto", "replicated", "training")
+
+
+def decode_rules(rules: Rules = DEFAULT_RULES) -> Rules:
+    """`rules` with the batch axes (data, fsdp) taken out of every parameter axis: weights are
+    replicated over the batch shards and keep only their `tensor` split. The `batch` rule
+    itself (rows, KV cache) is unchanged."""
+
+    def strip(axes):
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        kept = tuple(a for a in axes if a not in BATCH_AXES)
+        return kept[0] if len(kept) == 1 else (kept or None)
+
+    return tuple((name, axes if name == "batch" else strip(axes)) for name, axes in rules)
+
+
+def decode_dtype(cfg: ModelConfig) -> Any:
+    """The dtype of the decode copy: the computation dtype when it is narrower than the weights'
+    (every matmul, norm and embedding lookup casts weights to it first, so a copy cast once
+    computes the same bits), else the weights' own."""
+    compute, weights = jax.numpy.dtype(cfg.compute_dtype), jax.numpy.dtype(cfg.weight_dtype)
+    return compute if compute.itemsize < weights.itemsize else weights
+
+
+def decode_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict:
+    """NamedSharding for every parameter of cfg in the decode layout, nested like its params."""
+    return param_shardings(cfg, mesh, decode_rules(rules))
+
+
+def param_bytes_per_device(
+    cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES, dtype: Any = None
+) -> int:
+    """Bytes of cfg's parameters one device holds under `rules` (the largest shard of each), in
+    `dtype` (default: the weights' dtype)."""
+    from attnrl_jax.models import lm
+
+    itemsize = jax.numpy.dtype(dtype or cfg.weight_dtype).itemsize
+    specs, total = logical_specs(cfg, mesh, rules), 0
+    for path, shape in lm.param_shapes(cfg).items():
+        shard = NamedSharding(mesh, specs[path]).shard_shape(shape)
+        total += math.prod(shard) * itemsize
+    return total
+
+
+def decode_layout(
+    cfg: ModelConfig,
+    mesh: Mesh,
+    rules: Rules = DEFAULT_RULES,
+    layout: str = "auto",
+    budget_bytes: int | None = None,
+) -> tuple[Rules, Any]:
+    """(rules, dtype) the sampler's parameters are placed with on `mesh`.
+
+    "replicated": decode_rules(rules) in decode_dtype(cfg). Each device holds param_bytes /
+    tensor in that dtype (DeepSeek-R1-Distill-Qwen in bfloat16: 1.5B 3.55 GB / tensor, 7B
+    15.2 GB / tensor) on top of what else it holds (in training on shared devices: its FSDP
+    share of the params, AdamW moments and reference, and the KV cache). "training": `rules`
+    and the weights' dtype unchanged (weights split over fsdp: every decode step then gathers
+    weights, or moves activations to the weight shards, across the batch axes). "auto":
+    replicated when that costs at most `budget_bytes` per device (default: a quarter of the
+    first device's memory when the backend reports it, else no limit), otherwise training,
+    with one log line saying why. On 16 GiB v5e chips (a 4 GiB budget) the 1.5B model is
+    replicated at any tensor size; the 7B needs tensor >= 4 (tensor 2: 7.1 GiB per device).
+    """
+    if layout not in DECODE_LAYOUTS:
+        raise ValueError(f"decode layout {layout!r}: choose from {DECODE_LAYOUTS}")
+    if layout == "training":
+        return rules, cfg.weight_dtype
+    dtype = decode_dtype(cfg)
+    replicated = (decode_rules(rules), dtype)
+    if layout == "replicated":
+        return replicated
+    if budget_bytes is None:
+        try:
+            stats = mesh.devices.flat[0].memory_stats() or {}
+        except Exception:  # compile-only (topology) devices report nothing
+            stats = {}
+        limit = stats.get("bytes_limit")
+        budget_bytes = limit // 4 if limit else None
+    need = param_bytes_per_device(cfg, mesh, decode_rules(rules), dtype)
+    if budget_bytes is not None and need > budget_bytes:
+        LOG.warning(
+            "decode layout: keeping the training layout (weights split over fsdp): replicated "
+            "weights need %.2f GiB per device, over the budget of %.2f GiB",
+            need / 2**30,
+            budget_bytes / 2**30,
+        )
+        return rules, cfg.weight_dtype
+    return replicated

@@ -15,17 +15,21 @@ comes from the scoring forward. Row (request i, sample s) must draw from the ran
 engine that cannot promise this still trains correctly, only not bit-reproducibly.
 
 `NativeEngine` is the project's jitted KV-cache sampler (sampling/requests.py + sampler.py).
-`place_on` moves the trainer's params onto another device group (mesh.rollout_devices).
+On a mesh it keeps its own copy of the params in the decode layout (models/sharding.py
+decode_layout: replicated over data x fsdp, split over tensor), put there once per weight
+update. `place_on` moves the trainer's params onto another device group (mesh.rollout_devices).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from attnrl_jax.models import sharding
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params
 from attnrl_jax.sampling.requests import Request, Sample, SamplingOptions, sample
@@ -58,11 +62,35 @@ class RolloutEngine(Protocol):
 
 
 class NativeEngine:
-    """The native sampler behind the RolloutEngine protocol; holds a reference to the params
-    (update_weights swaps the reference: no copy, no transfer)."""
+    """The native sampler behind the RolloutEngine protocol.
 
-    def __init__(self, cfg: ModelConfig, params: Params, config: SamplerConfig | None = None):
-        self.cfg, self.params, self.config = cfg, params, config or SamplerConfig()
+    One device (config.mesh None): holds a reference to the params (update_weights swaps it: no
+    copy). On a mesh: the params are placed once per update into the decode layout chosen by
+    `decode_layout` ("auto" | "replicated" | "training", against `decode_budget_bytes` per
+    device; see sharding.decode_layout), so the decode loop reads local weights.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        params: Params | None,
+        config: SamplerConfig | None = None,
+        decode_layout: str = "auto",
+        decode_budget_bytes: int | None = None,
+    ):
+        self.cfg, self.config = cfg, config or SamplerConfig()
+        self.layout: tuple[sharding.Rules, Any] | None = None  # (rules, dtype) on a mesh
+        if self.config.mesh is not None:
+            self.layout = sharding.decode_layout(
+                cfg, self.config.mesh, self.config.rules, decode_layout, decode_budget_bytes
+            )
+            rules, dtype = self.layout
+            self._target = sharding.param_shardings(cfg, self.config.mesh, rules)
+            # compiled once per engine: every update reuses it
+            self._relayout = jax.jit(
+                functools.partial(_astype, dtype=dtype), out_shardings=self._target
+            )
+        self.params = None if params is None else self._place(params)
         self.version = 0
 
     @property
@@ -80,10 +108,36 @@ class NativeEngine:
         return sample(self.params, self.cfg, requests, options, self.config, progress)
 
     def update_weights(self, params: Params, version: int) -> None:
-        self.params, self.version = params, version
+        self.params = None  # the old decode copy is freed before the new one is made
+        self.params, self.version = self._place(params), version
 
     def close(self) -> None:
         self.params = None
+
+    def _place(self, params: Params) -> Params:
+        """params in the engine's layout (module docstring); unchanged without a mesh or when
+        they are in it already (a rollout group's params placed by the trainer)."""
+        if self.layout is None:
+            return params
+        dtype, leaves = self.layout[1], jax.tree.leaves(params)
+        targets = jax.tree.leaves(self._target)
+        if all(
+            isinstance(x, jax.Array) and x.dtype == dtype and x.sharding.is_equivalent_to(t, x.ndim)
+            for x, t in zip(leaves, targets, strict=True)
+        ):
+            return params
+        devices = set(self.config.mesh.devices.flat)
+        if all(not isinstance(x, jax.Array) or x.sharding.device_set == devices for x in leaves):
+            return self._relayout(params)  # an all-gather over fsdp (when split) and the cast
+        # Another device group: cast where the params are (less to move), then move them.
+        return place_on(_cast(params, dtype), self._target)
+
+
+def _astype(params: Params, dtype: Any) -> Params:
+    return jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+_cast = jax.jit(_astype, static_argnames="dtype")
 
 
 def place_on(tree: Any, shardings: Any) -> Any:
