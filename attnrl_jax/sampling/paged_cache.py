@@ -1,0 +1,128 @@
+"""The device side of the paged KV cache: one pool of pages per layer, as `Attend` functions.
+
+    keys[layer]   [N, Hkv, D, P]    N pages of P positions (page 0: the trash page, pages.py)
+    values[layer] [N, Hkv, P, D]
+
+A slot's page table [M] int32 maps its logical page j (positions j*P .. j*P + P - 1) to a
+physical page. Decode attention gathers a slot's M pages in logical order into the dense cache
+layout of cache.py ([B, Hkv, D, M*P] / [B, Hkv, M*P, D]) and runs the one kernel on it, so the
+kernel, its chunked running softmax and the FCI observer see keys in the same order as the
+lock-step sampler's dense cache. The pool is what persists between steps; the gathered copy
+exists for one layer at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from attnrl_jax.models import sharding
+from attnrl_jax.models.attention import Attend, Observer, attention, cache_mask, causal_attend
+from attnrl_jax.sampling.cache import KVCache, constrain
+
+POOL_AXES = (None, "kv_heads", None, None)  # pages are not split over the batch axes
+
+
+def empty_pool(
+    num_layers: int, num_pages: int, kv_heads: int, head_dim: int, page_size: int, dtype
+) -> KVCache:
+    keys = jnp.zeros((num_pages, kv_heads, head_dim, page_size), dtype)
+    values = jnp.zeros((num_pages, kv_heads, page_size, head_dim), dtype)
+    return KVCache((keys,) * num_layers, (values,) * num_layers)
+
+
+def constrain_pool(pool: KVCache, mesh: Mesh | None, rules: sharding.Rules) -> KVCache:
+    """Pins the pool's sharding on `mesh`: heads over tensor, pages whole on every device."""
+    if mesh is None:
+        return pool
+    return constrain(pool, mesh, rules, POOL_AXES)
+
+
+def _write(pool: KVCache, layer: int, pages, offsets, k, v) -> KVCache:
+    """k, v [..., Hkv, D] written at (pages, offsets) [...] of layer's pool."""
+    keys = pool.keys[layer].at[pages, :, :, offsets].set(k, mode="promise_in_bounds")
+    values = pool.values[layer].at[pages, :, offsets].set(v, mode="promise_in_bounds")
+    return KVCache(
+        pool.keys[:layer] + (keys,) + pool.keys[layer + 1 :],
+        pool.values[:layer] + (values,) + pool.values[layer + 1 :],
+    )
+
+
+def gather(pool: KVCache, layer: int, table: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The slots' caches in logical order: keys [B, Hkv, D, M*P], values [B, Hkv, M*P, D]
+    from table [B, M]."""
+    keys = pool.keys[layer][table]  # [B, M, Hkv, D, P]
+    values = pool.values[layer][table]  # [B, M, Hkv, P, D]
+    b, m, hkv, d, p = keys.shape
+    keys = jnp.transpose(keys, (0, 2, 3, 1, 4)).reshape(b, hkv, d, m * p)
+    values = jnp.transpose(values, (0, 2, 1, 3, 4)).reshape(b, hkv, m * p, d)
+    return keys, values
+
+
+def paged_prefill_attend(
+    source: jax.Array,
+    table: jax.Array,
+    writes: jax.Array,
+    query_chunk: int | None,
+) -> Attend:
+    """Causal attention over right-padded contexts [A_ctx, C] that writes admitted rows' pages.
+
+    source [A] int32: the context each admitted row continues. table [A, M] int32: the rows'
+    page tables. writes [A, C] bool: the context positions row a writes (its private pages, and
+    the shared full pages for one row of a request that has none yet); others go to the trash
+    page. The state is the pool (KVCache).
+    """
+
+    def attend(layer: int, q, k, v, pool: KVCache):
+        out, _ = causal_attend(jnp.ones(q.shape[:2], jnp.int32), query_chunk)(layer, q, k, v, None)
+        p = pool.keys[layer].shape[-1]
+        positions = jnp.arange(k.shape[1])
+        logical = jnp.minimum(positions // p, table.shape[1] - 1)
+        pages = jnp.where(writes, table[:, logical], 0)  # [A, C]
+        offsets = jnp.broadcast_to(positions % p, pages.shape)
+        return out, _write(pool, layer, pages, offsets, k[source], v[source])
+
+    return attend
+
+
+def paged_decode_attend(
+    table: jax.Array,
+    positions: jax.Array,
+    writes: jax.Array,
+    chunk: int,
+    observe: Callable[[int], Observer | None] | None = None,
+) -> Attend:
+    """One new token per slot: written at positions[b] of slot b's pages when writes[b] (else
+    into the trash page), then attends over positions [0, positions[b]] of the gathered cache.
+
+    q, k, v [B, 1, H, D]; table [B, M]; positions [B] int32 in [0, M*P). The state is
+    (pool, observed), as cache.decode_attend's (observe: see there).
+    """
+    mask = cache_mask(positions)
+    limit = jnp.max(positions) + 1
+    rows = jnp.arange(positions.shape[0])
+
+    def attend(layer: int, q, k, v, state):
+        pool, observed = state
+        p = pool.keys[layer].shape[-1]
+        pages = jnp.where(writes, table[rows, positions // p], 0)
+        pool = _write(pool, layer, pages, positions % p, k[:, 0], v[:, 0])
+        keys, values = gather(pool, layer, table)
+        observer = None if observe is None else observe(layer)
+        out, observed = attention(
+            q,
+            keys,
+            values,
+            mask,
+            key_chunk=chunk,
+            key_limit=limit,
+            cache_layout=True,
+            observer=observer,
+            observed=observed,
+        )
+        return out, (pool, observed)
+
+    return attend
