@@ -39,9 +39,9 @@ class EngineStats:
 
     slot_steps: decode steps x slots; token_steps: tokens chosen in decode steps (useful
     work); chunks: decode chunks run; peak_pages: most pages allocated at once (x page_size
-    = positions of KV memory); peak_needed: most positions the live rows needed at once
-    (a request's shared context counted once); worst_ratio: max over chunk ends of allocated
-    positions / needed positions; leaked_pages: pages still allocated after the call.
+    = positions of KV memory); peak_needed: most positions the live rows needed at once (their
+    tokens, each request's context once); worst_ratio: max over chunk ends of allocated /
+    needed positions; leaked_pages: pages still allocated after the call.
     """
 
     page_size: int = 0
@@ -108,17 +108,19 @@ def run(
     static_fci = None if options.fci is None else options.fci.static()
     eos = np.full(config.max_eos_ids, -1, np.int32)
     eos[: len(options.eos_ids)] = options.eos_ids
-    call = Call(*replicated_to_device((np.int32(options.seed), eos, separators), config.mesh))
+    device = _device_of(params, config)
+    call = Call(*_shared((np.int32(options.seed), eos, separators), config, device))
     state = continuous.empty_state(
         call, cfg, config, slots, num_pages, page_size, cache_length, static_fci
     )
+    if device is not None:
+        state = jax.device_put(state, device)  # committed, like every later state
     params = _unstack(params)
 
     order = sorted(range(len(requests)), key=lambda i: -budgets[i])
     waiting = deque((i, s) for i in order for s in range(requests[i].n))
     left = [r.n for r in requests]
     rows: list[tuple[int, int] | None] = [None] * slots
-    shared_of = np.zeros(slots, np.int64)  # shared context positions of each slot's row
     count = np.zeros(slots, np.int64)  # tokens read back per slot
     tokens: list[list[np.ndarray]] = [[] for _ in range(slots)]
     logprobs: list[list[np.ndarray]] = [[] for _ in range(slots)]
@@ -140,12 +142,13 @@ def run(
             left[i] -= 1
             if left[i] == 0:
                 pages.drop_request(i)
-            rows[b], shared_of[b], count[b] = (i, s), len(shared) * page_size, 0
-            admitted.append((b, i, s, 0 if new else shared_of[b]))
+            rows[b], count[b] = (i, s), 0
+            admitted.append((b, i, s, 0 if new else len(shared) * page_size))
         first = None
         if admitted:
             batch = _admission(admitted, requests, contexts, budgets, options, config, slots)
-            table = replicated_to_device(pages.table, config.mesh)
+            batch = _rows(batch, config, device)
+            table = _shared(pages.table, config, device)
             state, *first = continuous.admit(
                 params, state, batch, table, call, cfg, config, static_fci
             )
@@ -156,9 +159,9 @@ def run(
                 pages.grow(b, min(len(contexts[i]) + int(count[b]) + steps, totals[i]))
         free = sum(r is None for r in rows)
         target = slots if not waiting else min(slots, free + max(1, min(len(waiting), slots // 8)))
-        table = replicated_to_device(pages.table, config.mesh)
+        table, target = _shared((pages.table, np.int32(target)), config, device)
         state, out = continuous.decode_chunk(
-            params, state, table, np.int32(target), call, cfg, config, steps, static_fci
+            params, state, table, target, call, cfg, config, steps, static_fci
         )
         s = state.slots
         host = to_host((out, s.num, s.done, s.fed, first))
@@ -177,7 +180,7 @@ def run(
             tokens[b].append(chunk_tokens[b, : chosen[b]])
             logprobs[b].append(chunk_logprobs[b, : chosen[b]])
         count = np.where(live, num, count)
-        _count_memory(stats, pages, rows, contexts, count, shared_of)
+        _count_memory(stats, pages, rows, contexts, count)
         complete = done & ((fed == num) | (static_fci is None)) & live
         for b in np.flatnonzero(complete):
             i, sample = rows[b]
@@ -194,16 +197,12 @@ def run(
     return results
 
 
-def _count_memory(stats: EngineStats, pages: PageTable, rows, contexts, count, shared_of) -> None:
-    """Allocated vs needed KV positions at this chunk's end (before finished rows leave)."""
-    needed, seen = 0, set()
-    for b, row in enumerate(rows):
-        if row is None:
-            continue
-        needed += len(contexts[row[0]]) + int(count[b]) - int(shared_of[b])
-        if row[0] not in seen:
-            seen.add(row[0])
-            needed += int(shared_of[b])
+def _count_memory(stats: EngineStats, pages: PageTable, rows, contexts, count) -> None:
+    """Allocated vs needed KV positions at this chunk's end (before finished rows leave);
+    needed: each live row's tokens plus its request's context once."""
+    live = [(b, row[0]) for b, row in enumerate(rows) if row is not None]
+    needed = sum(int(count[b]) for b, _ in live)
+    needed += sum(len(contexts[i]) for i in {i for _, i in live})
     allocated = pages.in_use * pages.page_size
     stats.peak_needed = max(stats.peak_needed, needed)
     if needed:
@@ -252,4 +251,24 @@ def _admission(admitted, requests, contexts, budgets, options, config, slots) ->
             per_row(options.top_k, np.int32),
         ),
     )
-    return rows_to_device(batch, config.mesh)
+    return batch
+
+
+def _device_of(params: Params, config: SamplerConfig):
+    """Without a mesh: the params' device, so every argument is committed to it (a program is
+    cached per committed/uncommitted argument pattern: mixing them compiles twice)."""
+    if config.mesh is not None:
+        return None
+    return next(iter(jax.tree.leaves(params)[0].devices()))
+
+
+def _shared(tree, config: SamplerConfig, device):
+    if device is None:
+        return replicated_to_device(tree, config.mesh)
+    return jax.device_put(tree, device)
+
+
+def _rows(tree, config: SamplerConfig, device):
+    if device is None:
+        return rows_to_device(tree, config.mesh)
+    return jax.device_put(tree, device)
