@@ -156,15 +156,22 @@ def test_steady_state_compiles_nothing(model):
     """Calls whose sizes fall in the buckets already used (any request count, budgets, n,
     settings) reuse the compiled admission and decode programs."""
     a, b, c, d = _prompts([10, 16, 3, 7], seed=4)
-    # Warm-up: each admission shape (contexts x rows: 2 x 2, 2 x 4, 4 x 4) at each cache length.
-    for budget in (4, 16):
-        for requests in ([Request(a)], [Request(a, n=4)], [Request(p) for p in (a, b, c, d)]):
-            sample(model.params(), model.config, requests, SamplingOptions(budget), ENGINE)
+    # Warm-up: each admission shape (contexts x rows, powers of two up to the 4 slots) once;
+    # every call here has a cache length of 32 (its longest row needs 17 to 32 positions).
+    for requests in (
+        [Request(a)],  # 1 x 1
+        [Request(a, n=2)],  # 1 x 2
+        [Request(a, n=4)],  # 1 x 4
+        [Request(a), Request(b)],  # 2 x 2
+        [Request(a, n=3), Request(b)],  # 2 x 4
+        [Request(p) for p in (a, b, c, d)],  # 4 x 4
+    ):
+        sample(model.params(), model.config, requests, SamplingOptions(16), ENGINE)
     calls = [
         ([Request(c, n=2), Request(a, n=3, max_new_tokens=9)], dict(max_new_tokens=16)),
         ([Request(p, n=2) for p in (a, b, c)], dict(max_new_tokens=12, temperature=0.0)),
-        ([Request(c, a[:4], n=1), Request(b[:5], n=5)], dict(max_new_tokens=7, top_p=0.9)),
-        ([Request(d, n=7, max_new_tokens=2)], dict(max_new_tokens=3, seed=4, eos_ids=(1, 2))),
+        ([Request(c, a[:4], n=1), Request(b[:5], n=5)], dict(max_new_tokens=12, top_p=0.9)),
+        ([Request(d, n=7, max_new_tokens=2), Request(b)], dict(max_new_tokens=3, eos_ids=(1,))),
     ]
     compiles = []
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from attnrl_jax.buckets import round_up, smallest_fit
+from attnrl_jax.buckets import power_of_two, round_up, smallest_fit
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params, unstack_layers
 from attnrl_jax.models.transfer import replicated_to_device, rows_to_device, to_host
@@ -210,11 +210,15 @@ def _count_memory(stats: EngineStats, pages: PageTable, rows, contexts, count) -
 
 
 def _admission(admitted, requests, contexts, budgets, options, config, slots) -> Admission:
-    """The padded admission batch of rows (slot, request, sample, first written position)."""
+    """The padded admission batch of rows (slot, request, sample, first written position).
+
+    Its row and context counts are powers of two up to the slot count (not Buckets.rows,
+    which sizes lock-step batches and the slot count), so admitting a few rows prefills a few
+    contexts: programs per context-length bucket are at most (log2 B + 1)(log2 B + 2) / 2."""
     buckets, shards = config.buckets, config.batch_shards
 
-    def fit(n):
-        return slots if n > buckets.max_rows else buckets.fit_rows(n, shards)
+    def fit(n):  # powers of two: a few rows admitted prefill a few contexts, not every slot's
+        return min(slots, round_up(power_of_two(n), shards))
 
     used = list(dict.fromkeys(i for _, i, _, _ in admitted))
     where = {i: p for p, i in enumerate(used)}
