@@ -31,13 +31,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from attnrl_jax.buckets import largest_divisor
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params, forward_hidden, logits_from_hidden
 from attnrl_jax.sampling import fci_decode
 from attnrl_jax.sampling.cache import KVCache
 from attnrl_jax.sampling.fci_decode import DecodeFci
 from attnrl_jax.sampling.paged_cache import (
+    chunk_size,
     constrain_pool,
     empty_pool,
     paged_decode_attend,
@@ -231,8 +231,9 @@ def decode_chunk(
     """At most `steps` (K) decode steps of every slot; ends early once `target` ([] int32)
     slots are finished. params: layers unstacked; table [B, M] int32."""
     slots_count, pages_per_slot = table.shape
-    cache_length = pages_per_slot * state.pool.keys[0].shape[-1]
-    chunk = largest_divisor(cache_length, config.attention_chunk)
+    page_size = state.pool.keys[0].shape[-1]
+    cache_length = pages_per_slot * page_size
+    chunk = chunk_size(pages_per_slot, page_size, config.attention_chunk)
     watch = make_watch(cfg, fci, call)
     feeds_last = watch.feeds_last
 

@@ -4,21 +4,23 @@
     values[layer] [N, Hkv, P, D]
 
 A slot's page table [M] int32 maps its logical page j (positions j*P .. j*P + P - 1) to a
-physical page. Decode attention gathers a slot's M pages in logical order into the dense cache
-layout of cache.py ([B, Hkv, D, M*P] / [B, Hkv, M*P, D]) and runs the one kernel on it, so the
-kernel, its chunked running softmax and the FCI observer see keys in the same order as the
-lock-step sampler's dense cache. The pool is what persists between steps; the gathered copy
-exists for one layer at a time.
+physical page. Decode attention runs the one kernel with a `PagedReader` for keys and values:
+each key chunk of the kernel's running softmax gathers that chunk's pages of every slot in
+logical order, in the dense cache layout of cache.py, so the kernel and the FCI observer see
+keys in the same order as the lock-step sampler's dense cache, and chunks past the furthest
+slot's position are never gathered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from attnrl_jax.buckets import largest_divisor
 from attnrl_jax.models import sharding
 from attnrl_jax.models.attention import Attend, Observer, attention, cache_mask, causal_attend
 from attnrl_jax.sampling.cache import KVCache, constrain
@@ -51,15 +53,43 @@ def _write(pool: KVCache, layer: int, pages, offsets, k, v) -> KVCache:
     )
 
 
-def gather(pool: KVCache, layer: int, table: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The slots' caches in logical order: keys [B, Hkv, D, M*P], values [B, Hkv, M*P, D]
-    from table [B, M]."""
-    keys = pool.keys[layer][table]  # [B, M, Hkv, D, P]
-    values = pool.values[layer][table]  # [B, M, Hkv, P, D]
-    b, m, hkv, d, p = keys.shape
-    keys = jnp.transpose(keys, (0, 2, 3, 1, 4)).reshape(b, hkv, d, m * p)
-    values = jnp.transpose(values, (0, 2, 1, 3, 4)).reshape(b, hkv, m * p, d)
-    return keys, values
+class PagedReader(NamedTuple):
+    """One layer's keys or values of every slot, in logical order, as the attention kernel's
+    key reader: `read(start, size)` gathers only the pages of positions [start, start + size)
+    (size a multiple of the page size), so the kernel's chunks past key_limit cost nothing.
+
+    pages: the layer's pool, keys [N, Hkv, D, P] or values [N, Hkv, P, D]; table [B, M].
+    """
+
+    pages: jax.Array
+    table: jax.Array
+    keys: bool
+
+    @property
+    def dtype(self):
+        return self.pages.dtype
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """The dense cache layout (cache.py): keys [B, Hkv, D, S], values [B, Hkv, S, D]."""
+        _, hkv, a, b = self.pages.shape
+        slots, m = self.table.shape
+        return (slots, hkv, a, m * b) if self.keys else (slots, hkv, m * a, b)
+
+    def read(self, start, size: int) -> jax.Array:
+        """Positions [start, start + size) of every slot: [B, Hkv, D, size] / [B, Hkv, size, D]."""
+        p = self.pages.shape[-1] if self.keys else self.pages.shape[-2]
+        ids = jax.lax.dynamic_slice_in_dim(self.table, start // p, size // p, axis=1)
+        chunk = self.pages[ids]  # [B, n, Hkv, D, P] or [B, n, Hkv, P, D]
+        b, n, hkv = chunk.shape[:3]
+        if self.keys:
+            return jnp.transpose(chunk, (0, 2, 3, 1, 4)).reshape(b, hkv, -1, n * p)
+        return jnp.transpose(chunk, (0, 2, 1, 3, 4)).reshape(b, hkv, n * p, -1)
+
+
+def chunk_size(pages_per_slot: int, page_size: int, most: int) -> int:
+    """Decode attention's key chunk: whole pages, at most `most` positions when pages allow."""
+    return page_size * largest_divisor(pages_per_slot, max(1, most // page_size))
 
 
 def paged_prefill_attend(
@@ -98,8 +128,9 @@ def paged_decode_attend(
     """One new token per slot: written at positions[b] of slot b's pages when writes[b] (else
     into the trash page), then attends over positions [0, positions[b]] of the gathered cache.
 
-    q, k, v [B, 1, H, D]; table [B, M]; positions [B] int32 in [0, M*P). The state is
-    (pool, observed), as cache.decode_attend's (observe: see there).
+    q, k, v [B, 1, H, D]; table [B, M]; positions [B] int32 in [0, M*P); chunk: whole pages
+    (`chunk_size`). The state is (pool, observed), as cache.decode_attend's (observe: see
+    there).
     """
     mask = cache_mask(positions)
     limit = jnp.max(positions) + 1
@@ -110,7 +141,8 @@ def paged_decode_attend(
         p = pool.keys[layer].shape[-1]
         pages = jnp.where(writes, table[rows, positions // p], 0)
         pool = _write(pool, layer, pages, positions % p, k[:, 0], v[:, 0])
-        keys, values = gather(pool, layer, table)
+        keys = PagedReader(pool.keys[layer], table, True)
+        values = PagedReader(pool.values[layer], table, False)
         observer = None if observe is None else observe(layer)
         out, observed = attention(
             q,
