@@ -4,7 +4,7 @@ against the lock-step sampler; KV memory against what the live rows need.
     python benchmarks/engine_mix.py [--quick] [--model small] [--requests 192] [--slots 64]
         [--max_budget 512] [--prompt_len 64] [--decode_chunk 32] [--page_size 16]
         [--systems continuous,equal,lockstep] [--dtype float32] [--repeats 2]
-        [--hbm_gbps G] [--json OUT]
+        [--kv_pages N] [--short_warmup T] [--hbm_gbps G] [--json OUT]
 
 The mix (seeded): --requests prompts of --prompt_len random tokens, one sample each, EOS off;
 budgets heavy-tailed like a distilled reasoning model's response lengths: a fifth at
@@ -16,13 +16,15 @@ budgets heavy-tailed like a distilled reasoning model's response lengths: a fift
     lockstep    the lock-step sampler (scheduler="lockstep", batches of --slots rows) on the mix
 
 Metrics per system: useful (generated) tokens/s over the whole call (best of --repeats after a
-warm-up call that compiles); slot utilisation = useful token-steps / slot-steps, a count (the
-engine's EngineStats; for lock-step, each batch runs its longest budget in every row); for the
-engines, peak KV positions allocated (pages x page size) against the peak the live rows need
-(each request's context once) and the worst ratio of the two over chunk ends. Printed ratios:
-continuous / equal and continuous / lockstep tokens/s. With --hbm_gbps (a GPU's bandwidth),
-also the fraction of the bandwidth floor: every decode step reads the weights and the live KV,
-so the floor time is (steps x weight bytes + sum over steps of live KV bytes) / bandwidth.
+warm-up call that compiles; programs compiled during the timed calls are counted, 0 unless
+--short_warmup missed an admission size); slot utilisation = useful token-steps / slot-steps, a
+count (the engine's EngineStats; for lock-step, each batch runs its longest budget in every
+row); for the engines, peak KV positions allocated (pages x page size) against the peak the
+live rows need (each request's context once) and the worst ratio of the two over chunk ends.
+Printed ratios: continuous / equal and continuous / lockstep tokens/s. With --hbm_gbps (a
+GPU's bandwidth), also the fraction of the bandwidth floor: every decode step reads the weights
+and the live KV, so the floor time is (steps x weight bytes + sum over steps of live KV bytes)
+/ bandwidth.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from attnrl_jax.buckets import powers_of_two  # noqa: E402
+from attnrl_jax.buckets import powers_of_two, round_up  # noqa: E402
 from attnrl_jax.models import init_params  # noqa: E402
 from attnrl_jax.sampling import Buckets, Request, SamplerConfig, SamplingOptions, sample  # noqa: E402
 from attnrl_jax.sampling.scheduler import EngineStats  # noqa: E402
@@ -67,11 +69,17 @@ def lockstep_utilisation(budgets: list[int], rows: int) -> float:
     return sum(budgets) / steps
 
 
-def run_system(model_params, cfg, prompts, budgets, config, repeats) -> tuple[float, EngineStats]:
-    requests = [Request(p, max_new_tokens=b) for p, b in zip(prompts, budgets, strict=True)]
+def run_system(
+    model_params, cfg, prompts, budgets, config, repeats, short_warmup=0
+) -> tuple[float, EngineStats, int]:
+    """(best seconds, its EngineStats, programs compiled during the timed calls).
+
+    short_warmup > 0: the warm-up call caps every budget but the longest at this many tokens
+    (the same cache length, most admission sizes; far shorter than the mix itself)."""
     options = SamplingOptions(max_new_tokens=max(budgets), temperature=1.0, seed=0)
 
-    def call() -> tuple[float, EngineStats]:
+    def call(budgets) -> tuple[float, EngineStats]:
+        requests = [Request(p, max_new_tokens=b) for p, b in zip(prompts, budgets, strict=True)]
         stats = EngineStats()
         start = time.perf_counter()
         samples = sample(model_params, cfg, requests, options, config, stats=stats)
@@ -79,8 +87,23 @@ def run_system(model_params, cfg, prompts, budgets, config, repeats) -> tuple[fl
         assert [len(s.token_ids) for s in samples] == budgets, "EOS is off: every budget is used"
         return elapsed, stats
 
-    call()  # compiles
-    return min((call() for _ in range(repeats)), key=lambda r: r[0])
+    warm = list(budgets)
+    if short_warmup:
+        longest = int(np.argmax(warm))
+        warm = [b if i == longest else min(b, short_warmup) for i, b in enumerate(warm)]
+    call(warm)  # compiles
+    compiles = []
+
+    def listener(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        best = min((call(budgets) for _ in range(repeats)), key=lambda r: r[0])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return *best, len(compiles)
 
 
 def bandwidth_floor_s(cfg, prompt_len: int, budgets: list[int], steps: int, gbps: float) -> float:
@@ -111,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", default="continuous,equal,lockstep")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--kv_pages", type=int, help="SamplerConfig.kv_pages (default: all)")
+    parser.add_argument(
+        "--short_warmup", type=int, default=0, help="cap the warm-up call's budgets (0: the mix)"
+    )
     parser.add_argument("--hbm_gbps", type=float, help="HBM bandwidth for the floor (GPU)")
     parser.add_argument("--json", type=Path, help="write the rows here as a JSON list")
     args = parser.parse_args(argv)
@@ -129,9 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     mix = budget_mix(args.requests, args.max_budget)
     total = sum(mix)
     equal = [total // args.requests + (i < total % args.requests) for i in range(args.requests)]
-    buckets = Buckets(rows=powers_of_two(1, args.slots), lengths=powers_of_two(16, 2 * longest))
+    lengths = powers_of_two(16, longest)
+    if lengths[-1] < longest:  # one more bucket: the longest row rounded to whole pages
+        lengths += (round_up(longest, args.page_size),)
+    buckets = Buckets(rows=powers_of_two(1, args.slots), lengths=lengths)
     base = SamplerConfig(
-        buckets, decode_chunk=args.decode_chunk, page_size=args.page_size, query_chunk=None
+        buckets,
+        decode_chunk=args.decode_chunk,
+        page_size=args.page_size,
+        query_chunk=None,
+        kv_pages=args.kv_pages,
     )
     print(
         f"# jax {jax.__version__} ({jax.default_backend()}, {jax.devices()[0].device_kind}), "
@@ -171,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             config = dataclasses.replace(
                 config, buckets=dataclasses.replace(buckets, rows=(args.slots,))
             )
-        seconds, stats = run_system(params, cfg, prompts, budgets, config, args.repeats)
+        seconds, stats, compiles = run_system(
+            params, cfg, prompts, budgets, config, args.repeats, args.short_warmup
+        )
+        emit(system, "compiles_in_timed_calls", compiles, "programs")
         speed[system] = sum(budgets) / seconds
         emit(system, "useful_tokens_per_s", speed[system], "tokens/s")
         if system == "lockstep":
