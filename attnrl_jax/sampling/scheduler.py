@@ -144,6 +144,10 @@ def run(
                 pages.drop_request(i)
             rows[b], count[b] = (i, s), 0
             admitted.append((b, i, s, 0 if new else len(shared) * page_size))
+        if not admitted and not any(r is not None for r in rows):
+            # Cannot happen: with no live row every page is free but the head request's own
+            # shared pages, and its worst case was checked against the pool above.
+            raise RuntimeError(f"no slot could take request {waiting[0][0]} with every slot free")
         first = None
         if admitted:
             batch = _admission(admitted, requests, contexts, budgets, options, config, slots)
