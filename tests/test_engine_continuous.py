@@ -82,9 +82,9 @@ def _same(ours, reference, fci=False):
 @pytest.mark.parametrize(
     "options",
     [
-        dict(max_new_tokens=16, temperature=0.0),
+        dict(max_new_tokens=24, temperature=0.0),
         dict(max_new_tokens=24, temperature=0.8, top_p=0.9, top_k=20, seed=3),
-        dict(max_new_tokens=30, seed=5, eos_ids=(1, 2, 3, 4, 5)),
+        dict(max_new_tokens=24, seed=5, eos_ids=(1, 2, 3, 4, 5)),
     ],
     ids=["greedy", "sampled", "eos"],
 )
