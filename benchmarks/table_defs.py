@@ -707,6 +707,44 @@ def ab_revisions(result: dict) -> str:
     return _lines("| case | base, s | new, s | new / base |", "|---|---:|---:|---:|", out)
 
 
+# --- engine_mix.py: continuous batching on a heavy-tailed length mix ---------------------------
+
+ENGINE_SYSTEMS = {
+    "continuous": "continuous engine, the mix",
+    "equal": "continuous engine, equal lengths (same total)",
+    "lockstep": "lock-step sampler, the mix",
+}
+
+
+def engine_mix(rows: Rows) -> str:
+    """benchmarks/engine_mix.py: one line per system; tokens/s relative to the continuous
+    engine; KV columns only for the engines (pages x page size against the live rows' need)."""
+    out = []
+    ours = rows.value("useful_tokens_per_s", "continuous")
+    for system, label in ENGINE_SYSTEMS.items():
+        speed = rows.find("useful_tokens_per_s", system)
+        if speed is None:
+            continue
+        kv = rows.find("kv_positions_peak", system)
+        memory = "| - | - | -"
+        if kv is not None:
+            need = rows.value("kv_needed_peak", system)
+            worst = rows.value("kv_ratio_worst", system)
+            memory = f"| {_f(kv, 0)} | {_f(need, 0)} ({_x(kv / need)}) | {_x(worst)}"
+        floor = rows.find("bandwidth_floor_fraction", system)
+        out.append(
+            f"| {label} | {_f(speed, 0)} | {_x(ours / speed)} "
+            f"| {_f(rows.value('slot_utilisation', system), 3)} {memory} "
+            f"| {'-' if floor is None else f'{floor:.1%}'} |"
+        )
+    return _lines(
+        "| system | useful tokens/s | continuous is | slot utilisation | peak KV positions "
+        "| peak needed (ratio) | worst ratio | of HBM floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        out,
+    )
+
+
 TABLES: dict[str, Table] = {
     "sampler_cpu": Table(("cpu_sampler.json", "cpu_sampler_repeat.json"), sampler_cpu),
     "sampler_gpu": Table(("h200_sampler_gpu.json",), sampler_gpu),
@@ -728,4 +766,5 @@ TABLES: dict[str, Table] = {
     "demo": Table(("demo_summary.json",), demo),
     "branching": Table(("cpu_branching.json",), branching),
     "ab_revisions": Table(("ab_revisions_cpu.json",), ab_revisions),
+    "engine_mix": Table(("cpu_engine_mix.json",), engine_mix),
 }

@@ -170,6 +170,7 @@ def test_first_token_frequencies_match_the_models_softmax(checkpoint, model):
 
 
 def test_new_request_sizes_within_buckets_compile_nothing(model):
+    # The lock-step scheduler (the continuous engine's steady state: test_engine_continuous.py).
     # Every call below pads to 4 contexts x 8 rows, context 16, 16 new tokens, cache 32.
     a, b, c, d = _prompts([10, 16, 3, 9])
     calls = [
@@ -187,11 +188,12 @@ def test_new_request_sizes_within_buckets_compile_nothing(model):
         if event == "/jax/core/compile/backend_compile_duration":
             compiles.append(duration)
 
-    _run(model, calls[0][0], **calls[0][1])  # warm-up: the one compile
+    lockstep = dataclasses.replace(CONFIG, scheduler="lockstep")
+    _run(model, calls[0][0], lockstep, **calls[0][1])  # warm-up: the one compile
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         for requests, options in calls:
-            _run(model, requests, **options)
+            _run(model, requests, lockstep, **options)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []

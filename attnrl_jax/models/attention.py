@@ -154,7 +154,9 @@ def attention(
     """Masked softmax attention out [B, T, Hq, D] (in q's dtype) and the observer's new state.
 
     q [B, T, Hq, D]; k, v [B, S, Hkv, D], or with `cache_layout` the decode cache's own layout
-    k [B, Hkv, D, S], v [B, Hkv, S, D] (read without a transpose).
+    k [B, Hkv, D, S], v [B, Hkv, S, D] (read without a transpose). With key_chunk, k and v may
+    also be readers of that shape (`shape`, `dtype`, `read(start, size)` -> the chunk; see
+    _key_slice).
 
     Queries run in chunks of `query_chunk` (None: all at once), so scores live as [B, H, chunk,
     keys]. key_chunk None: each query chunk sees all keys in one exact softmax. key_chunk n (it
@@ -237,8 +239,8 @@ def _online(qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, obs_
     def step(j, carry):
         peak, total, acc, obs = carry
         k_start = j * ck
-        kc = jax.lax.dynamic_slice_in_dim(k, k_start, ck, axis=3 if cache_layout else 1)
-        vc = jax.lax.dynamic_slice_in_dim(v, k_start, ck, axis=2 if cache_layout else 1)
+        kc = _key_slice(k, k_start, ck, axis=3 if cache_layout else 1)
+        vc = _key_slice(v, k_start, ck, axis=2 if cache_layout else 1)
         scores = jnp.einsum(score_spec, rows, kc, preferred_element_type=jnp.float32)
         scores = jnp.where(row_mask(k_start), scores * (d**-0.5), MASK_VALUE)
         new_peak = jnp.maximum(peak, jnp.max(scores, axis=-1))
@@ -272,6 +274,15 @@ def _online(qc, k, v, mask, q_start, ck, key_limit, cache_layout, observer, obs_
     else:
         out = jnp.moveaxis(out.reshape(b, hkv, g, cq, d), 3, 1)
     return out, total.reshape(b, hkv, g, cq), obs_acc
+
+
+def _key_slice(x, start, size: int, axis: int) -> jax.Array:
+    """Keys or values [start, start + size) along the key axis. x is an array, or a reader
+    with the array's `shape` and `read(start, size)` (a paged cache gathers only that chunk's
+    pages, so chunks past key_limit are never gathered)."""
+    if hasattr(x, "read"):
+        return x.read(start, size)
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
 
 
 def _scores(qc: jax.Array, k: jax.Array, cache_layout: bool) -> jax.Array:

@@ -35,13 +35,16 @@ class KVCache(NamedTuple):
     values: tuple[jax.Array, ...]  # per layer [R, Hkv, S, D]
 
 
-def constrain(cache: KVCache, mesh: Mesh | None, rules: sharding.Rules) -> KVCache:
-    """Pins the cache's sharding on `mesh` (a no-op without one)."""
+def constrain(
+    cache: KVCache, mesh: Mesh | None, rules: sharding.Rules, axes: tuple = CACHE_AXES
+) -> KVCache:
+    """Pins the cache's sharding on `mesh` (a no-op without one); axes: logical axes of each
+    array."""
     if mesh is None:
         return cache
 
     def pin(x):
-        spec = sharding.spec_for(CACHE_AXES, x.shape, mesh, rules)
+        spec = sharding.spec_for(axes, x.shape, mesh, rules)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     return jax.tree.map(pin, cache)

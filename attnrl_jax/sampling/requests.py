@@ -20,9 +20,10 @@ import numpy as np
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params
 from attnrl_jax.models.transfer import replicated_to_device, rows_to_device, to_host
-from attnrl_jax.sampling import fci_decode
+from attnrl_jax.sampling import fci_decode, scheduler
 from attnrl_jax.sampling.fci_decode import SamplerFci
 from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
+from attnrl_jax.sampling.scheduler import EngineStats, RawRow
 from attnrl_jax.sampling.token_choice import SamplingParams
 from attnrl_jax.scoring.steps import segment_steps
 
@@ -124,15 +125,19 @@ def sample(
     options: SamplingOptions = SamplingOptions(),
     config: SamplerConfig | None = None,
     progress: Callable[[int], None] | None = None,
+    stats: EngineStats | None = None,
 ) -> list[Sample]:
     """Samples every request; returns its n samples per request, in request order.
 
     A row's budget is its request's max_new_tokens, cut to what the model's position limit
-    leaves. config: static settings (default SamplerConfig()). progress(k) is called after
-    each device batch with its k finished rows.
+    leaves (its finish reason is then "length"). config: static settings (default
+    SamplerConfig(); its `scheduler` picks continuous batching or lock-step batches).
+    progress(k) is called as k rows finish. stats: filled with the continuous engine's counts.
     """
     config = config or SamplerConfig()
     options.check(config)
+    if not requests:
+        return []
     contexts = []
     for i, request in enumerate(requests):
         try:
@@ -143,13 +148,29 @@ def sample(
         min(r.max_new_tokens or options.max_new_tokens, cfg.max_position_embeddings - len(c))
         for r, c in zip(requests, contexts, strict=True)
     ]
-    by_length = sorted(range(len(requests)), key=lambda i: -len(contexts[i]))
-    rows = [(i, s) for i in by_length for s in range(requests[i].n)]
     separators = None
     if options.fci is not None:
         options.fci.config.layer_mask(cfg.num_layers)  # a bad layer subset fails before compiling
         separators = options.fci.separator_table(cfg.vocab_size)
-    samples = []
+    if config.scheduler == "continuous":
+        rows = scheduler.run(
+            params, cfg, requests, contexts, budgets, options, config, separators, progress, stats
+        )
+    else:
+        rows = _lockstep(
+            params, cfg, requests, contexts, budgets, options, config, separators, progress
+        )
+    return _samples(rows, requests, options, cfg)
+
+
+def _lockstep(
+    params, cfg, requests, contexts, budgets, options, config, separators, progress
+) -> list[RawRow]:
+    """Device batches of up to buckets.max_rows rows (longest context first), each run to its
+    longest row's end by `sampler.sample_batch`."""
+    by_length = sorted(range(len(requests)), key=lambda i: -len(contexts[i]))
+    rows = [(i, s) for i in by_length for s in range(requests[i].n)]
+    raw = []
     for start in range(0, len(rows), config.buckets.max_rows):
         chunk = rows[start : start + config.buckets.max_rows]
         batch, new_tokens, cache_length = _pack(
@@ -158,25 +179,39 @@ def sample(
         static_fci = None if options.fci is None else options.fci.static()
         result = sample_batch(params, batch, cfg, config, new_tokens, cache_length, static_fci)
         tokens, logprobs, counts, raw_fci = to_host(result)
-        ids = [tokens[r, : counts[r]].copy() for r in range(len(chunk))]
-        fci = [None] * len(chunk)
-        if options.fci is not None:
-            layouts = [
-                None
-                if len(requests[i].prefix_ids)
-                else segment_steps(len(requests[i].prompt_ids), ids[r], options.fci.seps)
-                for r, (i, _) in enumerate(chunk)
-            ]
-            fci = fci_decode.finish(
-                raw_fci[: len(chunk)], layouts, ids, options.fci, cfg.num_layers
-            )
-        eos = set(options.eos_ids)
         for r, (i, s) in enumerate(chunk):
-            reason = "eos" if len(ids[r]) and int(ids[r][-1]) in eos else "length"
-            samples.append(Sample(i, s, ids[r], logprobs[r, : counts[r]].copy(), reason, fci[r]))
+            fci = None if raw_fci is None else raw_fci[r]
+            raw.append(
+                RawRow(i, s, tokens[r, : counts[r]].copy(), logprobs[r, : counts[r]].copy(), fci)
+            )
         if progress is not None:
             progress(len(chunk))
-    return sorted(samples, key=lambda x: (x.request, x.sample))
+    return raw
+
+
+def _samples(
+    rows: list[RawRow], requests: Sequence[Request], options: SamplingOptions, cfg: ModelConfig
+) -> list[Sample]:
+    """Samples in request then sample order, with finish reasons and (with FCI) finished FCI."""
+    rows = sorted(rows, key=lambda r: (r.request, r.sample))
+    fci = [None] * len(rows)
+    if options.fci is not None and rows:
+        layouts = [
+            None
+            if len(requests[r.request].prefix_ids)
+            else segment_steps(len(requests[r.request].prompt_ids), r.token_ids, options.fci.seps)
+            for r in rows
+        ]
+        raw = np.stack([r.fci for r in rows])
+        ids = [r.token_ids for r in rows]
+        fci = fci_decode.finish(raw, layouts, ids, options.fci, cfg.num_layers)
+    eos = set(options.eos_ids)
+    samples = []
+    for r, f in zip(rows, fci, strict=True):
+        ended = len(r.token_ids) and int(r.token_ids[-1]) in eos
+        reason = "eos" if ended else "length"
+        samples.append(Sample(r.request, r.sample, r.token_ids, r.logprobs, reason, f))
+    return samples
 
 
 def _pack(

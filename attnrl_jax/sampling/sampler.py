@@ -48,6 +48,13 @@ class SamplerConfig:
     attention_chunk: decode attention reads the cache in chunks of at most this many slots
     (the largest such divisor of S), and none past the furthest row's position.
     mesh / rules: run sharded (rows over data x fsdp, heads over tensor); None: one device.
+
+    scheduler: "continuous" (scheduler.py: buckets.max_rows slots, each taking the next waiting
+    row when its row finishes; a paged KV cache) or "lockstep" (this module: device batches of
+    up to buckets.max_rows rows, each run until its longest row stops; a dense cache).
+    Continuous only: decode_chunk: most decode steps between two host visits (admission and
+    harvest); page_size: positions per KV page; kv_pages: pages in the pool (None: enough for
+    every slot at the call's longest row, plus the trash page).
     """
 
     buckets: Buckets = Buckets()
@@ -56,11 +63,24 @@ class SamplerConfig:
     attention_chunk: int = 512
     mesh: Mesh | None = None
     rules: sharding.Rules = sharding.DEFAULT_RULES
+    scheduler: str = "continuous"
+    decode_chunk: int = 32
+    page_size: int = 16
+    kv_pages: int | None = None
 
     def __post_init__(self):
         chunk = self.query_chunk
         if chunk is not None and any(n > chunk and n % chunk for n in self.buckets.lengths):
             raise ValueError(f"every length bucket above query_chunk={chunk} must be a multiple")
+        if self.scheduler not in ("continuous", "lockstep"):
+            raise ValueError(
+                f"SamplerConfig.scheduler must be continuous or lockstep, got {self.scheduler!r}"
+            )
+        for name in ("decode_chunk", "page_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SamplerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.kv_pages is not None and self.kv_pages < 2:
+            raise ValueError(f"SamplerConfig.kv_pages must be >= 2 or None, got {self.kv_pages}")
 
     @property
     def batch_shards(self) -> int:
