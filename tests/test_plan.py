@@ -64,7 +64,7 @@ def test_small_model_on_cpu8_compiles_every_phase(model_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     phases = [r["phase"] for r in rows]
     assert phases == [
-        "sample", "sample_continuation", "score", "reference", "grad", "accumulate", "apply"
+        "sample", "sample_continuation", "score", "reference", "grad", "apply"
     ]  # fmt: skip
     for r in rows:
         assert set(r) == KEYS and r["topology"] == "cpu:8" and r["mesh"] == "8x1x1"
