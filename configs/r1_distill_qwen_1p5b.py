@@ -55,9 +55,10 @@ def paper_config():
     c.ads.update(target_sequences=64 * 6 * 5, initial_prompt_batch_size=64, batch_lambda=0.9)
     c.loss.update(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_weight=0.001)
     c.optim.update(learning_rate=1e-6, weight_decay=0.01, grad_clip=1.0)
-    # Padding-free rows of 17,408 tokens: the longest path row (1,024-token prompt, a response
-    # prefix and a continuation of up to 8,192 tokens each); one row per data x fsdp shard.
-    c.train.update(minibatch_problems=32, microbatch_rows=4, tokens_per_row=17408)
+    # Padding-free rows of 9,216 tokens: the longest path row (1,024-token prompt, a response
+    # prefix and its continuation, 8,192 tokens together as in the authors' rollout:
+    # RolloutConfig.continuation_budget); one row per data x fsdp shard.
+    c.train.update(minibatch_problems=32, microbatch_rows=4, tokens_per_row=9216)
     c.rollout.sampler_rows = 64
     c.grading.update(workers=8, timeout_s=5.0)  # a hard per-answer deadline (rewards/batch.py)
     c.checkpoint.update(every=10, keep=2)

@@ -300,8 +300,9 @@ class Trainer:
         requests = ro.initial_requests(prompts, self.rollout.group_size)
         if plan_of is not None:
             requests += sp.continuation_requests(
-                *plan_of, self.rollout.continuations, first_index=len(requests) + first_index
-            )
+                *plan_of, self.rollout.continuations, first_index=len(requests) + first_index,
+                budget=self.rollout.continuation_budget,
+            )  # fmt: skip
         self._sampler_calls += 1
         # FCI of the new initial responses from the sampler (rollout.fci_source = "sampler").
         fci = self.rollout.sampler_fci(self.seps) if prompts else None
