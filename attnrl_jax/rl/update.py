@@ -21,6 +21,12 @@ computed slots stay close to real tokens (the "slot_ratio" metric).
 Numerics: gradients come back in the parameters' dtype, so float32 master weights (model
 param_dtype) give float32 gradient sums across micro-batches and float32 AdamW moments, whatever
 the computation dtype.
+
+Memory: each micro-batch's gradient is added into the running sum inside the gradient program
+(accumulate_gradients, the sum donated and kept in the params' shardings), so a device holds
+one parameter-sized sum and no second gradient buffer; the KL term's frozen params are stored in
+the computation dtype (reference_copy). Both are what lets the 7B paper config fit v6e-8
+(BENCHMARKS.md, "Will the paper runs fit?").
 """
 
 from __future__ import annotations
@@ -304,13 +310,14 @@ def run_updates(
             acc = accumulate_gradients(
                 acc, params, batch, temp, ref, p, cfg=cfg, loss=loss, pin=pin
             )
-        grad_sum, terms = acc
+        (grad_sum, terms), acc = acc, None  # the sum is freed once applied, before the next
         denominator = float(terms.denominator)
         if denominator == 0:
             continue
         params, opt_state, norm = apply_gradients(
             params, opt_state, grad_sum, jnp.float32(denominator), optim=optim, pin=state_pin
         )
+        del grad_sum
         norms.append(float(norm))
         for k, v in {"loss": terms.total, "tokens": terms.denominator, **terms.metrics}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
