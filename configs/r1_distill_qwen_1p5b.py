@@ -15,9 +15,9 @@ problem/answer fields works too, e.g. the Hendrycks MATH train split.
 The mesh is the only thing that changes between machines. mesh, microbatch_rows and
 sampler_rows come from `python -m attnrl_jax.plan --config=configs/r1_distill_qwen_1p5b.py
 --config.model.path=DIR --topology=v5e:2x4` (BENCHMARKS.md, "Will the paper runs fit?"): fsdp x
-tensor 2 with one 17,408-token row per data x fsdp shard trains on v5e-8 (11.3 GiB per chip);
-sampling continuations with 64 rows does not fit v5e-8 yet (36 GiB: the sampler prefills whole
-16k-token contexts), so run the plan for your slice before renting it.
+tensor 2 with one 9,216-token row per data x fsdp shard trains on v5e-8 (8.6 GiB per chip);
+sampling continuations with 64 rows does not fit v5e-8 yet (at least 36 GiB: the native sampler
+prefills whole 16k-token contexts), so run the plan for your slice before renting it.
 
 Device split: shared (mesh.rollout_devices=0), as the paper ran (8 H100, sampling and training
 one after the other, the one-step off-policy merged call). With devices to spare, e.g. 16:
