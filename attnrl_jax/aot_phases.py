@@ -7,14 +7,15 @@ and reads `compiled.memory_analysis()`. Nothing is allocated: 7B weights exist o
     sample     sampling.sampler.sample_batch      prefill + the whole decode loop, one device batch
     score      scoring.forward.score_batch        log-probs, entropies and FCI, one scoring batch
     reference  rl.update.reference_logprobs       the frozen policy's forward for the KL term
-    grad       rl.update.microbatch_gradients     forward + backward of the loss on one micro-batch
-    accumulate rl.update._accumulate              adds a micro-batch's gradients to the running sum
+    grad       rl.update.accumulate_gradients     forward + backward of the loss on one micro-batch,
+                                                  added into the running gradient sum (donated)
     apply      rl.update.apply_gradients          the AdamW update (params and moments donated)
 
 A program's own memory is arguments + outputs - aliased (donated) + temporaries. While it runs,
 the trainer also holds buffers that are not its arguments (rl/trainer.py keeps the params, AdamW
 moments and, with a KL term, the reference params on the devices for the whole run; run_updates
-keeps the running gradient sum between micro-batches); `resident` adds their per-device bytes,
+keeps the running gradient sum between micro-batches, an argument of grad and apply but resident
+while the reference forward runs); `resident` adds their per-device bytes,
 from their shapes and shardings, so `total` is the device memory the phase needs in training.
 """
 
@@ -45,11 +46,12 @@ from attnrl_jax.rl.settings import OptimConfig
 from attnrl_jax.rl.update import (
     DEVICE_FIELDS,
     LOSS_FIELDS,
-    _accumulate,
+    accumulate_gradients,
     apply_gradients,
     make_optimizer,
-    microbatch_gradients,
+    reference_copy,
     reference_logprobs,
+    zero_sums,
 )
 from attnrl_jax.sampling.buckets import Buckets
 from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
@@ -57,7 +59,7 @@ from attnrl_jax.sampling.token_choice import SamplingParams
 from attnrl_jax.scoring.forward import ScoringConfig, score_batch
 
 LOG = logging.getLogger(__name__)
-PHASES = ("sample", "score", "reference", "grad", "accumulate", "apply")
+PHASES = ("sample", "score", "reference", "grad", "apply")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,9 +274,10 @@ def plan_phases(
 ) -> list[PhaseMemory]:
     """Compiles the requested phases for `mesh` and returns their per-device memory.
 
-    Training phases chain real shardings: the reference log-probs and gradients passed on are
-    abstract arrays with the output shardings of the compiled program that produced them (when
-    the compiler refused that program: the batch's and the params' shardings instead).
+    Training phases chain real shardings: the reference log-probs passed to grad have the
+    compiled reference program's output shardings (when it was not compiled or the compiler
+    refused it: the batch's); the gradient sum has the params' (update.accumulate_gradients
+    pins it there).
     loss / optim / scoring: default LossConfig() / OptimConfig() / ScoringConfig() (KL weight
     0.001: reference params held).
     sample_layout: (rules, dtype) of the sampler's own copy of the params (what
@@ -289,7 +292,10 @@ def plan_phases(
     opt_state = abstract_opt_state(params, mesh, optim)
     with_ref = loss.kl_weight > 0
     p_bytes, o_bytes = per_device_bytes(params), per_device_bytes(opt_state)
-    ref_bytes = p_bytes if with_ref else 0  # the reference params: a copy of the initial params
+    # the KL term's frozen params (trainer: update.reference_copy, bfloat16 under mixed precision)
+    reference = jax.eval_shape(lambda p: reference_copy(p, cfg), params)
+    reference = jax.tree.map(lambda r, p: _spec(r.shape, r.dtype, p.sharding), reference, params)
+    ref_bytes = per_device_bytes(reference) if with_ref else 0
     temperature = _replicated(mesh, (), jnp.float32)
     out: list[PhaseMemory] = []
 
@@ -319,35 +325,32 @@ def plan_phases(
         statics = dict(cfg=cfg, config=scoring or ScoringConfig(), max_steps=shapes.score_steps)
         out.append(_analyse("score", score_batch, args, statics, o_bytes + ref_bytes)[0])
 
-    if not {"reference", "grad", "accumulate", "apply"} & set(phases):
+    if not {"reference", "grad", "apply"} & set(phases):
         return out
     batch = train_batch(mesh, shapes)
-    ref_logp = reference = None
-    if with_ref:
-        args = (params, batch, temperature)  # the reference params have the params' shapes
-        reference, ref_logp = _analyse("reference", reference_logprobs, args, {"cfg": cfg}, 0)
-        if ref_logp is None:
-            ref_logp = _rows(mesh, (shapes.train_rows, shapes.train_len), jnp.float32)
-    args = (params, batch, temperature, ref_logp)
-    grad, outputs = _analyse("grad", microbatch_gradients, args, dict(cfg=cfg, loss=loss), 0)
-    if outputs is None:  # refused: assume gradients sharded like the params
-        outputs = jax.eval_shape(lambda *a: microbatch_gradients(*a, cfg=cfg, loss=loss), *args)
-        grads = jax.tree.map(lambda g, p: _spec(g.shape, g.dtype, p.sharding), outputs[0], params)
-        terms = jax.tree.map(lambda a: _replicated(mesh, a.shape, a.dtype), outputs[1])
-    else:
-        grads, terms = outputs
-    # Steady state (every micro-batch after the first): the running gradient sum is held too.
-    acc_bytes = per_device_bytes((grads, terms))
-    if reference is not None and "reference" in phases:
-        reference.resident = p_bytes + o_bytes + acc_bytes
-        out.append(reference)
+    ref_logp = None
+    # The running sums (update.zero_sums): gradients shaped and sharded like the params.
+    pin = tuple(x.sharding for x in jax.tree.leaves(params))
+    sums = jax.eval_shape(lambda p: zero_sums(p, loss), params)
+    sums = (
+        jax.tree.map(lambda g, p: _spec(g.shape, g.dtype, p.sharding), sums[0], params),
+        jax.tree.map(lambda a: _replicated(mesh, a.shape, a.dtype), sums[1]),
+    )
+    sum_bytes = per_device_bytes(sums)
+    if with_ref and "reference" in phases:
+        args = (reference, batch, temperature)
+        resident = p_bytes + o_bytes + sum_bytes  # the sum so far is held meanwhile
+        memory, ref_logp = _analyse("reference", reference_logprobs, args, {"cfg": cfg}, resident)
+        out.append(memory)
+    if with_ref and ref_logp is None:  # not compiled, or refused: row-split like the batch
+        ref_logp = _rows(mesh, (shapes.train_rows, shapes.train_len), jnp.float32)
     if "grad" in phases:
-        grad.resident = o_bytes + ref_bytes + acc_bytes
-        out.append(grad)
-    if "accumulate" in phases:
-        args = ((grads, terms), grads, terms)
-        out.append(_analyse("accumulate", _accumulate, args, {}, p_bytes + o_bytes + ref_bytes)[0])
+        args = (sums, params, batch, temperature, ref_logp)
+        statics = dict(cfg=cfg, loss=loss, pin=pin)
+        out.append(_analyse("grad", accumulate_gradients, args, statics, o_bytes + ref_bytes)[0])
     if "apply" in phases:
-        args = (params, opt_state, grads, _replicated(mesh, (), jnp.float32))
-        out.append(_analyse("apply", apply_gradients, args, {"optim": optim}, ref_bytes)[0])
+        state_pin = pin + tuple(x.sharding for x in jax.tree.leaves(opt_state))
+        args = (params, opt_state, sums[0], _replicated(mesh, (), jnp.float32))
+        statics = {"optim": optim, "pin": state_pin}
+        out.append(_analyse("apply", apply_gradients, args, statics, ref_bytes)[0])
     return out

@@ -1,7 +1,8 @@
 """`python -m attnrl_jax.plan --config=FILE[:VARIANT] [--config.key=value ...] --topology=v5e:2x4
-[--json OUT]`: will this run fit? Compiles every device program of the run ahead of time for a
-Cloud TPU topology (through libtpu, the `tpu` extra) or `cpu:N` (N forced XLA:CPU devices, an
-estimate for N GPUs of --hbm_gib each) and prints per-device memory by phase:
+[--json OUT] [--phases=grad,apply]`: will this run fit? Compiles every device program of the run
+(or those --phases names) ahead of time for a Cloud TPU topology (through libtpu, the `tpu`
+extra) or `cpu:N` (N forced XLA:CPU devices, an estimate for N GPUs of --hbm_gib each) and
+prints per-device memory by phase:
 
     sample               prefill + decode of one sampler device batch (fresh prompts), with
                          the params in the engine's decode layout (sharding.decode_layout:
@@ -9,8 +10,8 @@ estimate for N GPUs of --hbm_gib each) and prints per-device memory by phase:
     sample_continuation  the same for continuation rows (prompt + response prefix as context)
     score                the scoring forward (log-probs, entropies, FCI) of one scoring batch
     reference            the frozen policy's forward for the KL term, one micro-batch
-    grad                 forward + backward of the loss on one micro-batch
-    accumulate           adding a micro-batch's gradients to the running sum
+    grad                 forward + backward of the loss on one micro-batch, added into the
+                         running gradient sum (donated: no separate accumulation program)
     apply                the AdamW update
 
 with what each program holds (arguments, temporaries) plus what stays resident on the device
@@ -210,8 +211,23 @@ def resolve_for_plan(config):
         raise PlanError(f"the config cannot be built: {problems}") from e
 
 
-def plan(config, topology: Topology) -> list[dict]:
-    """Compiles every phase of `config` for `topology`; one JSON row per phase."""
+ALL_PHASES = ("sample", "sample_continuation", "score", "reference", "grad", "apply")
+
+
+def parse_phases(text: str | None) -> tuple[str, ...]:
+    """'grad,apply' -> the phases to compile, in ALL_PHASES order (None or '': all)."""
+    if not text:
+        return ALL_PHASES
+    asked = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(asked) - set(ALL_PHASES))
+    if unknown or not asked:
+        raise PlanError(f"--phases={text!r}: unknown {unknown}; choose from {list(ALL_PHASES)}")
+    return tuple(p for p in ALL_PHASES if p in asked)
+
+
+def plan(config, topology: Topology, phases: Sequence[str] = ALL_PHASES) -> list[dict]:
+    """Compiles `phases` of `config` for `topology` (default every phase; sample_continuation
+    only for tree methods); one JSON row per phase."""
     from attnrl_jax.aot_phases import PHASES, plan_phases
     from attnrl_jax.models.sharding import decode_layout, make_mesh
     from attnrl_jax.sampling.buckets import Buckets
@@ -225,17 +241,20 @@ def plan(config, topology: Topology) -> list[dict]:
     # the layout NativeEngine's "auto" picks on this chip (its default budget: a quarter of HBM)
     layout = decode_layout(cfg, mesh, budget_bytes=int(topology.hbm_gib * GIB) // 4)
     common = dict(loss=run.loss, optim=run.optim, scoring=run.rollout.scoring, sample_layout=layout)
-    memories = plan_phases(cfg, mesh, shapes, PHASES, **common)
-    if run.rollout.tree:
-        # continuation rows: prompt + response prefix as context, the same new-token budget
-        # (sampling/requests.py does not shorten it by the prefix)
+    memories = plan_phases(cfg, mesh, shapes, tuple(p for p in phases if p in PHASES), **common)
+    if run.rollout.tree and "sample_continuation" in phases:
+        # continuation rows: prompt + response prefix as context; prefix and continuation
+        # share one response's budget (RolloutConfig.continuation_budget), but a short prefix
+        # leaves nearly all of it, so the decode loop keeps max_new_tokens steps
         buckets, new = Buckets(), shapes.new_tokens
         context = buckets.fit_length(run.data.max_prompt_len + new)
-        cache = buckets.cache_length(context, new, run.data.max_prompt_len + 2 * new)
+        cache = buckets.cache_length(context, new, run.data.max_prompt_len + new)
         longer = dataclasses.replace(shapes, context_len=context, cache_len=cache)
         (cont,) = plan_phases(cfg, mesh, longer, ("sample",), **common)
         cont.phase = "sample_continuation"
-        memories.insert(1, cont)
+        memories.insert(int("sample" in phases), cont)
+    if not memories:
+        raise PlanError(f"none of the phases {list(phases)} runs in this config")
     mesh_name = f"{data}x{fsdp}x{tensor}"
     rows = []
     for m in memories:
@@ -298,14 +317,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags.DEFINE_float(
         "hbm_gib", None, "memory per device (default: the chip's HBM)", flag_values=values
     )
+    flags.DEFINE_string(
+        "phases", None, f"compile only these, comma-separated (default all: {ALL_PHASES})",
+        flag_values=values,
+    )  # fmt: skip
     try:
         values(argv)
         if values.topology is None or values.config is None:
             raise PlanError("--config=FILE[:VARIANT] and --topology=... are required")
         topology = parse_topology(values.topology, values.hbm_gib)
+        phases = parse_phases(values.phases)
         prepare_backend(topology)
         _log_progress()
-        rows = plan(values.config, topology)
+        rows = plan(values.config, topology, phases)
     except (PlanError, flags.Error, AttributeError) as e:  # AttributeError: unknown config key
         print(f"plan: {e}", file=sys.stderr)
         return 2

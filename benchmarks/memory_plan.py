@@ -145,7 +145,7 @@ def run_plan(entries: list[Entry], path: Path, resume: bool, log=print) -> list[
     return rows
 
 
-TRAIN = ("score", "reference", "grad", "accumulate", "apply")
+TRAIN = ("score", "reference", "grad", "apply")
 ONE_ROW_8 = Shapes(score_rows=8, train_rows=8)  # one row per device on 8 devices (1x8x1)
 
 
@@ -159,7 +159,7 @@ def plan_entries() -> list[Entry]:
     # The longest continuation batch: prompt + prefix pads to 16384 (> 8192), and the budget
     # stays max_new_tokens (sampling/requests.py does not shorten it by the prefix).
     continuation = Shapes(context_len=16384, cache_len=24576)
-    rest = ("sample", "reference", "accumulate", "apply")
+    rest = ("sample", "reference", "apply")
     return [
         Entry("1.5b", "v5p-16", "1x8x1", phases=TRAIN, shapes=ONE_ROW_8),
         Entry("7b", "v5p-16", "1x8x1", phases=TRAIN, shapes=ONE_ROW_8),

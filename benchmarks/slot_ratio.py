@@ -5,7 +5,8 @@ device, no timing).
 Problems are shaped like the paper's (G = 6 responses, every response expanded at N = 2 points
 with T = 2 continuations, 1,024-token prompt budget, 8,192-token responses) with heavy-tailed
 lengths as RL rollouts have them: log-normal responses (median 3,000 tokens) truncated at the
-budget, continuations log-normal too and at most the budget, prompts 60-400 tokens.
+budget, continuations log-normal too and at most what their prefix leaves of the budget
+(RolloutConfig.continuation_budget), prompts 60-400 tokens.
 
     python benchmarks/slot_ratio.py --json benchmarks/results/slot_ratio.json
 """
@@ -37,7 +38,8 @@ def problems(rng, num: int, group=6, points=2, conts=2, budget=8192) -> list[Tra
             cont = tuple(
                 tuple(
                     Continuation(np.ones(int(m), np.int32), float(rng.integers(2)))
-                    for m in lengths(rng, conts, 0.6 * (n - b) + 16, budget)
+                    # prefix + continuation within one response's budget (as the sampler)
+                    for m in lengths(rng, conts, 0.6 * (n - b) + 16, budget - b)
                 )
                 for b in at
             )
@@ -77,7 +79,7 @@ def main() -> None:
     longest_tree = max(len(r.tokens) for r in make_rows(probs, "tree"))
     results = [
         slots(probs, "path", 32, 8, 0),
-        slots(probs, "path", 32, 8, 17408),  # the paper config: 1,024 + 2 x 8,192
+        slots(probs, "path", 32, 8, 9216),  # the paper config: 1,024 + 8,192
         slots(probs, "tree", 32, 8, 0),
         slots(probs, "tree", 32, 8, row_length_bucket(longest_tree)),
     ]

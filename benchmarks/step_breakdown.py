@@ -12,8 +12,14 @@ Rewards: a random model never answers the demo task, so every problem would be f
 update would run. The math grader therefore grades every response (its time is the "grading"
 phase), but the reward used for training is the parity of the response text's length (mixed
 0/1, deterministic). Tree packing: the token counts of both layouts (packed.tokens_processed)
-on the trees each step actually trained; the update-time comparison of the two layouts is
-benchmarks/packing.py's job.
+on the trees each step actually trained, and time per trained token (the token weight sum,
+the same work in either layout) of the update and of the whole step, which compares the
+layouts end to end (run once with each; an idle machine):
+
+    python benchmarks/step_breakdown.py --preset cpu --steps 8 --modes off_policy \
+        --set train.packing=path --json benchmarks/results/step_packing_path_cpu.json
+    python benchmarks/step_breakdown.py --preset cpu --steps 8 --modes off_policy \
+        --set train.packing=tree --json benchmarks/results/step_packing_tree_cpu.json
 
     python benchmarks/step_breakdown.py --preset cpu --steps 8 \\
         --json benchmarks/results/step_breakdown_cpu.json
@@ -120,6 +126,7 @@ def parse_value(text: str):
 
 
 MODES = ("off_policy", "on_policy", "split")
+UPDATE_PHASES = ("update", "reference", "proximal")  # the policy update's share of a step
 # the paper's AttnRL 1.5B step: 62.6 h for 500 steps on 8 H100 (ALGORITHM.md section 9, Table 3)
 PAPER_STEP_S, PAPER_DEVICES = 62.6 * 3600 / 500, 8
 
@@ -202,11 +209,16 @@ def summarise(steps: list[dict]) -> dict:
     later = later or steps[1:]
 
     def stats(key):
-        values = [s[key] for s in later]
+        values = [s.get(key, 0.0) for s in later]  # a phase that never ran has no time_ key
         return {"mean": statistics.mean(values), "median": statistics.median(values)}
 
     tree = sum(s["tokens_tree"] for s in steps[1:])
     path = sum(s["tokens_path"] for s in steps[1:])
+    # Trained tokens (the token weight sum: every response token once per path through it)
+    # are the same work in either packing, so time per trained token compares the packings.
+    trained = sum(s["trained_tokens"] for s in later)
+    update_s = sum(s.get(f"time_{p}", 0.0) for s in later for p in UPDATE_PHASES)
+    ratios = [s["slot_ratio"] for s in later if s.get("slot_ratio") is not None]
     return {
         "steps_averaged": len(later),
         "averages_include_compiles": includes_compiles,
@@ -215,7 +227,7 @@ def summarise(steps: list[dict]) -> dict:
         "step_s": stats("time_step"),
         "other_s": {  # step time outside the five phases (ADS planning, tree building, ...)
             "mean": statistics.mean(
-                s["time_step"] - sum(s[f"time_{p}"] for p in PHASES) for s in later
+                s["time_step"] - sum(s.get(f"time_{p}", 0.0) for p in PHASES) for s in later
             )
         },
         "first_step": {
@@ -241,6 +253,16 @@ def summarise(steps: list[dict]) -> dict:
             overlap_s(s) / max(span_s(s, "sample_initial"), 1e-9) for s in later
         ),
         "prompt_batch_size": stats("prompt_batch_size"),
+        "per_trained_token": {
+            "trained_tokens": trained,
+            "row_tokens": sum(s["row_tokens"] for s in later),
+            "slot_ratio": statistics.mean(ratios) if ratios else None,
+            # update + reference + proximal forwards, and the whole step, per 1,000 tokens
+            "update_ms_per_1k": 1e6 * update_s / trained if trained else None,
+            "step_ms_per_1k": 1e6 * sum(s["time_step"] for s in later) / trained
+            if trained
+            else None,
+        },
         "packing": {
             "trained_with": None,  # filled by main
             "row_tokens_tree": tree,
@@ -282,6 +304,10 @@ def project_paper(modes: dict) -> dict | None:
     }  # fmt: skip
 
 
+def _ms(value: float | None) -> str:
+    return "n/a (nothing trained)" if value is None else f"{value:.1f}"
+
+
 def markdown(result: dict) -> str:
     modes = result["modes"]
     head = "| phase (s/step, mean over steady steps) | " + " | ".join(modes) + " |"
@@ -309,6 +335,12 @@ def markdown(result: dict) -> str:
          lambda s: f"{s['packing']['row_tokens_tree']} / {s['packing']['row_tokens_path']}"),
         ("tokens saved by tree packing",
          lambda s: f"{100 * (s['packing']['tokens_saved_by_tree'] or 0):.1f}%"),
+        ("packing trained with", lambda s: str(s["packing"]["trained_with"])),
+        ("trained tokens (steady steps)",
+         lambda s: f"{s['per_trained_token']['trained_tokens']:.0f}"),
+        ("**update ms per 1k trained tokens** (incl. reference, proximal)",
+         lambda s: _ms(s["per_trained_token"]["update_ms_per_1k"])),
+        ("step ms per 1k trained tokens", lambda s: _ms(s["per_trained_token"]["step_ms_per_1k"])),
     ]  # fmt: skip
     for name, cell in rows:
         lines.append(f"| {name} | " + " | ".join(cell(modes[m]) for m in modes) + " |")

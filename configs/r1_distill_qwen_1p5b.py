@@ -15,9 +15,9 @@ problem/answer fields works too, e.g. the Hendrycks MATH train split.
 The mesh is the only thing that changes between machines. mesh, microbatch_rows and
 sampler_rows come from `python -m attnrl_jax.plan --config=configs/r1_distill_qwen_1p5b.py
 --config.model.path=DIR --topology=v5e:2x4` (BENCHMARKS.md, "Will the paper runs fit?"): fsdp x
-tensor 2 with one 17,408-token row per data x fsdp shard trains on v5e-8 (11.3 GiB per chip);
-sampling continuations with 64 rows does not fit v5e-8 yet (36 GiB: the sampler prefills whole
-16k-token contexts), so run the plan for your slice before renting it.
+tensor 2 with one 9,216-token row per data x fsdp shard trains on v5e-8 (8.6 GiB per chip);
+sampling continuations with 64 rows does not fit v5e-8 yet (at least 36 GiB: the native sampler
+prefills whole 16k-token contexts), so run the plan for your slice before renting it.
 
 Device split: shared (mesh.rollout_devices=0), as the paper ran (8 H100, sampling and training
 one after the other, the one-step off-policy merged call). With devices to spare, e.g. 16:
@@ -55,9 +55,10 @@ def paper_config():
     c.ads.update(target_sequences=64 * 6 * 5, initial_prompt_batch_size=64, batch_lambda=0.9)
     c.loss.update(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_weight=0.001)
     c.optim.update(learning_rate=1e-6, weight_decay=0.01, grad_clip=1.0)
-    # Padding-free rows of 17,408 tokens: the longest path row (1,024-token prompt, a response
-    # prefix and a continuation of up to 8,192 tokens each); one row per data x fsdp shard.
-    c.train.update(minibatch_problems=32, microbatch_rows=4, tokens_per_row=17408)
+    # Padding-free rows of 9,216 tokens: the longest path row (1,024-token prompt, a response
+    # prefix and its continuation, 8,192 tokens together as in the authors' rollout:
+    # RolloutConfig.continuation_budget); one row per data x fsdp shard.
+    c.train.update(minibatch_problems=32, microbatch_rows=4, tokens_per_row=9216)
     c.rollout.sampler_rows = 64
     c.grading.update(workers=8, timeout_s=5.0)  # a hard per-answer deadline (rewards/batch.py)
     c.checkpoint.update(every=10, keep=2)

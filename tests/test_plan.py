@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.plan import PlanError, main, mesh_sizes, parse_topology
+from attnrl_jax.plan import ALL_PHASES, PlanError, main, mesh_sizes, parse_phases, parse_topology
 
 TINY = ModelConfig(
     vocab_size=512,
@@ -26,7 +26,7 @@ SMALL = [
     "--config.mesh.data=-1",
     "--config.rollout.sampler_rows=8",
     "--config.train.microbatch_rows=8",
-    "--config.data.max_prompt_len=192",  # + 2 x 64 new tokens: rows of up to 320 tokens
+    "--config.data.max_prompt_len=192",  # + 64 response tokens: path rows of up to 256
     "--config.train.tokens_per_row=384",
 ]
 KEYS = {"phase", "topology", "mesh", "args_gib", "temp_gib", "resident_gib", "total_gib"}
@@ -64,7 +64,7 @@ def test_small_model_on_cpu8_compiles_every_phase(model_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     phases = [r["phase"] for r in rows]
     assert phases == [
-        "sample", "sample_continuation", "score", "reference", "grad", "accumulate", "apply"
+        "sample", "sample_continuation", "score", "reference", "grad", "apply"
     ]  # fmt: skip
     for r in rows:
         assert set(r) == KEYS and r["topology"] == "cpu:8" and r["mesh"] == "8x1x1"
@@ -85,6 +85,7 @@ def test_small_model_on_cpu8_compiles_every_phase(model_dir, tmp_path):
         (["--topology=cpu:8", "--config.train.tokens_per_row=100"], "smaller than the longest"),
         (["--topology=cpu:8", "--config.train.microbatch_rows=4"], "not a multiple of mesh"),
         (["--topology=cpu:8", "--config.nope=1"], "nope"),
+        (["--topology=cpu:8", "--phases=grad,accumulate"], "unknown ['accumulate']"),
     ],
 )
 def test_bad_input_is_refused_before_compiling(model_dir, capsys, extra, message):
@@ -109,3 +110,10 @@ def test_topology_and_mesh_parsing():
         parse_topology("v5e-8")
     with pytest.raises(PlanError, match="uses 4 of"):
         mesh_sizes({"data": 1, "fsdp": 4, "tensor": 1}, 8)
+
+
+def test_phases_are_parsed_in_plan_order():
+    assert parse_phases(None) == parse_phases("") == ALL_PHASES
+    assert parse_phases(" apply,grad ") == ("grad", "apply")
+    with pytest.raises(PlanError, match="choose from"):
+        parse_phases(",")

@@ -76,6 +76,20 @@ class RolloutConfig:
         """Whether the initial responses need the scoring forward beyond FCI."""
         return self.selection.method == "entropy" or self.temperature != 1.0
 
+    def continuation_budget(self, prefix_len: int) -> int:
+        """New tokens a continuation of a `prefix_len`-token response prefix may sample: what
+        is left of max_new_tokens, so prefix + continuation is at most one response's budget
+        (and a path row at most prompt + max_new_tokens tokens). The authors' rollout does the
+        same: RyanLiu112/AttnRL verl/workers/rollout/vllm_rollout/vllm_rollout_spmd.py cuts a
+        continuation to response_length - (prefix_length - prompt_length).
+        """
+        if not 0 <= prefix_len < self.max_new_tokens:
+            raise ValueError(
+                f"a continuation after {prefix_len} response tokens has no budget left "
+                f"(rollout.max_new_tokens={self.max_new_tokens})"
+            )
+        return self.max_new_tokens - prefix_len
+
     def sampler_fci(self, seps: SeparatorIds) -> SamplerFci | None:
         """The sampler option for initial responses (None: FCI from the scoring forward).
 

@@ -227,10 +227,12 @@ def _check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) ->
         errors, list(sizes.values()).count(-1) <= 1, f"at most one mesh axis may be -1, got {sizes}"
     )
     # The longest row: a path through a continuation holds the prompt, a response prefix and
-    # a continuation of up to max_new_tokens each; a tree-packed row every segment once.
+    # a continuation of at most max_new_tokens together (RolloutConfig.continuation_budget); a
+    # tree-packed row every segment once (continuations after short prefixes: up to
+    # max_new_tokens each).
     spec = METHODS.get(c.method)
     tree = spec is None or spec.tree
-    news = 1 + (r.num_points * r.continuations if c.train.packing == "tree" else 1) if tree else 1
+    news = 1 + r.num_points * r.continuations if tree and c.train.packing == "tree" else 1
     budget, longest = c.train.tokens_per_row, c.data.max_prompt_len + news * r.max_new_tokens
     _check(
         errors,

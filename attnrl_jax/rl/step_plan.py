@@ -20,7 +20,7 @@ check that none is more than one update stale.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -50,9 +50,16 @@ class BranchPlan:
 
 
 def continuation_requests(
-    gen: Generation, plan: BranchPlan, n: int, first_index: int
+    gen: Generation,
+    plan: BranchPlan,
+    n: int,
+    first_index: int,
+    budget: Callable[[int], int] | None = None,
 ) -> list[Request]:
-    """T continuations per branch point, in response then branch-point order."""
+    """T continuations per branch point, in response then branch-point order.
+
+    budget(prefix_len) -> new tokens of a continuation (RolloutConfig.continuation_budget);
+    None: the sampler call's max_new_tokens."""
     g = gen.group_size
     requests = []
     for i, points in enumerate(plan.branch_points):
@@ -64,6 +71,7 @@ def continuation_requests(
                     tuple(int(t) for t in gen.responses[i][:b]),
                     n=n,
                     index=len(requests) + first_index,
+                    max_new_tokens=None if budget is None else budget(b),
                 )
             )
     return requests

@@ -84,7 +84,7 @@ from attnrl_jax.rl.devices import build_rollout_mesh
 from attnrl_jax.rl.interrupt import SignalGuard
 from attnrl_jax.rl.phases import PhaseTimes
 from attnrl_jax.rl.settings import ConfigError, RunConfig
-from attnrl_jax.rl.update import make_optimizer, run_updates
+from attnrl_jax.rl.update import make_optimizer, reference_copy, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
 from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine, place_on
 from attnrl_jax.sampling.eos import eos_ids as model_eos_ids
@@ -154,10 +154,10 @@ class Trainer:
             )
             engine = NativeEngine(model_cfg, None, sampler)
         self.engine = engine
-        # The frozen initial policy for the KL term (a copy: updates donate the params' buffers).
+        # The frozen initial policy for the KL term (a copy, in bfloat16 under mixed precision).
         self.ref_params = None
         if run.loss.kl_weight > 0:
-            self.ref_params = jax.tree.map(jnp.copy, self.params)
+            self.ref_params = reference_copy(self.params, model_cfg)
         opt_state = jax.jit(make_optimizer(run.optim).init)(self.params)
         self.opt_state = jax.device_put(
             opt_state, optimizer_state_shardings(opt_state, self.params, shardings, mesh)
@@ -300,8 +300,9 @@ class Trainer:
         requests = ro.initial_requests(prompts, self.rollout.group_size)
         if plan_of is not None:
             requests += sp.continuation_requests(
-                *plan_of, self.rollout.continuations, first_index=len(requests) + first_index
-            )
+                *plan_of, self.rollout.continuations, first_index=len(requests) + first_index,
+                budget=self.rollout.continuation_budget,
+            )  # fmt: skip
         self._sampler_calls += 1
         # FCI of the new initial responses from the sampler (rollout.fci_source = "sampler").
         fci = self.rollout.sampler_fci(self.seps) if prompts else None

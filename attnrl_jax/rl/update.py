@@ -21,6 +21,12 @@ computed slots stay close to real tokens (the "slot_ratio" metric).
 Numerics: gradients come back in the parameters' dtype, so float32 master weights (model
 param_dtype) give float32 gradient sums across micro-batches and float32 AdamW moments, whatever
 the computation dtype.
+
+Memory: each micro-batch's gradient is added into the running sum inside the gradient program
+(accumulate_gradients, the sum donated and kept in the params' shardings), so a device holds
+one parameter-sized sum and no second gradient buffer; the KL term's frozen params are stored in
+the computation dtype (reference_copy). Both are what lets the 7B paper config fit v6e-8
+(BENCHMARKS.md, "Will the paper runs fit?").
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import batch_sharding
 from attnrl_jax.models.transfer import to_device
-from attnrl_jax.rl.loss import LossConfig, metric_names, policy_loss
+from attnrl_jax.rl.loss import LossConfig, LossTerms, metric_names, policy_loss
 from attnrl_jax.rl.packed import TrainProblem, make_rows, pack_rows, row_logprobs, stack_rows
 from attnrl_jax.rl.settings import OptimConfig
 
@@ -70,6 +76,21 @@ def reference_logprobs(
     reference forward as a phase; the arithmetic is the same.
     """
     return row_logprobs(ref_params, batch, temperature, cfg=cfg)[0]
+
+
+def reference_copy(params: Params, cfg: ModelConfig) -> Params:
+    """The frozen reference policy of the KL term: a copy of `params` (updates donate the
+    params' buffers), stored in the computation dtype when that is narrower than the weights'.
+
+    Under mixed precision (bfloat16 compute, float32 master weights) that halves its memory
+    (1.8 GiB per chip for the 7B model on 8 chips) and changes no log-prob: the forward casts
+    every weight to the computation dtype before using it (models/decoder.py, the fused LM
+    head), so the reference forward sees the same bfloat16 values either way.
+    """
+    narrow = jnp.dtype(cfg.compute_dtype)
+    if narrow.itemsize >= jnp.dtype(cfg.weight_dtype).itemsize:
+        return jax.tree.map(jnp.copy, params)
+    return jax.tree.map(lambda x: x.astype(narrow), params)  # keeps each leaf's sharding
 
 
 @partial(jax.jit, static_argnames=("cfg", "loss"))
@@ -107,6 +128,57 @@ def microbatch_gradients(
     return grads, terms
 
 
+def _pinned(tree, pin: tuple | None):
+    """tree with its leaves constrained to the shardings `pin` (None: left to the compiler)."""
+    if pin is None:
+        return tree
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(treedef, list(map(jax.lax.with_sharding_constraint, leaves, pin)))
+
+
+@partial(jax.jit, static_argnames=("cfg", "loss", "pin"), donate_argnums=0)
+def accumulate_gradients(
+    sums,
+    params: Params,
+    batch: dict,
+    temperature: jax.Array,
+    ref_logp: jax.Array | None,
+    prox_logp: jax.Array | None = None,
+    *,
+    cfg: ModelConfig,
+    loss: LossConfig,
+    pin: tuple | None = None,
+):
+    """sums + (gradients, LossTerms) of one micro-batch (microbatch_gradients): the running
+    sums across micro-batches, updated inside the gradient program.
+
+    sums: (gradient sum shaped like params, LossTerms), donated, so the new sums take their
+    buffers: no separate accumulation program, no second copy of the sum. pin: the shardings
+    of the params' leaves; the gradient sum is kept in them (left to itself the compiler
+    may return gradients replicated over an axis the params are split on, which costs memory
+    and breaks the donation, whose output must match the input's layout).
+    """
+    grads, terms = microbatch_gradients(
+        params, batch, temperature, ref_logp, prox_logp, cfg=cfg, loss=loss
+    )
+    grad_sum, term_sums = sums
+    grad_sum = _pinned(jax.tree.map(jnp.add, grad_sum, grads), pin)
+    return grad_sum, jax.tree.map(jnp.add, term_sums, terms)
+
+
+def zero_sums(params: Params, loss: LossConfig, pin: tuple | None = None):
+    """The running sums before the first micro-batch: zero gradients in the params' dtypes
+    (float32 master weights: float32 sums) and shardings (pin), zero LossTerms."""
+    zero = lambda: jnp.zeros((), jnp.float32)  # noqa: E731 (one buffer each: all are donated)
+    terms = LossTerms(zero(), zero(), {name: zero() for name in metric_names(loss)})
+    return _zeros_like(params, pin=pin), terms
+
+
+@partial(jax.jit, static_argnames="pin")
+def _zeros_like(params: Params, *, pin: tuple | None = None):
+    return _pinned(jax.tree.map(jnp.zeros_like, params), pin)
+
+
 @partial(jax.jit, static_argnames="cap")
 def _agreement(prox: jax.Array, batch: dict, *, cap: float) -> jax.Array:
     """float32[4] of one micro-batch [m, T]: token weight sum, weighted sum of |old - prox|,
@@ -119,11 +191,6 @@ def _agreement(prox: jax.Array, batch: dict, *, cap: float) -> jax.Array:
     return jnp.stack(
         [jnp.sum(w), jnp.sum(w * jnp.abs(diff)), top, jnp.sum(w * (diff > jnp.log(cap)))]
     )
-
-
-@jax.jit
-def _accumulate(acc, grads, terms):
-    return jax.tree.map(jnp.add, acc, (grads, terms))
 
 
 @partial(jax.jit, static_argnames=("optim", "pin"), donate_argnums=(0, 1))
@@ -140,11 +207,7 @@ def apply_gradients(
     grads = jax.tree.map(lambda g: g / denominator, grad_sum)
     updates, opt_state = make_optimizer(optim).update(grads, opt_state, params)
     norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-    out = (optax.apply_updates(params, updates), opt_state)
-    if pin is not None:
-        leaves, treedef = jax.tree.flatten(out)
-        pinned = map(jax.lax.with_sharding_constraint, leaves, pin)
-        out = jax.tree.unflatten(treedef, list(pinned))
+    out = _pinned((optax.apply_updates(params, updates), opt_state), pin)
     return *out, norm
 
 
@@ -229,28 +292,32 @@ def run_updates(
     sums: dict[str, float] = {}
     norms = []
     for i, mini in enumerate(minis):
-        acc = None
+        # pins: the params' shardings (the gradient sum's) and the AdamW state's
+        pin = state_pin = None
+        if mesh is not None:
+            pin = tuple(x.sharding for x in jax.tree.leaves(params))
+            state_pin = pin + tuple(x.sharding for x in jax.tree.leaves(opt_state))
+        acc = zero_sums(params, loss, pin)
         for j, batch in enumerate(mini):
             ref = None
             if loss.kl_weight > 0:
-                if timer is not None and acc is not None:
+                if timer is not None and j > 0:
                     jax.block_until_ready(acc)  # queued gradient work is not reference time
                 with phase("reference"):
                     ref = reference_logprobs(ref_params, batch, temp, cfg=cfg)
                     ref.block_until_ready()
             p = None if prox is None else prox[i][j]
-            grads, terms = microbatch_gradients(params, batch, temp, ref, p, cfg=cfg, loss=loss)
-            acc = (grads, terms) if acc is None else _accumulate(acc, grads, terms)
-        grad_sum, terms = acc
+            acc = accumulate_gradients(
+                acc, params, batch, temp, ref, p, cfg=cfg, loss=loss, pin=pin
+            )
+        (grad_sum, terms), acc = acc, None  # the sum is freed once applied, before the next
         denominator = float(terms.denominator)
         if denominator == 0:
             continue
-        pin = None
-        if mesh is not None:
-            pin = tuple(x.sharding for x in jax.tree.leaves((params, opt_state)))
         params, opt_state, norm = apply_gradients(
-            params, opt_state, grad_sum, jnp.float32(denominator), optim=optim, pin=pin
+            params, opt_state, grad_sum, jnp.float32(denominator), optim=optim, pin=state_pin
         )
+        del grad_sum
         norms.append(float(norm))
         for k, v in {"loss": terms.total, "tokens": terms.denominator, **terms.metrics}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
