@@ -1,0 +1,94 @@
+"""The continuous engine on a mesh of the 8 forced CPU devices: slots and the KV page pool split
+over the batch shards (data x fsdp), each shard with its own pages (sampling/shard_pages.py).
+Tokens, log-probs and FCI equal one device's; each device holds 1 / (batch shards x tensor) of
+the pool; the compiled decode chunk moves no pool data between shards.
+
+Tolerances: as tests/test_decode_layout.py (sums over `tensor` in another order: log-probs to
+1e-5); FCI to 1e-4 relative as the engine's single-device tests.
+"""
+
+import dataclasses
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from attnrl_jax.loop_collectives import loop_collectives
+from attnrl_jax.models import sharding
+from attnrl_jax.models.config import ModelConfig
+from attnrl_jax.models.lm import init_params, unstack_layers
+from attnrl_jax.sampling import Buckets, Request, SamplerConfig, SamplerFci, SamplingOptions, sample
+from attnrl_jax.sampling import continuous
+from attnrl_jax.sampling.scheduler import EngineStats
+from attnrl_jax.scoring.fci import FciConfig
+from attnrl_jax.scoring.steps import SeparatorIds
+
+CFG = ModelConfig(
+    vocab_size=96,
+    hidden_size=48,
+    intermediate_size=80,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=12,
+    max_position_embeddings=64,
+)
+CONFIG = SamplerConfig(
+    Buckets(rows=(8,), lengths=(16, 32, 64)),
+    query_chunk=16,
+    attention_chunk=16,
+    decode_chunk=3,
+    page_size=8,
+)
+SEPS = SeparatorIds(double_newline=tuple(range(0, 17)), newline=tuple(range(0, 34)), think_end=(60,))
+FCI = SamplerFci(SEPS, FciConfig(), max_steps=16)
+OPTIONS = SamplingOptions(max_new_tokens=12, temperature=0.9, seed=5, fci=FCI)
+
+
+def _requests():
+    """Uneven budgets, fan-out wider than a shard's slots (n = 5), a continuation, a prompt
+    over a page."""
+    rng = np.random.default_rng(3)
+    a, b, c, prefix = (rng.integers(20, 96, size=n).tolist() for n in (5, 11, 19, 6))
+    return [
+        Request(a, n=2, max_new_tokens=20),
+        Request(b, n=5, max_new_tokens=4),
+        Request(c, n=1, max_new_tokens=30),
+        Request(a, prefix, n=2, max_new_tokens=9, index=7),
+        Request(b + a, n=3, max_new_tokens=2),
+        Request(c, n=2),
+    ]
+
+
+@pytest.fixture(scope="module")
+def params():
+    return init_params(CFG, jax.random.key(4), std=0.3)
+
+
+@pytest.fixture(scope="module")
+def single(params):
+    return sample(params, CFG, _requests(), OPTIONS, CONFIG)
+
+
+def _on(mesh):
+    return dataclasses.replace(CONFIG, mesh=mesh, rules=sharding.decode_rules())
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 2), (1, 8, 1)])
+def test_sharded_pools_generate_like_one_device(params, single, shape):
+    mesh = sharding.make_mesh(*shape)
+    config = _on(mesh)
+    placed = jax.device_put(params, sharding.decode_shardings(CFG, mesh))
+    stats = EngineStats()
+    ours = sample(placed, CFG, _requests(), OPTIONS, config, stats=stats)
+    assert len(ours) == len(single) == 15
+    for x, y in zip(ours, single, strict=True):
+        assert (x.request, x.sample, x.finish_reason) == (y.request, y.sample, y.finish_reason)
+        np.testing.assert_array_equal(x.token_ids, y.token_ids)
+        np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=1e-5, atol=1e-5)
+        assert (x.fci is None) == (y.fci is None)
+        if x.fci is not None:
+            np.testing.assert_allclose(x.fci, y.fci, rtol=1e-4, atol=1e-7)
+    assert any(s.fci is not None for s in ours)
+    assert stats.leaked_pages == 0 and stats.token_steps > 0
