@@ -18,8 +18,17 @@ from attnrl_jax.loop_collectives import loop_collectives
 from attnrl_jax.models import sharding
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import init_params, unstack_layers
-from attnrl_jax.sampling import Buckets, Request, SamplerConfig, SamplerFci, SamplingOptions, sample
-from attnrl_jax.sampling import continuous
+from attnrl_jax.models.transfer import replicated_to_device, rows_to_device
+from attnrl_jax.sampling import (
+    Buckets,
+    Request,
+    SamplerConfig,
+    SamplerFci,
+    SamplingOptions,
+    continuous,
+    sample,
+)
+from attnrl_jax.sampling.continuous import Call
 from attnrl_jax.sampling.scheduler import EngineStats
 from attnrl_jax.scoring.fci import FciConfig
 from attnrl_jax.scoring.steps import SeparatorIds
@@ -41,7 +50,9 @@ CONFIG = SamplerConfig(
     decode_chunk=3,
     page_size=8,
 )
-SEPS = SeparatorIds(double_newline=tuple(range(0, 17)), newline=tuple(range(0, 34)), think_end=(60,))
+SEPS = SeparatorIds(
+    double_newline=tuple(range(0, 17)), newline=tuple(range(0, 34)), think_end=(60,)
+)
 FCI = SamplerFci(SEPS, FciConfig(), max_steps=16)
 OPTIONS = SamplingOptions(max_new_tokens=12, temperature=0.9, seed=5, fci=FCI)
 
@@ -92,3 +103,48 @@ def test_sharded_pools_generate_like_one_device(params, single, shape):
             np.testing.assert_allclose(x.fci, y.fci, rtol=1e-4, atol=1e-7)
     assert any(s.fci is not None for s in ours)
     assert stats.leaked_pages == 0 and stats.token_steps > 0
+
+
+def test_each_device_holds_its_shard_of_the_pool_and_decodes_without_moving_it(params):
+    mesh = sharding.make_mesh(1, 4, 2)
+    config = _on(mesh)
+    slots, per_slot, page_size, shards = 8, 8, 8, 4
+    num_pages = slots * per_slot + shards  # each shard: its slots' pages and a trash page
+    eos = np.full(config.max_eos_ids, -1, np.int32)
+    call = Call(*replicated_to_device((np.int32(5), eos, FCI.separator_table(96)), mesh))
+    static = FCI.static()
+    state = continuous.empty_state(
+        call, CFG, config, slots, num_pages, page_size, per_slot * page_size, static
+    )
+    placed = jax.jit(unstack_layers)(jax.device_put(params, sharding.decode_shardings(CFG, mesh)))
+    table = rows_to_device(np.zeros((slots, per_slot), np.int32), mesh)
+    target = replicated_to_device(np.int32(slots), mesh)
+    decode = continuous.decode_chunk.lower(
+        placed, state, table, target, call, CFG, config, 3, static
+    ).compile()
+    total = sum(x.nbytes for x in jax.tree.leaves(state.pool))
+
+    def check(pool):  # pages over the 4 batch shards, heads over tensor = 2
+        for device in mesh.devices.flat:
+            held = sum(
+                s.data.nbytes
+                for x in jax.tree.leaves(pool)
+                for s in x.addressable_shards
+                if s.device == device
+            )
+            assert held == total // (shards * 2)
+
+    check(state.pool)
+    check(decode(placed, state, table, target, call)[0].pool)  # state is donated
+
+    # In the decode loop the batch shards exchange one scalar (the finished-slot count that
+    # ends the chunk); every other collective stays within a tensor group (matmul partial sums,
+    # top-p's vocabulary sums), and none moves pool data.
+    loop = re.compile(r'op_name="jit\(decode_chunk\)/shard_map/while"')
+    found = loop_collectives(decode.as_text(), mesh, loop)
+    assert found, "the loop's collectives were not found"
+    across = [c for c in found if c.batch_axes]
+    assert [(c.kind, c.shape) for c in across] == [("all-reduce", "s32[]")]
+    # The largest is a hidden state per local slot (2 x 48 float32); one key page of each local
+    # slot (2 x 12 x 8 float32 per device) would be twice that, a shard's pool 17x more.
+    assert max(c.bytes for c in found) == (slots // shards) * CFG.hidden_size * 4
