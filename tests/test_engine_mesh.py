@@ -14,6 +14,13 @@ import jax
 import numpy as np
 import pytest
 
+from attnrl_jax.aot_phases import (
+    Shapes,
+    abstract_params,
+    engine_programs,
+    per_device_bytes,
+    plan_phases,
+)
 from attnrl_jax.loop_collectives import loop_collectives
 from attnrl_jax.models import sharding
 from attnrl_jax.models.config import ModelConfig
@@ -148,3 +155,24 @@ def test_each_device_holds_its_shard_of_the_pool_and_decodes_without_moving_it(p
     # The largest is a hidden state per local slot (2 x 48 float32); one key page of each local
     # slot (2 x 12 x 8 float32 per device) would be twice that, a shard's pool 17x more.
     assert max(c.bytes for c in found) == (slots // shards) * CFG.hidden_size * 4
+
+
+def test_the_memory_plan_compiles_the_engine_with_a_pool_per_shard():
+    # aot_phases' "sample" phase: the engine's programs for 8 slots on 4 batch shards x tensor 2,
+    # from abstract inputs; each device's part of the pool is 1/8 of it.
+    mesh = sharding.make_mesh(1, 4, 2)
+    shapes = Shapes(sample_rows=8, context_len=16, new_tokens=16, cache_len=32)
+    params = abstract_params(CFG, mesh, sharding.decode_rules())
+    (admit, _), (decode, _) = engine_programs(CFG, mesh, shapes, params)
+    pool = admit[1].pool
+    pages = 8 * 32 // 16 + 4  # 8 slots x 2 pages of 16 positions, a trash page per shard
+    assert pool.keys[0].shape == (pages, CFG.num_kv_heads, CFG.head_dim, 16)
+    total = sum(x.size * 4 for x in jax.tree.leaves(pool))
+    assert per_device_bytes(pool) == total // 8
+    (memory,) = plan_phases(
+        CFG, mesh, shapes, ("sample",), sample_layout=(sharding.decode_rules(), None)
+    )
+    # Both programs read the whole state (donated: aliased to their outputs).
+    state = per_device_bytes(decode[1])
+    assert memory.arguments >= per_device_bytes(params) + state
+    assert memory.aliased >= state
