@@ -21,7 +21,7 @@ from attnrl_jax.aot_phases import (
     per_device_bytes,
     plan_phases,
 )
-from attnrl_jax.loop_collectives import loop_collectives
+from attnrl_jax.loop_collectives import device_groups, loop_collectives
 from attnrl_jax.models import sharding
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import init_params, unstack_layers
@@ -176,3 +176,14 @@ def test_the_memory_plan_compiles_the_engine_with_a_pool_per_shard():
     state = per_device_bytes(decode[1])
     assert memory.arguments >= per_device_bytes(params) + state
     assert memory.aliased >= state
+
+    # Admission prefills each shard's contexts into its own pages: its collectives (tensor
+    # partial sums) all stay within one batch shard (device positions 2k, 2k + 1).
+    text = continuous.admit.lower(*admit, cfg=CFG, config=_on(mesh), fci=None).compile().as_text()
+    kinds = "all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter"
+    lines = [x for x in text.splitlines() if re.search(rf" ({kinds})(-start)?\(", x)]
+    assert lines
+    for line in lines:
+        pairs = re.findall(r"\{(\d+),(\d+)\}", line) if "source_target_pairs" in line else []
+        groups = [list(map(int, p)) for p in pairs] or device_groups(line) or [list(range(8))]
+        assert all(len({d // 2 for d in g}) == 1 for g in groups), line
