@@ -43,8 +43,9 @@ class EngineStats:
 
     slot_steps: decode steps x slots; token_steps: tokens chosen in decode steps (useful
     work); chunks: decode chunks run; peak_pages: most pages allocated at once (x page_size
-    = positions of KV memory); peak_needed: most positions the live rows needed at once (their
-    tokens, each request's context once); worst_ratio: max over chunk ends of allocated /
+    = positions of KV memory; on a mesh, the sum of each batch shard's peak); peak_needed:
+    most positions the live rows needed at once (their tokens, each request's context once
+    per batch shard holding its rows); worst_ratio: max over chunk ends of allocated /
     needed positions; leaked_pages: pages still allocated after the call.
     """
 
