@@ -4,7 +4,8 @@ Each phase lowers the real jitted function (no re-implementation) with jax.Shape
 inputs carrying the NamedShardings the trainer gives them, compiles it for the mesh's devices
 and reads `compiled.memory_analysis()`. Nothing is allocated: 7B weights exist only as shapes.
 
-    sample     sampling.sampler.sample_batch      prefill + the whole decode loop, one device batch
+    sample     sampling.continuous admit and      the continuous engine's two programs with
+               decode_chunk                       `sample_rows` slots (the larger one counts)
     score      scoring.forward.score_batch        log-probs, entropies and FCI, one scoring batch
     reference  rl.update.reference_logprobs       the frozen policy's forward for the KL term
     grad       rl.update.accumulate_gradients     forward + backward of the loss on one micro-batch,
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from attnrl_jax.buckets import round_up
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import param_shapes, unflatten
 from attnrl_jax.models.sharding import (
@@ -53,8 +55,10 @@ from attnrl_jax.rl.update import (
     reference_logprobs,
     zero_sums,
 )
+from attnrl_jax.sampling import continuous
 from attnrl_jax.sampling.buckets import Buckets
-from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
+from attnrl_jax.sampling.continuous import Admission, Call
+from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig
 from attnrl_jax.sampling.token_choice import SamplingParams
 from attnrl_jax.scoring.forward import ScoringConfig, score_batch
 
@@ -66,8 +70,9 @@ PHASES = ("sample", "score", "reference", "grad", "apply")
 class Shapes:
     """Padded sizes of every program, as the trainer's buckets make them.
 
-    sample: `sample_rows` rows (and context slots) per device batch, contexts padded to
-    `context_len`, `new_tokens` decode steps, a KV cache of `cache_len` slots.
+    sample: `sample_rows` engine slots, all admitted at once with contexts padded to
+    `context_len` (the largest admission), `new_tokens` the budget, rows of up to `cache_len`
+    positions; the page pool holds every slot at `cache_len` (SamplerConfig.kv_pages=None).
     score: `score_rows` sequences of `score_len` tokens with `score_steps` step slots.
     reference / grad: micro-batches of `train_rows` rows of `train_len` tokens, `train_nodes`
     tree-node slots.
@@ -199,6 +204,56 @@ def sampler_batch(mesh: Mesh, shapes: Shapes, max_eos_ids: int) -> DeviceBatch:
     )
 
 
+def engine_programs(
+    cfg: ModelConfig, mesh: Mesh, shapes: Shapes, params: dict
+) -> tuple[tuple, tuple]:
+    """Abstract arguments of continuous.admit and decode_chunk (params: stacked, as
+    abstract_params; unstacked here as the scheduler does): slots = sample_rows, a pool of
+    slots x cache_len positions plus a trash page per batch shard, split over the shards."""
+    b, c = shapes.sample_rows, shapes.context_len
+    _check_rows(b, mesh, "sample_rows")
+    config = SamplerConfig(buckets=Buckets(rows=(b,)), mesh=mesh)
+    shards, page_size = config.batch_shards, config.page_size
+    per_slot = round_up(shapes.cache_len, page_size) // page_size
+    num_pages = config.kv_pages or b * per_slot + shards
+    call = Call(
+        _replicated(mesh, (), jnp.int32), _replicated(mesh, (config.max_eos_ids,), jnp.int32), None
+    )
+    statics = dict(
+        cfg=cfg, config=config, slots=b, num_pages=num_pages, page_size=page_size,
+        cache_length=per_slot * page_size, fci=None,
+    )  # fmt: skip
+    lowered = continuous.empty_state.lower(call, **statics)
+    shardings = lowered.compile().output_shardings
+    state = jax.tree.map(lambda a, s: _spec(a.shape, a.dtype, s), lowered.out_info, shardings)
+
+    def layer(a):  # one layer of a stacked param: its sharding without the layers axis
+        spec = PartitionSpec(*tuple(a.sharding.spec)[1:])
+        return _spec(a.shape[1:], a.dtype, NamedSharding(mesh, spec))
+
+    unstacked = {**params, "layers": [jax.tree.map(layer, params["layers"])] * cfg.num_layers}
+    rows = lambda shape, dtype: _rows(mesh, shape, dtype)  # noqa: E731
+    batch = Admission(
+        contexts=rows((b, c), jnp.int32),
+        context_lengths=rows((b,), jnp.int32),
+        source=rows((b,), jnp.int32),
+        slot=rows((b,), jnp.int32),
+        writes=rows((b, c), jnp.bool_),
+        budget=rows((b,), jnp.int32),
+        request_index=rows((b,), jnp.int32),
+        sample_index=rows((b,), jnp.int32),
+        sampling=SamplingParams(
+            rows((b,), jnp.float32), rows((b,), jnp.float32), rows((b,), jnp.int32)
+        ),
+    )
+    table = rows((b, per_slot), jnp.int32)
+    target = _replicated(mesh, (), jnp.int32)
+    program = dict(cfg=cfg, config=config, fci=None)
+    admit = ((unstacked, state, batch, table, call), program)
+    decode = ((unstacked, state, table, target, call), {**program, "steps": config.decode_chunk})
+    return admit, decode
+
+
 def train_batch(mesh: Mesh, shapes: Shapes) -> dict:
     """The stack_rows arrays run_updates sends to the device (update._device_batch)."""
     m, t, k = shapes.train_rows, shapes.train_len, shapes.train_nodes
@@ -300,17 +355,16 @@ def plan_phases(
     out: list[PhaseMemory] = []
 
     if "sample" in phases:
-        config = SamplerConfig(buckets=Buckets(rows=(shapes.sample_rows,)), mesh=mesh)
-        batch = sampler_batch(mesh, shapes, config.max_eos_ids)
-        statics = dict(
-            cfg=cfg, config=config, max_new_tokens=shapes.new_tokens, cache_length=shapes.cache_len
-        )
         held, decode_params = o_bytes + ref_bytes, params
         if sample_layout is not None:
             decode_params = abstract_params(cfg, mesh, *sample_layout)
             held += p_bytes
-        memory, _ = _analyse("sample", sample_batch, (decode_params, batch), statics, held)
-        out.append(memory)
+        (args, statics), (chunk_args, chunk_statics) = engine_programs(
+            cfg, mesh, shapes, decode_params
+        )
+        admit, _ = _analyse("sample", continuous.admit, args, statics, held)
+        decode, _ = _analyse("sample", continuous.decode_chunk, chunk_args, chunk_statics, held)
+        out.append(max(admit, decode, key=lambda m: m.program))
 
     if "score" in phases:
         b, t = shapes.score_rows, shapes.score_len

@@ -4,9 +4,12 @@
 extra) or `cpu:N` (N forced XLA:CPU devices, an estimate for N GPUs of --hbm_gib each) and
 prints per-device memory by phase:
 
-    sample               prefill + decode of one sampler device batch (fresh prompts), with
-                         the params in the engine's decode layout (sharding.decode_layout:
-                         replicated over data x fsdp when that takes at most a quarter of HBM)
+    sample               the continuous engine's admission (rollout.sampler_rows slots, all
+                         admitted at once) or decode chunk, whichever needs more; its KV page
+                         pool holds every slot at the longest row (kv_pages=None), split over
+                         the data x fsdp shards; the params in the engine's decode layout
+                         (sharding.decode_layout: replicated over data x fsdp when that takes
+                         at most a quarter of HBM)
     sample_continuation  the same for continuation rows (prompt + response prefix as context)
     score                the scoring forward (log-probs, entropies, FCI) of one scoring batch
     reference            the frozen policy's forward for the KL term, one micro-batch

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from attnrl_jax.sampling.pages import TRASH, PageTable, pages_for
+from attnrl_jax.sampling.shard_pages import ShardedPages
 
 
 def test_shared_context_pages_are_counted_once_and_returned():
@@ -72,3 +73,34 @@ def test_pages_for_rounds_up():
     with pytest.raises(ValueError, match=">= 2 pages"):
         PageTable(1, 4, 1, 1)
     assert np.all(PageTable(2, 4, 1, 1).table == TRASH)
+
+
+def test_shards_keep_a_requests_rows_together_and_fill_the_freest_shard():
+    # 2 shards of 2 slots and 16 pages (ids local to the shard); pages of 4 positions.
+    pages = ShardedPages(num_pages=32, page_size=4, slots=4, pages_per_slot=4, shards=2)
+    free = [True] * 4
+    # Request 0 (8-token context: 2 shared pages) goes to the freest shard: a tie, shard 0.
+    slot = pages.place(0, context=8, total=12, free=free)
+    assert slot == 0 and pages.admit(slot, 0, 8, 12, ahead=1) == 0  # writes its shared pages
+    free[slot] = False
+    # Its second sample stays home and shares the pages: its prefill writes from position 8.
+    slot = pages.place(0, 8, 12, free)
+    assert slot == 1 and pages.admit(slot, 0, 8, 12, ahead=1) == 8
+    free[slot] = False
+    assert pages.tables[0].in_use == 2 + 2 and pages.tables[1].in_use == 0
+    # Its third sample finds home full: it moves to shard 1, which writes its own copy.
+    slot = pages.place(0, 8, 12, free)
+    assert slot == 2 and pages.admit(slot, 0, 8, 12, ahead=1) == 0
+    free[slot] = False
+    pages.drop_request(0)
+    assert pages.tables[0].in_use == 4 and pages.tables[1].in_use == 3
+    assert pages.table[:3, :2].tolist() == [[1, 2], [1, 2], [1, 2]]  # local ids in each shard
+    # A new request goes to the shard with most pages available among those with a free slot.
+    pages.release(1)
+    pages.release(2)
+    assert [t.available for t in pages.tables] == [15 - 3, 15]
+    assert pages.place(1, 4, 8, [False, True, True, True]) == 2  # not slot 1 of shard 0
+    pages.release(0)
+    assert pages.in_use == 0 and pages.peak == 4 + 3
+    with pytest.raises(ValueError, match="split evenly over 2 batch shards"):
+        ShardedPages(num_pages=31, page_size=4, slots=4, pages_per_slot=4, shards=2)

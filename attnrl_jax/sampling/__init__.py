@@ -10,7 +10,8 @@
 Files, one concept each: requests.py (validation; requests -> samples through one of two
 schedulers), scheduler.py + continuous.py (continuous batching: slots, admission, compiled
 decode chunks; the default), pages.py + paged_cache.py (the paged KV cache: page table and free
-list on the host, the page pool on the device), sampler.py (the lock-step scheduler: one
+list on the host, the page pool on the device), shard_pages.py (a page table per batch shard on
+a mesh), sampler.py (the lock-step scheduler: one
 compiled prefill + decode loop per padded batch), fci_decode.py (FCI of fresh samples
 accumulated while decoding by an attention observer, the `SamplingOptions.fci` option),
 cache.py (the lock-step KV cache with a length per row, as attention hooks; it knows nothing of

@@ -10,6 +10,12 @@ decides which, between device calls:
                               choose its next one; rows stop at an EOS id or their budget. Ends
                               early once `target` slots are finished (rows wait for them).
 
+On a mesh with S = data x fsdp > 1 batch shards, both run per shard (jax.shard_map over the
+batch axes, `tensor` left automatic): slots B split into S blocks of B/S, and the pool into S
+blocks of N/S pages, so shard k's slots read and write only shard k's pages, named by local page
+ids (pages.py keeps one page table per shard). The page gather stays on the device; the only
+collective across shards is the sum of finished slots that ends a chunk early.
+
 A slot's row keeps its own token counter, so token t of row (i, s) is drawn with
 fold_in(fold_in(fold_in(key(seed), i), s), t), as in the lock-step sampler: what a row generates
 does not depend on its slot, its neighbours or when it was admitted.
@@ -30,7 +36,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
+from attnrl_jax.models import sharding
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params, forward_hidden, logits_from_hidden
 from attnrl_jax.sampling import fci_decode
@@ -39,6 +47,7 @@ from attnrl_jax.sampling.fci_decode import DecodeFci
 from attnrl_jax.sampling.paged_cache import (
     chunk_size,
     constrain_pool,
+    constrain_shards,
     empty_pool,
     paged_decode_attend,
     paged_prefill_attend,
@@ -126,7 +135,8 @@ def empty_state(
     cache_length: int,
     fci: DecodeFci | None,
 ) -> EngineState:
-    """Every slot empty; a zeroed pool of num_pages pages; cache_length = M * page_size."""
+    """Every slot empty; a zeroed pool of num_pages pages (all shards' together); cache_length
+    = M * page_size."""
     zeros = jnp.zeros((slots,), jnp.int32)
     empty = Slots(
         zeros,
@@ -143,12 +153,39 @@ def empty_state(
         cfg.num_layers, num_pages, cfg.num_kv_heads, cfg.head_dim, page_size, cfg.compute_dtype
     )
     watched = make_watch(cfg, fci, call).initial(slots, cache_length, zeros)
+    if config.batch_shards > 1:  # created in place: no device ever holds the whole pool
+        return constrain_shards(EngineState(empty, pool, watched), config.mesh, config.rules)
     return EngineState(empty, constrain_pool(pool, config.mesh, config.rules), watched)
 
 
 def _put(old, new, slot):
     """new's rows [A, ...] written into old's slots (rows with slot = B are dropped)."""
     return jax.tree.map(lambda o, n: o.at[slot].set(n, mode="drop"), old, new)
+
+
+def _batch_axes(config: SamplerConfig) -> tuple[str, ...]:
+    return tuple(a for a in sharding.BATCH_AXES if a in config.mesh.axis_names)
+
+
+def _per_shard(body, config: SamplerConfig, in_specs, out_specs):
+    """`body` run on each batch shard's block of the [B]- or [A]-leading arguments (specs:
+    True for those, False for the replicated ones); `tensor` stays automatic."""
+    axes = _batch_axes(config)
+
+    def spec(split):
+        return PartitionSpec(axes) if split else PartitionSpec()
+
+    return jax.shard_map(
+        body,
+        mesh=config.mesh,
+        in_specs=jax.tree.map(spec, in_specs),
+        out_specs=jax.tree.map(spec, out_specs),
+        axis_names=set(axes),
+        # The decoder's loops start carries from constants (token_choice's bisection, the
+        # attention's running softmax): with varying-axis checks each would need a pcast.
+        # Replicated outputs (steps run) are equal on every shard by construction (psum).
+        check_vma=False,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "config", "fci"), donate_argnames=("state",))
@@ -165,7 +202,21 @@ def admit(
     """Prefills the admitted rows into their slots: (state, token 0 [A], its log-prob [A]).
 
     params: layers unstacked (`lm.unstack_layers`). table [B, M] int32: every slot's pages.
+    With S batch shards every [A]-leading field of `batch` is S blocks, one per shard, whose
+    `source` and `slot` are local to the block (slot B/S: padding), and table's page ids are
+    local to each slot's shard.
     """
+    if config.batch_shards == 1:
+        return _admit(params, state, batch, table, call, cfg, config, fci, manual=False)
+
+    def body(params, state, batch, table, call):
+        return _admit(params, state, batch, table, call, cfg, config, fci, manual=True)
+
+    run = _per_shard(body, config, (False, True, True, True, False), (True, True, True))
+    return run(params, state, batch, table, call)
+
+
+def _admit(params, state, batch, table, call, cfg, config, fci, manual: bool):
     slots, pages_per_slot = table.shape
     contexts = batch.contexts
     length = contexts.shape[1]
@@ -174,7 +225,8 @@ def admit(
     rows_table = table[jnp.minimum(batch.slot, slots - 1)]
     attend = paged_prefill_attend(batch.source, rows_table, batch.writes, chunk)
     hidden, pool = forward_hidden(params, cfg, contexts, positions, attend, state.pool)
-    pool = constrain_pool(pool, config.mesh, config.rules)
+    if not manual:
+        pool = constrain_pool(pool, config.mesh, config.rules)
     last = jnp.take_along_axis(hidden, (batch.context_lengths - 1)[:, None, None], axis=1)
     logits = logits_from_hidden(params, last[batch.source, 0])
     zero = jnp.zeros_like(batch.budget)
@@ -229,7 +281,22 @@ def decode_chunk(
     fci: DecodeFci | None,
 ) -> tuple[EngineState, ChunkResult]:
     """At most `steps` (K) decode steps of every slot; ends early once `target` ([] int32)
-    slots are finished. params: layers unstacked; table [B, M] int32."""
+    slots are finished. params: layers unstacked; table [B, M] int32 (page ids local to each
+    slot's batch shard)."""
+    if config.batch_shards == 1:
+        return _decode(params, state, table, target, call, cfg, config, steps, fci, None)
+
+    def body(params, state, table, target, call):
+        axes = _batch_axes(config)
+        return _decode(params, state, table, target, call, cfg, config, steps, fci, axes)
+
+    outs = (True, ChunkResult(True, True, True, False))
+    run = _per_shard(body, config, (False, True, True, False, False), outs)
+    return run(params, state, table, target, call)
+
+
+def _decode(params, state, table, target, call, cfg, config, steps, fci, axes):
+    """decode_chunk's body; axes: the batch axes it runs manual over (None: not sharded)."""
     slots_count, pages_per_slot = table.shape
     page_size = state.pool.keys[0].shape[-1]
     cache_length = pages_per_slot * page_size
@@ -240,6 +307,8 @@ def decode_chunk(
     def running(carry):
         j, state, _ = carry
         done = jnp.sum(finished(state.slots, feeds_last))
+        if axes is not None:  # every shard stops at the same step
+            done = jax.lax.psum(done, axes)
         return (j < steps) & (done < target)
 
     def step(carry):
@@ -255,7 +324,8 @@ def decode_chunk(
             params, cfg, s.token[:, None], positions[:, None], attend, (state.pool, watched)
         )
         watched = watch.end(watched, s.token, feeding)
-        pool = constrain_pool(pool, config.mesh, config.rules)
+        if axes is None:
+            pool = constrain_pool(pool, config.mesh, config.rules)
         logits = logits_from_hidden(params, hidden[:, 0])
         u = _keys(call.seed, s.request_index, s.sample_index, s.num)
         token, logprob = choose_tokens(logits, s.sampling, u)

@@ -18,14 +18,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from attnrl_jax.buckets import largest_divisor
 from attnrl_jax.models import sharding
 from attnrl_jax.models.attention import Attend, Observer, attention, cache_mask, causal_attend
 from attnrl_jax.sampling.cache import KVCache, constrain
 
-POOL_AXES = (None, "kv_heads", None, None)  # pages are not split over the batch axes
+POOL_AXES = (None, "kv_heads", None, None)  # one batch shard: pages whole on every device
+SHARD_POOL_AXES = ("batch", "kv_heads", None, None)  # S shards: page blocks over data x fsdp
 
 
 def empty_pool(
@@ -41,6 +42,20 @@ def constrain_pool(pool: KVCache, mesh: Mesh | None, rules: sharding.Rules) -> K
     if mesh is None:
         return pool
     return constrain(pool, mesh, rules, POOL_AXES)
+
+
+def constrain_shards(tree, mesh: Mesh, rules: sharding.Rules):
+    """Pins an engine state (continuous.EngineState) split per batch shard: every [B]-leading
+    slot array over data x fsdp, the pool's pages too (S blocks of N/S) and heads over tensor."""
+    state = tree._replace(pool=constrain(tree.pool, mesh, rules, SHARD_POOL_AXES))
+
+    def rows(x):
+        spec = sharding.spec_for(("batch",) + (None,) * (x.ndim - 1), x.shape, mesh, rules)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return state._replace(
+        slots=jax.tree.map(rows, state.slots), watched=jax.tree.map(rows, state.watched)
+    )
 
 
 def _write(pool: KVCache, layer: int, pages, offsets, k, v) -> KVCache:

@@ -53,8 +53,9 @@ class SamplerConfig:
     row when its row finishes; a paged KV cache) or "lockstep" (this module: device batches of
     up to buckets.max_rows rows, each run until its longest row stops; a dense cache).
     Continuous only: decode_chunk: most decode steps between two host visits (admission and
-    harvest); page_size: positions per KV page; kv_pages: pages in the pool (None: enough for
-    every slot at the call's longest row, plus the trash page).
+    harvest); page_size: positions per KV page; kv_pages: pages in the pool, all batch shards
+    together, a multiple of batch_shards (None: enough for every slot at the call's longest
+    row, plus a trash page per shard).
     """
 
     buckets: Buckets = Buckets()

@@ -11,6 +11,10 @@ One device->host read per chunk (its tokens, log-probs, the slots' counters, FCI
 rows); nothing per token. Rows are admitted longest budget first (the long rows start early
 and the short ones fill the gaps), the n samples of a request together where slots allow.
 Rows wait when the page pool cannot promise their worst case (SamplerConfig.kv_pages).
+
+On a mesh the slots and the pool split evenly over the S = data x fsdp batch shards
+(shard_pages.py): a request's rows go to one shard, the one with most free pages when its
+first row is admitted.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from attnrl_jax.models.lm import Params, unstack_layers
 from attnrl_jax.models.transfer import replicated_to_device, rows_to_device, to_host
 from attnrl_jax.sampling import continuous
 from attnrl_jax.sampling.continuous import Admission, Call
-from attnrl_jax.sampling.pages import PageTable
 from attnrl_jax.sampling.sampler import SamplerConfig
+from attnrl_jax.sampling.shard_pages import ShardedPages
 from attnrl_jax.sampling.token_choice import SamplingParams
 
 
@@ -39,8 +43,9 @@ class EngineStats:
 
     slot_steps: decode steps x slots; token_steps: tokens chosen in decode steps (useful
     work); chunks: decode chunks run; peak_pages: most pages allocated at once (x page_size
-    = positions of KV memory); peak_needed: most positions the live rows needed at once (their
-    tokens, each request's context once); worst_ratio: max over chunk ends of allocated /
+    = positions of KV memory; on a mesh, the sum of each batch shard's peak); peak_needed:
+    most positions the live rows needed at once (their tokens, each request's context once
+    per batch shard holding its rows); worst_ratio: max over chunk ends of allocated /
     needed positions; leaked_pages: pages still allocated after the call.
     """
 
@@ -91,17 +96,19 @@ def run(
     """Generates every row of `requests` (validated: contexts and budgets per request) in
     config.buckets.max_rows slots; returns the rows in the order they finished."""
     slots, page_size, steps = slot_count(config), config.page_size, config.decode_chunk
+    shards = config.batch_shards
     totals = [len(c) + b for c, b in zip(contexts, budgets, strict=True)]
     cache_length = round_up(config.buckets.fit_length(max(totals)), page_size)
     per_slot = cache_length // page_size
-    num_pages = config.kv_pages or slots * per_slot + 1
-    pages = PageTable(num_pages, page_size, slots, per_slot)
+    num_pages = config.kv_pages or slots * per_slot + shards
+    pages = ShardedPages(num_pages, page_size, slots, per_slot, shards)
     for i, (context, total) in enumerate(zip(contexts, totals, strict=True)):
-        worst = pages.cost(i, len(context), total)
-        if worst > num_pages - 1:
+        worst = pages.worst(i, len(context), total)
+        if worst > pages.pages_per_shard - 1:
             raise ValueError(
                 f"request {i}: needs {worst} KV pages of {page_size} positions; "
-                f"SamplerConfig.kv_pages={num_pages} holds {num_pages - 1}"
+                f"SamplerConfig.kv_pages={num_pages} holds {pages.pages_per_shard - 1} "
+                f"per batch shard ({shards} shards)"
             )
     stats = stats if stats is not None else EngineStats()
     stats.page_size = page_size
@@ -127,32 +134,30 @@ def run(
     results: list[RawRow] = []
     while waiting or any(r is not None for r in rows):
         admitted = []
-        for b in range(slots):
-            if not waiting:
-                break
-            if rows[b] is not None:
-                continue
+        while waiting:
             i, s = waiting[0]
             context = len(contexts[i])
-            if pages.cost(i, context, totals[i]) > pages.available:
-                break  # wait for pages (first come, first served)
+            b = pages.place(i, context, totals[i], [r is None for r in rows])
+            if b is None:
+                break  # wait for a slot or pages (first come, first served)
             waiting.popleft()
-            shared, new = pages.shared_pages(i, context)
-            pages.admit(b, shared, context, totals[i], steps + 1)
+            start = pages.admit(b, i, context, totals[i], steps + 1)
             left[i] -= 1
             if left[i] == 0:
                 pages.drop_request(i)
             rows[b], count[b] = (i, s), 0
-            admitted.append((b, i, s, 0 if new else len(shared) * page_size))
+            admitted.append((b, i, s, start))
         if not admitted and not any(r is not None for r in rows):
             # Cannot happen: with no live row every page is free but the head request's own
             # shared pages, and its worst case was checked against the pool above.
             raise RuntimeError(f"no slot could take request {waiting[0][0]} with every slot free")
         first = None
         if admitted:
-            batch = _admission(admitted, requests, contexts, budgets, options, config, slots)
+            batch, places = _admission(
+                admitted, requests, contexts, budgets, options, config, slots
+            )
             batch = _rows(batch, config, device)
-            table = _shared(pages.table, config, device)
+            table = _table(pages.table, config, device)
             state, *first = continuous.admit(
                 params, state, batch, table, call, cfg, config, static_fci
             )
@@ -163,7 +168,10 @@ def run(
                 pages.grow(b, min(len(contexts[i]) + int(count[b]) + steps, totals[i]))
         free = sum(r is None for r in rows)
         target = slots if not waiting else min(slots, free + max(1, min(len(waiting), slots // 8)))
-        table, target = _shared((pages.table, np.int32(target)), config, device)
+        table, target = (
+            _table(pages.table, config, device),
+            _shared(np.int32(target), config, device),
+        )
         state, out = continuous.decode_chunk(
             params, state, table, target, call, cfg, config, steps, static_fci
         )
@@ -171,7 +179,7 @@ def run(
         host = to_host((out, s.num, s.done, s.fed, first))
         (chunk_tokens, chunk_logprobs, raw_fci, steps_run), num, done, fed, first = host
         if admitted:
-            for a, (b, *_) in enumerate(admitted):
+            for a, (b, *_) in zip(places, admitted, strict=True):
                 tokens[b] = [first[0][a : a + 1]]
                 logprobs[b] = [first[1][a : a + 1]]
                 count[b] = 1
@@ -201,48 +209,61 @@ def run(
     return results
 
 
-def _count_memory(stats: EngineStats, pages: PageTable, rows, contexts, count) -> None:
+def _count_memory(stats: EngineStats, pages: ShardedPages, rows, contexts, count) -> None:
     """Allocated vs needed KV positions at this chunk's end (before finished rows leave);
-    needed: each live row's tokens plus its request's context once."""
+    needed: each live row's tokens plus its request's context once per shard holding it."""
     live = [(b, row[0]) for b, row in enumerate(rows) if row is not None]
     needed = sum(int(count[b]) for b, _ in live)
-    needed += sum(len(contexts[i]) for i in {i for _, i in live})
+    homes = {(b // (len(rows) // pages.shards), i) for b, i in live}  # a context per shard
+    needed += sum(len(contexts[i]) for _, i in homes)
     allocated = pages.in_use * pages.page_size
     stats.peak_needed = max(stats.peak_needed, needed)
     if needed:
         stats.worst_ratio = max(stats.worst_ratio, allocated / needed)
 
 
-def _admission(admitted, requests, contexts, budgets, options, config, slots) -> Admission:
-    """The padded admission batch of rows (slot, request, sample, first written position).
+def _admission(admitted, requests, contexts, budgets, options, config, slots):
+    """(the padded admission batch, each admitted row's place in it) for the rows (slot,
+    request, sample, first written position).
 
-    Its row and context counts are powers of two up to the slot count (not Buckets.rows,
-    which sizes lock-step batches and the slot count), so admitting a few rows prefills a few
-    contexts: programs per context-length bucket are at most (log2 B + 1)(log2 B + 2) / 2."""
-    buckets, shards = config.buckets, config.batch_shards
+    With S batch shards it is S equal blocks, block k holding shard k's rows and the contexts
+    they continue (source and slot local to the block and shard; padding rows: slot B/S).
+    Per block, row and context counts are powers of two up to the shard's slots (not
+    Buckets.rows, which sizes lock-step batches and the slot count), so admitting a few rows
+    prefills a few contexts: programs per context-length bucket are at most
+    (log2 B/S + 1)(log2 B/S + 2) / 2."""
+    shards = config.batch_shards
+    local = slots // shards
+    blocks = [[a for a in admitted if a[0] // local == k] for k in range(shards)]
+    used = [list(dict.fromkeys(i for _, i, _, _ in block)) for block in blocks]
 
     def fit(n):  # powers of two: a few rows admitted prefill a few contexts, not every slot's
-        return min(slots, round_up(power_of_two(n), shards))
+        return min(local, power_of_two(max(n, 1)))
 
-    used = list(dict.fromkeys(i for _, i, _, _ in admitted))
-    where = {i: p for p, i in enumerate(used)}
-    num_contexts, num_rows = fit(len(used)), fit(len(admitted))
-    length = smallest_fit(buckets.lengths, max(len(contexts[i]) for i in used), "lengths")
-    tokens = np.zeros((num_contexts, length), np.int32)
-    lengths = np.ones(num_contexts, np.int32)
-    for p, i in enumerate(used):
-        tokens[p, : len(contexts[i])] = contexts[i]
-        lengths[p] = len(contexts[i])
-    ints = np.zeros((5, num_rows), np.int32)  # source, slot, budget, request index, sample
-    ints[1] = slots  # padding rows: dropped
-    writes = np.zeros((num_rows, length), bool)
-    for a, (b, i, s, start) in enumerate(admitted):
-        index = i if requests[i].index is None else requests[i].index
-        ints[:, a] = where[i], b, budgets[i], index, s
-        writes[a, start : len(contexts[i])] = True
+    num_contexts = fit(max(len(u) for u in used))
+    num_rows = fit(max(len(block) for block in blocks))
+    longest = max(len(contexts[i]) for u in used for i in u)
+    length = smallest_fit(config.buckets.lengths, longest, "lengths")
+    tokens = np.zeros((shards * num_contexts, length), np.int32)
+    lengths = np.ones(shards * num_contexts, np.int32)
+    ints = np.zeros((5, shards * num_rows), np.int32)  # source, slot, budget, request, sample
+    ints[1] = local  # padding rows: dropped
+    writes = np.zeros((shards * num_rows, length), bool)
+    places = {}
+    for k, (block, u) in enumerate(zip(blocks, used, strict=True)):
+        where = {i: p for p, i in enumerate(u)}
+        for p, i in enumerate(u):
+            tokens[k * num_contexts + p, : len(contexts[i])] = contexts[i]
+            lengths[k * num_contexts + p] = len(contexts[i])
+        for j, (b, i, s, start) in enumerate(block):
+            a = k * num_rows + j
+            index = i if requests[i].index is None else requests[i].index
+            ints[:, a] = where[i], b % local, budgets[i], index, s
+            writes[a, start : len(contexts[i])] = True
+            places[b] = a
 
     def per_row(value, dtype):
-        return np.full(num_rows, value, dtype)
+        return np.full(shards * num_rows, value, dtype)
 
     batch = Admission(
         contexts=tokens,
@@ -259,7 +280,7 @@ def _admission(admitted, requests, contexts, budgets, options, config, slots) ->
             per_row(options.top_k, np.int32),
         ),
     )
-    return batch
+    return batch, [places[b] for b, *_ in admitted]
 
 
 def _device_of(params: Params, config: SamplerConfig):
@@ -274,6 +295,13 @@ def _shared(tree, config: SamplerConfig, device):
     if device is None:
         return replicated_to_device(tree, config.mesh)
     return jax.device_put(tree, device)
+
+
+def _table(table: np.ndarray, config: SamplerConfig, device):
+    """The page table [B, M]: each shard's rows on its devices (whole on each with S = 1)."""
+    if config.batch_shards == 1:
+        return _shared(table, config, device)
+    return _rows(table, config, device)
 
 
 def _rows(tree, config: SamplerConfig, device):
