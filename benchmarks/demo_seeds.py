@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose code runs")
     parser.add_argument("--warm_start", type=Path, default=None, help="default OUT/warm_start")
     parser.add_argument("--tag", default="", help="a label stored with each run")
+    parser.add_argument("--rl_steps", type=int, default=None, help="default: the demo config's")
     args = parser.parse_args()
     code = args.code.resolve()
     sys.path.insert(0, str(code))  # before any attnrl_jax import: that checkout's package
@@ -84,6 +85,7 @@ def main() -> None:
         load_or_build_warm_start(resolve(config), warm, steps=WARM_START_STEPS)
     for seed in [int(s) for s in args.seeds.split(",")]:
         key = {"commit": commit, "seed": seed, "set": args.set, "tag": args.tag}
+        key["rl_steps"] = args.rl_steps
         if any({k: d.get(k) for k in key} == key for d in done):
             print(f"skipping {key}: already in {log}")
             continue
@@ -97,7 +99,8 @@ def main() -> None:
         config.seed = seed
         for k, v in overrides:
             apply_override(config, k, v)
-        summary = demo_main(["--workdir", str(workdir)], config=config)
+        steps = [] if args.rl_steps is None else ["--rl_steps", str(args.rl_steps)]
+        summary = demo_main(["--workdir", str(workdir), *steps], config=config)
         metrics = [json.loads(line) for line in Path(summary["metrics"]).read_text().splitlines()]
         rewards = [m["reward"] for m in metrics if "reward" in m]
         row = key | {
