@@ -10,9 +10,10 @@ the demo reuses it and only the RL part and the two held-out evaluations run. A 
 (config.seed) sets RL sampling, data order and the held-out evaluation's sampling seed; the
 task's problems (data.demo_seed) and the warm start do not change with it, so one seed gives the
 same evaluation samples for the same weights. --code: the checkout whose attnrl_jax (and
-configs/demo.py) runs, so an old commit can run from the same warm start. Each finished run is
-appended to OUT/runs.jsonl as it ends; runs already there (same code commit, seed, --set and
---tag) are skipped, so an interrupted sweep resumes.
+configs/demo.py) runs, so an old commit can run from the same warm start; a row's warm_start is
+the commit that built it (OUT/warm_start/built_by.txt). Each finished run is appended to
+OUT/runs.jsonl as it ends; runs already there (same code commit, seed, --set, --tag and
+--rl_steps) are skipped, so an interrupted sweep resumes.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def main() -> None:
         config = load_config(code / "configs" / "demo.py")
         config.model.path = str(warm)
         load_or_build_warm_start(resolve(config), warm, steps=WARM_START_STEPS)
+        (warm / "built_by.txt").write_text(commit + "\n")
+    built = warm / "built_by.txt"  # the commit whose code trained the warm start
+    warm_label = built.read_text().strip() if built.exists() else "unknown"
     for seed in [int(s) for s in args.seeds.split(",")]:
         key = {"commit": commit, "seed": seed, "set": args.set, "tag": args.tag}
         key["rl_steps"] = args.rl_steps
@@ -105,6 +109,7 @@ def main() -> None:
         rewards = [m["reward"] for m in metrics if "reward" in m]
         row = key | {
             "code": str(code),
+            "warm_start": warm_label,
             "before": summary["accuracy_before"],
             "after": summary["accuracy_after"],
             "gain_points": summary["accuracy_gain_points"],
