@@ -632,6 +632,22 @@ def demo(summary: dict) -> str:
     return "\n".join(["| measurement | value |", "|---|---:|", *(f"| {k} | {v} |" for k, v in out)])
 
 
+def demo_seeds(runs: Rows) -> str:
+    """benchmarks/demo_seeds.py's runs (runs.jsonl as a JSON list): one line per run, in file
+    order; "code" and "warm start" name the commits whose code trained and built them."""
+    out = [
+        "| code | warm start | seed | RL steps | before | after | gain (points) | wall (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs.rows:
+        out.append(
+            f"| {r['commit']} | {r['warm_start']} | {r['seed']} | {r['steps']} | "
+            f"{r['before']:.3f} | {r['after']:.3f} | {r['gain_points']:+.1f} | "
+            f"{_f(r['wall_seconds'], 0)} |"
+        )
+    return "\n".join(out)
+
+
 METHOD_LABELS = {
     "grpo": "GRPO",
     "treerl": "TreeRL (entropy branching)",
@@ -764,6 +780,7 @@ TABLES: dict[str, Table] = {
     "decode_layout": Table(("decode_layout.json",), decode_layout),
     "sample_efficiency": Table(("sample_efficiency.json",), sample_efficiency),
     "demo": Table(("demo_summary.json",), demo),
+    "demo_seeds": Table(("demo_seeds.json",), demo_seeds),
     "branching": Table(("cpu_branching.json",), branching),
     "ab_revisions": Table(("ab_revisions_cpu.json",), ab_revisions),
     "engine_mix": Table(("cpu_engine_mix.json",), engine_mix),
