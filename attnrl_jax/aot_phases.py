@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from attnrl_jax.buckets import round_up
+from attnrl_jax.buckets import power_of_two, round_up
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import param_shapes, unflatten
 from attnrl_jax.models.sharding import (
@@ -70,15 +70,17 @@ PHASES = ("sample", "score", "reference", "grad", "apply")
 class Shapes:
     """Padded sizes of every program, as the trainer's buckets make them.
 
-    sample: `sample_rows` engine slots, all admitted at once with contexts padded to
-    `context_len` (the largest admission), `new_tokens` the budget, rows of up to `cache_len`
-    positions; the page pool holds every slot at `cache_len` (SamplerConfig.kv_pages=None).
+    sample: `sample_rows` engine slots, all admitted at once (or `admit_rows` per batch
+    shard: rollout.admit_rows) with contexts padded to `context_len` (the largest admission),
+    `new_tokens` the budget, rows of up to `cache_len` positions; the page pool holds every
+    slot at `cache_len` (SamplerConfig.kv_pages=None).
     score: `score_rows` sequences of `score_len` tokens with `score_steps` step slots.
     reference / grad: micro-batches of `train_rows` rows of `train_len` tokens, `train_nodes`
     tree-node slots.
     """
 
     sample_rows: int = 64
+    admit_rows: int = 0
     context_len: int = 1024
     new_tokens: int = 8192
     cache_len: int = 9216
@@ -212,8 +214,12 @@ def engine_programs(
     slots x cache_len positions plus a trash page per batch shard, split over the shards."""
     b, c = shapes.sample_rows, shapes.context_len
     _check_rows(b, mesh, "sample_rows")
-    config = SamplerConfig(buckets=Buckets(rows=(b,)), mesh=mesh)
+    config = SamplerConfig(
+        buckets=Buckets(rows=(b,)), mesh=mesh, admit_rows=shapes.admit_rows or None
+    )
     shards, page_size = config.batch_shards, config.page_size
+    # the largest admission: every slot, or admit_rows per shard (padded as the scheduler pads)
+    a = b if not shapes.admit_rows else shards * min(b // shards, power_of_two(shapes.admit_rows))
     per_slot = round_up(shapes.cache_len, page_size) // page_size
     num_pages = config.kv_pages or b * per_slot + shards
     call = Call(
@@ -234,16 +240,16 @@ def engine_programs(
     unstacked = {**params, "layers": [jax.tree.map(layer, params["layers"])] * cfg.num_layers}
     rows = lambda shape, dtype: _rows(mesh, shape, dtype)  # noqa: E731
     batch = Admission(
-        contexts=rows((b, c), jnp.int32),
-        context_lengths=rows((b,), jnp.int32),
-        source=rows((b,), jnp.int32),
-        slot=rows((b,), jnp.int32),
-        writes=rows((b, c), jnp.bool_),
-        budget=rows((b,), jnp.int32),
-        request_index=rows((b,), jnp.int32),
-        sample_index=rows((b,), jnp.int32),
+        contexts=rows((a, c), jnp.int32),
+        context_lengths=rows((a,), jnp.int32),
+        source=rows((a,), jnp.int32),
+        slot=rows((a,), jnp.int32),
+        writes=rows((a, c), jnp.bool_),
+        budget=rows((a,), jnp.int32),
+        request_index=rows((a,), jnp.int32),
+        sample_index=rows((a,), jnp.int32),
         sampling=SamplingParams(
-            rows((b,), jnp.float32), rows((b,), jnp.float32), rows((b,), jnp.int32)
+            rows((a,), jnp.float32), rows((a,), jnp.float32), rows((a,), jnp.int32)
         ),
     )
     table = rows((b, per_slot), jnp.int32)

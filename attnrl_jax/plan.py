@@ -165,6 +165,7 @@ def plan_shapes(run, shards: int):
         nodes = power_of_two(2 + r.selection.num_points * r.continuations, 8)
     return Shapes(
         sample_rows=r.sampler_rows,
+        admit_rows=r.admit_rows,
         context_len=context,
         new_tokens=new,
         cache_len=buckets.cache_length(context, new, prompt + new),

@@ -80,7 +80,10 @@ def get_config() -> ConfigDict:
             # FCI of initial responses: "sampler" (accumulated while decoding; the scoring
             # forward then runs only for rows it cannot score, or for entropies) | "scoring"
             "fci_source": "sampler",
-            "sampler_rows": 64,  # rows per sampler device batch
+            "sampler_rows": 64,  # the native engine's slots (rows decoding together)
+            # most rows one admission prefills per batch shard (0: no cap); prefill memory
+            # grows with rows admitted at once x context length
+            "admit_rows": 0,
         }
     )
     # ADS (used by method attnrl; treerl and grpo expand every response with a fixed batch size).

@@ -66,12 +66,12 @@ def _mix():
     ]
 
 
-def _same(ours, reference, fci=False):
+def _same(ours, reference, fci=False, atol=1e-5):
     assert len(ours) == len(reference)
     for x, y in zip(ours, reference, strict=True):
         assert (x.request, x.sample) == (y.request, y.sample)
         np.testing.assert_array_equal(x.token_ids, y.token_ids)
-        np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=0, atol=atol)
         assert x.finish_reason == y.finish_reason
         if fci:
             assert (x.fci is None) == (y.fci is None)
@@ -150,6 +150,19 @@ def test_a_small_page_pool_makes_rows_wait_not_fail(model):
         match=r"request 0: needs 6 KV pages of 16 positions; SamplerConfig.kv_pages=5 holds 4",
     ):
         sample(model.params(), model.config, [Request([1] * 70)], options, small)
+
+
+def test_admit_rows_caps_each_admission_and_changes_no_token(model):
+    requests = _mix()[:4]
+    options = SamplingOptions(max_new_tokens=12, seed=4)
+    capped, stats = dataclasses.replace(ENGINE, admit_rows=1), EngineStats()
+    ours = sample(model.params(), model.config, requests, options, capped, stats=stats)
+    # one-row prefills round differently in float32 (seen: 1.0e-5); tokens stay equal
+    _same(ours, sample(model.params(), model.config, requests, options, LOCKSTEP), atol=5e-5)
+    assert stats.most_admitted == 1 and stats.leaked_pages == 0
+    uncapped = EngineStats()
+    sample(model.params(), model.config, requests, options, ENGINE, stats=uncapped)
+    assert uncapped.most_admitted == 4  # every slot at once without the cap
 
 
 def test_steady_state_compiles_nothing(model):

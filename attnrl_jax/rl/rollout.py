@@ -43,8 +43,9 @@ class RolloutConfig:
     tree: build branching trees (attnrl, treerl) or train on the initial responses with GRPO
     advantages (grpo). group_size: G samples per prompt. continuations: T per branch point.
     fci_source: "sampler" or "scoring" (see the module docstring); used when scoring.with_fci.
-    eos_ids: sampling/eos.eos_ids of the model (set by the trainer). sampler_rows: rows per
-    native-sampler device batch.
+    eos_ids: sampling/eos.eos_ids of the model (set by the trainer). sampler_rows: the native
+    engine's slots (rows decoding together). admit_rows: most rows one admission prefills per
+    batch shard (0: no cap; SamplerConfig.admit_rows).
     """
 
     tree: bool = True
@@ -62,6 +63,7 @@ class RolloutConfig:
     grpo_eps: float = 1e-6
     fci_source: str = "sampler"
     sampler_rows: int = 64
+    admit_rows: int = 0
 
     def __post_init__(self):
         if self.fci_source not in FCI_SOURCES:

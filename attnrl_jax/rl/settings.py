@@ -202,6 +202,7 @@ def _check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) ->
     # Greedy sampling (0) would give G identical responses and no defined behaviour policy.
     _check(errors, r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
     _check(errors, r.sampler_rows >= 1, "rollout.sampler_rows must be >= 1")
+    _check(errors, r.admit_rows >= 0, "rollout.admit_rows must be >= 0 (0: no cap)")
     _check(errors, 0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
     _check(errors, r.score_batch_size >= 1, "rollout.score_batch_size must be >= 1")
     o = c.optim
@@ -350,6 +351,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
         fci_source=r.fci_source,
         merge_duplicates=r.merge_duplicates,
         sampler_rows=r.sampler_rows,
+        admit_rows=r.admit_rows,
     )
     m, e = c.model, c.eval
     return RunConfig(

@@ -150,6 +150,7 @@ class Trainer:
             single = sample_mesh.devices.size == 1
             sampler = SamplerConfig(
                 buckets=Buckets(rows=(run.rollout.sampler_rows,)),
+                admit_rows=run.rollout.admit_rows or None,
                 mesh=None if single else sample_mesh,
             )
             engine = NativeEngine(model_cfg, None, sampler)

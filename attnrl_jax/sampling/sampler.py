@@ -55,7 +55,9 @@ class SamplerConfig:
     Continuous only: decode_chunk: most decode steps between two host visits (admission and
     harvest); page_size: positions per KV page; kv_pages: pages in the pool, all batch shards
     together, a multiple of batch_shards (None: enough for every slot at the call's longest
-    row, plus a trash page per shard).
+    row, plus a trash page per shard); admit_rows: most rows one admission prefills per batch
+    shard (None: up to all of the shard's slots). Prefill memory grows with the rows admitted
+    at once x their context length, so long continuation contexts want a small cap.
     """
 
     buckets: Buckets = Buckets()
@@ -68,8 +70,11 @@ class SamplerConfig:
     decode_chunk: int = 32
     page_size: int = 16
     kv_pages: int | None = None
+    admit_rows: int | None = None
 
     def __post_init__(self):
+        if self.admit_rows is not None and self.admit_rows < 1:
+            raise ValueError(f"admit_rows must be >= 1 or None, got {self.admit_rows}")
         chunk = self.query_chunk
         if chunk is not None and any(n > chunk and n % chunk for n in self.buckets.lengths):
             raise ValueError(f"every length bucket above query_chunk={chunk} must be a multiple")

@@ -46,7 +46,8 @@ class EngineStats:
     = positions of KV memory; on a mesh, the sum of each batch shard's peak); peak_needed:
     most positions the live rows needed at once (their tokens, each request's context once
     per batch shard holding its rows); worst_ratio: max over chunk ends of allocated /
-    needed positions; leaked_pages: pages still allocated after the call.
+    needed positions; leaked_pages: pages still allocated after the call; most_admitted: most
+    rows one admission prefilled in a batch shard (SamplerConfig.admit_rows caps it).
     """
 
     page_size: int = 0
@@ -57,6 +58,7 @@ class EngineStats:
     peak_needed: int = 0
     worst_ratio: float = 0.0
     leaked_pages: int = 0
+    most_admitted: int = 0
 
     @property
     def utilisation(self) -> float:
@@ -134,10 +136,13 @@ def run(
     results: list[RawRow] = []
     while waiting or any(r is not None for r in rows):
         admitted = []
+        per_shard = np.zeros(shards, np.int64)  # rows admitted now, per batch shard
         while waiting:
             i, s = waiting[0]
             context = len(contexts[i])
-            b = pages.place(i, context, totals[i], [r is None for r in rows])
+            open_ = per_shard < (config.admit_rows or slots)
+            free = [r is None and open_[b // (slots // shards)] for b, r in enumerate(rows)]
+            b = pages.place(i, context, totals[i], free)
             if b is None:
                 break  # wait for a slot or pages (first come, first served)
             waiting.popleft()
@@ -146,12 +151,14 @@ def run(
             if left[i] == 0:
                 pages.drop_request(i)
             rows[b], count[b] = (i, s), 0
+            per_shard[b // (slots // shards)] += 1
             admitted.append((b, i, s, start))
         if not admitted and not any(r is not None for r in rows):
             # Cannot happen: with no live row every page is free but the head request's own
             # shared pages, and its worst case was checked against the pool above.
             raise RuntimeError(f"no slot could take request {waiting[0][0]} with every slot free")
         first = None
+        stats.most_admitted = max(stats.most_admitted, int(per_shard.max()))
         if admitted:
             batch, places = _admission(
                 admitted, requests, contexts, budgets, options, config, slots
