@@ -1,0 +1,23 @@
+"""The chain task's demo setting: a tiny Qwen2 learning named multi-step chains on a CPU.
+
+Task `chain` (attnrl_jax/data/chain_task.py): 6-12 named quantities, each built from digits or
+earlier quantities ("b=a+2=7+2=9"), so later steps use earlier results and a wrong intermediate
+reaches the answer. `python -m attnrl_jax.demo --config configs/demo_chain.py` warm-starts the
+model on a careless teacher's solutions and trains with this config. Everything else is
+configs/demo.py's setting; responses are longer (up to 139 tokens for the gold, so 160).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from demo import get_config as demo_config  # noqa: E402
+
+
+def get_config():
+    c = demo_config()
+    c.workdir = "/tmp/attnrl_demo_chain"
+    c.data.train_files = "chain"
+    c.rollout.max_new_tokens = 160
+    return c
