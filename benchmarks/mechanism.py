@@ -295,7 +295,9 @@ def json_rows(out: dict, args) -> list[dict]:
             rows.append((metric, value, "fraction", {"rule": rule}))
     for name in ("fci", "entropy"):
         value, count = out[f"auc_{name}"]
-        rows.append(("auc_used_later", value, "probability", {"rule": name, "responses": count}))
+        rows.append(
+            ("auc_used_later", value, "probability", {"rule": name, "auc_responses": count})
+        )
     return [
         {"benchmark": "mechanism", "system": "attnrl_jax", "params": params | extra,
          "metric": metric, "value": value, "unit": unit}

@@ -705,7 +705,7 @@ def mechanism_auc(rows: Rows) -> str:
     out = []
     for rule, label in (("fci", "FCI"), ("entropy", "largest token entropy in the step")):
         r = rows.row("auc_used_later", rule=rule)
-        out.append(f"| {label} | {r['value']:.3f} | {r['params']['responses']} |")
+        out.append(f"| {label} | {r['value']:.3f} | {r['params']['auc_responses']} |")
     accuracy, parsed = rows.value("warm_start_accuracy"), rows.rows[0]["params"]
     out.append(
         f"| (warm start: accuracy {accuracy:.3f}; {parsed['parsed']} of {parsed['responses']} "
