@@ -218,6 +218,11 @@ def summarize(runs: list[dict], bases: dict) -> list[dict]:
                 "steps": float(np.mean([len(r["steps"]) for r in group])),
                 "valid_ratio": float(np.mean([s["valid_ratio"] for s in steps])),
                 "mc_valid_ratio": float(np.mean(mc)) if mc else None,
+                "sampling_s_per_ktoken": (
+                    1000 * sum(s["time_sampling"] for s in steps)
+                    / sum(s["tokens_generated"] for s in steps)
+                    if all(s.get("time_sampling") is not None for s in steps) else None
+                ),
                 "phase_shares": {
                     phase: float(np.mean([s[f"time_{phase}"] / s["time_step"] for s in steps]))
                     for phase in PHASE_SHARES
@@ -252,6 +257,8 @@ def json_rows(rows: list[dict], budget: int | None) -> list[dict]:
         }
         for phase, share in r["phase_shares"].items():
             metrics[f"time_share_{phase}"] = (share, "fraction of step time")
+        if r["sampling_s_per_ktoken"] is not None:
+            metrics["sampling_s_per_ktoken"] = (r["sampling_s_per_ktoken"], "s per 1k tokens")
         for metric, (value, unit) in metrics.items():
             row = {"benchmark": "sample_efficiency", "system": "attnrl_jax", "params": params}
             out.append(row | {"metric": metric, "value": value, "unit": unit})

@@ -662,6 +662,25 @@ def sample_efficiency_paired(rows: Rows) -> str:
     return "\n".join(lines)
 
 
+def sample_efficiency_phases(rows: Rows) -> str:
+    """benchmarks/sample_efficiency.py: where each method's step time goes (runs that recorded
+    phase times); FCI is computed inside the sampler (fci_source "sampler"), entropies for
+    entropy branching in the scoring forward."""
+    lines = [
+        "| task | method | sampling share | scoring share | update share "
+        "| sampling s per 1k generated tokens |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows.matching("time_share_sampling"):
+        at = {"task": r["params"]["task"], "method": r["params"]["method"]}
+        scoring, update = (rows.value(f"time_share_{p}", **at) for p in ("scoring", "update"))
+        lines.append(
+            f"| {at['task']} | {METHOD_LABELS[at['method']]} | {r['value']:.2f} | {scoring:.2f} "
+            f"| {update:.2f} | {rows.value('sampling_s_per_ktoken', **at):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 # --- mechanism.py: FCI against the chain task's dependency graph ------------------------------
 
 MECHANISM_RULES = {
@@ -777,6 +796,9 @@ TABLES: dict[str, Table] = {
     "sample_efficiency_chain": Table(("sample_efficiency_chain.json",), sample_efficiency),
     "sample_efficiency_chain_paired": Table(
         ("sample_efficiency_chain.json",), sample_efficiency_paired
+    ),
+    "sample_efficiency_chain_phases": Table(
+        ("sample_efficiency_chain.json",), sample_efficiency_phases
     ),
     "mechanism": Table(("mechanism.json",), mechanism),
     "mechanism_auc": Table(("mechanism.json",), mechanism_auc),
