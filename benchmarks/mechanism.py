@@ -125,6 +125,48 @@ def run_generate(model, contexts, budgets, hidden, key, eos, max_new, width):
     return [[t for t in out[r, : count[r]] if t not in eos] for r in range(rows)]
 
 
+# ----- what the model has learned: teacher-forced accuracy by the role of a token -----
+
+ROLES = ("name", "definition", "copied value", "result")
+
+
+def token_roles(solution: str) -> list[str | None]:
+    """Per character of a gold solution: "name" (the quantity's name), "definition" (its
+    operands, copied from the prompt), "copied value" (the values of the quantities it uses,
+    copied from earlier steps), "result" (the computed value); None for separators and the
+    answer line."""
+    roles: list[str | None] = []
+    lines = solution.split("\n\n")
+    for i, line in enumerate(lines):
+        if i == len(lines) - 1:
+            roles += [None] * len(line)
+            break
+        parts = line.split("=")  # name, definition, [copied values,] result
+        kinds = ["name", "definition", *(["copied value"] if len(parts) == 4 else []), "result"]
+        for j, (part, kind) in enumerate(zip(parts, kinds, strict=True)):
+            roles += [None] * (j > 0) + [kind] * len(part)  # the "=" before a part: None
+        roles += [None, None]  # the separator
+    return roles
+
+
+def role_accuracy(model, tokenizer, prompts, solutions) -> dict[str, tuple[float, int]]:
+    """Teacher-forced greedy accuracy of the next token, by the role of its last character."""
+    from attnrl_jax.models.lm import forward
+
+    hits = {r: [] for r in ROLES}
+    for prompt, solution in zip(prompts, solutions, strict=True):
+        enc = tokenizer(solution, add_special_tokens=False, return_offsets_mapping=True)
+        ids, spans = enc["input_ids"], enc["offset_mapping"]
+        tokens = jnp.asarray([list(prompt) + ids], jnp.int32)
+        predicted = np.asarray(jnp.argmax(forward(model.params(), model.config, tokens)[0], -1))
+        roles = token_roles(solution)
+        for t, (token, (_, end)) in enumerate(zip(ids, spans, strict=True)):
+            role = roles[end - 1]
+            if role is not None:
+                hits[role].append(predicted[len(prompt) + t - 1] == token)
+    return {r: (float(np.mean(h)), len(h)) for r, h in hits.items()}
+
+
 # ----- the check -----
 
 
@@ -229,6 +271,11 @@ def check(args) -> list[dict]:
             "far": np.array([k - 1 in far for k in range(s + 1)]),
             "path": np.array([k - 1 in chain.answer_path() for k in range(s + 1)]),
         })  # fmt: skip
+    roles = role_accuracy(
+        model, tokenizer, prompts[: args.role_problems],
+        [s for _, s, _ in held[: args.role_problems]],
+    )  # fmt: skip
+    print(f"teacher-forced accuracy by role: {roles}", flush=True)
     good = [it for it in items if it["parsed"]]
     print(
         f"{len(items)} responses, {len(good)} in the task's step format, accuracy "
@@ -236,7 +283,7 @@ def check(args) -> list[dict]:
     )  # fmt: skip
     rng = np.random.default_rng(args.seed)
     picks = [pick_steps(it, rng, delta) for it in good]
-    out = {"responses": len(items), "parsed": len(good),
+    out = {"responses": len(items), "parsed": len(good), "roles": roles,
            "accuracy": float(np.mean([it["correct"] for it in items]))}  # fmt: skip
     cand_all = [(it, k) for it in good for k in range(2, it["n"] + 1)]
     out["base"] = {
@@ -289,6 +336,8 @@ def json_rows(out: dict, args) -> list[dict]:
               "responses": out["responses"], "parsed": out["parsed"], "seed": args.seed,
               "machine": platform.machine(), "date": datetime.date.today().isoformat()}  # fmt: skip
     rows = [("warm_start_accuracy", out["accuracy"], "fraction", {})]
+    rows += [("teacher_forced_accuracy", acc, "fraction", {"role": role, "tokens": count})
+             for role, (acc, count) in out["roles"].items()]  # fmt: skip
     rows += [(f"base_{g}", v, "fraction", {}) for g, v in out["base"].items()]
     for rule in RULES:
         for metric, value in out[rule].items():
@@ -312,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--problems", type=int, default=128, help="held-out problems")
     parser.add_argument("--samples", type=int, default=2, help="responses per problem")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--role_problems", type=int, default=64, help="gold solutions for the role accuracy"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = check(args)

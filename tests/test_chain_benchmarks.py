@@ -60,3 +60,13 @@ def test_step_picks_stay_among_candidates():
         p = mechanism.pick_steps(item, rng, delta=4)
         assert p["fci"] == 3 and p["entropy"] == 6
         assert 2 <= p["random"] <= 6 and p["random_scored"] in (2, 3)
+
+
+def test_token_roles_label_each_part_of_a_step():
+    solution = "a=6+1=7\n\nc=a-b=7-3=4\n\nThe answer is \\boxed{4}."
+    roles = mechanism.token_roles(solution)
+    assert len(roles) == len(solution)
+    labelled = "".join({"name": "N", "definition": "D", "copied value": "V", "result": "R",
+                        None: "."}[r] for r in roles)  # fmt: skip
+    assert labelled[:22] == "N.DDD.R..N.DDD.VVV.R.."
+    assert set(labelled[22:]) == {"."}
