@@ -737,6 +737,15 @@ def mechanism_auc(rows: Rows) -> str:
     )
 
 
+def mechanism_roles(rows: Rows) -> str:
+    """benchmarks/mechanism.py: the warm start's teacher-forced next-token accuracy on gold
+    solutions, by what the token is."""
+    out = []
+    for r in rows.matching("teacher_forced_accuracy"):
+        out.append(f"| {r['params']['role']} | {r['value']:.3f} | {r['params']['tokens']} |")
+    return _lines("| token | next-token accuracy (greedy) | tokens |", "|---|---:|---:|", out)
+
+
 # --- branching.py: selection + ADS + advantages, host reference vs jitted ----------------------
 
 BRANCHING_PHASES = {
@@ -802,6 +811,7 @@ TABLES: dict[str, Table] = {
     ),
     "mechanism": Table(("mechanism.json",), mechanism),
     "mechanism_auc": Table(("mechanism.json",), mechanism_auc),
+    "mechanism_roles": Table(("mechanism.json",), mechanism_roles),
     "demo": Table(("demo_summary.json",), demo),
     "branching": Table(("cpu_branching.json",), branching),
     "ab_revisions": Table(("ab_revisions_cpu.json",), ab_revisions),
