@@ -32,7 +32,10 @@ _VARIANTS = {
     "treerl_off_policy": {"method": "treerl", "off_policy": True, "total_steps": 800},
     "treerl_atb": {"method": "treerl", "branching": "atb", "off_policy": False, "total_steps": 800},
     "first_two_steps": {
-        "method": "treerl", "branching": "earliest", "off_policy": False, "total_steps": 800,
+        "method": "treerl",
+        "branching": "earliest",
+        "off_policy": False,
+        "total_steps": 800,
     },  # fmt: skip
     "no_attention_filter": {"method": "attnrl", "ads.attention_filter": False},
     "no_difficulty_expansion": {"method": "attnrl", "ads.difficulty_expansion": False},
