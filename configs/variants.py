@@ -36,7 +36,7 @@ _VARIANTS = {
         "branching": "earliest",
         "off_policy": False,
         "total_steps": 800,
-    },  # fmt: skip
+    },
     "no_attention_filter": {"method": "attnrl", "ads.attention_filter": False},
     "no_difficulty_expansion": {"method": "attnrl", "ads.difficulty_expansion": False},
 }
