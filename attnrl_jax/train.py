@@ -93,9 +93,10 @@ def _write_tiny_model(c: RunConfig, path: Path) -> None:
 
 def load_prompts(c: RunConfig, tokenizer):
     if c.data.demo:
-        from attnrl_jax.data.demo_task import demo_prompts
+        from attnrl_jax.data.builtin_tasks import builtin_task
 
-        return demo_prompts(tokenizer, c.data.num_demo_problems, seed=c.data.demo_seed)
+        task = builtin_task(c.data.builtin_task)
+        return task.prompts(tokenizer, c.data.num_demo_problems, seed=c.data.demo_seed)
     from attnrl_jax.data import SourceSpec, prepare_prompts
 
     specs = [

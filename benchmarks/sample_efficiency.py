@@ -4,7 +4,10 @@
     python benchmarks/sample_efficiency.py --out ... --report --json OUT.json   # tables, plots
 
 Tasks: `demo` is the `make demo` setting (its warm start: 600 supervised steps); `weak` is the
-same task from a weak warm start (WEAK_WARM_START_STEPS steps), where most answers are wrong.
+same task from a weak warm start (WEAK_WARM_START_STEPS steps), where most answers are wrong;
+`chain` is the chain task (configs/demo_chain.py: named quantities built from earlier ones, its
+warm start 600 supervised steps). Methods: configs/variants.py's, `first_two_steps` being the
+ICLR ablation (the `earliest` selector).
 Per task one warm start is shared by every run. A run (task, method, seed) trains from it with
 configs/demo.py and the method's keys from configs/variants.py (their step counts are not used)
 until it has generated --token_budget tokens, and measures held-out accuracy (avg@k on problems
@@ -36,19 +39,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
 
 from table_defs import METHOD_LABELS as LABELS  # noqa: E402  (benchmarks/, the script's dir)
-from table_defs import Rows, sample_efficiency  # noqa: E402
+from table_defs import Rows, sample_efficiency, sample_efficiency_paired  # noqa: E402
 
 METHODS = (
-    "grpo", "treerl", "treerl_off_policy", "treerl_atb", "no_attention_filter",
+    "grpo", "treerl", "treerl_off_policy", "treerl_atb", "first_two_steps", "no_attention_filter",
     "no_difficulty_expansion", "attnrl",
 )  # fmt: skip
-TASKS = ("demo", "weak")
+TASKS = ("demo", "weak", "chain")
+TASK_CONFIGS = {"demo": "demo.py", "weak": "demo.py", "chain": "demo_chain.py"}
 WEAK_WARM_START_STEPS = 150
 EVAL_FRACTIONS = (1 / 3, 2 / 3, 1.0)
 STEP_KEYS = (
     "tokens_generated", "valid_ratio", "prompt_batch_size", "sequences", "mc_valid_ratio",
-    "reward", "accuracy",
+    "reward", "accuracy", "time_step", "time_sampling", "time_scoring", "time_update",
 )  # fmt: skip
+PHASE_SHARES = ("sampling", "scoring", "update")  # of time_step, per method (FCI: sampling)
+# the paired comparisons the chain study reports (issue 16): method against baseline
+PAIRS = (("treerl_atb", "treerl"), ("attnrl", "treerl"), ("first_two_steps", "treerl"),
+         ("treerl_atb", "first_two_steps"))  # fmt: skip
 
 
 def task_config(task: str, method: str, seed: int, out: Path):
@@ -59,7 +67,7 @@ def task_config(task: str, method: str, seed: int, out: Path):
     from attnrl_jax.demo.__main__ import load_config
     from attnrl_jax.rl.settings import resolve
 
-    c = load_config()
+    c = load_config(ROOT / "configs" / TASK_CONFIGS[task])
     apply_variant(c, method)
     c.seed = seed
     c.model.path = str(out / f"warm_start_{task}")
@@ -97,7 +105,13 @@ def held_out_accuracy(model, c, problems: int, k: int) -> Callable[[Any], float]
 
 
 def run_one(
-    task: str, method: str, seed: int, out: Path, budget: int, held: Callable[[Any], float]
+    task: str,
+    method: str,
+    seed: int,
+    out: Path,
+    budget: int,
+    held: Callable[[Any], float],
+    eval_fractions: tuple[float, ...] = EVAL_FRACTIONS,
 ) -> dict:
     from attnrl_jax.compile_watch import CompileWatch
     from attnrl_jax.train import build_trainer
@@ -107,7 +121,7 @@ def run_one(
     trainer = build_trainer(c)
     steps, curve = [], []
     tokens, wall, compile_s = 0, 0.0, 0.0
-    marks = [f * budget for f in EVAL_FRACTIONS]
+    marks = [f * budget for f in eval_fractions]
     try:
         while marks:
             with CompileWatch() as watch:
@@ -115,7 +129,7 @@ def run_one(
             tokens += m["tokens_generated"]
             wall += max(m["time_step"] - watch.seconds, 0.0)
             compile_s += watch.seconds
-            steps.append({k: m[k] for k in STEP_KEYS} | {"step": m["step"]})
+            steps.append({k: m.get(k) for k in STEP_KEYS} | {"step": m["step"]})
             if tokens >= marks[0]:
                 while marks and tokens >= marks[0]:
                     marks.pop(0)
@@ -163,7 +177,10 @@ def run_all(args) -> None:
                 if (task, method, seed) in done:
                     continue
                 start = time.perf_counter()
-                record = run_one(task, method, seed, args.out, args.token_budget, held[task])
+                fractions = tuple(i / args.eval_points for i in range(1, args.eval_points + 1))
+                record = run_one(
+                    task, method, seed, args.out, args.token_budget, held[task], fractions
+                )
                 record["elapsed_seconds"] = time.perf_counter() - start
                 with open(runs_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -201,6 +218,16 @@ def summarize(runs: list[dict], bases: dict) -> list[dict]:
                 "steps": float(np.mean([len(r["steps"]) for r in group])),
                 "valid_ratio": float(np.mean([s["valid_ratio"] for s in steps])),
                 "mc_valid_ratio": float(np.mean(mc)) if mc else None,
+                "sampling_s_per_ktoken": (
+                    1000 * sum(s["time_sampling"] for s in steps)
+                    / sum(s["tokens_generated"] for s in steps)
+                    if all(s.get("time_sampling") is not None for s in steps) else None
+                ),
+                "phase_shares": {
+                    phase: float(np.mean([s[f"time_{phase}"] / s["time_step"] for s in steps]))
+                    for phase in PHASE_SHARES
+                    if all(s.get(f"time_{phase}") is not None for s in steps)
+                },
                 "prompts_first_last": (
                     float(np.mean([r["steps"][0]["prompt_batch_size"] for r in group])),
                     float(np.mean([r["steps"][-1]["prompt_batch_size"] for r in group])),
@@ -228,9 +255,46 @@ def json_rows(rows: list[dict], budget: int | None) -> list[dict]:
             "prompt_batch_size_first": (r["prompts_first_last"][0], "prompts"),
             "prompt_batch_size_last": (r["prompts_first_last"][1], "prompts"),
         }
+        for phase, share in r["phase_shares"].items():
+            metrics[f"time_share_{phase}"] = (share, "fraction of step time")
+        if r["sampling_s_per_ktoken"] is not None:
+            metrics["sampling_s_per_ktoken"] = (r["sampling_s_per_ktoken"], "s per 1k tokens")
         for metric, (value, unit) in metrics.items():
             row = {"benchmark": "sample_efficiency", "system": "attnrl_jax", "params": params}
             out.append(row | {"metric": metric, "value": value, "unit": unit})
+    return out
+
+
+def paired(runs: list[dict], budget: int | None) -> list[dict]:
+    """PAIRS on each task: final accuracy differences over the seeds both methods ran, their
+    mean and sd, a paired t-test and the exact sign-flip test (two-sided)."""
+    import itertools
+
+    from scipy import stats
+
+    final = {(r["task"], r["method"], r["seed"]): r["curve"][-1]["accuracy"] for r in runs}
+    out = []
+    for task in TASKS:
+        for method, baseline in PAIRS:
+            seeds = sorted(s for t, m, s in final if t == task and m == method
+                           and (task, baseline, s) in final)  # fmt: skip
+            if len(seeds) < 2:
+                continue
+            d = np.array([final[task, method, s] - final[task, baseline, s] for s in seeds])
+            t_p = float(stats.ttest_1samp(d, 0.0).pvalue) if d.std() > 0 else None
+            flips = [abs(np.dot(d, signs)) for signs in itertools.product((1, -1), repeat=len(d))]
+            flip_p = float(np.mean([f >= abs(d.sum()) - 1e-12 for f in flips]))
+            params = {"task": task, "method": method, "baseline": baseline, "seeds": len(seeds),
+                      "token_budget": budget}  # fmt: skip
+            for metric, value in (
+                ("paired_difference_mean", float(d.mean())),
+                ("paired_difference_sd", float(d.std(ddof=1))),
+                ("paired_t_p", t_p),
+                ("paired_sign_flip_p", flip_p),
+            ):
+                row = {"benchmark": "sample_efficiency_paired", "system": "attnrl_jax"}
+                out.append(row | {"params": params, "metric": metric, "value": value,
+                                  "unit": "avg@k"})  # fmt: skip
     return out
 
 
@@ -302,8 +366,10 @@ def report(args) -> None:
     if not runs:
         raise SystemExit(f"no runs in {args.out / 'runs.jsonl'}: run the benchmark first")
     bases = json.loads((args.out / "warm_starts.json").read_text())
-    rows = json_rows(summarize(runs, bases), max(r["token_budget"] for r in runs))
+    budget = max(r["token_budget"] for r in runs)
+    rows = json_rows(summarize(runs, bases), budget) + paired(runs, budget)
     print(sample_efficiency(Rows("sample_efficiency", rows)))
+    print(sample_efficiency_paired(Rows("sample_efficiency", rows)))
     for path in plot(runs, bases, args.out):
         print(f"plot: {path}")
     if args.json:
@@ -329,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token_budget", type=int, default=200_000)
     parser.add_argument("--held_out", type=int, default=128, help="held-out problems")
     parser.add_argument("--k", type=int, default=4, help="samples per held-out problem")
+    parser.add_argument("--eval_points", type=int, default=3, help="evaluations per run")
     parser.add_argument("--report", action="store_true", help="only summarize runs.jsonl")
     parser.add_argument("--json", type=Path, help="--report: rows in the common format")
     args = parser.parse_args(argv)

@@ -653,6 +653,7 @@ METHOD_LABELS = {
     "treerl": "TreeRL (entropy branching)",
     "treerl_off_policy": "TreeRL + one-step off-policy",
     "treerl_atb": "TreeRL + ATB",
+    "first_two_steps": "TreeRL + first two steps (`earliest`)",
     "no_attention_filter": "ATB + ADS without attention filter",
     "no_difficulty_expansion": "AttnRL without difficulty-aware expansion",
     "attnrl": "AttnRL",
@@ -682,6 +683,110 @@ def sample_efficiency(rows: Rows) -> str:
                 f"{v['prompt_batch_size_first']:.0f} -> {v['prompt_batch_size_last']:.0f} |"
             )
     return "\n".join(lines)
+
+
+def sample_efficiency_paired(rows: Rows) -> str:
+    """benchmarks/sample_efficiency.py: paired differences of final accuracy over common seeds."""
+    lines = [
+        "| task | comparison | paired seeds | difference: mean ± sd (points) | paired t-test p "
+        "| sign-flip p (exact) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows.matching("paired_difference_mean"):
+        at = {k: r["params"][k] for k in ("task", "method", "baseline")}
+        metrics = ("paired_difference_sd", "paired_t_p", "paired_sign_flip_p")
+        sd, p_t, p_flip = (rows.value(m, **at) for m in metrics)
+        p_text = "-" if p_t is None else f"{p_t:.3f}"
+        lines.append(
+            f"| {at['task']} | {METHOD_LABELS[at['method']]} vs {METHOD_LABELS[at['baseline']]} "
+            f"| {r['params']['seeds']} | {100 * r['value']:+.1f} ± {100 * sd:.1f} | {p_text} "
+            f"| {p_flip:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def sample_efficiency_phases(rows: Rows) -> str:
+    """benchmarks/sample_efficiency.py: where each method's step time goes (runs that recorded
+    phase times); FCI is computed inside the sampler (fci_source "sampler"), entropies for
+    entropy branching in the scoring forward."""
+    lines = [
+        "| task | method | sampling share | scoring share | update share "
+        "| sampling s per 1k generated tokens |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows.matching("time_share_sampling"):
+        at = {"task": r["params"]["task"], "method": r["params"]["method"]}
+        scoring, update = (rows.value(f"time_share_{p}", **at) for p in ("scoring", "update"))
+        lines.append(
+            f"| {at['task']} | {METHOD_LABELS[at['method']]} | {r['value']:.2f} | {scoring:.2f} "
+            f"| {update:.2f} | {rows.value('sampling_s_per_ktoken', **at):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+# --- mechanism.py: FCI against the chain task's dependency graph ------------------------------
+
+MECHANISM_RULES = {
+    "fci": "highest FCI",
+    "entropy": "highest token entropy",
+    "random": "random step",
+    "random_scored": "random step FCI can score",
+}
+
+
+def mechanism(rows: Rows) -> str:
+    """benchmarks/mechanism.py: (a) where each rule's step falls in the dependency graph,
+    (b) accuracy after regenerating from that step with its attention kept / hidden."""
+
+    def v(metric: str, rule: str) -> float:
+        return rows.value(metric, rule=rule)
+
+    out = []
+    base = {g: rows.value(f"base_{g}") for g in ("used", "far", "path")}
+    out.append(
+        f"| all candidate steps (base rate) | {base['used']:.2f} | {base['far']:.2f} | "
+        f"{base['path']:.2f} | | | |"
+    )
+    for rule, label in MECHANISM_RULES.items():
+        out.append(
+            f"| {label} | {v('used', rule):.2f} | {v('far', rule):.2f} | {v('path', rule):.2f} "
+            f"| {v('acc_kept', rule):.3f} | {v('acc_hidden', rule):.3f} | "
+            f"{100 * v('drop', rule):+.1f} ± {100 * v('drop_se', rule):.1f} |"
+        )
+    return _lines(
+        "| step picked by | used by a later step | used >= delta steps later | on the answer's "
+        "path | accuracy, regenerated after it | same, its attention hidden | drop (points) ± "
+        "se |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        out,
+    )
+
+
+def mechanism_auc(rows: Rows) -> str:
+    """benchmarks/mechanism.py: how well each step score ranks used steps above unused ones."""
+    out = []
+    for rule, label in (("fci", "FCI"), ("entropy", "largest token entropy in the step")):
+        r = rows.row("auc_used_later", rule=rule)
+        out.append(f"| {label} | {r['value']:.3f} | {r['params']['auc_responses']} |")
+    accuracy, parsed = rows.value("warm_start_accuracy"), rows.rows[0]["params"]
+    out.append(
+        f"| (warm start: accuracy {accuracy:.3f}; {parsed['parsed']} of {parsed['responses']} "
+        "responses in the task's step format) | | |"
+    )
+    return _lines(
+        '| step score | AUC for "used by a later step" (0.5: chance) | responses |',
+        "|---|---:|---:|",
+        out,
+    )
+
+
+def mechanism_roles(rows: Rows) -> str:
+    """benchmarks/mechanism.py: the warm start's teacher-forced next-token accuracy on gold
+    solutions, by what the token is."""
+    out = []
+    for r in rows.matching("teacher_forced_accuracy"):
+        out.append(f"| {r['params']['role']} | {r['value']:.3f} | {r['params']['tokens']} |")
+    return _lines("| token | next-token accuracy (greedy) | tokens |", "|---|---:|---:|", out)
 
 
 # --- branching.py: selection + ADS + advantages, host reference vs jitted ----------------------
@@ -779,6 +884,16 @@ TABLES: dict[str, Table] = {
     "slot_ratio": Table(("slot_ratio.json",), slot_ratio),
     "decode_layout": Table(("decode_layout.json",), decode_layout),
     "sample_efficiency": Table(("sample_efficiency.json",), sample_efficiency),
+    "sample_efficiency_chain": Table(("sample_efficiency_chain.json",), sample_efficiency),
+    "sample_efficiency_chain_paired": Table(
+        ("sample_efficiency_chain.json",), sample_efficiency_paired
+    ),
+    "sample_efficiency_chain_phases": Table(
+        ("sample_efficiency_chain.json",), sample_efficiency_phases
+    ),
+    "mechanism": Table(("mechanism.json",), mechanism),
+    "mechanism_auc": Table(("mechanism.json",), mechanism_auc),
+    "mechanism_roles": Table(("mechanism.json",), mechanism_roles),
     "demo": Table(("demo_summary.json",), demo),
     "demo_seeds": Table(("demo_seeds.json",), demo_seeds),
     "branching": Table(("cpu_branching.json",), branching),

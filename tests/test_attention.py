@@ -10,6 +10,7 @@ from attnrl_jax.models.attention import (
     attention,
     cache_mask,
     causal_mask,
+    hide_keys,
     tree_mask,
 )
 
@@ -104,6 +105,28 @@ def test_cache_layout_key_limit_and_cache_mask(qkv):
     )
     _, ref = dense(q[:, :1], k, v, full(mask, 1))
     np.testing.assert_allclose(out, ref, atol=2e-6)
+
+
+def test_hide_keys_removes_exactly_the_hidden_range_from_the_softmax(qkv):
+    """Decode after a hidden range (the Fig. 3 disruption): equal to dense attention whose mask
+    drops those keys; an empty range changes nothing; key chunks straddle the range."""
+    q, k, v = qkv
+    positions = jnp.asarray([13, 15])
+    starts, ends = jnp.asarray([3, 6]), jnp.asarray([7, 6])  # row 1: nothing hidden
+    mask = hide_keys(cache_mask(positions), starts, ends)
+    keys, values = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
+    out, _ = attention(q[:, :1], keys, values, mask, key_chunk=4, cache_layout=True)
+    slots = np.arange(T)
+    expected = np.stack([
+        (slots <= 13) & ~((slots >= 3) & (slots < 7)),
+        slots <= 15,
+    ])[:, None, :]  # fmt: skip
+    np.testing.assert_array_equal(full(mask, 1), expected)
+    _, ref = dense(q[:, :1], k, v, jnp.asarray(expected))
+    np.testing.assert_allclose(out, ref, atol=2e-6)
+    unhidden, _ = attention(q[:, :1], keys, values, cache_mask(positions), cache_layout=True)
+    np.testing.assert_allclose(out[1], unhidden[1], atol=2e-6)
+    assert np.abs(np.asarray(out[0] - unhidden[0])).max() > 1e-3  # row 0 did change
 
 
 def test_bad_chunk_raises(qkv):

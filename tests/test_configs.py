@@ -12,8 +12,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(p.name for p in CONFIGS.glob("*.py") if p.name != "variants.py")
 PAPER = ("r1_distill_qwen_1p5b.py", "r1_distill_qwen_7b.py")
 VARIANTS = (
-    "attnrl", "grpo", "treerl", "treerl_off_policy", "treerl_atb", "no_attention_filter",
-    "no_difficulty_expansion",
+    "attnrl", "grpo", "treerl", "treerl_off_policy", "treerl_atb", "first_two_steps",
+    "no_attention_filter", "no_difficulty_expansion",
 )  # fmt: skip
 
 
@@ -43,8 +43,12 @@ def test_every_config_file_validates(name):
 def test_paper_variants_validate(paper, variant):
     c = fill_required(load(paper, variant))
     settings = resolve(c)
-    expected = {"grpo": "grpo", "treerl": "treerl"}.get(variant.split("_")[0], "attnrl")
+    expected = {"grpo": "grpo", "treerl": "treerl", "first": "treerl"}.get(
+        variant.split("_")[0], "attnrl"
+    )
     assert c.method == expected
+    if variant == "first_two_steps":  # the ICLR ablation: branch at response steps 2 and 3
+        assert settings.method.branching == "earliest" and not settings.off_policy
     assert settings.rollout.tree == (variant != "grpo")
     assert c.total_steps == (500 if expected == "attnrl" else 800)
 

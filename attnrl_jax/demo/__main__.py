@@ -35,11 +35,11 @@ def load_config(path: Path = DEMO_CONFIG) -> ml_collections.ConfigDict:
 
 
 def held_out_config(c: RunConfig, problems: int, k: int, seed: int | None = None) -> RunConfig:
-    """Run config `c` with an eval section of avg@k on `problems` held-out demo problems,
-    sampled like training (temperature, no top-p, response length) with `seed` (default c.seed):
-    for eval/training.held_out_accuracy_fn."""
+    """Run config `c` with an eval section of avg@k on `problems` held-out problems of its
+    built-in task (default demo), sampled like training (temperature, no top-p, response
+    length) with `seed` (default c.seed): for eval/training.held_out_accuracy_fn."""
     held_out = EvalSection(
-        every=c.eval.every, benchmarks="demo", files=(), k=k,
+        every=c.eval.every, benchmarks=c.data.builtin_task or "demo", files=(), k=k,
         max_new_tokens=c.rollout.max_new_tokens, temperature=c.rollout.temperature, top_p=1.0,
         num_problems=problems,
     )  # fmt: skip
@@ -61,12 +61,15 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
     parser.add_argument("--rl_steps", type=int, default=None, help="default: the demo config's")
     parser.add_argument("--warm_start_steps", type=int, default=WARM_START_STEPS)
     parser.add_argument("--held_out", type=int, default=128, help="held-out problems")
+    parser.add_argument(
+        "--config", type=Path, default=DEMO_CONFIG, help="configs/demo_chain.py: the chain task"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     workdir = args.workdir.resolve()
     print(f"attnrl-jax demo; everything goes to {workdir}")
 
-    config = config or load_config()
+    config = config or load_config(args.config)
     config.model.path = str(workdir / "warm_start")
     config.workdir = str(workdir / "rl")
     if args.rl_steps is not None:

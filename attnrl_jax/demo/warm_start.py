@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from attnrl_jax.data.demo_task import demo_problems, demo_tokenizer
+from attnrl_jax.data.builtin_tasks import builtin_task
 from attnrl_jax.data.prompts import encode_prompts
 from attnrl_jax.models import CausalLM, load_pretrained, save_pretrained
 from attnrl_jax.models.lm import from_params
@@ -28,12 +28,14 @@ WARM_START_STEPS = 600  # the demo's default (--warm_start_steps)
 
 
 def build_warm_start(c: RunConfig, path: Path, *, steps: int) -> float:
-    """Train the warm start for run config `c` (model.tiny, data.num_demo_problems,
-    data.demo_seed, seed) and save it with its tokenizer to `path`; returns the seconds it took."""
+    """Train the warm start for run config `c` (its built-in task, model.tiny,
+    data.num_demo_problems, data.demo_seed, seed) and save it with its tokenizer to `path`;
+    returns the seconds it took."""
     start = time.perf_counter()
-    tokenizer = demo_tokenizer(c.model.tiny.vocab_size)
+    task = builtin_task(c.data.builtin_task or "demo")
+    tokenizer = task.tokenizer(c.model.tiny.vocab_size)
     cfg = tiny_model_config(c, len(tokenizer))
-    pairs = demo_problems(c.data.num_demo_problems, seed=c.data.demo_seed, slip_rate=SLIP_RATE)
+    pairs = task.problems(c.data.num_demo_problems, seed=c.data.demo_seed, slip_rate=SLIP_RATE)
     prompts = encode_prompts(tokenizer, [p.problem for p, _ in pairs])
     responses = tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"]
     tokens, mask = pack_examples(prompts, responses, tokenizer.eos_token_id)

@@ -4,8 +4,8 @@ A benchmark list is a comma-separated string of names, each with an optional ":k
 problem; the default k elsewhere): "math500,aime24:32". "paper" stands for the paper's six with
 its sample counts (avg@32 on AIME24, AIME25, AMC23; avg@4 on MATH-500, Minerva, OlympiadBench).
 The files live in attnrl_jax/eval/benchmarks (origin, commit and licence in SOURCES.md there).
-"demo" is held-out problems of the built-in arithmetic task (data/demo_task.py), drawn from a
-different seed than training and with any training problem removed.
+"demo" and "chain" are held-out problems of the built-in tasks (data/builtin_tasks.py), drawn
+from a different seed than training and with any training problem removed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from attnrl_jax.data.builtin_tasks import BUILTIN_TASKS, builtin_task
 from attnrl_jax.data.records import Problem, SourceSpec, load_problems
 from attnrl_jax.data.sources import DataError
 
@@ -30,7 +31,7 @@ BUNDLED = {
 }
 PAPER = "aime24:32,aime25:32,amc23:32,math500:4,minerva:4,olympiadbench:4"
 DEMO = "demo"
-NAMES = (*BUNDLED, DEMO)
+NAMES = (*BUNDLED, *BUILTIN_TASKS)
 DEMO_EVAL_PROBLEMS = 128
 
 
@@ -92,8 +93,8 @@ def load_benchmark(
     """A bundled benchmark (first num_problems problems; 0: all) or the held-out demo problems
     (num_problems of them, default DEMO_EVAL_PROBLEMS; none of the first demo_train training
     problems of seed demo_seed)."""
-    if name == DEMO:
-        problems = demo_heldout(num_problems or DEMO_EVAL_PROBLEMS, demo_seed, demo_train)
+    if name in BUILTIN_TASKS:
+        problems = demo_heldout(num_problems or DEMO_EVAL_PROBLEMS, demo_seed, demo_train, name)
         return Benchmark(name, problems, k)
     if name not in BUNDLED:
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(NAMES)}")
@@ -115,13 +116,11 @@ def load_benchmark_file(
     return Benchmark(spec.label, problems[:num_problems] if num_problems else problems, k)
 
 
-def demo_heldout(num: int, seed: int = 0, num_train: int = 0) -> list[Problem]:
-    """`num` distinct held-out demo problems (data/demo_task.held_out_problems: none among the
-    first num_train training problems of `seed`), renamed "demo_eval:<i>"."""
-    from attnrl_jax.data.demo_task import held_out_problems
-
+def demo_heldout(num: int, seed: int = 0, num_train: int = 0, task: str = DEMO) -> list[Problem]:
+    """`num` distinct held-out problems of built-in task `task` (none among the first num_train
+    training problems of `seed`), renamed "<task>_eval:<i>"."""
     try:
-        held = held_out_problems(num, num_train, seed)
+        held = builtin_task(task).held_out(num, num_train, seed)
     except ValueError as e:
         raise DataError(str(e)) from None
-    return [dataclasses.replace(p, where=f"demo_eval:{i}") for i, (p, _) in enumerate(held)]
+    return [dataclasses.replace(p, where=f"{task}_eval:{i}") for i, (p, _) in enumerate(held)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from attnrl_jax.eval.benchmarks import (
-    DEMO,
     Benchmark,
     load_benchmark,
     load_benchmark_file,
@@ -26,13 +25,16 @@ from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine
 
 def config_benchmarks(c: RunConfig) -> list[Benchmark]:
     """The benchmarks named by c.eval (bundled names, then files), each capped at
-    c.eval.num_problems. "demo" avoids the training problems when training on the demo task."""
+    c.eval.num_problems. A built-in task ("demo", "chain") avoids the training problems when
+    training on it."""
     e = c.eval
-    demo_train = c.data.num_demo_problems if c.data.train_files == (DEMO,) else 0
     out = [
-        load_benchmark(name, k, e.num_problems, demo_seed=c.data.demo_seed, demo_train=demo_train)
+        load_benchmark(
+            name, k, e.num_problems, demo_seed=c.data.demo_seed,
+            demo_train=c.data.num_demo_problems if c.data.train_files == (name,) else 0,
+        )
         for name, k in parse_benchmarks(e.benchmarks, e.k)
-    ]
+    ]  # fmt: skip
     for path in e.files:
         out.append(
             load_benchmark_file(

@@ -9,6 +9,8 @@ own state through the layer scan (see `decoder.forward_hidden`). Every `Attend` 
     tree_mask(nodes, ancestors)    tree-packed rows: a key is visible when its node is on the
                                    query's root path (DFS interval containment)
     cache_mask(positions)          decode: cache slot <= the row's position
+    hide_keys(mask, starts, ends)  any of them with each row's key range [start, end) hidden
+                                   (benchmarks/mechanism.py: the paper's Fig. 3 disruption)
 
 A mask builder returns `mask(q_start, q_size, k_start, k_size) -> bool [B, q_size, k_size]`, so
 only one chunk's mask ever exists (never T x T). Statistics of the attention probabilities (FCI)
@@ -106,6 +108,19 @@ def cache_mask(positions: jax.Array) -> Mask:
         return jnp.broadcast_to(visible[:, None, :], (positions.shape[0], q_size, k_size))
 
     return mask
+
+
+def hide_keys(mask: Mask, starts: jax.Array, ends: jax.Array) -> Mask:
+    """`mask` with keys starts[b] <= index < ends[b] hidden from every query of row b (starts,
+    ends [B] int32; start == end hides nothing). Meant for queries that all come after the
+    range, e.g. decoding after a step: the paper's Fig. 3 cuts later tokens' attention to it."""
+
+    def hidden_mask(q_start, q_size, k_start, k_size):
+        k_index = k_start + jnp.arange(k_size)[None, :]
+        inside = (k_index >= starts[:, None]) & (k_index < ends[:, None])  # [B, k_size]
+        return mask(q_start, q_size, k_start, k_size) & ~inside[:, None, :]
+
+    return hidden_mask
 
 
 # ---- observers ----

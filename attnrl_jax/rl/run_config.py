@@ -107,7 +107,7 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    train_files: tuple[str, ...]  # ("demo",) for the built-in arithmetic task
+    train_files: tuple[str, ...]  # ("demo",) / ("chain",): a built-in task (data/builtin_tasks)
     drop_eval_overlap: bool
     problem_key: str
     answer_key: str
@@ -118,7 +118,15 @@ class DataSection:
 
     @property
     def demo(self) -> bool:
-        return self.train_files == ("demo",)
+        """Whether the run trains on a built-in task (`builtin_task` names it)."""
+        return self.builtin_task is not None
+
+    @property
+    def builtin_task(self) -> str | None:
+        from attnrl_jax.data.builtin_tasks import BUILTIN_TASKS
+
+        files = self.train_files
+        return files[0] if len(files) == 1 and files[0] in BUILTIN_TASKS else None
 
 
 @dataclass(frozen=True)

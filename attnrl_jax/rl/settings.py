@@ -18,6 +18,7 @@ from pathlib import Path
 
 import ml_collections
 
+from attnrl_jax.data.builtin_tasks import BUILTIN_TASKS
 from attnrl_jax.eval.benchmarks import parse_benchmarks
 from attnrl_jax.models.config import DTYPES
 from attnrl_jax.rewards.math import REWARDS
@@ -154,7 +155,7 @@ def _check_run(errors: list[str], c: ml_collections.ConfigDict) -> None:
         errors, c.model.dtype in DTYPE_NAMES, f"model.dtype={c.model.dtype!r}; known: {DTYPE_NAMES}"
     )
     _check(errors, c.data.max_prompt_len >= 1, "data.max_prompt_len must be >= 1")
-    if c.data.train_files.strip() == "demo":
+    if c.data.train_files.strip() in BUILTIN_TASKS:
         _check(errors, c.data.num_demo_problems >= 1, "data.num_demo_problems must be >= 1")
     _check(
         errors, c.data.on_error in ON_ERROR, f"data.on_error={c.data.on_error!r}; known: {ON_ERROR}"

@@ -1,0 +1,72 @@
+"""The chain study's statistics (benchmarks/sample_efficiency.paired, benchmarks/mechanism's
+AUC and step picks) and its tables, on hand-made inputs: no model, no JAX compiles."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import mechanism  # noqa: E402
+import sample_efficiency  # noqa: E402
+from table_defs import Rows, sample_efficiency_paired  # noqa: E402
+
+
+def _run(method: str, seed: int, accuracy: float) -> dict:
+    return {"task": "chain", "method": method, "seed": seed, "curve": [{"accuracy": accuracy}]}
+
+
+def test_paired_differences_t_test_and_exact_sign_flip():
+    base = [0.30, 0.35, 0.40, 0.33, 0.37]
+    diffs = [0.05, 0.04, 0.06, 0.05, 0.03]
+    runs = [_run("treerl", s, a) for s, a in enumerate(base)]
+    runs += [_run("treerl_atb", s, a + d) for s, (a, d) in enumerate(zip(base, diffs, strict=True))]
+    runs.append(_run("attnrl", 0, 0.5))  # one seed: no paired row
+    rows = Rows("x", sample_efficiency.paired(runs, 1000))
+    at = {"task": "chain", "method": "treerl_atb", "baseline": "treerl"}
+    assert rows.value("paired_difference_mean", **at) == pytest.approx(np.mean(diffs))
+    assert rows.value("paired_difference_sd", **at) == pytest.approx(np.std(diffs, ddof=1))
+    # t = mean / (sd / sqrt 5) = 0.046 / (0.01140 / 2.236) = 9.02 -> p = 0.00084 (4 dof)
+    assert rows.value("paired_t_p", **at) == pytest.approx(8.4e-4, rel=0.02)
+    # all five differences positive: only the all-plus and all-minus sign patterns reach |sum|
+    assert rows.value("paired_sign_flip_p", **at) == pytest.approx(2 / 32)
+    assert not rows.matching(method="attnrl")
+    table = sample_efficiency_paired(rows)
+    assert (
+        "| chain | TreeRL + ATB vs TreeRL (entropy branching) | 5 | +4.6 ± 1.1 | 0.001 |" in table
+    )
+
+
+def test_auc_counts_ties_as_half_and_needs_both_classes():
+    labels = np.array([True, False, True, False])
+    assert mechanism.auc(np.array([3.0, 1.0, 2.0, 0.0]), labels) == 1.0
+    assert mechanism.auc(np.array([0.0, 1.0, 2.0, 3.0]), labels) == 0.25
+    assert mechanism.auc(np.ones(4), labels) == 0.5
+    assert mechanism.auc(np.ones(2), np.array([True, True])) is None
+
+
+def test_step_picks_stay_among_candidates():
+    # 6 quantities + the answer step: candidates 2..6; FCI can score steps k with k + 4 <= 7
+    fci = np.array([0, 0, 0.1, 0.5, 0.2, 0, 0, 0])
+    entropy = np.array([0, 9.0, 0.3, 0.1, 0.2, 0.4, 0.8, 9.0])  # steps 1 and 7 are not candidates
+    item = {"n": 6, "num_steps": 7, "fci": fci, "step_entropy": entropy}
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = mechanism.pick_steps(item, rng, delta=4)
+        assert p["fci"] == 3 and p["entropy"] == 6
+        assert 2 <= p["random"] <= 6 and p["random_scored"] in (2, 3)
+
+
+def test_token_roles_label_each_part_of_a_step():
+    solution = "a=6+1=7\n\nc=a-b=7-3=4\n\nThe answer is \\boxed{4}."
+    roles = mechanism.token_roles(solution)
+    assert len(roles) == len(solution)
+    labelled = "".join({"name": "N", "definition": "D", "copied value": "V", "result": "R",
+                        None: "."}[r] for r in roles)  # fmt: skip
+    assert labelled[:22] == "N.DDD.R..N.DDD.VVV.R.."
+    assert set(labelled[22:]) == {"."}
