@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -255,25 +256,43 @@ class TensorBoardLogger:
     def __init__(self, workdir: str | Path, every_s: float = 10.0):
         self.directory = storage.path(workdir) / "tensorboard"
         self.writer = None
-        # tensorboardX rewrites a gs:// event file whole at each flush: at most every every_s
-        self.every_s = every_s if storage.is_remote(self.directory) else 0.0
+        # gs://: events go to a local folder whose files are uploaded whole (object storage has
+        # no append) at most every every_s seconds and at close
+        self.remote = storage.is_remote(self.directory)
+        self.local = Path(tempfile.mkdtemp(prefix="tensorboard-")) if self.remote else None
+        self.every_s = every_s if self.remote else 0.0
         self._flushed = 0.0
 
     def __call__(self, metrics: dict) -> None:
         if self.writer is None:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.directory), purge_step=metrics["step"])
+            where = self.local if self.remote else self.directory
+            self.writer = SummaryWriter(str(where), purge_step=metrics["step"])
         for k, v in metrics.items():
             if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
                 self.writer.add_scalar(k, v, metrics["step"])
         if time.monotonic() - self._flushed >= self.every_s:
-            self.writer.flush()
-            self._flushed = time.monotonic()
+            self.flush()
+
+    def flush(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.flush()
+        self._flushed = time.monotonic()
+        self._upload()
+
+    def _upload(self) -> None:
+        if self.remote:
+            for event_file in self.local.iterdir():  # one per writer: this run's
+                (self.directory / event_file.name).write_bytes(event_file.read_bytes())
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self._upload()
+        if self.local is not None:
+            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def tensorboard_logger(workdir: str | Path) -> TensorBoardLogger | None:

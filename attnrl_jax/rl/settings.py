@@ -251,11 +251,13 @@ def _check_paths(errors: list[str], c: ml_collections.ConfigDict) -> None:
     (attnrl_jax/storage.py), no other URL scheme, no workdir in the model."""
     from attnrl_jax import storage
 
+    supported = True
     for key, value in [("workdir", c.workdir), ("model.path", c.model.path)]:
         try:
             storage.check_supported(value, key)
         except storage.StorageError as e:
             errors.append(str(e))
+            supported = False
     named = [("data.train_files", f) for f in _split(c.data.train_files)]
     named += [("eval.files", f) for f in _split(c.eval.files)]
     for key, value in named:
@@ -265,7 +267,7 @@ def _check_paths(errors: list[str], c: ml_collections.ConfigDict) -> None:
             f"{key}={value!r}: data files on object storage are not read; copy them to a local "
             "disk (or mount the bucket) and pass that path",
         )
-    if c.workdir and c.model.path:
+    if c.workdir and c.model.path and supported:
         work, model = storage.absolute(c.workdir), storage.absolute(c.model.path)
         _check(
             errors,

@@ -1,0 +1,105 @@
+"""gs:// workdirs against a local GCS emulator (tests/gcs_emulator.py): checkpoints (orbax's
+tensorstore gcs driver, committed by orbax's commit_success.txt marker), metrics.jsonl,
+config.json, TensorBoard events and export all live in the bucket; a run interrupted after
+step 2 resumes from it and ends with the metrics of an undisturbed local run, and the export
+read from the bucket equals the local run's bit for bit.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from gcs_emulator import emulator
+from safetensors.numpy import load_file
+from train_helpers import parity_reward, run, small_config, strip
+
+from attnrl_jax import export, storage
+from attnrl_jax.train import build_trainer
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory):
+    with emulator(tmp_path_factory.mktemp("gcs_cache")) as root:
+        yield root
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """3 undisturbed steps in a local workdir (checkpoint after each), exported."""
+    workdir = tmp_path_factory.mktemp("local")
+    config = small_config(workdir, **{"checkpoint.keep": 3})
+    metrics, _ = run(config)
+    export.save_run_config(config, workdir)
+    assert export.main(["--workdir", str(workdir)]) == 0
+    return workdir, strip(metrics)
+
+
+def jsonl(path) -> list[dict]:
+    return strip([json.loads(x) for x in storage.path(path).read_text().splitlines()])
+
+
+@pytest.fixture(scope="module")
+def gcs_run(bucket, local_run):
+    """The same run on gs://: 2 steps, stopped, then resumed to 3 by a new trainer."""
+    workdir = f"{bucket}/run"
+    config = small_config(workdir, **{"checkpoint.keep": 3, "log.tensorboard": True})
+    export.save_run_config(config, workdir)
+    run(config, steps=2)
+    trainer = build_trainer(config, reward_fn=parity_reward)
+    try:
+        resumed_from = trainer.step
+        trainer.run()
+    finally:
+        trainer.close()
+    return workdir, resumed_from
+
+
+def test_run_resumes_from_the_bucket_with_the_local_metrics(gcs_run, local_run):
+    workdir, resumed_from = gcs_run
+    assert resumed_from == 2
+    assert jsonl(f"{workdir}/metrics.jsonl") == local_run[1]
+    steps = storage.path(workdir) / "checkpoints"
+    assert sorted(p.name for p in steps.iterdir()) == ["1", "2", "3"]
+    # orbax commits a step on object storage with a marker file, not a rename
+    assert (steps / "3" / "commit_success.txt").exists()
+    assert json.loads((storage.path(workdir) / "config.json").read_text())["seed"] == 0
+    events = list((storage.path(workdir) / "tensorboard").iterdir())
+    assert events and all(e.name.startswith("events.out.tfevents") for e in events)
+    assert not any(storage.path(workdir).glob(".config.json*"))  # no temporary left behind
+
+
+def tensors(folder) -> dict[str, np.ndarray]:
+    local = storage.local_copy(folder)
+    return load_file(str(local / "model.safetensors"))
+
+
+def test_export_from_the_bucket_to_the_bucket_equals_the_local_export(gcs_run, local_run):
+    workdir, _ = gcs_run
+    output = f"{workdir}-export"
+    assert export.main(["--workdir", workdir, "--output", output]) == 0
+    out = storage.path(output)
+    assert (out / export.MARKER).exists() and (out / "config.json").exists()
+    got, want = tensors(output), tensors(local_run[0] / export.EXPORT_DIR)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # a second export replaces its own earlier one (marker), and refuses a foreign folder
+    assert export.main(["--workdir", workdir, "--output", output]) == 0
+    foreign = storage.path(f"{workdir}-foreign")
+    (foreign / "notes.txt").write_text("mine")
+    assert export.main(["--workdir", workdir, "--output", str(foreign)]) == 2
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_export_refuses_the_workdir_in_the_bucket(gcs_run, capsys):
+    workdir, _ = gcs_run
+    assert export.main(["--workdir", workdir, "--output", workdir]) == 2
+    assert "would replace the workdir" in capsys.readouterr().err
+    assert (storage.path(workdir) / "checkpoints" / "3").exists()
+
+
+def test_a_missing_bucket_fails_at_once_in_one_line(bucket):
+    from attnrl_jax.rl.checkpoint import CheckpointDirError, Checkpointer
+
+    with pytest.raises(CheckpointDirError, match="gs://no-such-bucket/run/checkpoints is not wr"):
+        Checkpointer("gs://no-such-bucket/run")
