@@ -19,6 +19,7 @@ handed to tensorstore (TENSORSTORE_GCS_HTTP_URL, a test token) when those are un
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from typing import Any
 
 URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 SCHEMES = ("gs",)  # what this module supports; orbax/tensorstore and gcsfs cover these
+MANIFEST = ".attnrl-manifest"  # in a local copy: the remote files it was made from
 CACHE_ENV = "ATTNRL_CACHE"  # local copies of remote model folders (default ~/.cache/attnrl_jax)
 
 AnyPath = Any  # pathlib.Path or etils.epath.Path: both have /, exists, read_text, iterdir, ...
@@ -198,24 +200,34 @@ def cache_dir(remote: AnyPath) -> Path:
 
 def local_copy(folder: str | os.PathLike) -> Path:
     """A local folder with the files of `folder` (itself when local; a remote one is downloaded,
-    not recursively, into cache_dir and replaces an older copy), for readers that need real
-    files (memory-mapped safetensors, tokenizers)."""
+    not recursively, into cache_dir), for readers that need real files (memory-mapped
+    safetensors, tokenizers). A copy whose manifest (names, sizes, times) matches the remote
+    files is reused; otherwise it is replaced. Processes of one machine take turns (a lock
+    file), so none replaces a copy another is reading."""
     if not is_remote(folder):
         return Path(folder)
+    import fcntl
+
     remote = path(folder)
     local = cache_dir(remote)
     local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}.", dir=local.parent))
-    try:
-        for item in remote.iterdir():
-            if item.is_file():
+    with open(local.parent / f".{local.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        files = sorted((p for p in remote.iterdir() if p.is_file()), key=lambda p: p.name)
+        manifest = json.dumps([[p.name, p.stat().length, p.stat().mtime] for p in files])
+        if (local / MANIFEST).is_file() and (local / MANIFEST).read_text() == manifest:
+            return local
+        tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}.", dir=local.parent))
+        try:
+            for item in files:
                 (tmp / item.name).write_bytes(item.read_bytes())
-        if local.exists():
-            shutil.rmtree(local)
-        os.replace(tmp, local)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            (tmp / MANIFEST).write_text(manifest)
+            if local.exists():
+                shutil.rmtree(local)
+            os.replace(tmp, local)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return local
 
 

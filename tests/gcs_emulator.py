@@ -1,12 +1,16 @@
 """A local Google Cloud Storage emulator for the gs:// tests (gcp-storage-emulator, the `test`
-extra): started in a subprocess on a free port with one bucket, in memory, and stopped after.
+extra): one per pytest process, started at first use in a subprocess on a free port with one
+bucket, in memory, and stopped when the process exits. One for all: gcsfs caches its
+filesystem and tensorstore reads its endpoint once, so the endpoint cannot change mid-session.
 
-`emulator()` yields the bucket's gs:// root with os.environ pointing every client at it
-(STORAGE_EMULATOR_HOST for gcsfs and google-cloud-storage; tensorstore's own settings, which
-attnrl_jax.storage derives from it only at import, are set here too), or skips the test with the
-reason when the emulator or gcsfs is missing or does not start.
+`emulator(cache_dir)` yields the bucket's gs:// root, with os.environ pointing every client at
+the emulator (STORAGE_EMULATOR_HOST for gcsfs; tensorstore's own settings, which
+attnrl_jax.storage derives from it only at import, are set here too) and ATTNRL_CACHE at
+cache_dir; or skips the test with the reason when the emulator or gcsfs is missing or does not
+start. Tests keep to their own prefixes in the bucket.
 """
 
+import atexit
 import contextlib
 import os
 import socket
@@ -19,6 +23,7 @@ import pytest
 
 BUCKET = "attnrl-test"
 START_TIMEOUT_S = 60  # a cold Python start on a loaded machine
+_server: dict = {}  # "url", "process" once started
 
 
 def _free_port() -> int:
@@ -35,44 +40,55 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _start() -> str:
+    """The emulator's URL, started on first call; pytest.skip when it cannot start."""
+    if "url" in _server:
+        return _server["url"]
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+         "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _ready(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            pytest.skip(f"the GCS emulator did not start within {START_TIMEOUT_S} s")
+        time.sleep(0.2)
+    atexit.register(_stop, proc)
+    os.environ.update(
+        STORAGE_EMULATOR_HOST=url,
+        TENSORSTORE_GCS_HTTP_URL=url,
+        GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",
+        GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+    )
+    _server.update(url=url, process=proc)
+    return url
+
+
 @contextlib.contextmanager
 def emulator(cache_dir):
     pytest.importorskip("gcsfs", reason="gs:// needs gcsfs (pip install -e '.[test]')")
     pytest.importorskip("gcp_storage_emulator", reason="the GCS emulator is not installed")
-    url = f"http://127.0.0.1:{_free_port()}"
-    port = url.rsplit(":", 1)[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-         "--port", port, "--in-memory", "--default-bucket", BUCKET, "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    settings = {
-        "STORAGE_EMULATOR_HOST": url,
-        "TENSORSTORE_GCS_HTTP_URL": url,
-        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-        "ATTNRL_CACHE": str(cache_dir),
-    }
-    saved = {k: os.environ.get(k) for k in settings}
+    _start()
+    saved = os.environ.get("ATTNRL_CACHE")
+    os.environ["ATTNRL_CACHE"] = str(cache_dir)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.skip(f"the GCS emulator did not start: {proc.stderr.read()[-500:]}")
-            time.sleep(0.2)
-        os.environ.update(settings)
         yield f"gs://{BUCKET}"
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if saved is None:
+            os.environ.pop("ATTNRL_CACHE", None)
+        else:
+            os.environ["ATTNRL_CACHE"] = saved
