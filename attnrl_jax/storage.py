@@ -80,7 +80,9 @@ def check_supported(path: str | os.PathLike, what: str = "path") -> None:
     try:
         import gcsfs  # noqa: F401
     except ImportError:
-        raise StorageError(f"{what}={str(path)!r}: gs:// needs gcsfs (pip install gcsfs)") from None
+        raise StorageError(
+            f"{what}={str(path)!r}: gs:// needs gcsfs (pip install 'attnrl-jax[gcs]')"
+        ) from None
 
 
 def path(p: str | os.PathLike) -> AnyPath:

@@ -1,11 +1,13 @@
 """Runs the fault-injection suite and writes its outcome table into README.md (RELIABILITY).
 
-    python benchmarks/fault_report.py            # run tests/test_faults.py, write the JSON + table
+    python benchmarks/fault_report.py            # run the fault tests, write the JSON + table
     python benchmarks/fault_report.py --table    # rewrite the table from the saved JSON only
     python benchmarks/fault_report.py --check    # exit 1 when README's table differs from it
 
-Every test of tests/test_faults.py labelled `@fault(what, outcome)` is one injected fault (each
-parametrised case counts once). Its required outcome is "survived" (the run ends with the
+Every test of the SUITE files (tests/test_faults.py; gs:// on a local GCS emulator:
+tests/test_gcs.py; 2 processes sharing a workdir: tests/test_shared_workdir.py) labelled
+`@fault(what, outcome)` (tests/faults.py) is one injected fault (each parametrised case counts
+once). Its required outcome is "survived" (the run ends with the
 result of an undisturbed run, nothing lost) or "clear error" (one clear message, nothing the
 user wrote deleted); a case whose test fails broke that guarantee and is counted as such.
 The cases go to benchmarks/results/faults.json; the README table between
@@ -25,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
 README = ROOT / "README.md"
-SUITE = "tests/test_faults.py"
+SUITE = ("tests/test_faults.py", "tests/test_gcs.py", "tests/test_shared_workdir.py")
 BLOCK = re.compile(r"(<!-- reliability-table -->\n)(.*?)(<!-- /reliability-table -->)", re.S)
 
 
@@ -62,11 +64,11 @@ def run_suite() -> dict:
     os.chdir(ROOT)
     collector = Collector()
     # the README check reads what this run writes: not part of the run
-    skip = f"{SUITE}::test_readme_reliability_table_matches_its_results"
-    args = ["-q", "-p", "no:cacheprovider", "-W", "ignore", SUITE, "--deselect", skip]
+    skip = f"{SUITE[0]}::test_readme_reliability_table_matches_its_results"
+    args = ["-q", "-p", "no:cacheprovider", "-W", "ignore", *SUITE, "--deselect", skip]
     code = pytest.main(args, plugins=[collector])
     return {
-        "suite": SUITE,
+        "suite": ", ".join(SUITE),
         "pytest_exit_code": int(code),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {platform.system()}, CPU",

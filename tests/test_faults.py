@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from faults import CLEAR, SURVIVED, fault
 from train_helpers import parity_reward, run, small_config, strip
 
 from attnrl_jax import export, score
@@ -34,17 +35,6 @@ from attnrl_jax.rl.trainer import NonFiniteStep
 from attnrl_jax.train import build_trainer, check_resume
 
 ROOT = Path(__file__).resolve().parents[1]
-SURVIVED, CLEAR = "survived", "clear error"
-
-
-def fault(what: str, outcome: str):
-    """Labels a test with the fault it injects and the outcome it requires."""
-
-    def mark(fn):
-        fn.fault = (what, outcome)
-        return fn
-
-    return mark
 
 
 # ----- one undisturbed run that the others compare with -----

@@ -6,9 +6,15 @@ read from the bucket equals the local run's bit for bit.
 """
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from faults import CLEAR, SURVIVED, fault
 from gcs_emulator import emulator
 from safetensors.numpy import load_file
 from train_helpers import parity_reward, run, small_config, strip
@@ -54,6 +60,7 @@ def gcs_run(bucket, local_run):
     return workdir, resumed_from
 
 
+@fault("gs:// workdir: a run stopped after step 2 and resumed from the bucket", SURVIVED)
 def test_run_resumes_from_the_bucket_with_the_local_metrics(gcs_run, local_run):
     workdir, resumed_from = gcs_run
     assert resumed_from == 2
@@ -91,6 +98,7 @@ def test_export_from_the_bucket_to_the_bucket_equals_the_local_export(gcs_run, l
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
+@fault("gs:// export --output = the workdir in the bucket", CLEAR)
 def test_export_refuses_the_workdir_in_the_bucket(gcs_run, capsys):
     workdir, _ = gcs_run
     assert export.main(["--workdir", workdir, "--output", workdir]) == 2
@@ -98,8 +106,35 @@ def test_export_refuses_the_workdir_in_the_bucket(gcs_run, capsys):
     assert (storage.path(workdir) / "checkpoints" / "3").exists()
 
 
+@fault("gs:// workdir in a bucket that does not exist", CLEAR)
 def test_a_missing_bucket_fails_at_once_in_one_line(bucket):
     from attnrl_jax.rl.checkpoint import CheckpointDirError, Checkpointer
 
     with pytest.raises(CheckpointDirError, match="gs://no-such-bucket/run/checkpoints is not wr"):
         Checkpointer("gs://no-such-bucket/run")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@fault("gs:// workdir: kill -9 after a checkpoint's files, before its commit marker", SURVIVED)
+def test_kill_before_the_commit_marker_resumes_from_the_previous_step(bucket, local_run):
+    """tests/fault_worker.py "during": step 2's objects are written, orbax's
+    commit_success.txt is not; the step is not listed and the resume is exact."""
+    workdir = f"{bucket}/killed"
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fault_worker.py"), workdir, "during"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    steps = storage.path(workdir) / "checkpoints"
+    assert (steps / "2").exists() and not (steps / "2" / "commit_success.txt").exists()
+    config = small_config(workdir, **{"checkpoint.keep": 3})
+    trainer = build_trainer(config, reward_fn=parity_reward)
+    try:
+        assert trainer.step == 1
+        trainer.run()
+    finally:
+        trainer.close()
+    assert jsonl(f"{workdir}/metrics.jsonl") == local_run[1]

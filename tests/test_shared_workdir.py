@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from faults import CLEAR, SURVIVED, fault
 from gcs_emulator import emulator
 from multihost_worker import config, parity_reward
 
@@ -124,6 +125,7 @@ def one_process(tmp_path_factory):
     return metrics(workdir)
 
 
+@fault("2 processes, one gs:// workdir: stopped after step 1, resumed", SURVIVED)
 def test_two_processes_resume_a_gcs_workdir(resumed, one_process):
     """Same tolerance as tests/test_distributed.py: gloo sums the gradients across the
     processes in another order than one process does (measured there: about 1e-6)."""
@@ -151,6 +153,7 @@ def fell_back(resumed):
     return workdir, results, metrics(workdir)
 
 
+@fault("2 processes: damaged latest checkpoint in the bucket", SURVIVED)
 def test_damaged_step_in_the_bucket_both_fall_back_to_the_same_step(fell_back, resumed):
     workdir, results, got = fell_back
     succeeded(results)
@@ -174,6 +177,7 @@ def local_copy(fell_back, tmp_path_factory):
     return workdir
 
 
+@fault("2 processes: a checkpoint only one process cannot read", SURVIVED)
 def test_a_step_one_process_cannot_read_is_refused_by_both(local_copy):
     results = launch(local_copy, 4, unreadable=3)
     succeeded(results)
@@ -181,6 +185,7 @@ def test_a_step_one_process_cannot_read_is_refused_by_both(local_copy):
     assert "another process could not read or verify it" in results[0][2]
 
 
+@fault("2 processes: every checkpoint damaged (both stop, same line)", CLEAR)
 def test_no_intact_step_stops_both_with_the_same_line(local_copy):
     steps = sorted(p.name for p in (local_copy / "checkpoints").iterdir())
     for step in steps:
