@@ -249,3 +249,17 @@ def upload_dir(local: Path, remote: AnyPath, marker: str) -> None:
     names = sorted(p.name for p in local.iterdir() if p.is_file())
     for name in [n for n in names if n != marker] + [n for n in names if n == marker]:
         (remote / name).write_bytes((local / name).read_bytes())
+
+
+def local_arg(value: str) -> Path:
+    """argparse type of a path that a command-line tool reads or writes only on a local disk
+    (generate, evaluate): a URL is refused in one line (argparse: exit 2), never turned into a
+    local folder named "gs:"."""
+    if is_remote(value):
+        import argparse
+
+        raise argparse.ArgumentTypeError(
+            f"{value}: object storage is not supported by this tool; copy it to a local disk "
+            "(or mount the bucket) and pass that path"
+        )
+    return Path(value)

@@ -138,3 +138,21 @@ def test_kill_before_the_commit_marker_resumes_from_the_previous_step(bucket, lo
     finally:
         trainer.close()
     assert jsonl(f"{workdir}/metrics.jsonl") == local_run[1]
+
+
+@pytest.mark.parametrize("tool", ["generate", "evaluate"])
+@fault("gs:// --output of generate / evaluate (local-only tools)", CLEAR)
+def test_local_only_tools_refuse_gs_paths(tool, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)  # where pathlib would have made a folder named "gs:"
+    module = importlib.import_module(f"attnrl_jax.{tool}")
+    argv = ["--model", str(tmp_path), "--output", "gs://bucket/out"]
+    argv += ["--input", "in.jsonl"] if tool == "generate" else ["--benchmarks", "math500"]
+    with pytest.raises(SystemExit) as e:
+        module.main(argv)
+    assert e.value.code == 2
+    assert "gs://bucket/out: object storage is not supported by this tool" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "gs:").exists()
