@@ -54,6 +54,9 @@ class Checkpointer:
             save_interval_steps=0 if read_only else 1,
             create=not read_only,
             read_only=read_only,
+            # a save cut short leaves orbax's own uncommitted temporary (on object storage the
+            # step folder itself, without its commit marker): removed, so the step can be redone
+            cleanup_tmp_directories=not read_only,
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "host", "pending")
