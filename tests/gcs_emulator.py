@@ -1,6 +1,6 @@
 """A local Google Cloud Storage emulator for the gs:// tests (gcp-storage-emulator, the `test`
 extra): one per pytest process, started at first use in a subprocess on a free port with one
-bucket, in memory, and stopped when the process exits. One for all: gcsfs caches its
+bucket, in memory, and stopped when the process exits (or is killed). One for all: gcsfs caches its
 filesystem and tensorstore reads its endpoint once, so the endpoint cannot change mid-session.
 
 `emulator(cache_dir)` yields the bucket's gs:// root, with os.environ pointing every client at
@@ -24,6 +24,17 @@ import pytest
 BUCKET = "attnrl-test"
 START_TIMEOUT_S = 60  # a cold Python start on a loaded machine
 _server: dict = {}  # "url", "process" once started
+# The server, which also stops when the pytest process is gone (killed: no atexit runs).
+_SERVE = """
+import os, sys, time
+from gcp_storage_emulator.server import create_server
+server = create_server("127.0.0.1", int(sys.argv[1]), in_memory=True, default_bucket=sys.argv[2])
+server.start()
+parent = os.getppid()
+while os.getppid() == parent:
+    time.sleep(1)
+server.stop()
+"""
 
 
 def _free_port() -> int:
@@ -57,8 +68,7 @@ def _start() -> str:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-         "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "--quiet"],
+        [sys.executable, "-c", _SERVE, str(port), BUCKET],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT_S
