@@ -156,3 +156,22 @@ def test_local_only_tools_refuse_gs_paths(tool, tmp_path, capsys, monkeypatch):
         capsys.readouterr().err
     )
     assert not (tmp_path / "gs:").exists()
+
+
+def test_paths_stay_urls_and_compare_lexically():
+    assert str(storage.path("gs://b/run") / "checkpoints") == "gs://b/run/checkpoints"
+    assert storage.same_or_inside(storage.path("gs://b/run/x"), storage.path("gs://b/run"))
+    assert not storage.same_or_inside(storage.path("gs://b/run2"), storage.path("gs://b/run"))
+    assert not storage.same_or_inside(storage.path("/b/run"), storage.path("gs://b/run"))
+    with pytest.raises(storage.StorageError, match="s3:// is not supported"):
+        storage.path("s3://b/run")
+
+
+def test_jsonl_log_on_object_storage_uploads_at_flush(bucket):
+    target = storage.path(f"{bucket}/log/metrics.jsonl")
+    target.write_text('{"step": 1}\n')
+    log = storage.JsonlLog(target, every_s=3600)
+    log.write('{"step": 2}\n')
+    assert target.read_text() == '{"step": 1}\n'  # throttled: not yet uploaded
+    log.close()
+    assert target.read_text() == '{"step": 1}\n{"step": 2}\n'
