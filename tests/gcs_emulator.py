@@ -3,6 +3,7 @@ extra): one per pytest process, started at first use in a subprocess on a free p
 bucket, in memory, and stopped when the process exits (or is killed). One for all: gcsfs caches its
 filesystem and tensorstore reads its endpoint once, so the endpoint cannot change mid-session.
 
+The server is tests/gcs_emulator_server.py (the emulator with generation preconditions added).
 `emulator(cache_dir)` yields the bucket's gs:// root, with os.environ pointing every client at
 the emulator (STORAGE_EMULATOR_HOST for gcsfs; tensorstore's own settings, which
 attnrl_jax.storage derives from it only at import, are set here too) and ATTNRL_CACHE at
@@ -12,29 +13,21 @@ start. Tests keep to their own prefixes in the bucket.
 
 import atexit
 import contextlib
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 BUCKET = "attnrl-test"
 START_TIMEOUT_S = 60  # a cold Python start on a loaded machine
 _server: dict = {}  # "url", "process" once started
-# The server, which also stops when the pytest process is gone (killed: no atexit runs).
-_SERVE = """
-import os, sys, time
-from gcp_storage_emulator.server import create_server
-server = create_server("127.0.0.1", int(sys.argv[1]), in_memory=True, default_bucket=sys.argv[2])
-server.start()
-parent = os.getppid()
-while os.getppid() == parent:
-    time.sleep(1)
-server.stop()
-"""
+SERVER = Path(__file__).with_name("gcs_emulator_server.py")  # the patched emulator
 
 
 def _free_port() -> int:
@@ -68,7 +61,7 @@ def _start() -> str:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVE, str(port), BUCKET],
+        [sys.executable, str(SERVER), str(port), BUCKET],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -90,8 +83,11 @@ def _start() -> str:
 
 @contextlib.contextmanager
 def emulator(cache_dir):
-    pytest.importorskip("gcsfs", reason="gs:// needs gcsfs (pip install -e '.[test]')")
-    pytest.importorskip("gcp_storage_emulator", reason="the GCS emulator is not installed")
+    # find_spec, not import: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT (set by _start) on
+    # import
+    for module, what in (("gcsfs", "gcsfs (gs:// files)"), ("gcp_storage_emulator", "the emulator")):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{what} is not installed (pip install -e '.[test]')")
     _start()
     saved = os.environ.get("ATTNRL_CACHE")
     os.environ["ATTNRL_CACHE"] = str(cache_dir)
