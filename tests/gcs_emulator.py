@@ -85,9 +85,9 @@ def _start() -> str:
 def emulator(cache_dir):
     # find_spec, not import: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT (set by _start) on
     # import
-    for module, what in (("gcsfs", "gcsfs (gs:// files)"), ("gcp_storage_emulator", "the emulator")):
+    for module in ("gcsfs", "gcp_storage_emulator"):
         if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{what} is not installed (pip install -e '.[test]')")
+            pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
     _start()
     saved = os.environ.get("ATTNRL_CACHE")
     os.environ["ATTNRL_CACHE"] = str(cache_dir)
