@@ -86,7 +86,14 @@ def metrics(workdir) -> list[dict]:
 
 def flip_state_files(step_dir) -> int:
     """Flips a bit in every array data file of a checkpoint's state item; how many."""
-    files = [p for p in storage.path(step_dir).glob("state/**/d/*") if p.is_file()]
+    root = storage.path(step_dir) / "state"
+    if storage.is_remote(root):  # epath refuses ** on gs://; gcsfs lists the prefix
+        import fsspec
+
+        found = fsspec.filesystem("gs").find(str(root))
+        files = [storage.path(f"gs://{p}") for p in found if "/d/" in p]
+    else:
+        files = [p for p in root.rglob("d/*") if p.is_file()]
     for p in files:
         data = bytearray(p.read_bytes())
         data[len(data) // 2] ^= 0x10
