@@ -233,6 +233,20 @@ def local_copy(folder: str | os.PathLike) -> Path:
     return local
 
 
+def move_dir(source: AnyPath, target: AnyPath) -> None:
+    """Renames folder `source` to `target`: locally os.replace (atomic); on object storage each
+    object is copied on the server, then the originals deleted (not atomic: cut short, the
+    source is still there, whole, and a later move completes)."""
+    if not is_remote(source):
+        os.replace(source, target)
+        return
+    import fsspec
+
+    fs = fsspec.filesystem(scheme(source))
+    fs.copy(str(source), str(target), recursive=True)
+    fs.rm(str(source), recursive=True)
+
+
 def upload_dir(local: Path, remote: AnyPath, marker: str) -> None:
     """The files of local folder `local` to remote folder `remote` (its old objects deleted
     first), the file named `marker` last: the commit marker of a complete upload."""

@@ -2,12 +2,14 @@
 tests/gcs_emulator.py) a run of 1 step, resumed to 2, writes the metrics of one uninterrupted
 process; then agreement on damaged checkpoints: both processes fall back to the same intact step
 (a damaged step in the bucket, set aside; a step only one process cannot read), or both stop with
-the same line when none is intact. Every process runs under a timeout, with fresh ports.
+the same verdict naming the same steps when none is intact. Every process runs under a
+timeout, with fresh ports.
 """
 
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -192,7 +194,7 @@ def test_a_step_one_process_cannot_read_is_refused_by_both(local_copy):
     assert "another process could not read or verify it" in results[0][2]
 
 
-@fault("2 processes: every checkpoint damaged (both stop, same line)", CLEAR)
+@fault("2 processes: every checkpoint damaged (both stop, same steps named)", CLEAR)
 def test_no_intact_step_stops_both_with_the_same_line(local_copy):
     steps = sorted(p.name for p in (local_copy / "checkpoints").iterdir())
     for step in steps:
@@ -201,6 +203,10 @@ def test_no_intact_step_stops_both_with_the_same_line(local_copy):
     results = launch(local_copy, 5)
     assert [code for code, _, _ in results] == [1, 1]
     lines = [[x for x in err.splitlines() if x.startswith("error: ")] for _, _, err in results]
-    assert len(lines[0]) == 1 and lines[0] == lines[1]
-    assert "no intact checkpoint" in lines[0][0]
+    assert [len(x) for x in lines] == [1, 1]
+    # the same verdict naming the same steps; each reason is the process's own read error
+    head = f"error: no intact checkpoint in {local_copy / 'checkpoints'} ("
+    named = [sorted(re.findall(r"step (\d+):", x[0])) for x in lines]
+    assert all(x[0].startswith(head) for x in lines)
+    assert named[0] == named[1] == sorted(s for s in steps if s.isdigit())
     assert sorted(p.name for p in (local_copy / "checkpoints").iterdir()) == steps  # no rename

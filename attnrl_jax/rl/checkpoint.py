@@ -24,7 +24,6 @@ none is intact it stops with a DamagedCheckpoint naming every step and why, and 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -151,11 +150,7 @@ class Checkpointer:
             n = 1
             while target.exists():
                 target, n = self.directory / f"{step}.damaged-{n}", n + 1
-            if storage.is_remote(self.directory):  # a copy, then a delete (not atomic):
-                # orbax no longer lists the step once its commit marker is gone
-                (self.directory / str(step)).rename(target)
-            else:
-                os.replace(self.directory / str(step), target)
+            storage.move_dir(self.directory / str(step), target)  # gs://: copy, delete
             say(f"set the damaged checkpoint aside as {target}")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
