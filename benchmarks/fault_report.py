@@ -3,6 +3,7 @@
     python benchmarks/fault_report.py            # run the fault tests, write the JSON + table
     python benchmarks/fault_report.py --table    # rewrite the table from the saved JSON only
     python benchmarks/fault_report.py --check    # exit 1 when README's table differs from it
+    python benchmarks/fault_report.py --rerun tests/test_gcs.py  # rerun one file, keep the rest
 
 Every test of the SUITE files (tests/test_faults.py; gs:// on a local GCS emulator:
 tests/test_gcs.py; 2 processes sharing a workdir: tests/test_shared_workdir.py) labelled
@@ -56,7 +57,7 @@ class Collector:
             case["passed"] = False
 
 
-def run_suite() -> dict:
+def run_suite(files: tuple[str, ...] = SUITE) -> dict:
     import os
 
     import pytest
@@ -65,7 +66,7 @@ def run_suite() -> dict:
     collector = Collector()
     # the README check reads what this run writes: not part of the run
     skip = f"{SUITE[0]}::test_readme_reliability_table_matches_its_results"
-    args = ["-q", "-p", "no:cacheprovider", "-W", "ignore", *SUITE, "--deselect", skip]
+    args = ["-q", "-p", "no:cacheprovider", "-W", "ignore", *files, "--deselect", skip]
     code = pytest.main(args, plugins=[collector])
     return {
         "suite": ", ".join(SUITE),
@@ -74,6 +75,16 @@ def run_suite() -> dict:
         "machine": f"{platform.machine()}, {platform.system()}, CPU",
         "cases": [collector.cases[n] for n in collector.labels if n in collector.cases],
     }
+
+
+def merge(saved: dict, files: list[str]) -> dict:
+    """`saved` with the cases of `files` replaced by a new run of those files (suite order)."""
+    new = run_suite(tuple(files))
+    kept = [c for c in saved["cases"] if c["test"].split("::")[0] not in files]
+    order = {f: i for i, f in enumerate(SUITE)}
+    cases = sorted(kept + new["cases"], key=lambda c: order[c["test"].split("::")[0]])
+    code = max(int(not all(c["passed"] for c in kept)), new["pytest_exit_code"])
+    return dict(new, suite=", ".join(SUITE), cases=cases, pytest_exit_code=code)
 
 
 def render(results: dict) -> str:
@@ -114,8 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--table", action="store_true", help="only rewrite the table from the JSON")
     mode.add_argument("--check", action="store_true", help="exit 1 if the README table differs")
+    mode.add_argument(
+        "--rerun", nargs="+", choices=SUITE, help="run these files; keep the others' saved cases"
+    )
     args = parser.parse_args(argv)
-    if not (args.table or args.check):
+    if args.rerun:
+        merged = merge(json.loads(RESULTS.read_text()), args.rerun)
+        RESULTS.write_text(json.dumps(merged, indent=1) + "\n")
+    elif not (args.table or args.check):
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(run_suite(), indent=1) + "\n")
     text = README.read_text()
