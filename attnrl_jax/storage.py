@@ -56,6 +56,20 @@ def _emulator_settings() -> None:
 _emulator_settings()
 
 
+def _no_listing_cache() -> None:
+    """gcsfs keeps folder listings forever by default; several processes (and orbax's step
+    list after a set-aside) must see each other's writes, so listings are always fresh."""
+    try:
+        import fsspec.config
+    except ImportError:
+        return
+    for protocol in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
+
+
+_no_listing_cache()
+
+
 def scheme(path: str | os.PathLike) -> str | None:
     """'gs' for gs://..., None for a local path."""
     m = URL.match(str(path))
@@ -240,9 +254,9 @@ def move_dir(source: AnyPath, target: AnyPath) -> None:
     if not is_remote(source):
         os.replace(source, target)
         return
-    import fsspec
+    from etils.epath import backend
 
-    fs = fsspec.filesystem(scheme(source))
+    fs = backend.fsspec_backend.fs(str(source))  # epath's (and orbax's) filesystem
     fs.copy(str(source), str(target), recursive=True)
     fs.rm(str(source), recursive=True)
 
