@@ -28,7 +28,17 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # torch is only used by tests and benchmarks as the reference implementation.
     # Always an exact pin: an unpinned torch resolves to a multi-GB CUDA build.
-    "test": ["torch==2.13.0", "pytest==9.2.0", "ruff==0.17.6"],
+    # gcp-storage-emulator: the local GCS server of the gs:// tests (tests/gcs_emulator.py).
+    "test": [
+        "torch==2.13.0",
+        "pytest==9.2.0",
+        "ruff==0.17.6",
+        "gcsfs==2026.10.1",
+        "gcp-storage-emulator==2026.7.19",
+    ],
+    # gs:// workdirs, model paths and export targets (attnrl_jax/storage.py): gcsfs is the file
+    # layer under etils.epath (orbax's path type); arrays go through tensorstore's gcs driver.
+    "gcs": ["gcsfs==2026.10.1"],
     # Cloud TPU VMs: jax's TPU runtime, the libtpu that jax 0.10.2 installs (launch/tpu_pod.sh).
     "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],
 }

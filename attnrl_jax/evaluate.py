@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from attnrl_jax import storage
 from attnrl_jax.data.sources import DataError
 from attnrl_jax.eval.benchmarks import (
     Benchmark,
@@ -73,10 +74,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m attnrl_jax.evaluate", description=__doc__.split("\n\n")[0]
     )
     add = parser.add_argument
-    add("--model", type=Path, help="Hugging Face model directory (default: the config's)")
+    add(
+        "--model",
+        type=storage.local_arg,
+        help="Hugging Face model directory (default: the config's)",
+    )
     add("--config", help="a training config FILE[:VARIANT] for defaults")
     add("--benchmarks", help="comma-separated names, each optionally name:k; 'paper'")
-    add("--benchmark_file", "--benchmark-file", action="append", default=[], type=Path)
+    add("--benchmark_file", "--benchmark-file", action="append", default=[], type=storage.local_arg)
     add("--problem_key", "--problem-key", default="problem")
     add("--answer_key", "--answer-key", default="answer")
     add("--k", type=int, help="samples per problem (default 4)")
@@ -91,7 +96,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--grading_workers", "--grading-workers", type=int, default=0, help="0: in-process")
     add("--grading_timeout", "--grading-timeout", type=float, default=5.0)
     add("--reward", choices=("hybrid", "boxed"), default="hybrid", help="rewards/math.py")
-    add("--output", type=Path, help="report directory (default: eval/<model dir name>)")
+    add(
+        "--output", type=storage.local_arg, help="report directory (default: eval/<model dir name>)"
+    )
     return parser.parse_args(argv)
 
 
@@ -110,6 +117,8 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
             "mesh": ",".join(str(config.mesh[a]) for a in ("data", "fsdp", "tensor")),
         }
         if args.model is None and config.model.path:
+            if storage.is_remote(config.model.path):
+                raise EvalInputError(f"model.path={config.model.path}: pass a local --model")
             args.model = Path(config.model.path)
     for key, default in DEFAULTS.items():
         if getattr(args, key) is None:

@@ -18,6 +18,11 @@ it); an existing non-empty DIR is replaced only when an earlier export wrote it 
 .attnrl-export) or with --overwrite. The latest checkpoint is verified (rl/integrity.py); a
 damaged one is reported and the newest intact one exported instead (an explicit --step is not
 replaced). Errors are one line and exit code 2 (--debug or ATTNRL_DEBUG=1: the traceback).
+
+The workdir, DIR and the initial model may be gs:// URLs (attnrl_jax/storage.py). A gs:// DIR
+is written locally, then uploaded with the marker file last: on object storage the marker is
+the commit marker (a rename would not be atomic), and an upload cut short leaves a DIR without
+it, which a later export replaces only with --overwrite.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
+
+from attnrl_jax import storage
 
 CONFIG_FILE = "config.json"
 EXPORT_DIR = "hf_export"
@@ -43,10 +51,21 @@ def export_policy(
 ) -> Path:
     """Writes the policy (model_cfg, params) to `output` (replaced if it exists) as a Hugging
     Face directory, with its tokenizer and source_dir's generation_config.json if present."""
-    from attnrl_jax.models import save_pretrained
     from attnrl_jax.models.lm import from_params
 
     model = from_params(model_cfg, params)
+    if storage.is_remote(output):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = _export_local(model, Path(tmp) / "export", tokenizer, source_dir, dtype)
+            if local.exists():  # process 0 (the others only join the gather)
+                storage.upload_dir(local, output, marker=MARKER)
+        return storage.path(output)
+    return _export_local(model, output, tokenizer, source_dir, dtype)
+
+
+def _export_local(model, output, tokenizer, source_dir, dtype) -> Path:
+    from attnrl_jax.models import save_pretrained
+
     path = save_pretrained(model, output, tokenizer=tokenizer, dtype=dtype, overwrite=True)
     generation = Path(source_dir) / "generation_config.json"
     if generation.is_file() and path.exists():
@@ -56,19 +75,17 @@ def export_policy(
     return path
 
 
-def _is_within(a: Path, b: Path) -> bool:
-    """a is b or inside it."""
-    return a == b or b in a.parents
-
-
 def check_output(
     output: Path, workdir: Path, model_dir: Path, own: bool = False, overwrite: bool = False
 ) -> None:
     """An ExportError when writing `output` could delete what export did not write (see the
     module docstring); own: output is the run's own <workdir>/hf_export."""
-    if "://" in str(output):
-        raise ExportError(f"--output {output}: object-storage URLs are not supported yet")
-    out, work, model = (Path(os.path.abspath(p)) for p in (output, workdir, model_dir))
+    try:
+        storage.check_supported(output, "--output")
+    except storage.StorageError as e:
+        raise ExportError(str(e)) from None
+    out, work, model = (storage.absolute(p) for p in (output, workdir, model_dir))
+    _is_within = storage.same_or_inside
     if _is_within(work, out):
         raise ExportError(f"--output {output} would replace the workdir {workdir}")
     if _is_within(out, work) and out != work / EXPORT_DIR:
@@ -88,12 +105,8 @@ def check_output(
 
 def save_run_config(c, workdir: str | Path) -> None:
     """Writes the run's ml_collections config to <workdir>/config.json (what export reads),
-    atomically: a temporary file renamed into place."""
-    path = Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{CONFIG_FILE}.{os.getpid()}"
-    tmp.write_text(c.to_json(indent=2) + "\n")
-    os.replace(tmp, path / CONFIG_FILE)
+    atomically (storage.write_atomic: a renamed temporary file, or one object upload)."""
+    storage.write_atomic(storage.path(workdir) / CONFIG_FILE, c.to_json(indent=2) + "\n")
 
 
 def load_run_config(workdir: Path):
@@ -120,8 +133,13 @@ def run(args: argparse.Namespace) -> Path:
     from attnrl_jax.rl.checkpoint import Checkpointer
     from attnrl_jax.rl.devices import build_mesh
 
-    if "://" in str(args.workdir):
-        raise ExportError(f"--workdir {args.workdir}: object-storage URLs are not supported yet")
+    for flag, value in (("--workdir", args.workdir), ("--output", args.output)):
+        try:
+            storage.check_supported(value or "", flag)
+        except storage.StorageError as e:
+            raise ExportError(str(e)) from None
+    args.workdir = storage.path(args.workdir)
+    args.output = storage.path(args.output) if args.output else None
     c = load_run_config(args.workdir)
     output = args.output or args.workdir / EXPORT_DIR
     check_output(output, args.workdir, c.initial_model_dir, overwrite=args.overwrite)
@@ -137,6 +155,7 @@ def run(args: argparse.Namespace) -> Path:
         source = c.initial_model_dir
         if not (source / "config.json").is_file():
             raise ExportError(f"{source}: the initial model is gone (it gives the architecture)")
+        source = storage.local_copy(source)  # a gs:// model: its files, downloaded
         model = load_pretrained(
             source, dtype=c.model.dtype, mesh=build_mesh(c), param_dtype=c.model.param_dtype
         )
@@ -147,7 +166,7 @@ def run(args: argparse.Namespace) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     export_policy(model.config, params, tokenizer, output, source, args.dtype)
     print(f"exported step {step} of {args.workdir} to {output}", file=sys.stderr)
-    return Path(output)
+    return output
 
 
 def _restore_intact(checkpointer, steps: list[int], params_target):
@@ -168,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m attnrl_jax.export", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--workdir", required=True, type=Path, help="a training workdir")
-    parser.add_argument("--output", type=Path, help="default: <workdir>/hf_export")
+    parser.add_argument("--workdir", required=True, help="a training workdir (or gs://...)")
+    parser.add_argument("--output", help="default: <workdir>/hf_export (or gs://...)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: training's")
     parser.add_argument(

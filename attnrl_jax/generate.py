@@ -39,6 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from attnrl_jax import storage
 from attnrl_jax.data.sources import DataError, read_json_lines
 from attnrl_jax.models.config import DTYPES
 from attnrl_jax.models.hf_io import CheckpointError, load_pretrained
@@ -132,9 +133,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m attnrl_jax.generate", description=__doc__.split("\n\n")[0]
     )
     add = parser.add_argument
-    add("--model", required=True, type=Path, help="Hugging Face model directory")
-    add("--input", required=True, type=Path, help="input JSON-lines file")
-    add("--output", required=True, type=Path, help="output JSON-lines file")
+    add("--model", required=True, type=storage.local_arg, help="Hugging Face model directory")
+    add("--input", required=True, type=storage.local_arg, help="input JSON-lines file")
+    add("--output", required=True, type=storage.local_arg, help="output JSON-lines file")
     add("--n", type=int, default=1, help="samples per input line")
     add("--max_new_tokens", "--max-new-tokens", type=int, default=256)
     add("--temperature", type=float, default=1.0, help="0: greedy")

@@ -12,7 +12,8 @@ TensorBoard event files in <workdir>/tensorboard. The run's config is saved as
 Multi-host: run the same command on every host (launch/); `distributed.*` keys or the
 environment say how many processes there are (attnrl_jax/distributed.py), and the job starts
 jax.distributed before any other JAX use. The mesh then spans every process's devices; the
-workdir must be one directory all hosts see (shared disk or a bucket mount) for checkpoints.
+workdir must be one directory all hosts see for checkpoints: a shared disk, a bucket mount or a
+gs:// URL (attnrl_jax/storage.py; model.path may be one too, copied to a local cache to load).
 
 Failures are one line on stderr (README "Reliability"): exit code 2 for a bad config, data
 file, model or path (every config problem listed at once, before anything is loaded), 1 for a
@@ -26,13 +27,17 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 
+from attnrl_jax import storage
 from attnrl_jax.distributed import DistributedError, initialize
 from attnrl_jax.rl.devices import build_mesh
 from attnrl_jax.rl.settings import ConfigError, RunConfig, check_files, resolve
@@ -59,11 +64,12 @@ def tiny_model_config(run: RunConfig, vocab_size: int):
 
 
 def initial_model_path(c: RunConfig) -> Path:
-    """The HF directory to start from: config.model.path, or the project's tiny random model
-    written once to <workdir>/initial_model (seeded by config.seed)."""
+    """The local HF directory to start from: config.model.path, or the project's tiny random
+    model written once to <workdir>/initial_model (seeded by config.seed); a gs:// one is copied
+    to a local cache (storage.local_copy)."""
     path = c.initial_model_dir
     if c.model.path:
-        return path
+        return storage.local_copy(path)
     import jax
 
     if jax.process_index() == 0 and not (path / "config.json").exists():
@@ -74,7 +80,7 @@ def initial_model_path(c: RunConfig) -> Path:
         multihost_utils.sync_global_devices("attnrl_jax.train initial_model")
         if not (path / "config.json").exists():  # a workdir not shared between hosts
             _write_tiny_model(c, path)
-    return path
+    return storage.local_copy(path)
 
 
 def _write_tiny_model(c: RunConfig, path: Path) -> None:
@@ -88,7 +94,12 @@ def _write_tiny_model(c: RunConfig, path: Path) -> None:
     cfg = tiny_model_config(c, len(tokenizer))
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
         model = CausalLM(cfg, rngs=nnx.Rngs(c.seed))
-    save_pretrained(model, path, tokenizer=tokenizer, overwrite=True)
+    if not storage.is_remote(path):
+        save_pretrained(model, path, tokenizer=tokenizer, overwrite=True)
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # config.json, read first, is uploaded last
+        save_pretrained(model, Path(tmp) / "model", tokenizer=tokenizer)
+        storage.upload_dir(Path(tmp) / "model", path, marker="config.json")
 
 
 def load_prompts(c: RunConfig, tokenizer):
@@ -243,23 +254,46 @@ class TensorBoardLogger:
     TensorBoard drops the points a previous process wrote for this step and later ones (logged
     before it was stopped, not kept by the checkpoint), so no step has two points."""
 
-    def __init__(self, workdir: str | Path):
-        self.directory = Path(workdir) / "tensorboard"
+    def __init__(self, workdir: str | Path, every_s: float = 10.0):
+        self.directory = storage.path(workdir) / "tensorboard"
         self.writer = None
+        # gs://: events go to a local folder whose files are uploaded whole (object storage has
+        # no append) at most every every_s seconds and at close
+        self.remote = storage.is_remote(self.directory)
+        self.local = Path(tempfile.mkdtemp(prefix="tensorboard-")) if self.remote else None
+        self.every_s = every_s if self.remote else 0.0
+        self._flushed = 0.0
 
     def __call__(self, metrics: dict) -> None:
         if self.writer is None:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.directory), purge_step=metrics["step"])
+            where = self.local if self.remote else self.directory
+            self.writer = SummaryWriter(str(where), purge_step=metrics["step"])
         for k, v in metrics.items():
             if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
                 self.writer.add_scalar(k, v, metrics["step"])
+        if time.monotonic() - self._flushed >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.writer is None:
+            return
         self.writer.flush()
+        self._flushed = time.monotonic()
+        self._upload()
+
+    def _upload(self) -> None:
+        if self.remote:
+            for event_file in self.local.iterdir():  # one per writer: this run's
+                (self.directory / event_file.name).write_bytes(event_file.read_bytes())
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self._upload()
+        if self.local is not None:
+            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def tensorboard_logger(workdir: str | Path) -> TensorBoardLogger | None:
@@ -278,8 +312,8 @@ RESUME_KEYS = ("seed", "model")  # a workdir's checkpoints hold this run's model
 def check_resume(config, workdir: str | Path) -> None:
     """A ConfigError when `workdir` holds checkpoints of a run with another seed or model (its
     config.json says so): resuming would fail or mix runs, and nothing has been written yet."""
-    path = Path(workdir) / "config.json"
-    steps = Path(workdir) / "checkpoints"
+    path = storage.path(workdir) / "config.json"
+    steps = storage.path(workdir) / "checkpoints"
     if not path.is_file() or not steps.is_dir() or not any(steps.iterdir()):
         return
     try:
@@ -365,7 +399,7 @@ def _main() -> None:
     c = resolve(config)
     check_files(c)
     check_resume(config, c.workdir)
-    check_writable(Path(c.workdir))  # fail now, in one line, not in orbax minutes later
+    check_writable(storage.path(c.workdir))  # fail now, in one line, not in orbax minutes later
     cluster = initialize(c.distributed.to_dict())  # before any other JAX use
     import jax
 
@@ -377,8 +411,8 @@ def _main() -> None:
             f"multi-host: {cluster.num_processes} processes ({cluster.source}), "
             f"{jax.device_count()} devices, coordinator {cluster.coordinator_address}"
         )
-    output = Path(c.workdir) / EXPORT_DIR
-    check_output(output, Path(c.workdir), c.initial_model_dir, own=True)
+    output = storage.path(c.workdir) / EXPORT_DIR
+    check_output(output, storage.path(c.workdir), c.initial_model_dir, own=True)
     trainer = build_trainer(c)
     try:
         if primary:  # the run is accepted (resume checks passed): read back by export
@@ -396,7 +430,8 @@ def _main() -> None:
     finally:
         trainer.close()
     if primary:
-        print(f"trained to step {trainer.step}; metrics in {Path(c.workdir) / 'metrics.jsonl'}")
+        metrics = storage.path(c.workdir) / "metrics.jsonl"
+        print(f"trained to step {trainer.step}; metrics in {metrics}")
         print(f"the policy as a Hugging Face directory: {export}")
 
 

@@ -1,11 +1,14 @@
 """Runs the fault-injection suite and writes its outcome table into README.md (RELIABILITY).
 
-    python benchmarks/fault_report.py            # run tests/test_faults.py, write the JSON + table
+    python benchmarks/fault_report.py            # run the fault tests, write the JSON + table
     python benchmarks/fault_report.py --table    # rewrite the table from the saved JSON only
     python benchmarks/fault_report.py --check    # exit 1 when README's table differs from it
+    python benchmarks/fault_report.py --rerun tests/test_gcs.py  # rerun one file, keep the rest
 
-Every test of tests/test_faults.py labelled `@fault(what, outcome)` is one injected fault (each
-parametrised case counts once). Its required outcome is "survived" (the run ends with the
+Every test of the SUITE files (tests/test_faults.py; gs:// on a local GCS emulator:
+tests/test_gcs.py; 2 processes sharing a workdir: tests/test_shared_workdir.py) labelled
+`@fault(what, outcome)` (tests/faults.py) is one injected fault (each parametrised case counts
+once). Its required outcome is "survived" (the run ends with the
 result of an undisturbed run, nothing lost) or "clear error" (one clear message, nothing the
 user wrote deleted); a case whose test fails broke that guarantee and is counted as such.
 The cases go to benchmarks/results/faults.json; the README table between
@@ -25,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
 README = ROOT / "README.md"
-SUITE = "tests/test_faults.py"
+SUITE = ("tests/test_faults.py", "tests/test_gcs.py", "tests/test_shared_workdir.py")
 BLOCK = re.compile(r"(<!-- reliability-table -->\n)(.*?)(<!-- /reliability-table -->)", re.S)
 
 
@@ -54,7 +57,7 @@ class Collector:
             case["passed"] = False
 
 
-def run_suite() -> dict:
+def run_suite(files: tuple[str, ...] = SUITE) -> dict:
     import os
 
     import pytest
@@ -62,16 +65,26 @@ def run_suite() -> dict:
     os.chdir(ROOT)
     collector = Collector()
     # the README check reads what this run writes: not part of the run
-    skip = f"{SUITE}::test_readme_reliability_table_matches_its_results"
-    args = ["-q", "-p", "no:cacheprovider", "-W", "ignore", SUITE, "--deselect", skip]
+    skip = f"{SUITE[0]}::test_readme_reliability_table_matches_its_results"
+    args = ["-q", "-p", "no:cacheprovider", "-W", "ignore", *files, "--deselect", skip]
     code = pytest.main(args, plugins=[collector])
     return {
-        "suite": SUITE,
+        "suite": ", ".join(SUITE),
         "pytest_exit_code": int(code),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {platform.system()}, CPU",
         "cases": [collector.cases[n] for n in collector.labels if n in collector.cases],
     }
+
+
+def merge(saved: dict, files: list[str]) -> dict:
+    """`saved` with the cases of `files` replaced by a new run of those files (suite order)."""
+    new = run_suite(tuple(files))
+    kept = [c for c in saved["cases"] if c["test"].split("::")[0] not in files]
+    order = {f: i for i, f in enumerate(SUITE)}
+    cases = sorted(kept + new["cases"], key=lambda c: order[c["test"].split("::")[0]])
+    code = max(int(not all(c["passed"] for c in kept)), new["pytest_exit_code"])
+    return dict(new, suite=", ".join(SUITE), cases=cases, pytest_exit_code=code)
 
 
 def render(results: dict) -> str:
@@ -112,8 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--table", action="store_true", help="only rewrite the table from the JSON")
     mode.add_argument("--check", action="store_true", help="exit 1 if the README table differs")
+    mode.add_argument(
+        "--rerun", nargs="+", choices=SUITE, help="run these files; keep the others' saved cases"
+    )
     args = parser.parse_args(argv)
-    if not (args.table or args.check):
+    if args.rerun:
+        merged = merge(json.loads(RESULTS.read_text()), args.rerun)
+        RESULTS.write_text(json.dumps(merged, indent=1) + "\n")
+    elif not (args.table or args.check):
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(run_suite(), indent=1) + "\n")
     text = README.read_text()

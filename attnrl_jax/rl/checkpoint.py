@@ -9,7 +9,10 @@ A checkpoint holds three items:
   unless no scoring forward ran, FCI); absent on-policy or before the first step.
 Random numbers are a function of (seed, step) (see trainer.py), so the seed and step are the RNG
 state. Orbax writes each step into a temporary directory and renames it when complete, and lists
-only finalised steps, so a checkpoint interrupted mid-write is never loaded.
+only finalised steps, so a checkpoint interrupted mid-write is never loaded. On object storage
+(a gs:// workdir, attnrl_jax/storage.py), where a rename is not atomic, orbax writes the step in
+place and commits it with a marker file (commit_success.txt) written last; a step without it is
+not listed.
 
 Every save records checksums of every array and of the host JSON (rl/integrity.py) in
 host["integrity"]; restore verifies them and refuses non-finite state. `restore_latest` walks
@@ -21,9 +24,7 @@ none is intact it stops with a DamagedCheckpoint naming every step and why, and 
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from attnrl_jax import storage
 from attnrl_jax.data.pipeline import Prompt
 from attnrl_jax.data.records import Problem
 from attnrl_jax.rl import integrity
@@ -43,7 +45,7 @@ class Checkpointer:
     """Saves and restores training state under <workdir>/checkpoints."""
 
     def __init__(self, workdir: str | Path, keep: int = 2, read_only: bool = False):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.directory = storage.absolute(workdir) / "checkpoints"
         if not read_only:
             check_writable(self.directory)
         options = ocp.CheckpointManagerOptions(
@@ -51,6 +53,9 @@ class Checkpointer:
             save_interval_steps=0 if read_only else 1,
             create=not read_only,
             read_only=read_only,
+            # a save cut short leaves orbax's own uncommitted temporary (on object storage the
+            # step folder itself, without its commit marker): removed, so the step can be redone
+            cleanup_tmp_directories=not read_only,
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "host", "pending")
@@ -145,7 +150,7 @@ class Checkpointer:
             n = 1
             while target.exists():
                 target, n = self.directory / f"{step}.damaged-{n}", n + 1
-            os.replace(self.directory / str(step), target)
+            storage.move_dir(self.directory / str(step), target)  # gs://: copy, delete
             say(f"set the damaged checkpoint aside as {target}")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -215,16 +220,13 @@ def say(message: str) -> None:
 
 
 def check_writable(directory: Path) -> None:
-    """Creates `directory` and writes and removes a probe file: an unwritable folder fails here
-    in one line, not minutes later inside orbax."""
-    probe = directory / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # no JAX call:
-    # this runs before jax.distributed starts
+    """Creates `directory` (local or gs://) and writes and removes a probe file: an unwritable
+    folder or a missing bucket fails here in one line, not minutes later inside orbax. No JAX
+    call: this runs before jax.distributed starts."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        storage.check_writable(directory)
     except OSError as e:
-        raise CheckpointDirError(f"{directory} is not writable ({e.strerror or e})") from None
+        raise CheckpointDirError(str(e)) from None
 
 
 class CheckpointDirError(OSError):

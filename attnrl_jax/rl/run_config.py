@@ -238,4 +238,8 @@ class RunConfig:
     def initial_model_dir(self) -> Path:
         """The Hugging Face directory training starts from: model.path, or the tiny random
         model that training writes to <workdir>/initial_model."""
-        return Path(self.model.path) if self.model.path else Path(self.workdir) / "initial_model"
+        from attnrl_jax import storage  # gs:// stays a URL (pathlib would make it "gs:/...")
+
+        if self.model.path:
+            return storage.path(self.model.path)
+        return storage.path(self.workdir) / "initial_model"

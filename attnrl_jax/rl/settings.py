@@ -11,7 +11,6 @@ checks what needs the file system; rl/devices.py builds the meshes.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +49,7 @@ from attnrl_jax.scoring.forward import ScoringConfig
 from attnrl_jax.scoring.selection import SELECTORS, SelectionConfig
 
 DTYPE_NAMES = tuple(sorted(DTYPES))
-# A URL scheme (gs://, s3://, http://): object storage is not supported (see _check_paths).
+# A URL scheme (gs://, s3://, http://): data files must be local (see _check_paths).
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -252,22 +251,31 @@ def _check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) ->
 
 
 def _check_paths(errors: list[str], c: ml_collections.ConfigDict) -> None:
-    """Paths, lexically (no file is touched): no object-storage URL, no workdir in the model."""
-    named = [("workdir", c.workdir), ("model.path", c.model.path)]
-    named += [("data.train_files", f) for f in _split(c.data.train_files)]
+    """Paths, lexically (no file is touched): gs:// only for the workdir and the model
+    (attnrl_jax/storage.py), no other URL scheme, no workdir in the model."""
+    from attnrl_jax import storage
+
+    supported = True
+    for key, value in [("workdir", c.workdir), ("model.path", c.model.path)]:
+        try:
+            storage.check_supported(value, key)
+        except storage.StorageError as e:
+            errors.append(str(e))
+            supported = False
+    named = [("data.train_files", f) for f in _split(c.data.train_files)]
     named += [("eval.files", f) for f in _split(c.eval.files)]
     for key, value in named:
         _check(
             errors,
             not _URL.match(value),
-            f"{key}={value!r}: object-storage URLs (gs://, s3://) are not supported yet; mount "
-            "the bucket (e.g. gcsfuse) and pass the mounted path",
+            f"{key}={value!r}: data files on object storage are not read; copy them to a local "
+            "disk (or mount the bucket) and pass that path",
         )
-    if c.workdir and c.model.path and not _URL.match(c.workdir):
-        work, model = Path(os.path.abspath(c.workdir)), Path(os.path.abspath(c.model.path))
+    if c.workdir and c.model.path and supported:
+        work, model = storage.absolute(c.workdir), storage.absolute(c.model.path)
         _check(
             errors,
-            not (work == model or model in work.parents),
+            not storage.same_or_inside(work, model),
             f"workdir={c.workdir!r} is inside model.path={c.model.path!r}: training would write "
             "into the model directory; use a separate workdir",
         )
@@ -422,7 +430,9 @@ def check_files(run: RunConfig) -> None:
     evaluation files exist. One ConfigError listing every problem."""
     errors = []
     if run.model.path:
-        path = Path(run.model.path)
+        from attnrl_jax import storage
+
+        path = storage.path(run.model.path)
         _check(
             errors,
             (path / "config.json").is_file(),

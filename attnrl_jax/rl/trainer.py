@@ -60,13 +60,13 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from attnrl_jax import storage
 from attnrl_jax.data.pipeline import Prompt, PromptStream
 from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import optimizer_state_shardings, param_shardings
@@ -124,7 +124,7 @@ class Trainer:
     ):
         self.run_config, self.cfg, self.mesh = run, model_cfg, mesh
         self.tokenizer, self.reward_fn, self.seed = tokenizer, reward_fn, run.seed
-        self.workdir = Path(run.workdir)
+        self.workdir = storage.path(run.workdir)  # local or gs:// (attnrl_jax/storage.py)
         check_writable(self.workdir)
         self.log_fn = log_fn
         self.on_close = on_close  # e.g. stops a grading worker pool
@@ -486,7 +486,7 @@ class Trainer:
         )
         path = self.workdir / "metrics.jsonl"
         guard = SignalGuard()
-        with guard, open(path, "a") if primary else contextlib.nullcontext() as f:
+        with guard, storage.JsonlLog(path) if primary else contextlib.nullcontext() as f:
             while self.step < total_steps:
                 metrics = self.train_step()
                 if self._eval_due(total_steps):
@@ -495,7 +495,6 @@ class Trainer:
                     metrics["time_eval"] = time.perf_counter() - start
                 if primary:
                     f.write(json.dumps(metrics) + "\n")
-                    f.flush()
                 if self.log_fn is not None and primary:
                     self.log_fn(metrics)
                 bar.update(1)
@@ -504,6 +503,8 @@ class Trainer:
                 if self.step % every == 0 or self.step == total_steps:
                     with guard.saving():  # a signal now waits for the save to complete
                         self.save()
+                    if primary:  # object storage: the metrics of every saved step uploaded
+                        f.flush()
                 out.append(metrics)
         bar.close()
         return out

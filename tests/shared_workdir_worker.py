@@ -1,0 +1,55 @@
+"""One of the 2 processes of tests/test_shared_workdir.py, which share one workdir (gs:// or
+local): python tests/shared_workdir_worker.py WORKDIR COORDINATOR PROCESS_ID STEPS [UNREADABLE]
+
+Trains multihost_worker.config(WORKDIR) to STEPS (3 checkpoints kept) as jax.distributed process
+PROCESS_ID of 2, resuming from the workdir's newest intact checkpoint, and prints
+"process P restored step N" (N = 0: none). UNREADABLE: a step whose restore fails on process 1
+only, as if one of its files could not be read on that host. A DamagedCheckpoint ends the
+process as the train CLI does: "error: <one line>" on stderr, exit 1.
+"""
+
+import sys
+
+from multihost_worker import config, parity_reward
+
+
+def main(workdir: str, coordinator: str, process_id: str, steps: str, unreadable: str = "") -> None:
+    from attnrl_jax.distributed import initialize
+
+    spec = {
+        "coordinator_address": coordinator,
+        "num_processes": 2,
+        "process_id": int(process_id),
+        "initialization_timeout_s": 60,
+    }
+    initialize(spec)
+    from attnrl_jax.rl.checkpoint import Checkpointer
+    from attnrl_jax.rl.integrity import DamagedCheckpoint
+    from attnrl_jax.train import build_trainer
+
+    if unreadable and process_id == "1":
+        real = Checkpointer.restore
+
+        def restore(self, step, state_target):
+            if step == int(unreadable):
+                raise DamagedCheckpoint(step, self.directory, "cannot read its arrays (injected)")
+            return real(self, step, state_target)
+
+        Checkpointer.restore = restore
+    c = config(workdir)
+    c.total_steps = int(steps)
+    c.checkpoint.update(every=1, keep=3)
+    try:
+        trainer = build_trainer(c, reward_fn=parity_reward)
+    except DamagedCheckpoint as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    try:
+        print(f"process {process_id} restored step {trainer.step}", flush=True)
+        trainer.run()
+    finally:
+        trainer.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
