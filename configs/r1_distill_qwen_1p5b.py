@@ -15,9 +15,9 @@ problem/answer fields works too, e.g. the Hendrycks MATH train split.
 The mesh is the only thing that changes between machines. mesh, microbatch_rows and
 sampler_rows come from `python -m attnrl_jax.plan --config=configs/r1_distill_qwen_1p5b.py
 --config.model.path=DIR --topology=v5e:2x4` (BENCHMARKS.md, "Will the paper runs fit?"): fsdp x
-tensor 2 with one 9,216-token row per data x fsdp shard trains on v5e-8 (8.6 GiB per chip);
-sampling continuations with 64 rows does not fit v5e-8 yet (at least 36 GiB: the native sampler
-prefills whole 16k-token contexts), so run the plan for your slice before renting it.
+tensor 2 with one 9,216-token row per data x fsdp shard trains on v5e-8 (8.6 GiB per chip), and
+the continuous engine's 64 slots sample continuations in 9.8 GiB with at most 2 rows prefilled
+per shard at once (rollout.admit_rows); so run the plan for your slice before renting it.
 
 Device split: shared (mesh.rollout_devices=0), as the paper ran (8 H100, sampling and training
 one after the other, the one-step off-policy merged call). With devices to spare, e.g. 16:
@@ -59,7 +59,9 @@ def paper_config():
     # prefix and its continuation, 8,192 tokens together as in the authors' rollout:
     # RolloutConfig.continuation_budget); one row per data x fsdp shard.
     c.train.update(minibatch_problems=32, microbatch_rows=4, tokens_per_row=9216)
-    c.rollout.sampler_rows = 64
+    # 64 engine slots; at most 2 rows prefilled per batch shard at once, so continuation
+    # contexts (up to 9,216 tokens) fit v5e's 16 GiB (BENCHMARKS.md, "Will the paper runs fit?")
+    c.rollout.update(sampler_rows=64, admit_rows=2)
     c.grading.update(workers=8, timeout_s=5.0)  # a hard per-answer deadline (rewards/batch.py)
     c.checkpoint.update(every=10, keep=2)
     # The paper's evaluation (avg@32 AIME24/25, AMC23; avg@4 the rest; temperature 0.6, 32k

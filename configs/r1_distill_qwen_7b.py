@@ -9,8 +9,8 @@ parallelism (Qwen2-7B has 28 query and 4 key/value heads, so tensor may be 1, 2 
 `python -m attnrl_jax.plan --config=configs/r1_distill_qwen_7b.py --config.model.path=DIR
 --topology=v6e:2x4` (BENCHMARKS.md, "Will the paper runs fit?"): at 1x2x4 with 2-row
 micro-batches of 9,216 tokens the train step needs 26.4 GiB per v6e chip (limit 28.8: 90% of
-32); sampling continuations does not fit yet (the native sampler prefills whole 16k-token
-contexts). Run the plan for your slice.
+32), and sampling continuations 24.6 GiB (the continuous engine, 64 slots, at most 2 rows
+prefilled per shard at once: rollout.admit_rows). Run the plan for your slice.
 
 Device split: shared (mesh.rollout_devices=0): the train step needs all 8 chips. With 16,
 `--config.mesh.rollout_devices=8` gives the rollout group 8 (rows over data 2, heads over
