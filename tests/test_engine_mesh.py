@@ -13,6 +13,7 @@ import re
 import jax
 import numpy as np
 import pytest
+from test_decode_layout import CFG  # the same tiny mesh-friendly shape
 
 from attnrl_jax.aot_phases import (
     Shapes,
@@ -23,7 +24,6 @@ from attnrl_jax.aot_phases import (
 )
 from attnrl_jax.loop_collectives import device_groups, loop_collectives
 from attnrl_jax.models import sharding
-from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import init_params, unstack_layers
 from attnrl_jax.models.transfer import replicated_to_device, rows_to_device
 from attnrl_jax.sampling import (
@@ -40,16 +40,6 @@ from attnrl_jax.sampling.scheduler import EngineStats
 from attnrl_jax.scoring.fci import FciConfig
 from attnrl_jax.scoring.steps import SeparatorIds
 
-CFG = ModelConfig(
-    vocab_size=96,
-    hidden_size=48,
-    intermediate_size=80,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=12,
-    max_position_embeddings=64,
-)
 CONFIG = SamplerConfig(
     Buckets(rows=(8,), lengths=(16, 32, 64)),
     query_chunk=16,
