@@ -7,8 +7,11 @@ For each random model (weights drawn once, written with save_pretrained, loaded 
 systems from that directory) and batch size: B prompts of prompt_len random tokens, each
 sampled once with new_tokens new tokens (EOS disabled), temperature 1, full vocabulary (top_p 1,
 top_k 0 for both). Generated tokens per second count the whole call, prefill included; each
-system's best of --repeats runs after a warm-up, the two systems alternating so that machine
-noise hits both. attnrl_jax's compile time (first call minus a warm one) is reported apart.
+system's best of --repeats runs after a warm-up, the systems alternating so that machine
+noise hits all. attnrl_jax's compile time (first call minus a warm one) is reported apart.
+attnrl_jax runs its default engine (continuous batching, paged KV) and, as "attnrl_jax_lockstep",
+the lock-step scheduler (dense cache, one device batch run to its end) on the same requests:
+with equal lengths and EOS off, the case where lock-step wastes nothing.
 
 Models: small (hidden 256, 4 layers, vocab 8192), medium (hidden 512, 8 layers, vocab 16384),
 both with 8 query / 2 KV heads and MLP width 4 x hidden; 1.5b: the shape of
@@ -35,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from attnrl_jax.models import ModelConfig, init_params, load_pretrained, save_pretrained  # noqa: E402
 from attnrl_jax.models.lm import from_params  # noqa: E402
-from attnrl_jax.sampling import Request, SamplingOptions, sample  # noqa: E402
+from attnrl_jax.sampling import Request, SamplerConfig, SamplingOptions, sample  # noqa: E402
 
 MODELS = {
     "small": dict(hidden_size=256, num_layers=4, vocab_size=8192, num_heads=8, num_kv_heads=2),
@@ -66,14 +69,17 @@ def write_checkpoint(cfg: ModelConfig, path: Path) -> Path:
     return save_pretrained(from_params(cfg, params), path)
 
 
-def time_ours(model, prompts: np.ndarray, new_tokens: int, repeats: int) -> tuple[float, float]:
-    """(best seconds per call, compile seconds)."""
+def time_ours(
+    model, prompts: np.ndarray, new_tokens: int, repeats: int, scheduler: str = "continuous"
+) -> tuple[float, float]:
+    """(best seconds per call, compile seconds) with the given scheduler."""
+    config = SamplerConfig(scheduler=scheduler)
     requests = [Request(p.tolist()) for p in prompts]
     options = SamplingOptions(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, top_k=0)
 
     def call() -> float:
         start = time.perf_counter()
-        samples = sample(model.params(), model.config, requests, options)
+        samples = sample(model.params(), model.config, requests, options, config)
         elapsed = time.perf_counter() - start
         assert all(len(s.token_ids) == new_tokens for s in samples)
         return elapsed
@@ -149,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows = []
-    header = f"{'model':<8} {'batch':>5} {'attnrl_jax':>11} {'transformers':>13} {'ratio':>6} "
-    print(header + f"{'compile s':>9}   (generated tokens/s)", flush=True)
+    header = f"{'model':<8} {'batch':>5} {'attnrl_jax':>11} {'lockstep':>9} {'transformers':>13} "
+    print(header + f"{'ratio':>6} {'compile s':>9}   (generated tokens/s)", flush=True)
     for name in args.models.split(","):
         cfg = model_config(name, args.dtype, args.layers)
         with tempfile.TemporaryDirectory() as tmp:
@@ -162,10 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                 0, cfg.vocab_size, size=(batch, args.prompt_len), dtype=np.int64
             )
             ours_s, compile_s = time_ours(ours, prompts, args.new_tokens, args.repeats)
+            lock_s, _ = time_ours(ours, prompts, args.new_tokens, args.repeats, "lockstep")
             theirs_s = time_transformers(theirs, prompts, args.new_tokens, args.repeats)
             tokens = batch * args.new_tokens
             print(
-                f"{name:<8} {batch:>5} {tokens / ours_s:>11.0f} {tokens / theirs_s:>13.0f} "
+                f"{name:<8} {batch:>5} {tokens / ours_s:>11.0f} {tokens / lock_s:>9.0f} "
+                f"{tokens / theirs_s:>13.0f} "
                 f"{theirs_s / ours_s:>5.2f}x {compile_s:>9.1f}",
                 flush=True,
             )
@@ -183,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for system, metric, value, unit in [
                 ("attnrl_jax", "generated_tokens_per_s", tokens / ours_s, "tokens/s"),
+                ("attnrl_jax_lockstep", "generated_tokens_per_s", tokens / lock_s, "tokens/s"),
                 ("transformers", "generated_tokens_per_s", tokens / theirs_s, "tokens/s"),
                 ("attnrl_jax", "speedup_vs_transformers", theirs_s / ours_s, "x"),
                 ("attnrl_jax", "compile_time", compile_s, "s"),
