@@ -191,7 +191,7 @@ def model_config(run):
         except Exception as e:  # CheckpointError, ModelConfigError: a file this cannot run
             raise PlanError(f"{path / 'config.json'}: {e}") from e
     else:
-        from attnrl_jax.train import tiny_model_config
+        from attnrl_jax.initial_model import tiny_model_config
 
         cfg = tiny_model_config(run, run.model.tiny.vocab_size)
     return cfg.replace(
