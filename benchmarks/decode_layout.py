@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from attnrl_jax.aot_phases import Shapes, abstract_params, sampler_batch  # noqa: E402
+from attnrl_jax.aot_inputs import Shapes, abstract_params, sampler_batch  # noqa: E402
 from attnrl_jax.loop_collectives import loop_collectives, summary  # noqa: E402
 from attnrl_jax.models import sharding  # noqa: E402
 from attnrl_jax.sampling.buckets import Buckets  # noqa: E402
