@@ -8,8 +8,8 @@ prints per-device memory by phase:
                          admitted at once) or decode chunk, whichever needs more; its KV page
                          pool holds every slot at the longest row (kv_pages=None), split over
                          the data x fsdp shards; the params in the engine's decode layout
-                         (sharding.decode_layout: replicated over data x fsdp when that takes
-                         at most a quarter of HBM)
+                         (rollout.decode_layout; "auto": replicated over data x fsdp when that
+                         takes at most a quarter of HBM, sharding.decode_layout)
     sample_continuation  the same for continuation rows (prompt + response prefix as context)
     score                the scoring forward (log-probs, entropies, FCI) of one scoring batch
     reference            the frozen policy's forward for the KL term, one micro-batch
@@ -242,8 +242,10 @@ def plan(config, topology: Topology, phases: Sequence[str] = ALL_PHASES) -> list
     cfg = model_config(run)
     devices = topology_devices(topology)
     mesh = make_mesh(data, fsdp, tensor, devices=devices)
-    # the layout NativeEngine's "auto" picks on this chip (its default budget: a quarter of HBM)
-    layout = decode_layout(cfg, mesh, budget_bytes=int(topology.hbm_gib * GIB) // 4)
+    # the layout NativeEngine picks on this chip (rollout.decode_layout; "auto" against its
+    # default budget, a quarter of HBM)
+    budget = int(topology.hbm_gib * GIB) // 4
+    layout = decode_layout(cfg, mesh, layout=run.engine.decode_layout, budget_bytes=budget)
     common = dict(loss=run.loss, optim=run.optim, scoring=run.rollout.scoring, sample_layout=layout)
     memories = plan_phases(cfg, mesh, shapes, tuple(p for p in phases if p in PHASES), **common)
     if run.rollout.tree and "sample_continuation" in phases:

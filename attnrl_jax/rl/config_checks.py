@@ -11,6 +11,7 @@ import ml_collections
 from attnrl_jax.data.builtin_tasks import BUILTIN_TASKS
 from attnrl_jax.eval.benchmarks import parse_benchmarks
 from attnrl_jax.models.config import DTYPES
+from attnrl_jax.models.sharding import DECODE_LAYOUTS
 from attnrl_jax.rewards.math import REWARDS
 from attnrl_jax.rl.packed import PACKINGS
 from attnrl_jax.rl.rollout import FCI_SOURCES
@@ -23,11 +24,13 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def check(errors: list[str], ok: bool, message: str) -> None:
+    """Adds `message` to errors unless ok."""
     if not ok:
         errors.append(message)
 
 
 def split(value: str) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'): a comma-separated config value."""
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
@@ -172,6 +175,12 @@ def check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) -> 
     check(errors, r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
     check(errors, r.sampler_rows >= 1, "rollout.sampler_rows must be >= 1")
     check(errors, r.admit_rows >= 0, "rollout.admit_rows must be >= 0 (0: no cap)")
+    layout = decode_layout(r)
+    check(
+        errors,
+        layout in DECODE_LAYOUTS,
+        f"rollout.decode_layout={layout!r}; known: {list(DECODE_LAYOUTS)}",
+    )
     check(errors, 0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
     check(errors, r.score_batch_size >= 1, "rollout.score_batch_size must be >= 1")
     o = c.optim
@@ -248,3 +257,9 @@ def check_paths(errors: list[str], c: ml_collections.ConfigDict) -> None:
             f"workdir={c.workdir!r} is inside model.path={c.model.path!r}: training would write "
             "into the model directory; use a separate workdir",
         )
+
+
+def decode_layout(rollout: ml_collections.ConfigDict) -> str:
+    """rollout.decode_layout; "auto" in a config saved before the key existed (export reads a
+    workdir's config.json back through resolve)."""
+    return rollout.get("decode_layout", "auto")

@@ -25,6 +25,7 @@ from attnrl_jax.rl.config_checks import (
     check_paths,
     check_rollout_and_train,
     check_run,
+    decode_layout,
     resolve_method,
     split,
 )
@@ -35,6 +36,7 @@ from attnrl_jax.rl.run_config import (
     ConfigError,
     DataSection,
     DistributedSection,
+    EngineSection,
     EvalSection,
     GradingSection,
     LogSection,
@@ -203,6 +205,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
         ),
         log=LogSection(progress=c.log.progress, tensorboard=c.log.tensorboard),
         distributed=DistributedSection(**c.distributed.to_dict()),
+        engine=EngineSection(decode_layout=decode_layout(r)),
     )
 
 
