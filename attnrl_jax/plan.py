@@ -1,8 +1,9 @@
 """`python -m attnrl_jax.plan --config=FILE[:VARIANT] [--config.key=value ...] --topology=v5e:2x4
 [--json OUT] [--phases=grad,apply]`: will this run fit? Compiles every device program of the run
 (or those --phases names) ahead of time for a Cloud TPU topology (through libtpu, the `tpu`
-extra) or `cpu:N` (N forced XLA:CPU devices, an estimate for N GPUs of --hbm_gib each) and
-prints per-device memory by phase:
+extra), `cpu:N` (N forced XLA:CPU devices, an estimate for N GPUs of --hbm_gib each) or `gpu:N`
+(this machine's first N GPUs, XLA:GPU: run it where they are) and prints per-device memory by
+phase:
 
     sample               the continuous engine's admission (rollout.sampler_rows slots, all
                          admitted at once) or decode chunk, whichever needs more; its KV page
@@ -41,6 +42,7 @@ GIB = 1024**3
 # HBM per chip (GiB) of the TPU generations libtpu can describe.
 TPU_HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
 CPU_HBM_GIB = 80.0  # cpu:N stands in for N 80 GB GPUs unless --hbm_gib says otherwise
+LOCAL = ("cpu", "gpu")  # this machine's devices, counted, not a TPU topology
 
 
 class PlanError(ValueError):
@@ -49,7 +51,7 @@ class PlanError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-    """`name` as given ("v5e:2x4", "cpu:8"); platform "tpu" or "cpu"."""
+    """`name` as given ("v5e:2x4", "cpu:8", "gpu:1"); platform "tpu", "cpu" or "gpu"."""
 
     name: str
     platform: str
@@ -58,20 +60,20 @@ class Topology:
 
 
 def parse_topology(name: str, hbm_gib: float | None = None) -> Topology:
-    """'v5e:2x4' (a TPU generation and its chip grid) or 'cpu:8'."""
+    """'v5e:2x4' (a TPU generation and its chip grid), 'cpu:8' or 'gpu:1'."""
     found = re.fullmatch(r"([a-z0-9]+):(\d+(?:x\d+)*)", name.strip().lower())
     if found is None:
-        raise PlanError(f"topology {name!r}: expected GENERATION:AxB[xC] (v5e:2x4) or cpu:N")
+        raise PlanError(f"topology {name!r}: expected GENERATION:AxB[xC] (v5e:2x4), cpu:N or gpu:N")
     kind, dims = found.group(1), [int(d) for d in found.group(2).split("x")]
     devices = math.prod(dims)
-    if kind == "cpu":
+    if kind in LOCAL:
         if len(dims) != 1 or devices < 1:
-            raise PlanError(f"topology {name!r}: cpu takes one device count, e.g. cpu:8")
-        return Topology(name, "cpu", devices, hbm_gib or CPU_HBM_GIB)
+            raise PlanError(f"topology {name!r}: {kind} takes one device count, e.g. {kind}:8")
+        return Topology(name, kind, devices, hbm_gib or CPU_HBM_GIB)
     if kind not in TPU_HBM_GIB:
         raise PlanError(
             f"unknown TPU generation {kind!r} in topology {name!r}; known: {sorted(TPU_HBM_GIB)} "
-            "(or cpu:N)"
+            "(or cpu:N, gpu:N)"
         )
     if devices < 1:
         raise PlanError(f"topology {name!r} has no chips")
@@ -89,22 +91,30 @@ def prepare_backend(topology: Topology) -> None:
             f"{flags} --xla_force_host_platform_device_count={topology.num_devices}".strip()
         )
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    else:
+    elif topology.platform == "tpu":
         os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 
 
 def topology_devices(topology: Topology) -> list:
-    """The topology's devices: compile-only TPU devices from libtpu, or CPU devices."""
+    """The topology's devices: compile-only TPU devices from libtpu, or CPU / GPU devices."""
     import jax
 
-    if topology.platform == "cpu":
-        devices = jax.devices("cpu")
-        if len(devices) < topology.num_devices:
+    if topology.platform in LOCAL:
+        try:
+            devices = jax.devices(topology.platform)
+        except RuntimeError:  # no backend for that platform on this machine
+            devices = []
+        if len(devices) < topology.num_devices and topology.platform == "cpu":
             raise PlanError(
                 f"{topology.name}: JAX started with {len(devices)} CPU devices (run the plan in "
                 "a fresh process, it sets XLA_FLAGS itself)"
+            )
+        if len(devices) < topology.num_devices:
+            raise PlanError(
+                f"{topology.name}: JAX sees {len(devices)} GPUs here (run it on a machine with "
+                "them, with jax's GPU support installed)"
             )
         return devices[: topology.num_devices]
     from jax.experimental import topologies
@@ -317,7 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config", None, "a config file[:VARIANT]", flag_values=values, sys_argv=argv
     )
     flags.DEFINE_string(
-        "topology", None, "v5e:2x4, v6e:2x4, v5p:2x2x2, v4:2x2x1 or cpu:N", flag_values=values
+        "topology",
+        None,
+        "v5e:2x4, v6e:2x4, v5p:2x2x2, v4:2x2x1, cpu:N or gpu:N",
+        flag_values=values,
     )
     flags.DEFINE_string("json", None, "write the rows as a JSON list here", flag_values=values)
     flags.DEFINE_float(

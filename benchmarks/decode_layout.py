@@ -10,8 +10,8 @@ collectives from the optimized HLO (attnrl_jax/loop_collectives.py).
 
 Appends one JSON row per layout to --json (default benchmarks/results/decode_layout.json; rows
 of the same model, target, mesh and sizes are replaced) and prints the table of BENCHMARKS.md
-(table_defs.decode_layout). TPU needs the `tpu` extra (see benchmarks/memory_plan.py), one
-process at a time.
+(table_defs.decode_layout). TPU needs the `tpu` extra (libtpu in its own virtual
+environment: README "Will my run fit?"), one process at a time.
 """
 
 from __future__ import annotations
