@@ -64,6 +64,12 @@ __all__ = [
 ]
 
 
+def raise_all(errors: list[str]) -> None:
+    """One ConfigError listing every problem found, one per line; nothing when there is none."""
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
 def _build(errors: list[str], make: Callable):
     """make() or None, its ValueError/TypeError added to errors (so every section is checked)."""
     try:
@@ -127,8 +133,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
     if optim is not None:
         check(errors, optim.learning_rate > 0, "optim.learning_rate must be > 0")
         check(errors, optim.grad_clip > 0, "optim.grad_clip must be > 0")
-    if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    raise_all(errors)
     rollout = RolloutConfig(
         tree=method.tree,
         group_size=r.group_size,
@@ -228,5 +233,4 @@ def check_files(run: RunConfig) -> None:
     for key, names in (("data.train_files", files), ("eval.files", run.eval.files)):
         for name in names:
             check(errors, Path(name).exists(), f"{key}: {name}: no such file or directory")
-    if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    raise_all(errors)
