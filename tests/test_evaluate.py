@@ -225,6 +225,31 @@ def test_the_engine_holds_the_only_copy_of_the_weights(model_dir, monkeypatch, l
         assert not all(x.sharding.is_fully_replicated for x in held)  # split over fsdp
 
 
+def test_decode_layout_comes_from_the_config_unless_the_flag_says(tmp_path, model_dir, capsys):
+    """--config's rollout.decode_layout is evaluate's default; the flag wins; a bad value in the
+    config is one error line (exit 2)."""
+    from attnrl_jax.evaluate import _parse_args, _resolve
+
+    def config(layout: str) -> str:
+        path = tmp_path / f"{layout}.py"
+        path.write_text(
+            "from configs.demo import get_config as demo\n\n\ndef get_config():\n"
+            f"    c = demo()\n    c.rollout.decode_layout = {layout!r}\n    return c\n"
+        )
+        return str(path)
+
+    base = ["--model", str(model_dir), "--benchmarks", "math500"]
+    assert _resolve(_parse_args(base)).decode_layout == "auto"
+    assert _resolve(_parse_args([*base, "--config", config("training")])).decode_layout == (
+        "training"
+    )
+    flag = ["--config", config("training"), "--decode_layout", "replicated"]
+    assert _resolve(_parse_args([*base, *flag])).decode_layout == "replicated"
+    assert main([*base, "--config", config("fsdp"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "rollout.decode_layout='fsdp'; known:" in err and err.count("\n") == 1
+
+
 def test_training_data_drops_benchmark_problems(tmp_path, tokenizer):
     """Training files are deduplicated against every bundled benchmark (and eval.files)."""
     from attnrl_jax.rl.settings import resolve
