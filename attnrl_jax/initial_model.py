@@ -7,13 +7,12 @@ import tempfile
 from pathlib import Path
 
 from attnrl_jax import storage
+from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.rl.run_config import RunConfig
 
 
-def tiny_model_config(run: RunConfig, vocab_size: int):
+def tiny_model_config(run: RunConfig, vocab_size: int) -> ModelConfig:
     """The ModelConfig of the project's tiny random Qwen2 (run.model.tiny)."""
-    from attnrl_jax.models.config import ModelConfig
-
     t = run.model.tiny
     return ModelConfig(
         vocab_size=vocab_size,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
@@ -20,8 +21,18 @@ from attnrl_jax.rl.devices import build_mesh
 from attnrl_jax.rl.settings import RunConfig, check_files, resolve
 from attnrl_jax.tensorboard_log import tensorboard_logger
 
+if TYPE_CHECKING:
+    from attnrl_jax.rewards.batch import Grader
+    from attnrl_jax.rl.trainer import Trainer
 
-def load_prompts(c: RunConfig, tokenizer):
+# (response texts, each one's accepted gold answers) -> [n] rewards
+RewardFn = Callable[[Sequence[str], Sequence[tuple[str, ...]]], np.ndarray]
+
+
+def load_prompts(c: RunConfig, tokenizer) -> list:
+    """The run's prompts: a built-in task's, or those of data.train_files (checked, filtered and,
+    with data.drop_eval_overlap, without the evaluation sets' problems; process 0 prints what
+    was kept and dropped)."""
     if c.data.demo:
         from attnrl_jax.data.builtin_tasks import builtin_task
 
@@ -62,7 +73,7 @@ def grade_in_process(
     return np.array([grade(t, list(g), reward=reward).correct for t, g in pairs], float)
 
 
-def make_grader(c: RunConfig):
+def make_grader(c: RunConfig) -> Grader | None:
     """A pool of c.grading.workers grading processes with a per-item deadline of
     c.grading.timeout_s, or None when workers is 0 (grade in-process)."""
     if c.grading.workers <= 0:
@@ -74,14 +85,16 @@ def make_grader(c: RunConfig):
     )
 
 
-def pool_reward_fn(grader):
+def pool_reward_fn(grader: Grader) -> RewardFn:
+    """reward_fn(texts, golds) -> [n] 0/1 rewards, graded by the worker pool `grader`."""
+
     def reward_fn(texts: Sequence[str], golds: Sequence[tuple[str, ...]]) -> np.ndarray:
         return np.array([r.correct for r in grader.grade(texts, golds).results], float)
 
     return reward_fn
 
 
-def make_reward_fn(c: RunConfig):
+def make_reward_fn(c: RunConfig) -> tuple[RewardFn, Callable[[], None]]:
     """(reward_fn, close): the math grader, in a worker pool (make_grader; close stops it) or
     in-process when workers is 0 (close does nothing). Both give the same verdicts; the pool
     bounds slow items."""
@@ -93,7 +106,7 @@ def make_reward_fn(c: RunConfig):
 
 def build_trainer(
     config: RunConfig | ml_collections.ConfigDict, reward_fn=None, log_fn=None, engine=None
-):
+) -> Trainer:
     """A Trainer for `config` (a ConfigDict is validated first); reward_fn defaults to the math
     grader (make_reward_fn). Metrics go to log_fn too and, with log.tensorboard, to
     TensorBoard; Trainer.close() stops the grading pool, the TensorBoard writer and the engine.
