@@ -1,8 +1,9 @@
 """Compiles the project's device programs for abstract inputs and reads their per-device memory.
 
 Each phase lowers the real jitted function (no re-implementation) with jax.ShapeDtypeStruct
-inputs carrying the NamedShardings the trainer gives them, compiles it for the mesh's devices
-and reads `compiled.memory_analysis()`. Nothing is allocated: 7B weights exist only as shapes.
+inputs carrying the NamedShardings the trainer gives them (built in aot_inputs.py), compiles it
+for the mesh's devices and reads `compiled.memory_analysis()`. Nothing is allocated: 7B weights
+exist only as shapes.
 
     sample     sampling.continuous admit and      the continuous engine's two programs with
                decode_chunk                       `sample_rows` slots (the larger one counts)
@@ -24,82 +25,56 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from attnrl_jax.buckets import power_of_two, round_up
-from attnrl_jax.models.config import ModelConfig
-from attnrl_jax.models.lm import param_shapes, unflatten
-from attnrl_jax.models.sharding import (
-    DEFAULT_RULES,
-    Rules,
-    batch_sharding,
-    optimizer_state_shardings,
-    param_shardings,
+from attnrl_jax.aot_inputs import (
+    Shapes,
+    abstract_array,
+    abstract_opt_state,
+    abstract_params,
+    check_rows,
+    engine_programs,
+    per_device_bytes,
+    replicated,
+    row_split,
+    train_batch,
 )
+from attnrl_jax.models.config import ModelConfig
+from attnrl_jax.models.sharding import Rules
 from attnrl_jax.rl.loss import LossConfig
-from attnrl_jax.rl.settings import OptimConfig
+from attnrl_jax.rl.run_config import OptimConfig
 from attnrl_jax.rl.update import (
-    DEVICE_FIELDS,
-    LOSS_FIELDS,
     accumulate_gradients,
     apply_gradients,
-    make_optimizer,
     reference_copy,
     reference_logprobs,
     zero_sums,
 )
 from attnrl_jax.sampling import continuous
-from attnrl_jax.sampling.buckets import Buckets
-from attnrl_jax.sampling.continuous import Admission, Call
-from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig
-from attnrl_jax.sampling.token_choice import SamplingParams
 from attnrl_jax.scoring.forward import ScoringConfig, score_batch
+
+# Importable from here as before aot_inputs.py was split off (tests, the plan CLI).
+__all__ = [
+    "PHASES",
+    "PhaseMemory",
+    "Shapes",
+    "abstract_opt_state",
+    "abstract_params",
+    "engine_programs",
+    "exhausted_temporaries",
+    "per_device_bytes",
+    "plan_phases",
+    "train_batch",
+]
 
 LOG = logging.getLogger(__name__)
 PHASES = ("sample", "score", "reference", "grad", "apply")
-
-
-@dataclasses.dataclass(frozen=True)
-class Shapes:
-    """Padded sizes of every program, as the trainer's buckets make them.
-
-    sample: `sample_rows` engine slots, all admitted at once (or `admit_rows` per batch
-    shard: rollout.admit_rows) with contexts padded to `context_len` (the largest admission),
-    `new_tokens` the budget, rows of up to `cache_len` positions; the page pool holds every
-    slot at `cache_len` (SamplerConfig.kv_pages=None).
-    score: `score_rows` sequences of `score_len` tokens with `score_steps` step slots.
-    reference / grad: micro-batches of `train_rows` rows of `train_len` tokens, `train_nodes`
-    tree-node slots.
-    """
-
-    sample_rows: int = 64
-    admit_rows: int = 0
-    context_len: int = 1024
-    new_tokens: int = 8192
-    cache_len: int = 9216
-    score_rows: int = 8
-    score_len: int = 9216
-    score_steps: int = 1024
-    train_rows: int = 8
-    train_len: int = 9216
-    train_nodes: int = 8
-
-    def describe(self, phase: str) -> tuple[int, str]:
-        """(micro-batch rows, a short description of the sequence sizes) of one phase."""
-        if phase == "sample":
-            return self.sample_rows, (
-                f"ctx {self.context_len} + {self.new_tokens} new, cache {self.cache_len}"
-            )
-        if phase == "score":
-            return self.score_rows, f"{self.score_len} tok, {self.score_steps} steps"
-        return self.train_rows, f"{self.train_len} tok"
 
 
 @dataclasses.dataclass
@@ -131,149 +106,6 @@ class PhaseMemory:
     def total(self) -> int:
         return self.program + self.resident
 
-
-# ----- abstract arrays -----
-
-
-def _spec(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
-
-
-def per_device_bytes(tree: Any) -> int:
-    """Bytes one device holds of a tree of sharded abstract arrays (the largest shard)."""
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-        total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
-    return total
-
-
-def abstract_params(
-    cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES, dtype: Any = None
-) -> dict:
-    """The model's params as ShapeDtypeStructs with the trainer's shardings (param_shardings),
-    or those of `rules` in `dtype` (the sampler's decode layout: sharding.decode_layout)."""
-    shapes = unflatten(param_shapes(cfg))
-    plain = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s, dtype or cfg.weight_dtype), shapes, is_leaf=_is_shape
-    )
-    shardings = param_shardings(cfg, mesh, rules)
-    return jax.tree.map(lambda a, s: _spec(a.shape, a.dtype, s), plain, shardings)
-
-
-def _is_shape(x) -> bool:
-    return isinstance(x, tuple) and all(isinstance(i, int) for i in x)
-
-
-def abstract_opt_state(params: dict, mesh: Mesh, optim: OptimConfig) -> Any:
-    """AdamW state shaped by optax's init, sharded by optimizer_state_shardings."""
-    state = jax.eval_shape(make_optimizer(optim).init, params)
-    shardings = jax.tree.map(lambda a: a.sharding, params)
-    placed = optimizer_state_shardings(state, params, shardings, mesh)
-    return jax.tree.map(lambda a, s: _spec(a.shape, a.dtype, s), state, placed)
-
-
-def _rows(mesh: Mesh, shape, dtype) -> jax.ShapeDtypeStruct:
-    """An array whose leading (row) axis is split over data x fsdp, as the trainer places it."""
-    return _spec(shape, dtype, batch_sharding(mesh, len(shape)))
-
-
-def _replicated(mesh: Mesh, shape, dtype) -> jax.ShapeDtypeStruct:
-    return _spec(shape, dtype, NamedSharding(mesh, PartitionSpec()))
-
-
-def _check_rows(rows: int, mesh: Mesh, what: str) -> None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if rows % shards:
-        raise ValueError(f"{what}={rows} must be a multiple of mesh data x fsdp = {shards}")
-
-
-def sampler_batch(mesh: Mesh, shapes: Shapes, max_eos_ids: int) -> DeviceBatch:
-    """A DeviceBatch placed like sampling/requests._place: rows split, seed and EOS replicated."""
-    r, c = shapes.sample_rows, shapes.context_len
-    _check_rows(r, mesh, "sample_rows")
-    row = lambda dtype: _rows(mesh, (r,), dtype)  # noqa: E731
-    return DeviceBatch(
-        contexts=_rows(mesh, (r, c), jnp.int32),
-        context_lengths=row(jnp.int32),
-        source=row(jnp.int32),
-        budget=row(jnp.int32),
-        request_index=row(jnp.int32),
-        sample_index=row(jnp.int32),
-        sampling=SamplingParams(row(jnp.float32), row(jnp.float32), row(jnp.int32)),
-        seed=_replicated(mesh, (), jnp.int32),
-        eos_ids=_replicated(mesh, (max_eos_ids,), jnp.int32),
-    )
-
-
-def engine_programs(
-    cfg: ModelConfig, mesh: Mesh, shapes: Shapes, params: dict
-) -> tuple[tuple, tuple]:
-    """Abstract arguments of continuous.admit and decode_chunk (params: stacked, as
-    abstract_params; unstacked here as the scheduler does): slots = sample_rows, a pool of
-    slots x cache_len positions plus a trash page per batch shard, split over the shards."""
-    b, c = shapes.sample_rows, shapes.context_len
-    _check_rows(b, mesh, "sample_rows")
-    config = SamplerConfig(
-        buckets=Buckets(rows=(b,)), mesh=mesh, admit_rows=shapes.admit_rows or None
-    )
-    shards, page_size = config.batch_shards, config.page_size
-    # the largest admission: every slot, or admit_rows per shard (padded as the scheduler pads)
-    a = b if not shapes.admit_rows else shards * min(b // shards, power_of_two(shapes.admit_rows))
-    per_slot = round_up(shapes.cache_len, page_size) // page_size
-    num_pages = config.kv_pages or b * per_slot + shards
-    call = Call(
-        _replicated(mesh, (), jnp.int32), _replicated(mesh, (config.max_eos_ids,), jnp.int32), None
-    )
-    statics = dict(
-        cfg=cfg, config=config, slots=b, num_pages=num_pages, page_size=page_size,
-        cache_length=per_slot * page_size, fci=None,
-    )  # fmt: skip
-    lowered = continuous.empty_state.lower(call, **statics)
-    shardings = lowered.compile().output_shardings
-    state = jax.tree.map(lambda a, s: _spec(a.shape, a.dtype, s), lowered.out_info, shardings)
-
-    def layer(a):  # one layer of a stacked param: its sharding without the layers axis
-        spec = PartitionSpec(*tuple(a.sharding.spec)[1:])
-        return _spec(a.shape[1:], a.dtype, NamedSharding(mesh, spec))
-
-    unstacked = {**params, "layers": [jax.tree.map(layer, params["layers"])] * cfg.num_layers}
-    rows = lambda shape, dtype: _rows(mesh, shape, dtype)  # noqa: E731
-    batch = Admission(
-        contexts=rows((a, c), jnp.int32),
-        context_lengths=rows((a,), jnp.int32),
-        source=rows((a,), jnp.int32),
-        slot=rows((a,), jnp.int32),
-        writes=rows((a, c), jnp.bool_),
-        budget=rows((a,), jnp.int32),
-        request_index=rows((a,), jnp.int32),
-        sample_index=rows((a,), jnp.int32),
-        sampling=SamplingParams(
-            rows((a,), jnp.float32), rows((a,), jnp.float32), rows((a,), jnp.int32)
-        ),
-    )
-    table = rows((b, per_slot), jnp.int32)
-    target = _replicated(mesh, (), jnp.int32)
-    program = dict(cfg=cfg, config=config, fci=None)
-    admit = ((unstacked, state, batch, table, call), program)
-    decode = ((unstacked, state, table, target, call), {**program, "steps": config.decode_chunk})
-    return admit, decode
-
-
-def train_batch(mesh: Mesh, shapes: Shapes) -> dict:
-    """The stack_rows arrays run_updates sends to the device (update._device_batch)."""
-    m, t, k = shapes.train_rows, shapes.train_len, shapes.train_nodes
-    _check_rows(m, mesh, "train_rows")
-    dtypes = {"ancestors": jnp.bool_, "weights": jnp.float32, "advantages": jnp.float32}
-    dtypes["old_logp"] = jnp.float32
-    out = {}
-    for name in DEVICE_FIELDS + LOSS_FIELDS:
-        shape = (m, k, k) if name == "ancestors" else (m, t)
-        out[name] = _rows(mesh, shape, dtypes.get(name, jnp.int32))
-    return out
-
-
-# ----- compiling -----
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _TEMPS = re.compile(r"required for HLO temporaries \(([0-9.]+)([KMGT]?)\)")
@@ -318,7 +150,9 @@ def _analyse(phase: str, fn, args: tuple, kwargs: dict, resident: int):
         compile_s=seconds,
     )
     outputs = jax.tree.map(
-        lambda a, s: _spec(a.shape, a.dtype, s), lowered.out_info, compiled.output_shardings
+        lambda a, s: abstract_array(a.shape, a.dtype, s),
+        lowered.out_info,
+        compiled.output_shardings,
     )
     return memory, outputs
 
@@ -355,9 +189,11 @@ def plan_phases(
     p_bytes, o_bytes = per_device_bytes(params), per_device_bytes(opt_state)
     # the KL term's frozen params (trainer: update.reference_copy, bfloat16 under mixed precision)
     reference = jax.eval_shape(lambda p: reference_copy(p, cfg), params)
-    reference = jax.tree.map(lambda r, p: _spec(r.shape, r.dtype, p.sharding), reference, params)
+    reference = jax.tree.map(
+        lambda r, p: abstract_array(r.shape, r.dtype, p.sharding), reference, params
+    )
     ref_bytes = per_device_bytes(reference) if with_ref else 0
-    temperature = _replicated(mesh, (), jnp.float32)
+    temperature = replicated(mesh, (), jnp.float32)
     out: list[PhaseMemory] = []
 
     if "sample" in phases:
@@ -374,12 +210,12 @@ def plan_phases(
 
     if "score" in phases:
         b, t = shapes.score_rows, shapes.score_len
-        _check_rows(b, mesh, "score_rows")
+        check_rows(b, mesh, "score_rows")
         args = (
             params,
-            _rows(mesh, (b, t), jnp.int32),  # tokens
-            _rows(mesh, (b, t), jnp.int32),  # step ids
-            _rows(mesh, (b,), jnp.int32),  # think_end_step
+            row_split(mesh, (b, t), jnp.int32),  # tokens
+            row_split(mesh, (b, t), jnp.int32),  # step ids
+            row_split(mesh, (b,), jnp.int32),  # think_end_step
             temperature,
         )
         statics = dict(cfg=cfg, config=scoring or ScoringConfig(), max_steps=shapes.score_steps)
@@ -393,8 +229,8 @@ def plan_phases(
     pin = tuple(x.sharding for x in jax.tree.leaves(params))
     sums = jax.eval_shape(lambda p: zero_sums(p, loss), params)
     sums = (
-        jax.tree.map(lambda g, p: _spec(g.shape, g.dtype, p.sharding), sums[0], params),
-        jax.tree.map(lambda a: _replicated(mesh, a.shape, a.dtype), sums[1]),
+        jax.tree.map(lambda g, p: abstract_array(g.shape, g.dtype, p.sharding), sums[0], params),
+        jax.tree.map(lambda a: replicated(mesh, a.shape, a.dtype), sums[1]),
     )
     sum_bytes = per_device_bytes(sums)
     if with_ref and "reference" in phases:
@@ -403,14 +239,14 @@ def plan_phases(
         memory, ref_logp = _analyse("reference", reference_logprobs, args, {"cfg": cfg}, resident)
         out.append(memory)
     if with_ref and ref_logp is None:  # not compiled, or refused: row-split like the batch
-        ref_logp = _rows(mesh, (shapes.train_rows, shapes.train_len), jnp.float32)
+        ref_logp = row_split(mesh, (shapes.train_rows, shapes.train_len), jnp.float32)
     if "grad" in phases:
         args = (sums, params, batch, temperature, ref_logp)
         statics = dict(cfg=cfg, loss=loss, pin=pin)
         out.append(_analyse("grad", accumulate_gradients, args, statics, o_bytes + ref_bytes)[0])
     if "apply" in phases:
         state_pin = pin + tuple(x.sharding for x in jax.tree.leaves(opt_state))
-        args = (params, opt_state, sums[0], _replicated(mesh, (), jnp.float32))
+        args = (params, opt_state, sums[0], replicated(mesh, (), jnp.float32))
         statics = {"optim": optim, "pin": state_pin}
         out.append(_analyse("apply", apply_gradients, args, statics, ref_bytes)[0])
     return out

@@ -3,8 +3,8 @@
     python -m attnrl_jax.evaluate --model DIR --benchmarks math500,aime24:32 [--k 4]
         [--benchmark_file MY.jsonl] [--num_problems N] [--max_new_tokens 8192]
         [--temperature 0.6] [--top_p 0.95] [--seed 0] [--dtype float32|bfloat16]
-        [--batch_size 64] [--mesh D,F,T] [--grading_workers N] [--output DIR]
-        [--config configs/r1_distill_qwen_1p5b.py]
+        [--batch_size 64] [--mesh D,F,T] [--decode_layout auto|replicated|training]
+        [--grading_workers N] [--output DIR] [--config configs/r1_distill_qwen_1p5b.py]
 
 Benchmarks (bundled, no download): aime24, aime25, amc23, math500, minerva, olympiadbench (the
 AttnRL evaluation sets), gsm8k, demo (held-out problems of the built-in arithmetic task), and
@@ -14,7 +14,9 @@ JSON / Parquet file of your own with problem and answer fields (--problem_key, -
 the answer may be a list of accepted forms), named by its file stem.
 
 --config takes the defaults of the flags above from a training config's `eval` section, its
-model.path and mesh; explicit flags win. Prompts are the paper's: the problem plus "Let's think
+model.path, mesh and rollout.decode_layout; explicit flags win. On a mesh the engine keeps the
+weights in its decode layout (--decode_layout, sharding.decode_layout) and evaluation holds no
+other copy of them. Prompts are the paper's: the problem plus "Let's think
 step by step and output the final answer within \\boxed{}." as one user turn of the model's chat
 template. The output directory gets report.json (every metric, fractions in [0, 1]), report.md
 (the table, also printed) and samples.jsonl (every response with its extracted answer and
@@ -40,6 +42,7 @@ from attnrl_jax.eval.benchmarks import (
 )
 from attnrl_jax.models.config import DTYPES
 from attnrl_jax.models.hf_io import CheckpointError
+from attnrl_jax.models.sharding import DECODE_LAYOUTS
 
 DEFAULTS = {
     "benchmarks": "",
@@ -49,6 +52,7 @@ DEFAULTS = {
     "temperature": 0.6,
     "top_p": 0.95,
     "mesh": "1,1,1",
+    "decode_layout": "auto",
 }
 
 
@@ -93,6 +97,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--dtype", default="float32", choices=sorted(DTYPES))
     add("--batch_size", "--batch-size", type=int, default=64, help="most rows per device batch")
     add("--mesh", help="data,fsdp,tensor device counts (one may be -1; default 1,1,1)")
+    add(
+        "--decode_layout",
+        "--decode-layout",
+        choices=DECODE_LAYOUTS,
+        help="where the engine keeps the weights on a mesh (default auto)",
+    )
     add("--grading_workers", "--grading-workers", type=int, default=0, help="0: in-process")
     add("--grading_timeout", "--grading-timeout", type=float, default=5.0)
     add("--reward", choices=("hybrid", "boxed"), default="hybrid", help="rewards/math.py")
@@ -115,6 +125,7 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
             "temperature": e.temperature,
             "top_p": e.top_p,
             "mesh": ",".join(str(config.mesh[a]) for a in ("data", "fsdp", "tensor")),
+            "decode_layout": config.rollout.get("decode_layout", "auto"),
         }
         if args.model is None and config.model.path:
             if storage.is_remote(config.model.path):
@@ -138,9 +149,24 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise EvalInputError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
     if args.batch_size < 1 or args.grading_workers < 0 or args.grading_timeout <= 0:
         raise EvalInputError("--batch_size >= 1, --grading_workers >= 0, --grading_timeout > 0")
+    if args.decode_layout not in DECODE_LAYOUTS:  # from --config (the flag has choices)
+        raise EvalInputError(
+            f"rollout.decode_layout={args.decode_layout!r}; known: {list(DECODE_LAYOUTS)}"
+        )
     if not args.model.is_dir():
         raise EvalInputError(f"--model {args.model}: no such directory")
     return args
+
+
+def load_engine(path: Path, dtype: str, sampler, decode_layout: str = "auto"):
+    """A NativeEngine (sampling/engine.py) over the Hugging Face model at `path`, loaded in
+    `dtype` onto sampler.mesh. The engine places the params in its decode layout (on a mesh: a
+    copy); the loaded ones are not kept, so evaluation holds the weights once, not twice."""
+    from attnrl_jax.models.hf_io import load_pretrained
+    from attnrl_jax.sampling.engine import NativeEngine
+
+    model = load_pretrained(path, dtype=DTYPES[dtype], mesh=sampler.mesh)
+    return NativeEngine(model.config, model.params(), sampler, decode_layout)
 
 
 def load_benchmarks(args: argparse.Namespace) -> list[Benchmark]:
@@ -176,9 +202,7 @@ def run(args: argparse.Namespace) -> dict:
         pool_grader,
     )
     from attnrl_jax.generate import InputError, _load_tokenizer, _sampler_config
-    from attnrl_jax.models.hf_io import load_pretrained
     from attnrl_jax.sampling import SamplingOptions
-    from attnrl_jax.sampling.engine import NativeEngine
     from attnrl_jax.sampling.eos import eos_ids
 
     args = _resolve(args)
@@ -197,8 +221,7 @@ def run(args: argparse.Namespace) -> dict:
     tokenizer = _load_tokenizer(args.model)
     if tokenizer is None:
         raise EvalInputError(f"--model {args.model}: no tokenizer files in the directory")
-    model = load_pretrained(args.model, dtype=DTYPES[args.dtype], mesh=sampler.mesh)
-    engine = NativeEngine(model.config, model.params(), sampler)
+    engine = load_engine(args.model, args.dtype, sampler, args.decode_layout)
     output = args.output or Path("eval") / args.model.resolve().name
     start = time.perf_counter()
     from tqdm import tqdm
@@ -221,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
                 pool_grader(grader)
                 if grader
                 else functools.partial(in_process_grader, reward=args.reward),
-                eos_ids=eos_ids(tokenizer, args.model, model.config.eos_token_id),
+                eos_ids=eos_ids(tokenizer, args.model, engine.cfg.eos_token_id),
                 progress=bar.update,
             )
     except EvalError as e:  # e.g. a prompt longer than the model's position limit

@@ -1,15 +1,16 @@
 """`python -m attnrl_jax.plan --config=FILE[:VARIANT] [--config.key=value ...] --topology=v5e:2x4
 [--json OUT] [--phases=grad,apply]`: will this run fit? Compiles every device program of the run
 (or those --phases names) ahead of time for a Cloud TPU topology (through libtpu, the `tpu`
-extra) or `cpu:N` (N forced XLA:CPU devices, an estimate for N GPUs of --hbm_gib each) and
-prints per-device memory by phase:
+extra), `cpu:N` (N forced XLA:CPU devices, an estimate for N GPUs of --hbm_gib each) or `gpu:N`
+(this machine's first N GPUs, XLA:GPU: run it where they are) and prints per-device memory by
+phase:
 
     sample               the continuous engine's admission (rollout.sampler_rows slots, all
                          admitted at once) or decode chunk, whichever needs more; its KV page
                          pool holds every slot at the longest row (kv_pages=None), split over
                          the data x fsdp shards; the params in the engine's decode layout
-                         (sharding.decode_layout: replicated over data x fsdp when that takes
-                         at most a quarter of HBM)
+                         (rollout.decode_layout; "auto": replicated over data x fsdp when that
+                         takes at most a quarter of HBM, sharding.decode_layout)
     sample_continuation  the same for continuation rows (prompt + response prefix as context)
     score                the scoring forward (log-probs, entropies, FCI) of one scoring batch
     reference            the frozen policy's forward for the KL term, one micro-batch
@@ -21,7 +22,8 @@ with what each program holds (arguments, temporaries) plus what stays resident o
 while it runs (attnrl_jax/aot_phases.py), against 90% of the chip's HBM. The model's shape comes
 from model.path's config.json alone (no weights, no data are read). Exit 0 when every phase
 fits, 1 naming the phases that do not, 2 for a bad topology, config, mesh or token budget
-(checked before anything compiles).
+(checked before anything compiles). Topologies, their devices and the mesh on them:
+plan_topology.py.
 """
 
 from __future__ import annotations
@@ -29,113 +31,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from attnrl_jax.plan_topology import (
+    PlanError,
+    Topology,
+    mesh_sizes,
+    parse_topology,
+    prepare_backend,
+    topology_devices,
+)
+
+# Importable from here (tests, callers of the plan).
+__all__ = [
+    "ALL_PHASES",
+    "PlanError",
+    "main",
+    "mesh_sizes",
+    "parse_phases",
+    "parse_topology",
+    "plan",
+]
+
 HEADROOM = 0.9  # a phase fits when its per-device total is at most 90% of HBM
 GIB = 1024**3
-# HBM per chip (GiB) of the TPU generations libtpu can describe.
-TPU_HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
-CPU_HBM_GIB = 80.0  # cpu:N stands in for N 80 GB GPUs unless --hbm_gib says otherwise
-
-
-class PlanError(ValueError):
-    """Bad input to the plan: named in one line, found before anything compiles."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Topology:
-    """`name` as given ("v5e:2x4", "cpu:8"); platform "tpu" or "cpu"."""
-
-    name: str
-    platform: str
-    num_devices: int
-    hbm_gib: float
-
-
-def parse_topology(name: str, hbm_gib: float | None = None) -> Topology:
-    """'v5e:2x4' (a TPU generation and its chip grid) or 'cpu:8'."""
-    found = re.fullmatch(r"([a-z0-9]+):(\d+(?:x\d+)*)", name.strip().lower())
-    if found is None:
-        raise PlanError(f"topology {name!r}: expected GENERATION:AxB[xC] (v5e:2x4) or cpu:N")
-    kind, dims = found.group(1), [int(d) for d in found.group(2).split("x")]
-    devices = math.prod(dims)
-    if kind == "cpu":
-        if len(dims) != 1 or devices < 1:
-            raise PlanError(f"topology {name!r}: cpu takes one device count, e.g. cpu:8")
-        return Topology(name, "cpu", devices, hbm_gib or CPU_HBM_GIB)
-    if kind not in TPU_HBM_GIB:
-        raise PlanError(
-            f"unknown TPU generation {kind!r} in topology {name!r}; known: {sorted(TPU_HBM_GIB)} "
-            "(or cpu:N)"
-        )
-    if devices < 1:
-        raise PlanError(f"topology {name!r} has no chips")
-    return Topology(name, "tpu", devices, hbm_gib or TPU_HBM_GIB[kind])
-
-
-def prepare_backend(topology: Topology) -> None:
-    """Environment the backend needs, set before JAX starts: forced CPU devices, or libtpu kept
-    from probing for a local TPU (PITFALLS.md)."""
-    if topology.platform == "cpu":
-        flags = re.sub(
-            r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")
-        )
-        os.environ["XLA_FLAGS"] = (
-            f"{flags} --xla_force_host_platform_device_count={topology.num_devices}".strip()
-        )
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    else:
-        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-        os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")
-        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-
-
-def topology_devices(topology: Topology) -> list:
-    """The topology's devices: compile-only TPU devices from libtpu, or CPU devices."""
-    import jax
-
-    if topology.platform == "cpu":
-        devices = jax.devices("cpu")
-        if len(devices) < topology.num_devices:
-            raise PlanError(
-                f"{topology.name}: JAX started with {len(devices)} CPU devices (run the plan in "
-                "a fresh process, it sets XLA_FLAGS itself)"
-            )
-        return devices[: topology.num_devices]
-    from jax.experimental import topologies
-
-    try:
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.name)
-    except Exception as e:  # libtpu missing, an unknown shape, or libtpu held by another process
-        raise PlanError(
-            f"libtpu cannot describe topology {topology.name!r} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}); TPU plans need libtpu: pip install "
-            '"jax[tpu]==0.10.2" (the tpu extra), one process at a time'
-        ) from e
-    return list(desc.devices)
-
-
-def mesh_sizes(mesh: dict[str, int], num_devices: int) -> tuple[int, int, int]:
-    """(data, fsdp, tensor) of the config's mesh (one axis may be -1) on num_devices."""
-    sizes = [mesh["data"], mesh["fsdp"], mesh["tensor"]]
-    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise PlanError(f"mesh {mesh}: sizes must be positive, at most one -1")
-    known = math.prod(s for s in sizes if s != -1)
-    if num_devices % known:
-        raise PlanError(f"mesh {mesh} does not divide the topology's {num_devices} devices")
-    if -1 in sizes:
-        sizes[sizes.index(-1)] = num_devices // known
-    if math.prod(sizes) != num_devices:
-        raise PlanError(
-            f"mesh {'x'.join(map(str, sizes))} uses {math.prod(sizes)} of the topology's "
-            f"{num_devices} devices"
-        )
-    return tuple(sizes)  # type: ignore[return-value]
 
 
 def plan_shapes(run, shards: int):
@@ -191,7 +112,7 @@ def model_config(run):
         except Exception as e:  # CheckpointError, ModelConfigError: a file this cannot run
             raise PlanError(f"{path / 'config.json'}: {e}") from e
     else:
-        from attnrl_jax.train import tiny_model_config
+        from attnrl_jax.initial_model import tiny_model_config
 
         cfg = tiny_model_config(run, run.model.tiny.vocab_size)
     return cfg.replace(
@@ -242,8 +163,10 @@ def plan(config, topology: Topology, phases: Sequence[str] = ALL_PHASES) -> list
     cfg = model_config(run)
     devices = topology_devices(topology)
     mesh = make_mesh(data, fsdp, tensor, devices=devices)
-    # the layout NativeEngine's "auto" picks on this chip (its default budget: a quarter of HBM)
-    layout = decode_layout(cfg, mesh, budget_bytes=int(topology.hbm_gib * GIB) // 4)
+    # the layout NativeEngine picks on this chip (rollout.decode_layout; "auto" against its
+    # default budget, a quarter of HBM)
+    budget = int(topology.hbm_gib * GIB) // 4
+    layout = decode_layout(cfg, mesh, layout=run.engine.decode_layout, budget_bytes=budget)
     common = dict(loss=run.loss, optim=run.optim, scoring=run.rollout.scoring, sample_layout=layout)
     memories = plan_phases(cfg, mesh, shapes, tuple(p for p in phases if p in PHASES), **common)
     if run.rollout.tree and "sample_continuation" in phases:
@@ -315,7 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config", None, "a config file[:VARIANT]", flag_values=values, sys_argv=argv
     )
     flags.DEFINE_string(
-        "topology", None, "v5e:2x4, v6e:2x4, v5p:2x2x2, v4:2x2x1 or cpu:N", flag_values=values
+        "topology",
+        None,
+        "v5e:2x4, v6e:2x4, v5p:2x2x2, v4:2x2x1, cpu:N or gpu:N",
+        flag_values=values,
     )
     flags.DEFINE_string("json", None, "write the rows as a JSON list here", flag_values=values)
     flags.DEFINE_float(

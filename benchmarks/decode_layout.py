@@ -10,8 +10,8 @@ collectives from the optimized HLO (attnrl_jax/loop_collectives.py).
 
 Appends one JSON row per layout to --json (default benchmarks/results/decode_layout.json; rows
 of the same model, target, mesh and sizes are replaced) and prints the table of BENCHMARKS.md
-(table_defs.decode_layout). TPU needs the `tpu` extra (see benchmarks/memory_plan.py), one
-process at a time.
+(table_defs.decode_layout). TPU needs the `tpu` extra (libtpu in its own virtual
+environment: README "Will my run fit?"), one process at a time.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from attnrl_jax.aot_phases import Shapes, abstract_params, sampler_batch  # noqa: E402
+from attnrl_jax.aot_inputs import Shapes, abstract_params, sampler_batch  # noqa: E402
 from attnrl_jax.loop_collectives import loop_collectives, summary  # noqa: E402
 from attnrl_jax.models import sharding  # noqa: E402
 from attnrl_jax.sampling.buckets import Buckets  # noqa: E402

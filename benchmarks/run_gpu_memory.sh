@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Calibrates the XLA:CPU memory estimate used for GPUs in the memory plan: compiles the 1.5B
-# scoring forward and micro-batch gradient (one row of 9216 tokens, remat) for one real GPU.
-# Compare with the same command and --target cpu1 on a CPU host. Usage: OUT=dir bash <this>
+# Calibrates the XLA:CPU memory estimate that `python -m attnrl_jax.plan --topology=cpu:N` gives
+# for GPUs: plans the 1.5B paper config's scoring forward and micro-batch gradient for one real
+# GPU (--topology=gpu:1, XLA:GPU). Compare with the same command and --topology=cpu:1 on a CPU
+# host. Usage: OUT=dir bash <this>
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_memory}
-mkdir -p "$OUT"
+mkdir -p "$OUT/r1_1p5b"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import jax; print('jax', jax.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 400 python3 benchmarks/memory_plan.py --model 1.5b --target gpu1 --mesh 1x1x1 --remat \
-  --phases score,grad --score-rows 1 --train-rows 1 --json "$OUT/memory_plan_gpu1.json" 2>&1 \
-  | grep -v Warning | tee "$OUT/memory_plan_gpu1.log"
+# the model's shape: config.json alone (DeepSeek-R1-Distill-Qwen-1.5B's, benchmarks/aot_targets.py)
+python3 -c "import json; from benchmarks.aot_targets import MODELS; \
+print(json.dumps(MODELS['1.5b'].to_hf()))" > "$OUT/r1_1p5b/config.json"
+timeout 400 python3 -m attnrl_jax.plan --config=configs/r1_distill_qwen_1p5b.py \
+  --config.model.path="$OUT/r1_1p5b" --config.mesh.data=1 --config.mesh.fsdp=1 \
+  --config.mesh.tensor=1 --config.rollout.score_batch_size=1 --config.train.microbatch_rows=1 \
+  --topology=gpu:1 --phases=score,grad --json "$OUT/plan_gpu1.json" 2>&1 \
+  | grep -v Warning | tee "$OUT/plan_gpu1.log"

@@ -523,12 +523,12 @@ def step_overlap(data: dict) -> str:
     return _lines(header, "|---|" + "---:|" * len(modes), out)
 
 
-# --- memory_plan.py ------------------------------------------------------------------------------
+# --- memory_plan.json (benchmarks/memory_plan.py, retired: python -m attnrl_jax.plan) ----------
 
 
 def memory_plan_table(rows: list[dict]) -> str:
     """One line per compiled phase; '>=' marks a lower bound (the TPU compiler refused it).
-    Also what `memory_plan.py --table` prints."""
+    The rows are those of the retired benchmarks/memory_plan.py (BENCHMARKS.md says which)."""
     lines = [
         "| model | phase | target (compiled for) | mesh d x f x t | rows | seq | remat "
         "| args | temp | resident | total GiB/device | fits (90% of HBM) |",

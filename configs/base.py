@@ -84,6 +84,10 @@ def get_config() -> ConfigDict:
             # most rows one admission prefills per batch shard (0: no cap); prefill memory
             # grows with rows admitted at once x context length
             "admit_rows": 0,
+            # where the native engine keeps its copy of the weights on a mesh: "replicated"
+            # over data x fsdp (no weight traffic while decoding), "training" (the FSDP split)
+            # or "auto" (replicated when that takes at most a quarter of device memory)
+            "decode_layout": "auto",
         }
     )
     # ADS (used by method attnrl; treerl and grpo expand every response with a fixed batch size).

@@ -1,8 +1,11 @@
 """Evaluation: bundled benchmarks, metric aggregation on forced responses, the evaluate CLI's
 report on a tiny saved model, and one clear error per bad input."""
 
+import gc
 import json
+import weakref
 
+import jax
 import numpy as np
 import pytest
 from hf_reference import saved_checkpoint
@@ -19,9 +22,9 @@ from attnrl_jax.eval.benchmarks import (
 )
 from attnrl_jax.eval.metrics import ProblemResult, benchmark_metrics
 from attnrl_jax.eval.run import EvalOptions, evaluate_policy, metric_ks, stream_id
-from attnrl_jax.evaluate import main
+from attnrl_jax.evaluate import load_engine, main
 from attnrl_jax.models import read_config
-from attnrl_jax.sampling import Sample
+from attnrl_jax.sampling import Sample, SamplerConfig
 from attnrl_jax.sampling.engine import RolloutEngine
 
 ROWS = {
@@ -192,6 +195,59 @@ def test_bad_input_is_one_clear_error(tmp_path, model_dir, capsys, args, message
     err = capsys.readouterr().err
     assert message in err and err.count("error:") == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout", ["replicated", "training"])
+def test_the_engine_holds_the_only_copy_of_the_weights(model_dir, monkeypatch, layout):
+    """On a mesh whose fsdp axis splits the loaded params, the engine keeps them in the
+    --decode_layout; evaluation keeps no reference to the loaded params beside its copy."""
+    from attnrl_jax.models import hf_io, sharding
+
+    loaded, real = [], hf_io.load_pretrained
+
+    def spy(*args, **kwargs):
+        model = real(*args, **kwargs)
+        loaded.extend(weakref.ref(x) for x in jax.tree.leaves(model.params()))
+        return model
+
+    monkeypatch.setattr(hf_io, "load_pretrained", spy)
+    mesh = sharding.make_mesh(1, 2, 1, devices=jax.devices()[:2])
+    engine = load_engine(model_dir, "float32", SamplerConfig(mesh=mesh), layout)
+    gc.collect()
+    assert engine.layout == sharding.decode_layout(engine.cfg, mesh, layout=layout)
+    held = jax.tree.leaves(engine.params)
+    alive = [r() for r in loaded if r() is not None]
+    assert loaded
+    if layout == "replicated":  # a copy in the decode layout; the loaded arrays are released
+        assert alive == [] and all(x.sharding.is_fully_replicated for x in held)
+    else:  # the loaded arrays are the engine's own: nothing copied, nothing else kept
+        assert [id(x) for x in alive] == [id(x) for x in held]
+        assert not all(x.sharding.is_fully_replicated for x in held)  # split over fsdp
+
+
+def test_decode_layout_comes_from_the_config_unless_the_flag_says(tmp_path, model_dir, capsys):
+    """--config's rollout.decode_layout is evaluate's default; the flag wins; a bad value in the
+    config is one error line (exit 2)."""
+    from attnrl_jax.evaluate import _parse_args, _resolve
+
+    def config(layout: str) -> str:
+        path = tmp_path / f"{layout}.py"
+        path.write_text(
+            "from configs.demo import get_config as demo\n\n\ndef get_config():\n"
+            f"    c = demo()\n    c.rollout.decode_layout = {layout!r}\n    return c\n"
+        )
+        return str(path)
+
+    base = ["--model", str(model_dir), "--benchmarks", "math500"]
+    assert _resolve(_parse_args(base)).decode_layout == "auto"
+    assert _resolve(_parse_args([*base, "--config", config("training")])).decode_layout == (
+        "training"
+    )
+    flag = ["--config", config("training"), "--decode_layout", "replicated"]
+    assert _resolve(_parse_args([*base, *flag])).decode_layout == "replicated"
+    assert main([*base, "--config", config("fsdp"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "rollout.decode_layout='fsdp'; known:" in err and err.count("\n") == 1
 
 
 def test_training_data_drops_benchmark_problems(tmp_path, tokenizer):

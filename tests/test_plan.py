@@ -106,8 +106,11 @@ def test_topology_and_mesh_parsing():
     assert parse_topology("v5p:2x2x2").num_devices == 8
     assert parse_topology("cpu:8", hbm_gib=40).hbm_gib == 40
     assert mesh_sizes({"data": 1, "fsdp": -1, "tensor": 2}, 8) == (1, 4, 2)
+    assert parse_topology("gpu:2").platform == "gpu"
     with pytest.raises(PlanError, match="expected GENERATION"):
         parse_topology("v5e-8")
+    with pytest.raises(PlanError, match="gpu takes one device count"):
+        parse_topology("gpu:2x2")
     with pytest.raises(PlanError, match="uses 4 of"):
         mesh_sizes({"data": 1, "fsdp": 4, "tensor": 1}, 8)
 
@@ -117,3 +120,10 @@ def test_phases_are_parsed_in_plan_order():
     assert parse_phases(" apply,grad ") == ("grad", "apply")
     with pytest.raises(PlanError, match="choose from"):
         parse_phases(",")
+
+
+def test_gpu_topology_without_gpus_is_one_line(model_dir, capsys):
+    """gpu:N compiles for this machine's GPUs (XLA:GPU); the test host has none."""
+    assert main(["plan", *SMALL, f"--config.model.path={model_dir}", "--topology=gpu:1"]) == 2
+    err = capsys.readouterr().err
+    assert "gpu:1: JAX sees 0 GPUs here" in err and err.count("\n") == 1

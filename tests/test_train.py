@@ -3,14 +3,15 @@ resume, interrupted checkpoints, config validation."""
 
 import json
 
+import jax
 import pytest
-from train_helpers import run, small_config, strip
+from train_helpers import parity_reward, run, small_config, strip
 
-from attnrl_jax.models import read_config
+from attnrl_jax.models import read_config, sharding
 from attnrl_jax.rl.settings import ConfigError, resolve
 from attnrl_jax.sampling import Buckets, SamplerConfig
 from attnrl_jax.sampling.engine import NativeEngine
-from attnrl_jax.train import initial_model_path
+from attnrl_jax.train import build_trainer, initial_model_path
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,7 @@ def test_methods_and_variants_train(tmp_path, overrides, calls):
         ({"workdir": ""}, "workdir is required"),
         ({"rollout.temperature": 0.0}, "temperature must be > 0"),
         ({"rollout.fci_source": "forward"}, "rollout.fci_source='forward'"),
+        ({"rollout.decode_layout": "fsdp"}, "rollout.decode_layout='fsdp'; known: "),
     ],
 )
 def test_config_errors_before_anything_is_built(overrides, message):
@@ -139,3 +141,20 @@ def test_config_errors_before_anything_is_built(overrides, message):
 def test_unknown_key_is_an_error():
     with pytest.raises(AttributeError):
         small_config("/x").rollout.group_sise = 3
+
+
+def test_rollout_decode_layout_reaches_the_engine(tmp_path):
+    """rollout.decode_layout is the layout the trainer's engine decodes from: "training" on a
+    mesh with fsdp 2 keeps the trainer's FSDP-split params (no decode copy), where the default
+    would replicate them."""
+    c = small_config(tmp_path, **{"mesh.data": -1, "mesh.fsdp": 2})
+    c.rollout.decode_layout = "training"
+    trainer = build_trainer(c, reward_fn=parity_reward)
+    try:
+        engine, cfg, mesh = trainer.engine, trainer.cfg, trainer.mesh
+        assert engine.layout == sharding.decode_layout(cfg, mesh, layout="training")
+        assert engine.layout != sharding.decode_layout(cfg, mesh, layout="replicated")
+        held, own = jax.tree.leaves(engine.params), jax.tree.leaves(trainer.params)
+        assert all(e is t for e, t in zip(held, own, strict=True))
+    finally:
+        trainer.close()

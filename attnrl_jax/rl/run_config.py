@@ -206,6 +206,15 @@ class DistributedSection:
 
 
 @dataclass(frozen=True)
+class EngineSection:
+    """Settings of the native engine (sampling/engine.NativeEngine) that the rollout itself
+    does not read. decode_layout (config key rollout.decode_layout): where the engine keeps its
+    copy of the weights on a mesh: "auto" | "replicated" | "training" (sharding.decode_layout)."""
+
+    decode_layout: str = "auto"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a training run reads, validated (see the module docstring)."""
 
@@ -229,6 +238,7 @@ class RunConfig:
     grading: GradingSection
     log: LogSection
     distributed: DistributedSection
+    engine: EngineSection = EngineSection()
 
     @property
     def off_policy(self) -> bool:

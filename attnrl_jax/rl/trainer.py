@@ -153,7 +153,7 @@ class Trainer:
                 admit_rows=run.rollout.admit_rows or None,
                 mesh=None if single else sample_mesh,
             )
-            engine = NativeEngine(model_cfg, None, sampler)
+            engine = NativeEngine(model_cfg, None, sampler, run.engine.decode_layout)
         self.engine = engine
         # The frozen initial policy for the KL term (a copy, in bfloat16 under mixed precision).
         self.ref_params = None

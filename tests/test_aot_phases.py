@@ -1,7 +1,7 @@
-"""The ahead-of-time memory plan (benchmarks/memory_plan.py) on a tiny model and 4 CPU devices:
-every phase compiles from abstract inputs, and the per-device accounting matches the shards."""
+"""The ahead-of-time phases of the plan (attnrl_jax/aot_phases.py, aot_inputs.py) on a tiny model
+and 4 CPU devices: every phase compiles from abstract inputs, and the per-device accounting
+matches the shards. The plan CLI itself: tests/test_plan.py."""
 
-import json
 import math
 
 import pytest
@@ -19,7 +19,6 @@ from attnrl_jax.aot_phases import (
 from attnrl_jax.models.lm import logical_axes, param_shapes
 from attnrl_jax.rl.settings import OptimConfig
 from attnrl_jax.rl.update import DEVICE_FIELDS
-from benchmarks import memory_plan
 from benchmarks.aot_targets import TARGETS, model_config, parse_mesh, target_devices, target_mesh
 
 TINY = Shapes(
@@ -106,18 +105,6 @@ def test_exhausted_compile_message_is_parsed():
     )
     assert exhausted_temporaries(msg) == int(44.38 * 1024**3)
     assert exhausted_temporaries("INTERNAL: something else") is None
-
-
-def test_cli_writes_json_and_table(tmp_path, capsys):
-    out = tmp_path / "plan.json"
-    args = ["--model", "tiny", "--target", "cpu4", "--mesh", "1x2x2", "--precision", "f32"]
-    args += ["--phases", "score", "--score-rows", "2", "--seq", "32", "--score-steps", "8"]
-    memory_plan.main([*args, "--json", str(out)])
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["phase"] for r in rows] == ["score"]
-    assert rows[0]["seq"] == "32 tok, 8 steps" and rows[0]["fits"] == ["v5e", "v6e", "H100", "v5p"]
-    table = capsys.readouterr().out
-    assert table.startswith("| model | phase |") and "| tiny f32 | score |" in table
 
 
 def test_bad_mesh_and_rows_are_refused(cfg, mesh):
