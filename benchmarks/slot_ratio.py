@@ -85,6 +85,7 @@ def main() -> None:
         slots(probs, "tree", 32, 8, 0),
         slots(probs, "tree", 32, 8, row_length_bucket(longest_tree)),  # no tree split
         slots(probs, "tree", 32, 8, 9216),  # trees split into rows of the paper's budget
+        slots(probs, "tree", 32, 8, 12288),  # and of a budget 4/3 of it
     ]
     path, tree, split = (results[i]["row_tokens"] for i in (0, 2, 4))
     out = {"problems": args.problems, "seed": args.seed, "rows": results,
