@@ -5,8 +5,11 @@ expanded at 2 branch points (after 1/3 and 2/3 of it) with T = 2 continuations e
 response gives 5 paths that share their first third (ALGORITHM.md section 5). Both layouts run
 the same `run_updates` (same mini-batches of problems, micro-batches of 8 rows); the time is the
 median over rounds after a compile round, the two layouts alternating so load drift hits both.
+--tokens_per_row N: padding-free rows of N tokens, tree rows longer than N split into rows of
+whole paths (packed.tree_rows); N must hold prompt + response (one path).
 
     python benchmarks/packing.py --hidden 256 --layers 4 --response 384 --json packing.json
+    python benchmarks/packing.py --tokens_per_row 256 --json packing_split.json
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from attnrl_jax.rl.loss import LossConfig
 from attnrl_jax.rl.packed import TrainProblem, tokens_processed
 from attnrl_jax.rl.settings import OptimConfig
 from attnrl_jax.rl.tree import Continuation, Response, build_tree
-from attnrl_jax.rl.update import make_optimizer, run_updates
+from attnrl_jax.rl.update import make_optimizer, row_length_bucket, run_updates
 
 
 def problems(num, group, prompt, response, vocab, seed=0):
@@ -61,6 +64,7 @@ def main():
     parser.add_argument("--prompt", type=int, default=48)
     parser.add_argument("--response", type=int, default=192)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens_per_row", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     cfg = ModelConfig(
@@ -76,6 +80,7 @@ def main():
     optim = OptimConfig()
     params = init_params(cfg, jax.random.key(0))
     times = {"tree": [], "path": []}
+    budget = row_length_bucket(args.tokens_per_row) if args.tokens_per_row else 0  # run_updates'
     for r in range(args.rounds + 1):
         for packing in times:
             p = jax.tree.map(lambda x: x.copy(), params)
@@ -84,6 +89,7 @@ def main():
             p, _, m = run_updates(
                 p, state, None, data, cfg=cfg, loss=LossConfig(kl_weight=0.0), optim=optim,
                 packing=packing, minibatch_problems=args.problems, microbatch_rows=8,
+                tokens_per_row=args.tokens_per_row,
             )  # fmt: skip
             jax.block_until_ready(p)
             if r:
@@ -91,7 +97,7 @@ def main():
     result = {
         "device": str(jax.devices()[0].platform),
         "args": vars(args),
-        "tokens": {k: tokens_processed(data, k) for k in times},
+        "tokens": {k: tokens_processed(data, k, budget) for k in times},
         "median_s": {k: statistics.median(v) for k, v in times.items()},
     }
     result["tokens_saved"] = 1 - result["tokens"]["tree"] / result["tokens"]["path"]

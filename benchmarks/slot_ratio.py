@@ -1,6 +1,6 @@
 """Computed token slots / real tokens of one paper-scale training step, with and without
-padding-free rows, and tree-packed vs per-path trained tokens (host only: nothing runs on a
-device, no timing).
+padding-free rows, and tree-packed (whole trees, or split into rows of the token budget) vs
+per-path trained tokens (host only: nothing runs on a device, no timing).
 
 Problems are shaped like the paper's (G = 6 responses, every response expanded at N = 2 points
 with T = 2 continuations, 1,024-token prompt budget, 8,192-token responses) with heavy-tailed
@@ -54,13 +54,15 @@ def problems(rng, num: int, group=6, points=2, conts=2, budget=8192) -> list[Tra
 
 def slots(problems, packing: str, minibatch: int, micro: int, tokens_per_row: int) -> dict:
     """Slots run_updates computes for these problems (its bucketing, rl/update.py)."""
-    minis = [
-        make_rows(problems[i : i + minibatch], packing) for i in range(0, len(problems), minibatch)
+    budget = row_length_bucket(tokens_per_row) if tokens_per_row else 0
+    minis = [  # tree rows longer than the budget split into rows of whole paths
+        make_rows(problems[i : i + minibatch], packing, budget)
+        for i in range(0, len(problems), minibatch)
     ]
     rows = [r for m in minis for r in m]
     real = sum(len(r.tokens) for r in rows)
     if tokens_per_row:
-        length = row_length_bucket(tokens_per_row)
+        length = budget
         minis = [pack_rows(m, length) for m in minis]
     else:
         length = row_length_bucket(max(len(r.tokens) for r in rows))
@@ -81,11 +83,14 @@ def main() -> None:
         slots(probs, "path", 32, 8, 0),
         slots(probs, "path", 32, 8, 9216),  # the paper config: 1,024 + 8,192
         slots(probs, "tree", 32, 8, 0),
-        slots(probs, "tree", 32, 8, row_length_bucket(longest_tree)),
+        slots(probs, "tree", 32, 8, row_length_bucket(longest_tree)),  # no tree split
+        slots(probs, "tree", 32, 8, 9216),  # trees split into rows of the paper's budget
+        slots(probs, "tree", 32, 8, 12288),  # and of a budget 4/3 of it
     ]
-    path, tree = results[0]["row_tokens"], results[2]["row_tokens"]
+    path, tree, split = (results[i]["row_tokens"] for i in (0, 2, 4))
     out = {"problems": args.problems, "seed": args.seed, "rows": results,
-           "tree_vs_path_tokens": tree / path, "longest_tree_row": longest_tree}  # fmt: skip
+           "tree_vs_path_tokens": tree / path, "split_tree_vs_path_tokens": split / path,
+           "longest_tree_row": longest_tree}  # fmt: skip
     print(json.dumps(out, indent=1))
     if args.json:
         with open(args.json, "w") as f:

@@ -207,17 +207,14 @@ def check_rollout_and_train(errors: list[str], c: ml_collections.ConfigDict) -> 
     )
     # The longest row: a path through a continuation holds the prompt, a response prefix and
     # a continuation of at most max_new_tokens together (RolloutConfig.continuation_budget); a
-    # tree-packed row every segment once (continuations after short prefixes: up to
-    # max_new_tokens each).
-    spec = METHODS.get(c.method)
-    tree = spec is None or spec.tree
-    news = 1 + r.num_points * r.continuations if tree and c.train.packing == "tree" else 1
-    budget, longest = c.train.tokens_per_row, c.data.max_prompt_len + news * r.max_new_tokens
+    # tree-packed row longer than the budget is split into rows of whole paths
+    # (packed.tree_rows), so one path is the longest row in either packing.
+    budget, longest = c.train.tokens_per_row, c.data.max_prompt_len + r.max_new_tokens
     check(
         errors,
         budget == 0 or budget >= longest,
         f"train.tokens_per_row={budget} is smaller than the longest row (data.max_prompt_len + "
-        f"{news} x rollout.max_new_tokens = {longest}); 0 turns packing off",
+        f"rollout.max_new_tokens = {longest}); 0 turns packing off",
     )
     shards = max(c.mesh.data, 1) * max(c.mesh.fsdp, 1)
     if c.mesh.data > 0 and c.mesh.fsdp > 0:

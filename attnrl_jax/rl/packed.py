@@ -8,6 +8,13 @@ Two layouts of the same training data (ALGORITHM.md section 5), both fed to one 
   tree once, in DFS pre-order (so parents come before children).
   Each token has weight = its segment's path count, so the weighted token sums (loss, gradient,
   denominator) equal the per-path ones exactly.
+- "tree" under a token budget (`train.tokens_per_row`): a response whose tree row would be
+  longer is split into several tree rows, each a root-connected piece (the prompt, a set of whole
+  leaf paths and their ancestors; split_paths). A segment's weight in a row is the number of
+  that row's paths through it, so its weights sum over rows to its path count and the weighted
+  sums stay exact; a shared prefix is repeated once per row holding it, not once per path. A
+  budget as large as the tree gives the unsplit row; one path's length gives about one row per
+  path. Every path must fit the budget alone (as per-path rows must).
 
 Attention in a packed row follows the tree: a token attends to itself and earlier tokens of its
 own node and to every token of its ancestors (the prompt is everyone's ancestor). A row carries
@@ -27,7 +34,8 @@ only the prompt, so per-response rows cost one extra prompt copy per response an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -150,53 +158,124 @@ def path_rows(problem: TrainProblem) -> list[Row]:
     return rows
 
 
-def tree_rows(problem: TrainProblem) -> list[Row]:
+def tree_rows(problem: TrainProblem, tokens_per_row: int = 0) -> list[Row]:
     """One row per expanded response with its segments once, weight = path count.
 
     Nodes are numbered, and their tokens placed, in DFS pre-order (so parents come before
     children, and each node's subtree is the id interval `attention.tree_mask` reads).
+    tokens_per_row > 0: a response whose row would be longer is split into several rows of at
+    most that many tokens (split_paths); raises ValueError when one path alone does not fit.
     """
     tree, rows = problem.tree, []
+    prompt = len(problem.prompt_ids)
+    sizes = [len(s.tokens) for s in tree.segments]
+    if tokens_per_row:
+        _check_longest_path([problem], tokens_per_row)
     for response in sorted({s.response for s in tree.segments}):
-        ids = [i for i, s in enumerate(tree.segments) if s.response == response]
-        children: dict[int, list[int]] = {}
-        for i in ids:
-            children.setdefault(tree.segments[i].parent, []).append(i)
-        order, stack = [], list(reversed(children.get(-1, [])))
-        while stack:
-            i = stack.pop()
-            order.append(i)
-            stack.extend(reversed(children.get(i, [])))
-        node = {i: k + 1 for k, i in enumerate(order)}  # segment -> node id (0 = prompt)
-        k = len(order) + 1
-        ancestors = np.eye(k, dtype=bool)
-        ancestors[:, 0] = True
-        parts = []
-        for i in order:
-            seg = tree.segments[i]
-            parent = node[seg.parent] if seg.parent >= 0 else 0
-            ancestors[node[i]] |= ancestors[parent]
-            parts.append(
-                (
-                    node[i],
-                    parent,
-                    seg.start,
-                    seg.tokens,
-                    float(seg.path_count),
-                    seg.advantage,
-                    problem.segment_logp[i],
-                    problem.segment_version[i],
-                )
-            )
-        rows.append(_row(problem.prompt_ids, parts, ancestors))
+        order = _dfs_order(tree, response)
+        if not tokens_per_row or prompt + sum(sizes[i] for i in order) <= tokens_per_row:
+            rows.append(_tree_row(problem, order, {i: tree.segments[i].path_count for i in order}))
+            continue
+        rank = {i: k for k, i in enumerate(order)}
+        paths = sorted(
+            (p.segments for p in tree.paths if p.segments and p.segments[0] in rank),
+            key=lambda path: rank[path[-1]],
+        )
+        for group in split_paths(paths, sizes, tokens_per_row - prompt):
+            weights = Counter(s for path in group for s in path)
+            rows.append(_tree_row(problem, [i for i in order if i in weights], weights))
     return rows
 
 
-def make_rows(problems: Sequence[TrainProblem], packing: str) -> list[Row]:
+def split_paths(
+    paths: Sequence[Sequence[int]], sizes: Sequence[int], room: int
+) -> list[list[Sequence[int]]]:
+    """Greedy split of one response's leaf paths (segment ids, root side first; in DFS order
+    of their leaves, so paths sharing deep ancestors are neighbours) into groups whose union of
+    segments holds at most `room` tokens: a path joins the current group when the segments it
+    adds fit, else it starts the next group with its whole ancestry. Each group is a
+    root-connected piece of the tree (a union of root paths). Every path must fit `room` alone.
+    """
+    groups: list[list[Sequence[int]]] = []
+    held: set[int] = set()
+    used = 0
+    for path in paths:
+        alone = sum(sizes[s] for s in path)
+        added = sum(sizes[s] for s in path if s not in held)
+        if not groups or used + added > room:
+            groups.append([])
+            held, used, added = set(), 0, alone
+        groups[-1].append(path)
+        held.update(path)
+        used += added
+    return groups
+
+
+def _check_longest_path(problems: Sequence[TrainProblem], tokens_per_row: int) -> None:
+    """ValueError naming the budget and the longest path row when that does not fit."""
+    longest = max(
+        (len(p.prompt_ids) + sum(len(p.tree.segments[s].tokens) for s in path.segments)
+         for p in problems for path in p.tree.paths),
+        default=0,
+    )  # fmt: skip
+    if longest > tokens_per_row:
+        raise ValueError(
+            f"train.tokens_per_row={tokens_per_row} is smaller than the longest path "
+            f"({longest} tokens: prompt + one root-to-leaf path)"
+        )
+
+
+def _dfs_order(tree: ProblemTree, response: int) -> list[int]:
+    """Segment ids of one response in DFS pre-order (children in segment order)."""
+    children: dict[int, list[int]] = {}
+    for i, s in enumerate(tree.segments):
+        if s.response == response:
+            children.setdefault(s.parent, []).append(i)
+    order, stack = [], list(reversed(children.get(-1, [])))
+    while stack:
+        i = stack.pop()
+        order.append(i)
+        stack.extend(reversed(children.get(i, [])))
+    return order
+
+
+def _tree_row(problem: TrainProblem, order: Sequence[int], weights: Mapping[int, float]) -> Row:
+    """The row of segments `order` (DFS pre-order, closed under parents), each token weighted
+    by weights[segment]."""
+    tree = problem.tree
+    node = {i: k + 1 for k, i in enumerate(order)}  # segment -> node id (0 = prompt)
+    ancestors = np.eye(len(order) + 1, dtype=bool)
+    ancestors[:, 0] = True
+    parts = []
+    for i in order:
+        seg = tree.segments[i]
+        parent = node[seg.parent] if seg.parent >= 0 else 0
+        ancestors[node[i]] |= ancestors[parent]
+        parts.append(
+            (
+                node[i],
+                parent,
+                seg.start,
+                seg.tokens,
+                float(weights[i]),
+                seg.advantage,
+                problem.segment_logp[i],
+                problem.segment_version[i],
+            )
+        )
+    return _row(problem.prompt_ids, parts, ancestors)
+
+
+def make_rows(problems: Sequence[TrainProblem], packing: str, tokens_per_row: int = 0) -> list[Row]:
+    """Rows of `problems` in layout `packing`. tokens_per_row > 0: tree rows longer than that
+    are split (tree_rows); a path longer than that is one ValueError naming both."""
     if packing not in PACKINGS:
         raise ValueError(f"packing={packing!r}; allowed: {PACKINGS}")
-    build = tree_rows if packing == "tree" else path_rows
-    return [row for problem in problems for row in build(problem)]
+    if packing == "path":
+        if tokens_per_row > 0:
+            _check_longest_path(problems, tokens_per_row)
+        return [row for problem in problems for row in path_rows(problem)]
+    return [row for problem in problems for row in tree_rows(problem, tokens_per_row)]
 
 
 def pack_rows(rows: Sequence[Row], tokens_per_row: int) -> list[Row]:
@@ -326,6 +405,9 @@ def row_logprobs(
     return token_logprobs_entropies(params, shifted, batch["tokens"], valid, chunk, temperature)
 
 
-def tokens_processed(problems: Sequence[TrainProblem], packing: str) -> int:
-    """Row tokens (prompts included) a layout makes the model process."""
-    return sum(len(r.tokens) for r in make_rows(problems, packing))
+def tokens_processed(
+    problems: Sequence[TrainProblem], packing: str, tokens_per_row: int = 0
+) -> int:
+    """Row tokens (prompts included) a layout makes the model process (tree rows split at
+    tokens_per_row > 0, as make_rows)."""
+    return sum(len(r.tokens) for r in make_rows(problems, packing, tokens_per_row))

@@ -260,15 +260,16 @@ def run_updates(
     metrics.update(updates=0, rows=0, row_tokens=0, trained_tokens=0.0, slot_ratio=None)
     if loss.proximal:
         metrics.update(dict.fromkeys(AGREEMENT))
-    row_minis = [
-        make_rows(problems[first : first + minibatch_problems], packing)
+    budget = row_length_bucket(tokens_per_row) if tokens_per_row > 0 else 0
+    row_minis = [  # tree rows longer than the budget are split (packed.tree_rows)
+        make_rows(problems[first : first + minibatch_problems], packing, budget)
         for first in range(0, len(problems), minibatch_problems)
     ]
     rows = [row for mini in row_minis for row in mini]
     if not rows:
         return params, opt_state, metrics
-    if tokens_per_row > 0:
-        length = row_length_bucket(tokens_per_row)
+    if budget:
+        length = budget
         row_minis = [pack_rows(mini, length) for mini in row_minis]
     else:
         length = row_length_bucket(max(len(r.tokens) for r in rows))
