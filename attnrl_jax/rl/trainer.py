@@ -377,10 +377,8 @@ class Trainer:
         problems, stats = sp.build_problems(
             gen, rewards, plan, conts, cont_rewards, self.step, self.rollout
         )
-        staleness = max(
-            (self.step - int(v.min()) for p in problems for v in p.segment_version if v.size),
-            default=0,
-        )
+        versions = [p.segment_version.flat for p in problems]  # Ragged: one array each
+        staleness = max((self.step - int(v.min()) for v in versions if v.size), default=0)
         if staleness > lag:
             raise RuntimeError(
                 f"step {self.step + 1} trains on tokens {staleness} updates stale; "

@@ -104,6 +104,18 @@ def selection_inputs(
     )
 
 
+def pad_step_scores(
+    values: Scores, num_steps: np.ndarray, columns: int | None = None
+) -> np.ndarray:
+    """float32[B, columns]: per-step scores of B responses (step 0 first) in one host array,
+    zeros past column S_i. values: per response float[>= S_i + 1], or one [B, >= S_max + 1]
+    array; num_steps: int[B]; columns default S_max + 1 (at least 1)."""
+    counts = np.asarray(num_steps, np.int64) + 1
+    columns = int(counts.max(initial=1)) if columns is None else columns
+    out = _pad_ragged(values, counts, 0, len(counts), columns, "fci", "(step 0 included)")
+    return np.asarray(out, np.float32)
+
+
 def _pad_ragged(values, counts, skip, rows, columns, name, unit):
     """float32[rows, columns]: values[i][skip : skip + counts[i]] in row i's first counts[i]
     columns, zeros elsewhere. values: per-row sequences (one concatenation, one gather) or one
