@@ -106,7 +106,7 @@ def plan_branches(
     if gen.entropies is None and method == "entropy":
         raise ValueError("method 'entropy' needs per-token entropies from the scoring pass")
     problems = power_of_two(p, 8)
-    fci = None if gen.fci is None else jax.device_put(gen.fci)  # the step's one FCI copy
+    fci = None if gen.fci is None else jax.device_put(_bucketed(gen, problems * g))
     inputs = selection_inputs(gen.layouts, fci, gen.entropies, rows=problems * g)
     padded = np.zeros((problems, g), np.float32)
     padded[:p] = np.asarray(rewards).reshape(p, g)
@@ -124,6 +124,17 @@ def plan_branches(
     points = tuple(tuple(flat[a:b]) for a, b in zip([0, *ends], ends, strict=False))
     state = ads.AttentionFilterState(float(new_state.total), int(new_state.count))
     return BranchPlan(points, state, int(filtered.sum()))
+
+
+def _bucketed(gen: Generation, rows: int) -> np.ndarray:
+    """The Generation's FCI [B, W] as float32[rows, S_pad + 1] (S_pad: selection_inputs' step
+    bucket): the step's one FCI copy to the device has a bucketed shape (no compile per B or
+    per S_max)."""
+    columns = power_of_two(int(gen.layouts.num_steps.max(initial=0)), 16) + 1
+    out = np.zeros((rows, columns), np.float32)
+    width = min(columns, gen.fci.shape[1])
+    out[: len(gen.fci), :width] = gen.fci[:, :width]
+    return out
 
 
 @dataclass(frozen=True)
