@@ -10,9 +10,11 @@ Outputs, for a problem's expanded responses:
   per-token source marker (True: original-response token, whose behaviour log-prob is the stored one
   from the scoring pass; False: continuation token, log-prob from the continuation's sampler).
 
-Assembly computes every node's fields for the whole batch with index arrays (`_node_table`); the
-host then only wraps them in objects. A path's per-token arrays are built from its segments when
-first read (training rows are built from the segments).
+Assembly computes every node's fields for the whole batch with index arrays (`_node_table`) and
+gathers every node's tokens (and other per-token fields, e.g. behaviour log-probs) from the flat
+`TreeSources` with one index array (`assemble`); a ProblemTree keeps its node columns and makes
+the Segment / TrainingPath objects when first read. A path's per-token arrays are built from its
+segments when first read (training rows are built from the segments).
 """
 
 from __future__ import annotations
