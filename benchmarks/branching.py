@@ -19,7 +19,17 @@ side's compile time is reported separately):
                the Segment / TrainingPath objects; per-token path arrays are built on use)
   total_with_host  jitted total + packing + assembly (the issue's target: under 50 ms)
   selection_padding_device_fci  jitted side only: selection_inputs from flat StepLayouts and the
-               FCI as one device array [B, S + 1] (the seam for a sampler that keeps FCI on device)
+               FCI as one device array [B, S + 1] (the seam plan_branches uses: the Generation's
+               FCI array goes to the device in one copy)
+
+Host parts of the step outside the total (rows with system "host_vectorised", and the former
+per-response form as "host_per_response" where it is still expressible):
+  layouts      segment_batch of the 600 responses (8,192 tokens, a "\n\n" id every 8th) vs
+               segment_steps once per response
+  fci_finish   sampling.fci_decode.finish of 600 decode rows [600, 2,048] (mean pooling)
+  tree_sources build_problems' flat sources: TreeSources.of + pack_tree_inputs from arrays
+  assembly_objects  assemble_trees + reading every tree's segments and paths (the objects
+               rl/packed.py reads today; "assembly" above builds the trees lazily)
 
     python benchmarks/branching.py --json benchmarks/results/cpu_branching.json
 """
@@ -48,19 +58,30 @@ import reference_tree as ref_tree  # noqa: E402
 
 from attnrl_jax.buckets import power_of_two  # noqa: E402
 from attnrl_jax.rl import ads  # noqa: E402
+from attnrl_jax.rl.ragged import Ragged  # noqa: E402
 from attnrl_jax.rl.tree import (  # noqa: E402
     Continuation,
     Response,
+    TreeSources,
     assemble_trees,
+    pack_tree_inputs,
     tree_inputs,
     tree_values,
 )
+from attnrl_jax.sampling import fci_decode  # noqa: E402
+from attnrl_jax.scoring.fci import FciConfig  # noqa: E402
 from attnrl_jax.scoring.selection import (  # noqa: E402
     SelectionConfig,
     select,
     selection_inputs,
 )
-from attnrl_jax.scoring.steps import StepLayout, StepLayouts  # noqa: E402
+from attnrl_jax.scoring.steps import (  # noqa: E402
+    SeparatorIds,
+    StepLayout,
+    StepLayouts,
+    segment_batch,
+    segment_steps,
+)
 
 
 def make_batch(problems: int, group: int, steps: int, step_len: int, prompt: int, seed: int = 0):
@@ -115,6 +136,61 @@ def to_reference(problem):
         )
         for x in problem
     ]
+
+
+def host_vectorised_parts(problems, responses, args, t_host, values) -> dict:
+    """Seconds of the vectorised host parts (see the module doc), keyed (system, phase)."""
+    rng = np.random.default_rng(2)
+    seps = SeparatorIds(double_newline=(1,), newline=(1, 2), think_end=())
+    length = args.steps * args.step_len
+    ids = rng.integers(3, 1000, (responses, length), dtype=np.int32)
+    ids[:, args.step_len - 1 :: args.step_len] = 1
+    rows = list(ids)
+    prompts = np.full(responses, args.prompt)
+    out = {
+        ("host_vectorised", "layouts"): timed(
+            lambda: segment_batch(prompts, rows, seps), args.rounds
+        ),
+        ("host_per_response", "layouts"): timed(
+            lambda: [segment_steps(args.prompt, r, seps) for r in rows], args.rounds
+        ),
+    }
+    layouts = segment_batch(prompts, rows, seps)
+    option = fci_decode.SamplerFci(seps, FciConfig(), max_steps=2048)
+    raw = rng.random((responses, 2048), dtype=np.float32)
+    fresh = np.ones(responses, bool)
+    out["host_vectorised", "fci_finish"] = timed(
+        lambda: fci_decode.finish(raw, layouts, fresh, rows, option, 28), args.rounds
+    )
+    flat = [x for responses in problems for x in responses]
+    groups = [conts for x in flat for conts in x.continuations]
+    conts = [c for group in groups for c in group]
+    tokens = [x.tokens for x in flat]
+    cont_tokens = [c.tokens for c in conts]
+    reward = np.array([x.reward for x in flat])
+    points = np.array([len(x.branch_points) for x in flat])
+    offsets = np.array([b for x in flat for b in x.branch_points], np.int32)
+    per_point = np.array([len(gr) for gr in groups])
+    cont_reward = np.array([c.reward for c in conts])
+    sizes = np.array([len(x) for x in problems])
+
+    def sources():
+        resp, cont = Ragged.of(tokens, np.int32), Ragged.of(cont_tokens, np.int32)
+        pool = {"tokens": (resp, cont)}
+        src = TreeSources.of(sizes, points, per_point, reward, cont_reward, pool)
+        packed = pack_tree_inputs(
+            sizes, reward, resp.lengths, points, offsets, per_point, cont_reward, cont.lengths
+        )
+        return src, packed
+
+    out["host_vectorised", "tree_sources"] = timed(sources, args.rounds)
+    src = sources()[0]
+
+    def objects():
+        return [(t.segments, t.paths) for t in assemble_trees(src, t_host, values)]
+
+    out["host_vectorised", "assembly_objects"] = timed(objects, args.rounds)
+    return out
 
 
 def timed(fn, rounds: int) -> float:
@@ -239,6 +315,7 @@ def main():
         return jax.block_until_ready(inputs.fci)
 
     device_fci_ms = 1000 * timed(device_fci_padding, args.rounds)
+    host_parts = host_vectorised_parts(problems, p * g, args, t_host, values)
 
     device = jax.devices()[0]
     base = {
@@ -285,6 +362,8 @@ def main():
     with_host = sum(jitted.values()) + sum(jitted_host.values())
     row("jitted", "total_with_host", "ms", 1000 * with_host, "ms")
     row("jitted", "selection_padding_device_fci", "ms", device_fci_ms, "ms")
+    for (system, phase), value in host_parts.items():
+        row(system, phase, "ms", 1000 * value, "ms")
     for r in out:
         print(f"{r['system']:15s} {r['params']['phase']:11s} {r['metric']:9s} {r['value']}")
     if args.json:

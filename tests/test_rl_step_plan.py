@@ -25,7 +25,7 @@ from attnrl_jax.rl.tree import ORIGINAL
 from attnrl_jax.sampling import Sample
 from attnrl_jax.scoring.forward import ScoringConfig
 from attnrl_jax.scoring.selection import SelectionConfig, select, selection_inputs
-from attnrl_jax.scoring.steps import SeparatorIds, segment_steps
+from attnrl_jax.scoring.steps import SeparatorIds, StepLayouts, segment_steps
 
 G = 3
 
@@ -353,3 +353,23 @@ def test_batch_functions_run_sharded_over_problems(seps):
     want = jax.device_get(tree_lib.tree_values(t_in))
     got = jax.device_get(tree_lib.tree_values(shard(t_in)))
     assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
+
+
+def test_generation_holds_fci_as_one_padded_array(seps):
+    """Per-response FCI vectors become one [B, S_max + 1] array (zeros past each S_i + 1) and
+    layouts one StepLayouts; a checkpoint in the per-response padding of earlier versions (the
+    same [B, S_max + 1] array written row by row) restores to the same Generation."""
+    gen = generation(seps)
+    steps = np.array([lay.num_steps for lay in gen.layouts])
+    assert isinstance(gen.layouts, StepLayouts) and gen.fci.shape == (2 * G, steps.max() + 1)
+    assert not gen.fci[np.arange(gen.fci.shape[1]) > steps[:, None]].any()
+    arrays, meta = generation_to_state(gen)
+    old = np.zeros_like(arrays["fci"])  # the former writer: one row at a time
+    for i, s in enumerate(steps):
+        old[i, : s + 1] = gen.fci[i, : s + 1]
+    back = generation_from_state({**arrays, "fci": old}, meta, seps)
+    np.testing.assert_array_equal(back.fci, gen.fci)
+    assert back.layouts == gen.layouts
+    with pytest.raises(ValueError, match="cannot hold"):
+        ro.Generation(gen.prompts, gen.responses, gen.logprobs, None, gen.fci[:, :2],
+                      gen.layouts, 1)  # fmt: skip

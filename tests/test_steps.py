@@ -256,3 +256,38 @@ def test_segment_batch_equals_per_response_reference(think_end):
         segment_batch([1], [[A], [B]], seps)
     with pytest.raises(ValueError, match="prompt_len"):
         segment_batch([-1], [[A]], seps)
+
+
+def test_step_layouts_take_slice_equality_and_sizes():
+    rng = np.random.default_rng(11)
+    layouts = random_layouts(rng, 200) + [StepLayout.from_ends(3, [], None)]
+    flat = StepLayouts.stack(layouts)
+    rows = rng.permutation(len(layouts))[:70]
+    assert list(flat.take(rows)) == [layouts[i] for i in rows]
+    assert list(flat[5:40:3]) == layouts[5:40:3] and len(flat.take([])) == 0
+    assert flat == StepLayouts.stack(list(layouts)) and flat != flat.take(rows)
+    want = [e - s for lay in layouts for s, e in lay.bounds[1:]]
+    np.testing.assert_array_equal(flat.step_sizes, want)
+
+
+def test_pad_step_ids_of_flat_layouts_equals_each_row():
+    """The vectorised padding equals token_step_ids row by row (empty responses, empty prompts
+    and a think step included), for flat and per-layout inputs alike."""
+    rng = np.random.default_rng(12)
+    layouts = random_layouts(rng, 150) + [
+        StepLayout.from_ends(0, [2, 5], 1),
+        StepLayout.from_ends(4, [], None),
+    ]
+    width = max(lay.total_len for lay in layouts) + 3
+    batch = pad_step_ids(StepLayouts.stack(layouts), total_len=width)
+    np.testing.assert_array_equal(
+        batch.step_ids, np.stack([token_step_ids(lay, width) for lay in layouts])
+    )
+    np.testing.assert_array_equal(batch.num_steps, [lay.num_steps for lay in layouts])
+    np.testing.assert_array_equal(batch.think_end_step[-2:], [1, -1])
+    assert batch.step_ids.dtype == np.int32
+    np.testing.assert_array_equal(pad_step_ids(layouts, total_len=width).step_ids, batch.step_ids)
+    with pytest.raises(ValueError, match="total_len"):
+        pad_step_ids(layouts, total_len=width - 4)
+    with pytest.raises(ValueError, match="at least one"):
+        pad_step_ids([])

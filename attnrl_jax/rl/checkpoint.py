@@ -38,7 +38,7 @@ from attnrl_jax.data.records import Problem
 from attnrl_jax.rl import integrity
 from attnrl_jax.rl.integrity import DamagedCheckpoint
 from attnrl_jax.rl.rollout import Generation
-from attnrl_jax.scoring.steps import SeparatorIds, segment_steps
+from attnrl_jax.scoring.steps import SeparatorIds, segment_batch
 
 
 class Checkpointer:
@@ -250,15 +250,17 @@ def prompt_to_json(p: Prompt) -> dict:
 
 
 def generation_to_state(gen: Generation) -> tuple[dict, dict]:
-    """(numpy arrays, JSON metadata) that restore the Generation exactly (layouts recomputed)."""
-    n = len(gen.responses)
-    lengths = np.array([len(r) for r in gen.responses], np.int32)
-    width = max(int(lengths.max()), 1)
+    """(numpy arrays, JSON metadata) that restore the Generation exactly (layouts recomputed).
+
+    Per-token fields are [B, max R] arrays and FCI the Generation's [B, W] array, each written
+    by one boolean-mask assignment (no loop per response)."""
+    lengths = np.fromiter(map(len, gen.responses), np.int32, len(gen.responses))
+    width = max(int(lengths.max(initial=0)), 1)
+    valid = np.arange(width) < lengths[:, None]
 
     def pad(xs, dtype):
-        out = np.zeros((n, width), dtype)
-        for i, x in enumerate(xs):
-            out[i, : len(x)] = x
+        out = np.zeros((len(lengths), width), dtype)
+        out[valid] = np.concatenate([np.zeros(0, dtype), *xs], dtype=dtype, casting="unsafe")
         return out
 
     arrays = {
@@ -269,36 +271,31 @@ def generation_to_state(gen: Generation) -> tuple[dict, dict]:
     if gen.entropies is not None:
         arrays["entropies"] = pad(gen.entropies, np.float32)
     if gen.fci is not None:
-        steps = max(len(f) for f in gen.fci)
-        fci = np.zeros((n, steps), np.float32)
-        for i, f in enumerate(gen.fci):
-            fci[i, : len(f)] = f
-        arrays["fci"] = fci
+        arrays["fci"] = np.asarray(gen.fci, np.float32)
     meta = {"prompts": [prompt_to_json(p) for p in gen.prompts], "version": gen.version}
     return arrays, meta
 
 
 def generation_from_state(arrays: dict, meta: dict, seps: SeparatorIds) -> Generation:
+    """The Generation of `generation_to_state`; one segment_batch for every response's layout.
+
+    "fci" is [B, W] with W >= S_max + 1 and zeros past S_i + 1 in the format of every version
+    so far (earlier ones wrote the per-response vectors into the same padded array)."""
     prompts = tuple(problem_from_json(d) for d in meta["prompts"])
     lengths = np.asarray(arrays["lengths"])
     g = len(lengths) // len(prompts)  # before the Generation exists to say so
-    responses = tuple(np.asarray(arrays["responses"][i, :n]) for i, n in enumerate(lengths))
-    layouts = tuple(
-        segment_steps(len(prompts[i // g].prompt_ids), r, seps) for i, r in enumerate(responses)
-    )
-    fci = None
-    if "fci" in arrays:
-        fci = tuple(
-            np.asarray(arrays["fci"][i, : lay.num_steps + 1]) for i, lay in enumerate(layouts)
-        )
+
+    def rows(name):
+        return tuple(np.asarray(arrays[name][i, :n]) for i, n in enumerate(lengths.tolist()))
+
+    responses = rows("responses")
+    prompt_lens = np.array([len(p.prompt_ids) for p in prompts])[np.arange(len(lengths)) // g]
     return Generation(
         prompts=prompts,
         responses=responses,
-        logprobs=tuple(np.asarray(arrays["logprobs"][i, :n]) for i, n in enumerate(lengths)),
-        entropies=None
-        if "entropies" not in arrays
-        else tuple(np.asarray(arrays["entropies"][i, :n]) for i, n in enumerate(lengths)),
-        fci=fci,
-        layouts=layouts,
+        logprobs=rows("logprobs"),
+        entropies=None if "entropies" not in arrays else rows("entropies"),
+        fci=None if "fci" not in arrays else np.asarray(arrays["fci"], np.float32),
+        layouts=segment_batch(prompt_lens, responses, seps),
         version=int(meta["version"]),
     )

@@ -25,9 +25,10 @@ from attnrl_jax.models.lm import Params
 from attnrl_jax.rl import ads
 from attnrl_jax.sampling import Request, Sample, SamplerFci, SamplingOptions
 from attnrl_jax.sampling.engine import RolloutEngine
+from attnrl_jax.scoring.branch_batch import pad_step_scores
 from attnrl_jax.scoring.forward import ScoringConfig, score_sequences
 from attnrl_jax.scoring.selection import SelectionConfig
-from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, segment_steps, step_bucket
+from attnrl_jax.scoring.steps import SeparatorIds, StepLayouts, segment_batch, step_bucket
 
 FCI_SOURCES = ("sampler", "scoring")
 
@@ -109,17 +110,28 @@ class Generation:
     """Initial responses of a prompt batch, scored by the weights that sampled them.
 
     Response i belongs to prompt i // G. logprobs / entropies: float32[R_i] per response;
-    fci: float32[S_i + 1] per response, or None when the scoring pass ran without FCI.
     entropies is None when no scoring forward ran (fci_source "sampler", see the module doc).
+    layouts: the B responses' StepLayouts (flat arrays). fci: float32[B, W] host array, W >=
+    S_max + 1: response i's FCI in columns 0..S_i (step 0 first), zeros after; None when the
+    scoring pass ran without FCI. Per-response sequences of layouts or FCI vectors are accepted
+    and stacked / padded once (W = S_max + 1).
     """
 
     prompts: tuple[Prompt, ...]
     responses: tuple[np.ndarray, ...]
     logprobs: tuple[np.ndarray, ...]
     entropies: tuple[np.ndarray, ...] | None
-    fci: tuple[np.ndarray, ...] | None
-    layouts: tuple[StepLayout, ...]
+    fci: np.ndarray | None
+    layouts: StepLayouts
     version: int
+
+    def __post_init__(self):
+        layouts = StepLayouts.stack(self.layouts)
+        if len(layouts) != len(self.responses):
+            raise ValueError(f"{len(layouts)} layouts for {len(self.responses)} responses")
+        object.__setattr__(self, "layouts", layouts)
+        if self.fci is not None:
+            object.__setattr__(self, "fci", pad_step_scores(self.fci, layouts.num_steps))
 
     @property
     def group_size(self) -> int:
@@ -192,8 +204,8 @@ def score_generation(
         responses=tuple(responses),
         logprobs=tuple(s.logprobs for s in scored),
         entropies=tuple(s.entropies for s in scored),
-        fci=None if not rc.scoring.with_fci else tuple(s.fci for s in scored),
-        layouts=tuple(s.layout for s in scored),
+        fci=None if not rc.scoring.with_fci else [s.fci for s in scored],
+        layouts=[s.layout for s in scored],
         version=version,
     )
 
@@ -231,10 +243,8 @@ def _generation_from_sampler(
         responses=tuple(responses),
         logprobs=tuple(logprobs),
         entropies=None if entropies is None else tuple(entropies),
-        fci=tuple(fci),
-        layouts=tuple(
-            segment_steps(len(p), r, seps) for p, r in zip(prompt_ids, responses, strict=True)
-        ),
+        fci=fci,  # padded into one array once (Generation)
+        layouts=segment_batch([len(p) for p in prompt_ids], responses, seps),
         version=version,
     )
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,9 @@ from attnrl_jax.buckets import power_of_two
 from attnrl_jax.rl import ads
 from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree, keep_groups
 from attnrl_jax.rl.packed import TrainProblem
+from attnrl_jax.rl.ragged import Ragged
 from attnrl_jax.rl.rollout import Generation, RolloutConfig
-from attnrl_jax.rl.tree import ORIGINAL, Continuation, Response, assemble_trees, tree_batch
+from attnrl_jax.rl.tree import TreeSources, assemble, pack_tree_inputs, tree_values
 from attnrl_jax.sampling import Request, Sample
 from attnrl_jax.scoring.selection import select, selection_inputs
 
@@ -89,9 +91,10 @@ def plan_branches(
     rewards: float[P * G]. GRPO (rc.tree False) branches nowhere. Two jitted calls over the whole
     batch (ads.expansion_plan, selection.select); random picks draw from a jax key taken from
     `rng` (the trainer's (seed, step) generator), split between ADS and selection.
-    Host-side: padding the layouts / FCI / entropies into arrays (selection_inputs: index
-    arrays, no loop per response; the Generation holds them per response, as host arrays) and
-    turning the offsets into the plan's tuples.
+    Host-side: padding the layouts / entropies into arrays (selection_inputs: index arrays, no
+    loop per response) and turning the offsets into the plan's tuples. The Generation's FCI is
+    one padded host array: it goes to the device in one copy and is padded there (the device
+    seam of selection_inputs).
     """
     g = rc.group_size
     p = len(gen.prompts)
@@ -103,7 +106,8 @@ def plan_branches(
     if gen.entropies is None and method == "entropy":
         raise ValueError("method 'entropy' needs per-token entropies from the scoring pass")
     problems = power_of_two(p, 8)
-    inputs = selection_inputs(gen.layouts, gen.fci, gen.entropies, rows=problems * g)
+    fci = None if gen.fci is None else jax.device_put(_bucketed(gen, problems * g))
+    inputs = selection_inputs(gen.layouts, fci, gen.entropies, rows=problems * g)
     padded = np.zeros((problems, g), np.float32)
     padded[:p] = np.asarray(rewards).reshape(p, g)
     fci = jnp.pad(inputs.fci, ((0, 0), (1, 0))).reshape(problems, g, -1)  # step 0 first
@@ -120,6 +124,17 @@ def plan_branches(
     points = tuple(tuple(flat[a:b]) for a, b in zip([0, *ends], ends, strict=False))
     state = ads.AttentionFilterState(float(new_state.total), int(new_state.count))
     return BranchPlan(points, state, int(filtered.sum()))
+
+
+def _bucketed(gen: Generation, rows: int) -> np.ndarray:
+    """The Generation's FCI [B, W] as float32[rows, S_pad + 1] (S_pad: selection_inputs' step
+    bucket): the step's one FCI copy to the device has a bucketed shape (no compile per B or
+    per S_max)."""
+    columns = power_of_two(int(gen.layouts.num_steps.max(initial=0)), 16) + 1
+    out = np.zeros((rows, columns), np.float32)
+    width = min(columns, gen.fci.shape[1])
+    out[: len(gen.fci), :width] = gen.fci[:, :width]
+    return out
 
 
 @dataclass(frozen=True)
@@ -143,41 +158,31 @@ def build_problems(
 
     continuations[i][b] / continuation_rewards[i][b]: the samples and float[T] 0/1 rewards of
     branch point b of response i (`attach`). Values, advantages and the filter are one
-    jitted call each over all problems; the host gathers the graded rewards into arrays, wraps
-    the kept problems' nodes (index arrays over the batch, `assemble_trees`) and slices the
-    log-prob segments.
+    jitted call each over all problems; the host concatenates the responses' and samples'
+    tokens and log-probs once (flat arrays with offsets), gathers every kept node's tokens,
+    log-probs and versions with one index array (`tree_nodes.assemble`), and the trees make
+    Segment / TrainingPath objects only when read. A TrainProblem's segment_logp /
+    segment_version are `Ragged` rows (a Sequence of per-segment arrays).
     """
     g = rc.group_size
     p = len(gen.prompts)
     rewards = np.asarray(rewards, np.float32)
+    logp = Ragged.of(gen.logprobs, np.float32)
     if rc.tree:
-        groups = [
-            tuple(
-                tuple(
-                    Continuation(s.token_ids, float(r)) for s, r in zip(samples, rew, strict=True)
-                )
-                for samples, rew in zip(continuations[i], continuation_rewards[i], strict=True)
-            )
-            for i in range(p * g)
-        ]
-        problems = [
-            [
-                Response(gen.responses[i], float(rewards[i]), plan.branch_points[i], groups[i])
-                for i in range(j * g, (j + 1) * g)
-            ]
-            for j in range(p)
-        ]
-        inputs, values = tree_batch(problems, rc.merge_duplicates)
+        sources, inputs = _tree_sources(gen, rewards, plan, continuations, continuation_rewards,
+                                        continuation_version)  # fmt: skip
+        values = tree_values(inputs, rc.merge_duplicates)
         keep = ads.keep_problems(inputs, values, rc.ads.zero_advantage_filter)
         inputs, values, keep = jax.device_get((inputs, values, keep))
         kept = np.flatnonzero(keep[:p])
-        trees = assemble_trees(problems, inputs, values, kept)
+        trees, fields = assemble(sources, inputs, values, kept)
+        segment_logp, segment_version = fields["logp"], fields["version"]
         c_valid = np.asarray(inputs.cont_valid)
         leaves = int(inputs.response_valid.sum() + c_valid.sum())
         leaf_sum = float(rewards.sum() + np.where(c_valid, inputs.cont_reward, 0.0).sum())
     else:
         by_problem = rewards.reshape(p, g)
-        lengths = np.array([len(r) for r in gen.responses]).reshape(p, g)
+        lengths = logp.lengths.reshape(p, g)
         adv = grpo_advantages(by_problem, rc.grpo_eps)
         keep = keep_groups(by_problem, adv, lengths, rc.ads.zero_advantage_filter)
         adv, keep = jax.device_get((adv, keep))
@@ -186,22 +191,16 @@ def build_problems(
             grpo_tree(gen.responses[j * g : (j + 1) * g], by_problem[j], advantages=adv[j])
             for j in kept
         ]
+        versions = np.full(len(logp.values), gen.version, np.int32)
+        # a GRPO tree's segments are its G whole responses, in order
+        segment_logp = [Ragged(logp.values, logp.first[j * g : (j + 1) * g + 1]) for j in kept]
+        segment_version = [Ragged(versions, logp.first[j * g : (j + 1) * g + 1]) for j in kept]
         leaves, leaf_sum = p * g, float(rewards.sum())
-    problems_out = []
-    for j, tree in zip(kept, trees, strict=True):  # host assembly of the kept problems' rows
-        logp, vers = [], []
-        for seg in tree.segments:
-            i = j * g + seg.response
-            if seg.branch == ORIGINAL:
-                logp.append(gen.logprobs[i][seg.start : seg.start + len(seg.tokens)])
-                vers.append(np.full(len(seg.tokens), gen.version, np.int32))
-            else:
-                logp.append(continuations[i][seg.branch][seg.continuation].logprobs)
-                vers.append(np.full(len(seg.tokens), continuation_version, np.int32))
-        prompt = gen.prompts[j].prompt_ids
-        problems_out.append(
-            TrainProblem(np.asarray(prompt, np.int32), tree, tuple(logp), tuple(vers))
-        )
+    problems_out = [
+        TrainProblem(np.asarray(gen.prompts[j].prompt_ids, np.int32), tree, lp, ver)
+        for j, tree, lp, ver in zip(kept.tolist(), trees, segment_logp, segment_version,
+                                    strict=True)
+    ]  # fmt: skip
     stats = TreeStats(
         problems=p,
         kept=len(problems_out),
@@ -209,6 +208,57 @@ def build_problems(
         mean_leaf_reward=leaf_sum / max(leaves, 1),
     )
     return problems_out, stats
+
+
+def _tree_sources(gen, rewards, plan, continuations, continuation_rewards, version):
+    """(TreeSources, TreeInputs) of the batch's trees from flat arrays: one concatenation of the
+    responses' and of the continuation samples' tokens and log-probs (no object per response)."""
+    b = len(gen.responses)
+    points = np.fromiter(map(len, plan.branch_points), np.int64, b)
+    if len(continuations) != b or len(continuation_rewards) != b:
+        raise ValueError(
+            f"{len(continuations)} continuation and {len(continuation_rewards)} reward lists for "
+            f"{b} responses"
+        )
+    per_response = np.fromiter(map(len, continuations), np.int64, b)
+    if (per_response != points).any():
+        i = int(np.flatnonzero(per_response != points)[0])
+        raise ValueError(
+            f"response {i}: {points[i]} branch points but {per_response[i]} continuation groups"
+        )
+    groups = [group for branches in continuations for group in branches]
+    graded = [np.asarray(r, np.float64) for branches in continuation_rewards for r in branches]
+    conts = np.fromiter(map(len, groups), np.int64, len(groups))
+    if (
+        len(graded) != len(groups)
+        or (np.fromiter(map(len, graded), np.int64, len(graded)) != conts).any()
+    ):
+        raise ValueError("continuation rewards do not match the continuation samples")
+    samples = [s for group in groups for s in group]
+    cont_reward = np.concatenate([np.zeros(0), *graded])
+    tokens = Ragged.of(gen.responses, np.int32)
+    cont_tokens = Ragged.of([s.token_ids for s in samples], np.int32)
+    logp = Ragged.of(gen.logprobs, np.float32)
+    cont_logp = Ragged.of([s.logprobs for s in samples], np.float32)
+
+    def versions(rows, v):
+        return Ragged(np.full(len(rows.values), v, np.int32), rows.first)
+
+    problem_sizes = np.full(len(gen.prompts), gen.group_size, np.int64)
+    sources = TreeSources.of(
+        problem_sizes, points, conts, rewards, cont_reward,
+        pool={
+            "tokens": (tokens, cont_tokens),
+            "logp": (logp, cont_logp),
+            "version": (versions(tokens, gen.version), versions(cont_tokens, version)),
+        },
+    )  # fmt: skip
+    inputs = pack_tree_inputs(
+        problem_sizes, rewards, tokens.lengths, points,
+        np.fromiter(chain.from_iterable(plan.branch_points), np.int32, int(points.sum())),
+        conts, cont_reward, cont_tokens.lengths,
+    )  # fmt: skip
+    return sources, inputs
 
 
 def attach(plan: BranchPlan, per_request: Sequence) -> Nested:

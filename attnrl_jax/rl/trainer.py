@@ -10,16 +10,9 @@ Step s (0-based; the params are theta_s, policy version s), with k = run.off_pol
 - on-policy (k = 0): sample and score batch s with theta_s, grade, plan, a second sampler call
   for the continuations, grade, build trees, update.
 
-Disjoint device groups (mesh.rollout_devices > 0, devices.split_devices): the engine samples
-on the rollout group's own mesh and the trainer trains on the rest. The schedule and every
-sampled token stay the same, but the off-policy call is cut in two with the same seed and
-request indexes (so the same samples): batch s's continuations first (the critical path), then
-batch s + k's initial responses and their scoring on a background thread while the training
-group grades, plans and updates; the thread is joined before the new weights go to the rollout
-group (one transfer per update, into its layout). With several processes the thread starts
-after the continuations are graded: grading all-gathers over every device, and each process
-must issue collectives in the same order. A checkpoint is written between steps, after the
-join, so it holds every batch in flight.
+The sampler calls and their overlap with the update (the split schedule on disjoint device
+groups) are rl/rollout_schedule.py; checkpoint save / restore of the trainer state
+rl/trainer_state.py; the non-finite guard rl/nonfinite.py.
 
 Importance correction (loss.tis_cap > 0): the update recomputes the batch's log-probs at
 theta_s (the proximal policy, update.py) and weights each token by min(pi_prox /
@@ -59,10 +52,9 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -70,32 +62,27 @@ from attnrl_jax import storage
 from attnrl_jax.data.pipeline import Prompt, PromptStream
 from attnrl_jax.models.lm import Params
 from attnrl_jax.models.sharding import optimizer_state_shardings, param_shardings
-from attnrl_jax.rl import ads, integrity
+from attnrl_jax.rl import ads
 from attnrl_jax.rl import rollout as ro
 from attnrl_jax.rl import step_plan as sp
-from attnrl_jax.rl.checkpoint import (
-    Checkpointer,
-    check_writable,
-    generation_from_state,
-    generation_to_state,
-    say,
-)
+from attnrl_jax.rl.checkpoint import Checkpointer, check_writable, say
 from attnrl_jax.rl.devices import build_rollout_mesh
 from attnrl_jax.rl.interrupt import SignalGuard
+from attnrl_jax.rl.nonfinite import NonFiniteGuard, NonFiniteStep
 from attnrl_jax.rl.phases import PhaseTimes
-from attnrl_jax.rl.settings import ConfigError, RunConfig
+from attnrl_jax.rl.rollout_schedule import RolloutSchedule
+from attnrl_jax.rl.settings import RunConfig
+from attnrl_jax.rl.trainer_state import TrainerState
 from attnrl_jax.rl.update import make_optimizer, reference_copy, run_updates
 from attnrl_jax.sampling import Buckets, SamplerConfig
 from attnrl_jax.sampling.engine import NativeEngine, RolloutEngine, place_on
 from attnrl_jax.sampling.eos import eos_ids as model_eos_ids
 from attnrl_jax.scoring.steps import SeparatorIds
 
-
-class NonFiniteStep(RuntimeError):
-    """A step whose loss, gradient norm or new params/optimizer state are not finite."""
+__all__ = ["NonFiniteStep", "Trainer"]
 
 
-class Trainer:
+class Trainer(RolloutSchedule, TrainerState, NonFiniteGuard):
     """Owns the training state; `run()` trains to run.total_steps and checkpoints, resuming if
     it can.
 
@@ -190,85 +177,7 @@ class Trainer:
             self.rollout_params = place_on(self.params, target)
         self.engine.update_weights(self.rollout_params, version)
 
-    # ----- state -----
-
-    def _host_state(self) -> dict:
-        host = {
-            "step": self.step,
-            "seed": self.seed,
-            "filter_total": self.filter_state.total,
-            "filter_count": self.filter_state.count,
-            "prompt_batch_size": self.prompt_batch_size,
-            "stream": self.stream.get_state(),
-            "pending": None,
-            "nonfinite_skips": self.nonfinite_skips,
-        }
-        arrays = None
-        if self.pending:  # a list of metadata; arrays under "0", "1", ... (oldest first)
-            states = [generation_to_state(g) for g in self.pending]
-            arrays = {str(i): a for i, (a, _) in enumerate(states)}
-            host["pending"] = [meta for _, meta in states]
-        return host, arrays
-
-    def _state(self) -> dict:
-        return {"params": self.params, "opt_state": self.opt_state}
-
-    def save(self) -> None:
-        host, arrays = self._host_state()
-        self.checkpointer.save(self.step, self._state(), host, arrays)
-
-    def restore(self, step: int) -> None:
-        """Loads checkpoint `step` (params, optimizer, stream, pending Generation), verified."""
-        self._load(step, *self.checkpointer.restore(step, self._state()))
-
-    def restore_point(self) -> str:
-        """Where a re-run of the same command resumes: one phrase for messages."""
-        latest = self.checkpointer.all_steps()
-        if not latest:
-            return f"no checkpoint yet in {self.checkpointer.directory}; a re-run starts afresh"
-        return f"checkpoint step {latest[-1]} in {self.checkpointer.directory}"
-
-    def _load(self, step: int, state, host: dict, arrays) -> None:
-        if host["seed"] != self.seed:
-            raise ConfigError(
-                f"the checkpoint in {self.workdir} was trained with seed {host['seed']}, "
-                f"this run has seed {self.seed}; use the same seed or a new workdir"
-            )
-        self.params, self.opt_state = state["params"], state["opt_state"]
-        self.step = int(host["step"])
-        self.nonfinite_skips = int(host.get("nonfinite_skips", 0))
-        self.filter_state = ads.AttentionFilterState(host["filter_total"], host["filter_count"])
-        self.prompt_batch_size = int(host["prompt_batch_size"])
-        self.stream.set_state(host["stream"])
-        self._drop_metrics_after(self.step)
-        self.pending = []
-        metas = host["pending"]
-        if isinstance(metas, dict):  # written before off_policy_steps: one pending batch
-            metas, arrays = [metas], {"0": arrays}
-        for i, meta in enumerate(metas or ()):
-            state = {k: np.asarray(v) for k, v in arrays[str(i)].items()}
-            self.pending.append(generation_from_state(state, meta, self.seps))
-        self._push_weights(self.step)
-
-    def _drop_metrics_after(self, step: int) -> None:
-        """Forget metrics lines of steps after the restored checkpoint (and a line cut off by a
-        kill), so metrics.jsonl reads as one uninterrupted run."""
-        path = self.workdir / "metrics.jsonl"
-        if jax.process_index() != 0 or not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line + "\n")
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-        path.write_text("".join(kept))
-
     # ----- one step -----
-
-    def _seed(self, call: int) -> int:
-        return int(np.random.default_rng([self.seed, self.step, call]).integers(2**31))
 
     def _grade(self, token_lists, golds) -> np.ndarray:
         """float[N] rewards; with several processes each grades items p, p + P, ... and all
@@ -289,55 +198,6 @@ class Trainer:
         padded[: len(local)] = local
         gathered = np.asarray(multihost_utils.process_allgather(padded))  # [P, ceil(N / P)]
         return gathered.T.reshape(-1)[: len(token_lists)].astype(np.float64)
-
-    def _sample_and_score(self, prompts, plan_of, timer, call, first_index=0, warm_up=False):
-        """One sampler call: G samples per prompt, plus T continuations per branch point of
-        `plan_of` = (Generation, BranchPlan) when given; then the scoring pass over the new
-        responses. Returns (Generation of the prompts or None, continuation samples).
-
-        first_index: the first request index of the continuations when the prompts are sampled
-        by another call (the split schedule), so each row draws what the merged call draws.
-        warm_up: the off-policy warm-up's batches (timeline span "sample_warm_up")."""
-        requests = ro.initial_requests(prompts, self.rollout.group_size)
-        if plan_of is not None:
-            requests += sp.continuation_requests(
-                *plan_of, self.rollout.continuations, first_index=len(requests) + first_index,
-                budget=self.rollout.continuation_budget,
-            )  # fmt: skip
-        self._sampler_calls += 1
-        # FCI of the new initial responses from the sampler (rollout.fci_source = "sampler").
-        fci = self.rollout.sampler_fci(self.seps) if prompts else None
-        spans = ("sample_initial",) * bool(prompts) + ("sample_continuations",) * bool(plan_of)
-        spans = ("sample_warm_up",) if warm_up else spans
-        version, params = self.step, self.rollout_params  # theta_s, even if the update lands
-        with timer("sampling", *spans):
-            out = ro.sample_all(self.engine, requests, self.rollout, self._seed(call), fci)
-        gen = None
-        if prompts:
-            with timer("scoring", "score"):
-                gen = ro.score_generation(
-                    params, self.cfg, self.rollout, prompts, out[: len(prompts)], self.seps,
-                    version,
-                )  # fmt: skip
-        return gen, out[len(prompts) :]
-
-    def _sample_next(self, prompts, plan_of, timer) -> tuple[Future | None, list]:
-        """Batch s + k's initial responses and batch s's continuations, both with theta_s:
-        one call on shared devices; with split devices the continuations now and the initial
-        responses on the background thread (same seed and request indexes). Returns (a Future
-        of the new Generation or None, the continuation samples)."""
-        if self._background is None or not prompts:
-            gen, conts = self._sample_and_score(prompts, plan_of, timer, call=2)
-            done = Future()
-            done.set_result(gen)
-            return done, conts
-        _, conts = self._sample_and_score([], plan_of, timer, call=2, first_index=len(prompts))
-        return None, conts
-
-    def _start_initial(self, prompts, timer) -> Future:
-        return self._background.submit(
-            lambda: self._sample_and_score(prompts, None, timer, call=2)[0]
-        )
 
     def train_step(self) -> dict:
         start = time.perf_counter()
@@ -377,10 +237,8 @@ class Trainer:
         problems, stats = sp.build_problems(
             gen, rewards, plan, conts, cont_rewards, self.step, self.rollout
         )
-        staleness = max(
-            (self.step - int(v.min()) for p in problems for v in p.segment_version if v.size),
-            default=0,
-        )
+        versions = [p.segment_version.flat for p in problems]  # Ragged: one array each
+        staleness = max((self.step - int(v.min()) for v in versions if v.size), default=0)
         if staleness > lag:
             raise RuntimeError(
                 f"step {self.step + 1} trains on tokens {staleness} updates stale; "
@@ -437,38 +295,6 @@ class Trainer:
         self.step += 1
         metrics["time_step"] = time.perf_counter() - start
         return metrics
-
-    # ----- non-finite guard (train.on_nonfinite) -----
-
-    def _backup_for_skip(self):
-        """A copy of (params, opt_state) to fall back on when a step may be skipped: the update
-        donates the old buffers. Costs one more copy of the state in device memory."""
-        if self.run_config.train.on_nonfinite != "skip":
-            return None
-        return jax.tree.map(jnp.copy, (self.params, self.opt_state))
-
-    def _guard_nonfinite(self, update_metrics: dict, backup) -> dict:
-        """The update's metrics when loss, gradient norm and the new state are finite. Otherwise
-        the step is not applied: "stop" raises NonFiniteStep naming the step (nothing of it is
-        saved), "skip" puts the backup back, counts the skip and blanks the loss metrics."""
-        values = {k: v for k, v in update_metrics.items() if isinstance(v, float)}
-        bad = sorted(k for k, v in values.items() if not np.isfinite(v))
-        if not bad and not integrity.all_finite(self._state()):
-            bad = ["params/optimizer state"]
-        if not bad:
-            return {**update_metrics, "nonfinite_skips": self.nonfinite_skips}
-        what = ", ".join(f"{k}={values[k]}" if k in values else k for k in bad)
-        if backup is None:
-            raise NonFiniteStep(
-                f"step {self.step + 1}: non-finite {what}; the update was not applied and not "
-                f"saved ({self.restore_point()}); lower optim.learning_rate, check the rewards, "
-                "or set train.on_nonfinite=skip"
-            )
-        self.params, self.opt_state = backup
-        self.nonfinite_skips += 1
-        say(f"step {self.step + 1}: non-finite {what}; the update was skipped")
-        blank = dict.fromkeys(values)
-        return {**update_metrics, **blank, "nonfinite_skips": self.nonfinite_skips}
 
     # ----- loop -----
 

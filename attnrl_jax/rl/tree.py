@@ -32,7 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnrl_jax.buckets import power_of_two
-from attnrl_jax.rl.tree_nodes import ORIGINAL, ProblemTree, Segment, TrainingPath, assemble_trees
+from attnrl_jax.rl.tree_nodes import (
+    ORIGINAL,
+    ProblemTree,
+    Segment,
+    TrainingPath,
+    TreeSources,
+    assemble,
+    assemble_trees,
+)
 
 __all__ = [
     "ORIGINAL",
@@ -42,10 +50,13 @@ __all__ = [
     "Segment",
     "TrainingPath",
     "TreeInputs",
+    "TreeSources",
     "TreeValues",
+    "assemble",
     "assemble_trees",
     "build_tree",
     "build_trees",
+    "pack_tree_inputs",
     "tree_batch",
     "tree_inputs",
     "tree_values",
@@ -215,44 +226,80 @@ def tree_values(inputs: TreeInputs, merge: bool = True) -> TreeValues:
 
 
 def tree_inputs(problems: Sequence[Sequence[Response]]) -> TreeInputs:
-    """Host side: pack problems (each a sequence of Responses) into bucketed TreeInputs.
-
-    P, G, N and T pad to powers of two (at least 8, 8, 2, 2: few shapes, few compiles). The
-    graded values are read into flat arrays (one pass over the objects) and scattered by index
-    arrays: no Python loop per response with array writes.
+    """Host side: pack problems (each a sequence of Responses) into bucketed TreeInputs: the
+    graded values are read into flat arrays (one pass over the objects), then `pack_tree_inputs`.
     """
     flat = [x for responses in problems for x in responses]
     groups = [conts for x in flat for conts in x.continuations]  # one per branch point
     conts = [c for group in groups for c in group]
-    per_problem = np.fromiter(map(len, problems), np.int64, len(problems))
-    per_response = np.fromiter((len(x.branch_points) for x in flat), np.int64, len(flat))
-    per_point = np.fromiter(map(len, groups), np.int64, len(groups))
-    p = power_of_two(len(problems), 8)
+    return pack_tree_inputs(
+        problem_sizes=np.fromiter(map(len, problems), np.int64, len(problems)),
+        reward=np.fromiter((x.reward for x in flat), np.float32, len(flat)),
+        response_len=np.fromiter((len(x.tokens) for x in flat), np.int32, len(flat)),
+        points=np.fromiter((len(x.branch_points) for x in flat), np.int64, len(flat)),
+        offsets=np.fromiter(
+            chain.from_iterable(x.branch_points for x in flat), np.int32, len(groups)
+        ),
+        conts=np.fromiter(map(len, groups), np.int64, len(groups)),
+        cont_reward=np.fromiter((c.reward for c in conts), np.float32, len(conts)),
+        cont_len=np.fromiter((len(c.tokens) for c in conts), np.int32, len(conts)),
+    )
+
+
+def pack_tree_inputs(
+    problem_sizes: np.ndarray,
+    reward: np.ndarray,
+    response_len: np.ndarray,
+    points: np.ndarray,
+    offsets: np.ndarray,
+    conts: np.ndarray,
+    cont_reward: np.ndarray,
+    cont_len: np.ndarray,
+) -> TreeInputs:
+    """Bucketed TreeInputs from flat arrays, scattered by index arrays (no loop per response).
+
+    problem_sizes int[P]: responses per problem; reward / response_len [B]: per response, in
+    problem order; points int[B]: branch points per response; offsets int[sum points]: the
+    points, response by response; conts int[sum points]: continuations per point;
+    cont_reward / cont_len [sum conts]: per continuation, point by point. P, G, N and T pad to
+    powers of two (at least 8, 8, 2, 2: few shapes, few compiles).
+    """
+    per_problem = np.asarray(problem_sizes, np.int64)
+    per_response = np.asarray(points, np.int64)
+    per_point = np.asarray(conts, np.int64)
+    if len(reward) != per_problem.sum() or len(per_response) != len(reward):
+        raise ValueError(
+            f"{len(reward)} rewards, {len(per_response)} point counts for "
+            f"{int(per_problem.sum())} responses"
+        )
+    if len(offsets) != per_response.sum() or len(per_point) != len(offsets):
+        raise ValueError(f"{len(offsets)} offsets for {int(per_response.sum())} branch points")
+    if len(cont_reward) != per_point.sum() or len(cont_len) != len(cont_reward):
+        raise ValueError(f"{len(cont_reward)} rewards for {int(per_point.sum())} continuations")
+    p = power_of_two(len(per_problem), 8)
     g = power_of_two(int(per_problem.max(initial=1)), 8)
     n = power_of_two(int(per_response.max(initial=1)), 2)
     t = power_of_two(int(per_point.max(initial=1)), 2)
     problem, response = _ragged_index(per_problem)  # of each flat response
     owner, point = _ragged_index(per_response)  # of each branch point
     group, cont = _ragged_index(per_point)  # of each continuation
-    reward = np.zeros((p, g), np.float32)
+    out_reward = np.zeros((p, g), np.float32)
     valid = np.zeros((p, g), bool)
     length = np.zeros((p, g), np.int32)
     at = (problem, response)
-    reward[at] = np.fromiter((x.reward for x in flat), np.float32, len(flat))
+    out_reward[at] = reward
     valid[at] = True
-    length[at] = np.fromiter((len(x.tokens) for x in flat), np.int32, len(flat))
-    offsets = np.zeros((p, g, n), np.int32)
-    offsets[problem[owner], response[owner], point] = np.fromiter(
-        chain.from_iterable(x.branch_points for x in flat), np.int32, len(groups)
-    )
+    length[at] = response_len
+    out_offsets = np.zeros((p, g, n), np.int32)
+    out_offsets[problem[owner], response[owner], point] = offsets
     c_reward = np.zeros((p, g, n, t), np.float32)
     c_valid = np.zeros((p, g, n, t), bool)
     c_len = np.zeros((p, g, n, t), np.int32)
     at = (problem[owner[group]], response[owner[group]], point[group], cont)
-    c_reward[at] = np.fromiter((c.reward for c in conts), np.float32, len(conts))
+    c_reward[at] = cont_reward
     c_valid[at] = True
-    c_len[at] = np.fromiter((len(c.tokens) for c in conts), np.int32, len(conts))
-    return TreeInputs(reward, valid, length, offsets, c_reward, c_valid, c_len)
+    c_len[at] = cont_len
+    return TreeInputs(out_reward, valid, length, out_offsets, c_reward, c_valid, c_len)
 
 
 def _ragged_index(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

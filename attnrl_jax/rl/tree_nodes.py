@@ -10,9 +10,11 @@ Outputs, for a problem's expanded responses:
   per-token source marker (True: original-response token, whose behaviour log-prob is the stored one
   from the scoring pass; False: continuation token, log-prob from the continuation's sampler).
 
-Assembly computes every node's fields for the whole batch with index arrays (`_node_table`); the
-host then only wraps them in objects. A path's per-token arrays are built from its segments when
-first read (training rows are built from the segments).
+Assembly computes every node's fields for the whole batch with index arrays (`_node_table`) and
+gathers every node's tokens (and other per-token fields, e.g. behaviour log-probs) from the flat
+`TreeSources` with one index array (`assemble`); a ProblemTree keeps its node columns and makes
+the Segment / TrainingPath objects when first read. A path's per-token arrays are built from its
+segments when first read (training rows are built from the segments).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
+
+from attnrl_jax.rl.ragged import Ragged, gather_runs
 
 if TYPE_CHECKING:  # tree.py imports this module
     from attnrl_jax.rl.tree import Response, TreeInputs, TreeValues
@@ -97,44 +101,229 @@ class TrainingPath:
         return np.repeat(original, self.lengths)
 
 
-@dataclass(frozen=True, eq=False)
 class ProblemTree:
-    """A problem's tree: V(root), the packed segments and the per-path sequences."""
+    """A problem's tree: V(root), the packed segments and the per-path sequences.
 
-    root_value: float
-    segments: tuple[Segment, ...]
-    paths: tuple[TrainingPath, ...]
+    Built from Segment / TrainingPath tuples (`ProblemTree(root_value, segments, paths)`), or by
+    the assembly from its node columns (`from_nodes`): then the Segment / TrainingPath objects
+    are made on the first read of `segments` / `paths`, and `node_tokens` / `nodes` give the
+    same data as arrays without them. Read-only.
+    """
+
+    __slots__ = ("root_value", "_segments", "_paths", "_nodes", "_tokens", "_chain_id")
+
+    def __init__(
+        self,
+        root_value: float,
+        segments: Sequence[Segment] = (),
+        paths: Sequence[TrainingPath] = (),
+    ):
+        self.root_value = root_value
+        self._segments, self._paths = tuple(segments), tuple(paths)
+        self._nodes = self._tokens = self._chain_id = None
+
+    @classmethod
+    def from_nodes(
+        cls, root_value: float, nodes: dict[str, np.ndarray], tokens: Ragged, chain_id: np.ndarray
+    ) -> ProblemTree:
+        """nodes: per-node columns in node order (response, parent, start, branch, continuation,
+        value, path_count, advantage, reward, depth, leaf; see `_node_table`); tokens: node i's
+        token ids as row i; chain_id int[G, N + 1]: the node index of chain slot (j, s)."""
+        tree = cls(root_value)
+        tree._segments = tree._paths = None
+        tree._nodes, tree._tokens, tree._chain_id = nodes, tokens, chain_id
+        return tree
+
+    @property
+    def nodes(self) -> dict[str, np.ndarray] | None:
+        """The node columns (None for a tree built from objects)."""
+        return self._nodes
+
+    @property
+    def node_tokens(self) -> Ragged:
+        """Row i: the token ids of segment i (int32 views)."""
+        if self._tokens is None:
+            self._tokens = Ragged.of([s.tokens for s in self.segments], np.int32)
+        return self._tokens
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        if self._segments is None:
+            n = self._nodes
+            cols = [n[k].tolist() for k in _SEGMENT_COLUMNS]
+            self._segments = tuple(
+                Segment(j, parent, start, toks, branch, cont, value, count, adv)
+                for (j, parent, start, branch, cont, value, count, adv), toks in zip(
+                    zip(*cols, strict=True), self._tokens, strict=True
+                )
+            )
+        return self._segments
+
+    @property
+    def paths(self) -> tuple[TrainingPath, ...]:
+        if self._paths is None:
+            n, segments = self._nodes, self.segments
+            chain_id = self._chain_id.tolist()
+            leaves = np.flatnonzero(n["leaf"]).tolist()
+            cols = [n[k][leaves].tolist() for k in ("response", "branch", "continuation", "depth")]
+            rewards = n["reward"][leaves].tolist()
+            self._paths = tuple(
+                TrainingPath(
+                    j, branch, cont,
+                    tuple(chain_id[j][: depth + 1]) + (() if branch == ORIGINAL else (i,)),
+                    reward, segments,
+                )
+                for i, j, branch, cont, depth, reward in zip(leaves, *cols, rewards, strict=True)
+            )  # fmt: skip
+        return self._paths
+
+
+_SEGMENT_COLUMNS = (
+    "response", "parent", "start", "branch", "continuation", "value", "path_count", "advantage",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class TreeSources:
+    """A batch's response and continuation tokens and leaf rewards as flat arrays (no object
+    per response): what the assembly reads besides tree_values' inputs and outputs.
+
+    Global numbering: response j of problem a is problem_first[a] + j; branch point b of
+    response i is point_first[i] + b (in its given order); continuation c of point p is
+    cont_first[p] + c. pool: name -> a flat per-token array holding every response then every
+    continuation ("tokens", int, is required; others, e.g. behaviour log-probs, are gathered
+    alike by `assemble`). response_at int64[B], cont_at / cont_len int64[C]: pool offsets and
+    lengths; reward float64[B], cont_reward float64[C]: the leaves' own rewards.
+    """
+
+    problem_first: np.ndarray
+    point_first: np.ndarray
+    cont_first: np.ndarray
+    response_at: np.ndarray
+    cont_at: np.ndarray
+    cont_len: np.ndarray
+    reward: np.ndarray
+    cont_reward: np.ndarray
+    pool: dict[str, np.ndarray]
+
+    @classmethod
+    def from_responses(cls, problems: Sequence[Sequence[Response]]) -> TreeSources:
+        """The sources of Response / Continuation objects (one concatenation each)."""
+        flat = [x for responses in problems for x in responses]
+        groups = [conts for x in flat for conts in x.continuations]
+        conts = [c for group in groups for c in group]
+        responses = Ragged.of([np.asarray(x.tokens) for x in flat], np.int32)
+        continuations = Ragged.of([np.asarray(c.tokens) for c in conts], np.int32)
+        return cls.of(
+            problem_sizes=np.fromiter(map(len, problems), np.int64, len(problems)),
+            points=np.fromiter((len(x.branch_points) for x in flat), np.int64, len(flat)),
+            conts=np.fromiter(map(len, groups), np.int64, len(groups)),
+            reward=np.fromiter((x.reward for x in flat), np.float64, len(flat)),
+            cont_reward=np.fromiter((c.reward for c in conts), np.float64, len(conts)),
+            pool={"tokens": (responses, continuations)},
+        )
+
+    @classmethod
+    def of(
+        cls,
+        problem_sizes: np.ndarray,
+        points: np.ndarray,
+        conts: np.ndarray,
+        reward: np.ndarray,
+        cont_reward: np.ndarray,
+        pool: dict[str, tuple[Ragged, Ragged]],
+    ) -> TreeSources:
+        """From counts (responses per problem [P], branch points per response [B],
+        continuations per point [sum points]), rewards, and per field the (responses,
+        continuations) Ragged rows; the fields' rows must have the same lengths."""
+        responses, continuations = pool["tokens"]
+        for name, (r, c) in pool.items():
+            if not (np.array_equal(r.lengths, responses.lengths)
+                    and np.array_equal(c.lengths, continuations.lengths)):  # fmt: skip
+                raise ValueError(f"pool field {name!r} has other row lengths than 'tokens'")
+
+        def offsets(counts):
+            out = np.zeros(len(counts) + 1, np.int64)
+            np.cumsum(counts, out=out[1:])
+            return out
+
+        base = int(responses.first[-1])
+        return cls(
+            problem_first=offsets(problem_sizes),
+            point_first=offsets(points),
+            cont_first=offsets(conts),
+            response_at=responses.first[:-1],
+            cont_at=base + continuations.first[:-1],
+            cont_len=continuations.lengths,
+            reward=np.asarray(reward, np.float64),
+            cont_reward=np.asarray(cont_reward, np.float64),
+            pool={
+                name: np.concatenate([r.values[: r.first[-1]], c.values[: c.first[-1]]])
+                for name, (r, c) in pool.items()
+            },
+        )
 
 
 def assemble_trees(
-    problems: Sequence[Sequence[Response]],
+    problems: Sequence[Sequence[Response]] | TreeSources,
     inputs: TreeInputs,
     values: TreeValues,
     which: Sequence[int] | np.ndarray | None = None,
 ) -> list[ProblemTree]:
-    """The ProblemTrees of problems `which` (default all) from tree_values' inputs and outputs.
+    """The ProblemTrees of problems `which` (default all) from tree_values' inputs and outputs
+    and the problems' tokens (Response objects or their TreeSources).
 
-    Every node's fields (parent, start, value, path count, advantage, path members) come from
-    index-array operations over the whole batch (`_node_table`); the host then only wraps them in
-    Segment / TrainingPath objects, whose token arrays are views of the response or the
-    continuation's own array. Node order: per expanded response, its chain S_0..S_m, then the
-    continuations of each group in sorted point order; paths: the original ending first, then
-    continuations in node order.
+    Every node's fields (parent, start, value, path count, advantage, path members) and its
+    tokens come from index-array operations over the whole batch (`assemble`); the trees make
+    their Segment / TrainingPath objects only when read. Node order: per expanded response, its
+    chain S_0..S_m, then the continuations of each group in sorted point order; paths: the
+    original ending first, then continuations in node order.
     """
-    which = np.arange(len(problems)) if which is None else np.asarray(which, np.int64)
+    if not isinstance(problems, TreeSources):
+        problems = TreeSources.from_responses(problems)
+    return assemble(problems, inputs, values, which)[0]
+
+
+def assemble(
+    sources: TreeSources,
+    inputs: TreeInputs,
+    values: TreeValues,
+    which: Sequence[int] | np.ndarray | None = None,
+) -> tuple[list[ProblemTree], dict[str, list[Ragged]]]:
+    """(trees of problems `which`, per pool field other than "tokens" each tree's node rows):
+    e.g. fields["logp"][k][i] are the pool's "logp" values of segment i of tree k."""
+    which = np.arange(len(sources.problem_first) - 1) if which is None else which
+    which = np.asarray(which, np.int64)
     inputs, values = jax.device_get((inputs, values))
     table = _node_table(inputs, values, which)
     ok = table.pop("ok")
-    chain_id = table.pop("chain_id").tolist()
-    columns = {name: col[ok].tolist() for name, col in table.items()}
-    ends = np.cumsum(ok.sum((1, 2))).tolist()
+    chain_id = table.pop("chain_id")
+    node = {name: col[ok] for name, col in table.items()}
+    per_problem = ok.sum((1, 2))
+    i = sources.problem_first[np.repeat(which, per_problem)] + node["response"]  # global
+    cont = node["branch"] != ORIGINAL
+    c = sources.cont_first[sources.point_first[i] + np.where(cont, node["branch"], 0)]
+    c = np.where(cont, c + node["continuation"], 0)
+    cont_reward = sources.cont_reward[c] if len(sources.cont_reward) else np.zeros(len(c))
+    node["value"] = np.where(cont, cont_reward, node["value"])
+    node["reward"] = np.where(cont, cont_reward, sources.reward[i])
+    cont_at = sources.cont_at[c] if len(sources.cont_at) else np.zeros(len(c), np.int64)
+    cont_len = sources.cont_len[c] if len(sources.cont_len) else np.zeros(len(c), np.int64)
+    begin = np.where(cont, cont_at, sources.response_at[i] + node["start"])
+    length = np.where(cont, cont_len, node.pop("end") - node["start"])
+    index, first = gather_runs(begin, length)
+    gathered = {name: pool[index] for name, pool in sources.pool.items()}
+    bounds = np.zeros(len(which) + 1, np.int64)
+    np.cumsum(per_problem, out=bounds[1:])
     roots = values.root_value[which].tolist()
-    trees, lo = [], 0
-    for k, (a, hi) in enumerate(zip(which.tolist(), ends, strict=True)):
-        node = {name: col[lo:hi] for name, col in columns.items()}
-        trees.append(_wrap(problems[a], node, chain_id[k], roots[k]))
-        lo = hi
-    return trees
+    trees, fields = [], {name: [] for name in gathered if name != "tokens"}
+    for k, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
+        rows = {name: Ragged(col, first[lo : hi + 1]) for name, col in gathered.items()}
+        columns = {name: col[lo:hi] for name, col in node.items()}
+        trees.append(ProblemTree.from_nodes(roots[k], columns, rows.pop("tokens"), chain_id[k]))
+        for name, ragged in rows.items():
+            fields[name].append(ragged)
+    return trees, fields
 
 
 def _node_table(inputs: TreeInputs, v: TreeValues, which: np.ndarray) -> dict[str, np.ndarray]:
@@ -189,45 +378,3 @@ def _node_table(inputs: TreeInputs, v: TreeValues, which: np.ndarray) -> dict[st
         "depth": cat(slot, each_cont(under)),
         "leaf": cat(slot == m[..., None], np.ones((k, g, n, t), bool)),
     }
-
-
-def _wrap(
-    responses: Sequence[Response], node: dict[str, list], chain_id: list, root_value: float
-) -> ProblemTree:
-    """One problem's Segment and TrainingPath objects from its node columns (no arithmetic;
-    leaf rewards are the Responses' / Continuations' own floats)."""
-    tokens: dict[int, np.ndarray] = {}
-    own, values, rewards = [], list(node["value"]), list(node["reward"])
-    for i, (j, start, end, branch, cont) in enumerate(
-        zip(node["response"], node["start"], node["end"], node["branch"], node["continuation"],
-            strict=True)
-    ):  # fmt: skip
-        if branch == ORIGINAL:
-            if j not in tokens:
-                tokens[j] = np.asarray(responses[j].tokens, dtype=np.int32)
-            own.append(tokens[j][start:end])
-            rewards[i] = float(responses[j].reward)
-        else:
-            c = responses[j].continuations[branch][cont]
-            own.append(np.asarray(c.tokens, dtype=np.int32))
-            values[i] = rewards[i] = float(c.reward)
-    segments = tuple(
-        Segment(j, parent, start, toks, branch, cont, value, count, adv)
-        for j, parent, start, toks, branch, cont, value, count, adv in zip(
-            node["response"], node["parent"], node["start"], own, node["branch"],
-            node["continuation"], values, node["path_count"], node["advantage"], strict=True,
-        )
-    )  # fmt: skip
-    paths = tuple(
-        TrainingPath(
-            j, branch, cont,
-            tuple(chain_id[j][: depth + 1]) + (() if branch == ORIGINAL else (i,)),
-            reward, segments,
-        )
-        for i, (j, branch, cont, depth, reward, leaf) in enumerate(
-            zip(node["response"], node["branch"], node["continuation"], node["depth"], rewards,
-                node["leaf"], strict=True)
-        )
-        if leaf
-    )  # fmt: skip
-    return ProblemTree(root_value, segments, paths)

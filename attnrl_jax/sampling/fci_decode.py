@@ -14,7 +14,7 @@ unweighted sums of the step in progress; at the step's end it is folded into `to
 c_j, for key steps k <= j - delta only (those are complete), and reset. After the last token,
 y = c_k total and the aggregate over heads and layers equals the scoring forward's FCI state.
 
-Exactness conditions, checked per row on the host (`finish`):
+Exactness conditions, checked on the host for all rows at once (`finish`):
 - Steps are tracked with the "\\n\\n" separators only. A response without any falls back to "\\n"
   or to every token (steps.py), a choice that depends on the whole response: those rows get no
   FCI here (None) and the caller scores them with the scoring forward.
@@ -32,6 +32,7 @@ attention row (O(H x S_cache)), plus O(H x max_steps) for the fold.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnrl_jax.scoring.fci import FciConfig, finish_fci
-from attnrl_jax.scoring.steps import SeparatorIds, StepLayout
+from attnrl_jax.scoring.steps import SeparatorIds, StepLayouts
 
 
 @dataclass(frozen=True)
@@ -255,36 +256,41 @@ def aggregate(state: FciState, spec: DecodeFci) -> jax.Array:
 
 def finish(
     raw: np.ndarray,
-    layouts: list[StepLayout | None],
-    response_ids: list[np.ndarray],
+    layouts: StepLayouts,
+    fresh: np.ndarray,
+    response_ids: Sequence[np.ndarray],
     option: SamplerFci,
     num_layers: int,
-) -> list[np.ndarray | None]:
-    """Per row: FCI float32[S + 1] (scoring's layout, masks applied), or None for rows that the
-    decode loop cannot give exactly (layout None: a continuation or padding; no "\\n\\n"
-    separator; more steps than max_steps - 1).
+) -> tuple[np.ndarray, np.ndarray]:
+    """FCI of R rows at once: (scores float32[R, S_max], exact bool[R]).
 
-    raw [R, S_max]: `aggregate` of the device batch; layouts[r]: segment_steps of row r.
+    Row r of scores is its FCI in scoring's layout (step 0 first, masks applied) in columns
+    0..S_r, zeros after; rows the decode loop cannot give exactly (not `fresh`: a continuation;
+    no "\\n\\n" separator; more steps than max_steps - 1) are all zeros with exact False.
+    raw [R, S_max]: `aggregate` of the device rows; layouts: segment_batch of the R rows;
+    response_ids[r]: row r's tokens. Array operations over the flat layouts (no loop per row).
     """
     rows, max_steps = raw.shape
-    exact = [
-        lay is not None
-        and lay.num_steps + 1 <= max_steps
-        and bool(np.isin(ids, option.seps.double_newline).any())
-        for lay, ids in zip(layouts, response_ids, strict=True)
-    ]
+    if len(layouts) != rows or len(response_ids) != rows or len(fresh) != rows:
+        raise ValueError(
+            f"finish: {rows} raw rows, {len(layouts)} layouts, {len(response_ids)} responses, "
+            f"{len(fresh)} fresh flags"
+        )
+    lengths = np.fromiter(map(len, response_ids), np.int64, rows)
+    ids = np.concatenate([np.zeros(0, np.int64), *response_ids], dtype=np.int64, casting="unsafe")
+    double = np.isin(ids, option.seps.double_newline)
+    has_double = np.bincount(np.repeat(np.arange(rows), lengths)[double], minlength=rows) > 0
+    counts = layouts.num_steps.astype(np.int64)
+    exact = np.asarray(fresh, bool) & has_double & (counts + 1 <= max_steps)
+    columns = np.arange(max_steps)
+    mask = exact[:, None] & (columns <= counts[:, None])  # step 0..S of the exact rows
     key_weight = np.ones((rows, max_steps), np.float32)
-    think = np.full(rows, -1, np.int32)
-    for r, lay in enumerate(layouts):
-        if not exact[r]:
-            continue
-        if option.config.pooling == "mean":
-            sizes = np.array([end - start for start, end in lay.bounds], np.float32)
-            key_weight[r, : len(sizes)] = 1.0 / np.maximum(sizes, 1.0)
-        if lay.think_end_step is not None:
-            think[r] = lay.think_end_step
+    if option.config.pooling == "mean":  # c_k = 1 / |step k|, step 0 = the prompt
+        sizes = np.zeros((rows, max_steps), np.float32)
+        sizes[:, 0] = layouts.prompt_len
+        owner = np.repeat(np.arange(rows), counts)
+        sizes[mask & (columns >= 1)] = layouts.step_sizes[exact[owner]]
+        key_weight = np.where(mask, 1.0 / np.maximum(sizes, 1.0), 1.0).astype(np.float32)
+    think = np.where(exact, layouts.think_end_step, -1).astype(np.int32)
     scores = finish_fci(raw * key_weight, think, option.config, num_layers)
-    return [
-        scores[r, : lay.num_steps + 1].copy() if ok else None
-        for r, (lay, ok) in enumerate(zip(layouts, exact, strict=True))
-    ]
+    return np.where(mask, scores, 0.0).astype(np.float32), exact

@@ -25,7 +25,7 @@ from attnrl_jax.sampling.fci_decode import SamplerFci
 from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
 from attnrl_jax.sampling.scheduler import EngineStats, RawRow
 from attnrl_jax.sampling.token_choice import SamplingParams
-from attnrl_jax.scoring.steps import segment_steps
+from attnrl_jax.scoring.steps import segment_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,15 +196,16 @@ def _samples(
     rows = sorted(rows, key=lambda r: (r.request, r.sample))
     fci = [None] * len(rows)
     if options.fci is not None and rows:
-        layouts = [
-            None
-            if len(requests[r.request].prefix_ids)
-            else segment_steps(len(requests[r.request].prompt_ids), r.token_ids, options.fci.seps)
-            for r in rows
-        ]
-        raw = np.stack([r.fci for r in rows])
+        # one segmentation and one FCI finish for every row; each Sample's FCI is a view of
+        # its row of the one padded array
         ids = [r.token_ids for r in rows]
-        fci = fci_decode.finish(raw, layouts, ids, options.fci, cfg.num_layers)
+        prompts = [len(requests[r.request].prompt_ids) for r in rows]
+        fresh = np.array([len(requests[r.request].prefix_ids) == 0 for r in rows])
+        layouts = segment_batch(prompts, ids, options.fci.seps)
+        raw = np.stack([r.fci for r in rows])
+        scores, exact = fci_decode.finish(raw, layouts, fresh, ids, options.fci, cfg.num_layers)
+        ends = (layouts.num_steps + 1).tolist()
+        fci = [scores[k, : ends[k]] if ok else None for k, ok in enumerate(exact.tolist())]
     eos = set(options.eos_ids)
     samples = []
     for r, f in zip(rows, fci, strict=True):

@@ -104,6 +104,18 @@ def selection_inputs(
     )
 
 
+def pad_step_scores(
+    values: Scores, num_steps: np.ndarray, columns: int | None = None
+) -> np.ndarray:
+    """float32[B, columns]: per-step scores of B responses (step 0 first) in one host array,
+    zeros past column S_i. values: per response float[>= S_i + 1], or one [B, >= S_max + 1]
+    array; num_steps: int[B]; columns default S_max + 1 (at least 1)."""
+    counts = np.asarray(num_steps, np.int64) + 1
+    columns = int(counts.max(initial=1)) if columns is None else columns
+    out = _pad_ragged(values, counts, 0, len(counts), columns, "fci", "(step 0 included)")
+    return np.asarray(out, np.float32)
+
+
 def _pad_ragged(values, counts, skip, rows, columns, name, unit):
     """float32[rows, columns]: values[i][skip : skip + counts[i]] in row i's first counts[i]
     columns, zeros elsewhere. values: per-row sequences (one concatenation, one gather) or one
@@ -116,8 +128,11 @@ def _pad_ragged(values, counts, skip, rows, columns, name, unit):
                 f"{name} of shape {values.shape} cannot hold {b} responses of up to "
                 f"{int(need.max(initial=0))} entries {unit}"
             )
-        pad_to = _padded_device if isinstance(values, jax.Array) else _padded_host
-        return pad_to(values, counts, skip, rows, columns)
+        if isinstance(values, jax.Array):  # one compile per (values shape, rows, columns)
+            padded_counts = np.zeros(rows, np.int32)
+            padded_counts[:b] = counts
+            return _padded_device(values, padded_counts, skip, rows, columns)
+        return _padded_host(values, counts, skip, rows, columns)
     if len(values) != b:
         raise ValueError(f"{len(values)} {name} arrays for {b} responses")
     lengths = np.fromiter((len(v) for v in values), np.int64, b)
@@ -148,7 +163,7 @@ def _padded_host(values, counts, skip, rows, columns):
 
 @partial(jax.jit, static_argnums=(2, 3, 4))
 def _padded_device(values, counts, skip, rows, columns):
-    x = values[: counts.shape[0], skip : skip + columns].astype(jnp.float32)
+    """counts: int32[rows] (0 for padding rows), so only the values' shape can recompile."""
+    x = values[:rows, skip : skip + columns].astype(jnp.float32)
     x = jnp.pad(x, ((0, rows - x.shape[0]), (0, columns - x.shape[1])))
-    counts = jnp.pad(jnp.asarray(counts, jnp.int32), (0, rows - counts.shape[0]))
     return jnp.where(jnp.arange(columns) < counts[:, None], x, 0.0)

@@ -28,7 +28,7 @@ from attnrl_jax.models.lm import Params, default_positions, forward_hidden
 from attnrl_jax.models.transfer import mesh_of, rows_to_device, to_host
 from attnrl_jax.scoring.fci import FciConfig, fci_attend, finish_fci, initial_state
 from attnrl_jax.scoring.logprobs import token_logprobs_entropies
-from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, pad_step_ids, segment_steps
+from attnrl_jax.scoring.steps import SeparatorIds, StepLayout, pad_step_ids, segment_batch
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,6 @@ def score_batch(
     return ScoreOutput(logprobs, entropies, fci)
 
 
-_PADDING_ROW = StepLayout(prompt_len=0, bounds=((0, 0),), think_end_step=None)  # all positions -1
-
-
 def length_bucket(n: int, granule: int = 1024) -> int:
     """Padded sequence length: the next power of two (at least 16) up to `granule`, then the
     next multiple of `granule` (a power of two), so a 9,216-token sequence costs 9,216, not 16,384.
@@ -150,34 +147,41 @@ def score_sequences(
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise ValueError(f"sequence {i}: the prompt is empty (needs at least one token)")
-    layouts = [segment_steps(len(p), r, seps) for p, r in zip(prompts, responses, strict=True)]
-    order = sorted(range(len(layouts)), key=lambda i: layouts[i].total_len)
+    layouts = segment_batch([len(p) for p in prompts], responses, seps)
+    totals = layouts.total_len
+    order = np.argsort(totals, kind="stable")  # by length; ties in input order
     granule = max(1024, config.query_chunk, config.logit_chunk)
     results: list[ScoredSequence | None] = [None] * len(layouts)
     rows = min(batch_size, power_of_two(len(order)))
     mesh = mesh_of(params)  # the params' mesh: rows split like a training batch
     for first in range(0, len(order), batch_size):
         group = order[first : first + batch_size]
-        length = length_bucket(max(layouts[i].total_len for i in group), granule)
-        padded = [layouts[i] for i in group] + [_PADDING_ROW] * (rows - len(group))
-        steps = pad_step_ids(padded, total_len=length)
+        length = length_bucket(int(totals[group].max()), granule)
+        steps = pad_step_ids(layouts.take(group), total_len=length)
+        step_ids = np.full((rows, length), -1, np.int32)  # padding rows: no positions
+        step_ids[: len(group)] = steps.step_ids
+        think = np.full(rows, -1, np.int32)
+        think[: len(group)] = steps.think_end_step
         tokens = np.zeros((rows, length), np.int32)
-        for row, i in enumerate(group):
-            ids = np.concatenate([np.asarray(prompts[i]), np.asarray(responses[i])])
-            tokens[row, : ids.size] = ids
+        tokens[: len(group)][np.arange(length) < totals[group][:, None]] = np.concatenate(
+            [np.zeros(0, np.int32)]
+            + [x for i in group.tolist() for x in (prompts[i], responses[i])],
+            dtype=np.int32,
+            casting="unsafe",
+        )
         out = to_host(
             score_batch(
                 params,
                 rows_to_device(tokens, mesh),
-                rows_to_device(steps.step_ids, mesh),
-                rows_to_device(steps.think_end_step, mesh),
+                rows_to_device(step_ids, mesh),
+                rows_to_device(think, mesh),
                 np.float32(temperature),
                 cfg=cfg,
                 config=config,
                 max_steps=steps.max_steps,
             )
         )
-        for row, i in enumerate(group):
+        for row, i in enumerate(group.tolist()):
             lay = layouts[i]
             response = slice(lay.prompt_len, lay.total_len)
             results[i] = ScoredSequence(

@@ -164,7 +164,8 @@ class StepLayouts:
 
     prompt_len, num_steps: int32[B]; think_end_step: int32[B], -1 = none; ends: int32[sum S], the
     absolute step ends of response 0, then response 1, ...; first: int64[B + 1], response i's
-    ends are ends[first[i]:first[i + 1]]. Also a Sequence of StepLayout (len, index, iterate).
+    ends are ends[first[i]:first[i + 1]]. Also a Sequence of StepLayout (len, index, iterate; a
+    slice or `take` gives a StepLayouts); equal to another StepLayouts with the same layouts.
     """
 
     prompt_len: np.ndarray
@@ -197,7 +198,19 @@ class StepLayouts:
     def __len__(self) -> int:
         return len(self.num_steps)
 
-    def __getitem__(self, i: int) -> StepLayout:
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, StepLayouts):
+            return NotImplemented
+        return all(
+            np.array_equal(getattr(self, name), getattr(other, name))
+            for name in ("prompt_len", "num_steps", "think_end_step", "ends")
+        )
+
+    __hash__ = None  # mutable numpy fields: equality by value, not hashable
+
+    def __getitem__(self, i: int | slice) -> StepLayout | StepLayouts:
+        if isinstance(i, slice):
+            return self.take(np.arange(len(self))[i])
         if not -len(self) <= i < len(self):
             raise IndexError(f"layout {i} out of range for {len(self)} layouts")
         i %= len(self)
@@ -207,6 +220,30 @@ class StepLayouts:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> StepLayouts:
+        """The layouts of `rows` (int[K], any order) as a new StepLayouts, by index arrays."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        counts = self.num_steps[rows].astype(np.int64)
+        first = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(counts, out=first[1:])
+        at = np.repeat(self.first[:-1][rows] - first[:-1], counts) + np.arange(first[-1])
+        return StepLayouts(
+            prompt_len=self.prompt_len[rows],
+            num_steps=self.num_steps[rows],
+            think_end_step=self.think_end_step[rows],
+            ends=self.ends[at],
+            first=first,
+        )
+
+    @property
+    def step_sizes(self) -> np.ndarray:
+        """int32[sum S]: tokens of every response step, in the order of `ends`."""
+        starts = np.empty_like(self.ends)
+        starts[1:] = self.ends[:-1]
+        has = self.num_steps > 0
+        starts[self.first[:-1][has]] = self.prompt_len[has]  # a response's first step
+        return self.ends - starts
 
     @property
     def total_len(self) -> np.ndarray:
@@ -228,10 +265,7 @@ class StepLayouts:
                 f"padded_bounds({rows}, {columns}) cannot hold {len(self)} layouts of up to "
                 f"{int(self.num_steps.max(initial=0))} steps"
             )
-        starts_flat = np.empty_like(self.ends)
-        starts_flat[1:] = self.ends[:-1]
-        has = self.num_steps > 0
-        starts_flat[self.first[:-1][has]] = self.prompt_len[has]  # a response's first step
+        starts_flat = self.ends - self.step_sizes
         mask = np.zeros((rows, columns), bool)
         mask[: len(self)] = np.arange(columns) < self.num_steps[:, None]
         starts = np.zeros((rows, columns), np.int32)
@@ -337,25 +371,43 @@ class StepBatch:
 
 
 def pad_step_ids(
-    layouts: Sequence[StepLayout], total_len: int | None = None, max_steps: int | None = None
+    layouts: Sequence[StepLayout] | StepLayouts,
+    total_len: int | None = None,
+    max_steps: int | None = None,
 ) -> StepBatch:
     """Stack B layouts into right-padded arrays of length T = total_len (default: the longest).
 
     max_steps defaults to `step_bucket` of the largest S + 1; an explicit value must fit every row.
+    The step ids are one np.repeat of the flat layouts' runs (the prompt, then each step) into
+    the rows' valid positions: no Python loop per row.
     """
-    if not layouts:
+    flat = StepLayouts.stack(layouts)
+    b = len(flat)
+    if not b:
         raise ValueError("pad_step_ids needs at least one layout")
-    total_len = max(lay.total_len for lay in layouts) if total_len is None else total_len
-    needed = max(lay.num_steps + 1 for lay in layouts)
+    lengths = flat.total_len
+    longest = int(lengths.max())
+    total_len = longest if total_len is None else total_len
+    if total_len < longest:
+        raise ValueError(f"total_len {total_len} < sequence length {longest}")
+    needed = int(flat.num_steps.max()) + 1
     max_steps = step_bucket(needed) if max_steps is None else max_steps
     if max_steps < needed:
         raise ValueError(f"max_steps {max_steps} < {needed} step slots needed")
+    # runs in row-major order: row i's prompt (step 0), then its steps 1..S_i
+    prompt_at = flat.first[:-1] + np.arange(b)
+    is_step = np.ones(b + len(flat.ends), bool)
+    is_step[prompt_at] = False
+    run_len = np.zeros(len(is_step), np.int64)
+    run_len[prompt_at] = flat.prompt_len
+    run_len[is_step] = flat.step_sizes
+    step = np.zeros(len(is_step), np.int32)
+    step[is_step] = np.arange(len(flat.ends)) - np.repeat(flat.first[:-1], flat.num_steps) + 1
+    step_ids = np.full((b, total_len), -1, np.int32)
+    step_ids[np.arange(total_len) < lengths[:, None]] = np.repeat(step, run_len)
     return StepBatch(
-        step_ids=np.stack([token_step_ids(lay, total_len) for lay in layouts]),
-        num_steps=np.array([lay.num_steps for lay in layouts], dtype=np.int32),
-        think_end_step=np.array(
-            [-1 if lay.think_end_step is None else lay.think_end_step for lay in layouts],
-            dtype=np.int32,
-        ),
+        step_ids=step_ids,
+        num_steps=flat.num_steps.astype(np.int32),
+        think_end_step=flat.think_end_step.astype(np.int32),
         max_steps=max_steps,
     )
