@@ -107,7 +107,7 @@ def run(
     page_size, steps = config.page_size, config.decode_chunk
     shards = config.batch_shards
     totals = [len(c) + b for c, b in zip(contexts, budgets, strict=True)]
-    cache_length = round_up(config.buckets.fit_length(max(totals)), page_size)
+    cache_length = _cache_length(config, contexts, budgets, totals)
     per_slot = cache_length // page_size
     num_pages = config.kv_pages or slots * per_slot + shards
     pages = ShardedPages(num_pages, page_size, slots, per_slot, shards)
@@ -221,6 +221,16 @@ def run(
     stats.peak_pages = max(stats.peak_pages, pages.peak)
     stats.leaked_pages = pages.in_use
     return results
+
+
+def _cache_length(config: SamplerConfig, contexts, budgets, totals) -> int:
+    """Positions per slot (M pages x P): as the lock-step sampler's cache for the same rows
+    (padded context + padded budget, or a smaller length bucket holding the longest row),
+    rounded up to whole pages, so decode attention reads no more than lock-step's."""
+    buckets = config.buckets
+    context = buckets.fit_length(max(len(c) for c in contexts))
+    length = buckets.cache_length(context, buckets.fit_length(max(budgets)), max(totals))
+    return round_up(length, config.page_size)
 
 
 def _count_memory(stats: EngineStats, pages: ShardedPages, rows, contexts, count) -> None:
