@@ -28,6 +28,8 @@ ENGINE = SamplerConfig(
     decode_chunk=3,
     page_size=16,
 )
+# ragged decode attention in items of one page: a slot's items span several blocks of 4
+RAGGED = dataclasses.replace(ENGINE, decode_attention="ragged", ragged_chunk=16)
 LOCKSTEP = dataclasses.replace(ENGINE, buckets=Buckets(rows=(8,), lengths=(16, 32, 64, 128)))
 LOCKSTEP = dataclasses.replace(LOCKSTEP, scheduler="lockstep")
 SEPS = SeparatorIds(
@@ -117,6 +119,22 @@ def test_fci_equals_the_lockstep_sampler(model):
     fci = SamplerFci(SEPS, FciConfig(), max_steps=16)
     options = SamplingOptions(max_new_tokens=64, seed=11, fci=fci)
     ours = sample(model.params(), model.config, requests, options, ENGINE)
+    reference = sample(model.params(), model.config, requests, options, LOCKSTEP)
+    _same(ours, reference, fci=True)
+    assert sum(s.fci is not None for s in ours) >= 4
+
+
+def test_ragged_decode_attention_equals_the_lockstep_sampler_with_fci(model):
+    """Tokens, log-probs and FCI as the lock-step sampler's, with each slot reading only its
+    own live pages (sampling/ragged.py), the FCI observer fed the ragged items."""
+    prompts = _prompts([3, 9, 40], seed=1, low=34)
+    requests = _mix()[:5] + [
+        Request(prompts[0], n=3, max_new_tokens=40),
+        Request(prompts[2], n=2, max_new_tokens=56),
+    ]
+    fci = SamplerFci(SEPS, FciConfig(), max_steps=16)
+    options = SamplingOptions(max_new_tokens=64, temperature=0.8, seed=11, fci=fci)
+    ours = sample(model.params(), model.config, requests, options, RAGGED)
     reference = sample(model.params(), model.config, requests, options, LOCKSTEP)
     _same(ours, reference, fci=True)
     assert sum(s.fci is not None for s in ours) >= 4
