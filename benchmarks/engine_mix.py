@@ -4,7 +4,8 @@ against the lock-step sampler; KV memory against what the live rows need.
     python benchmarks/engine_mix.py [--quick] [--model small] [--requests 192] [--slots 64]
         [--max_budget 512] [--prompt_len 64] [--decode_chunk 32] [--page_size 16]
         [--systems continuous,equal,lockstep] [--dtype float32] [--repeats 2]
-        [--kv_pages N] [--short_warmup T] [--hbm_gbps G] [--json OUT]
+        [--kv_pages N] [--short_warmup T] [--hbm_gbps G] [--decode_attention gathered,ragged]
+        [--ragged_chunk 64] [--json OUT]
 
 The mix (seeded): --requests prompts of --prompt_len random tokens, one sample each, EOS off;
 budgets heavy-tailed like a distilled reasoning model's response lengths: a fifth at
@@ -21,7 +22,10 @@ warm-up call that compiles; programs compiled during the timed calls are counted
 count (the engine's EngineStats; for lock-step, each batch runs its longest budget in every
 row); for the engines, peak KV positions allocated (pages x page size) against the peak the
 live rows need (each request's context once) and the worst ratio of the two over chunk ends.
-Printed ratios: continuous / equal and continuous / lockstep tokens/s. With --hbm_gbps (a
+--decode_attention: the engine's decode attention readers to run (SamplerConfig.decode_attention);
+with two, the continuous and equal systems run once per reader (named system/reader) in the
+same process, so their ratio is measured under the same load. Printed ratios: continuous /
+equal and continuous / lockstep tokens/s. With --hbm_gbps (a
 GPU's bandwidth), also the fraction of the bandwidth floor: every decode step reads the weights
 and the live KV, so the floor time is (steps x weight bytes + sum over steps of live KV bytes)
 / bandwidth.
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "--short_warmup", type=int, default=0, help="cap the warm-up call's budgets (0: the mix)"
     )
     parser.add_argument("--hbm_gbps", type=float, help="HBM bandwidth for the floor (GPU)")
+    parser.add_argument("--decode_attention", default="gathered")
+    parser.add_argument("--ragged_chunk", type=int, default=64)
     parser.add_argument("--json", type=Path, help="write the rows here as a JSON list")
     args = parser.parse_args(argv)
     if args.quick:
@@ -166,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         page_size=args.page_size,
         query_chunk=None,
         kv_pages=args.kv_pages,
+        ragged_chunk=args.ragged_chunk,
     )
+    readers = args.decode_attention.split(",")
     print(
         f"# jax {jax.__version__} ({jax.default_backend()}, {jax.devices()[0].device_kind}), "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.requests} "
@@ -185,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         prompt_len=args.prompt_len,
         decode_chunk=args.decode_chunk,
         page_size=args.page_size,
+        decode_attention=args.decode_attention,
+        ragged_chunk=args.ragged_chunk,
         device=jax.devices()[0].device_kind,
     )
     rows, speed = [], {}
@@ -193,13 +203,18 @@ def main(argv: list[str] | None = None) -> int:
         row = dict(benchmark="engine_mix", system=system, params=params_row, metric=metric)
         rows.append(row | dict(value=round(float(value), 4), unit=unit))
 
-    runs = {
-        "continuous": (mix, base),
-        "equal": (equal, base),
-        "lockstep": (mix, dataclasses.replace(base, scheduler="lockstep")),
-    }
-    print(f"{'system':<11} {'tokens/s':>10} {'utilisation':>11} {'KV alloc/need':>14}")
-    for system in args.systems.split(","):
+    runs = {"lockstep": (mix, dataclasses.replace(base, scheduler="lockstep"))}
+    for reader in readers:
+        name = "" if len(readers) == 1 else f"/{reader}"
+        config = dataclasses.replace(base, decode_attention=reader)
+        runs |= {f"continuous{name}": (mix, config), f"equal{name}": (equal, config)}
+    systems = [
+        s if s == "lockstep" or len(readers) == 1 else f"{s}/{r}"
+        for s in args.systems.split(",")
+        for r in (readers if s != "lockstep" else [None])
+    ]
+    print(f"{'system':<20} {'tokens/s':>10} {'utilisation':>11} {'KV alloc/need':>14}")
+    for system in systems:
         budgets, config = runs[system]
         if system == "lockstep":
             config = dataclasses.replace(
@@ -226,12 +241,14 @@ def main(argv: list[str] | None = None) -> int:
                 emit(system, "bandwidth_floor_fraction", floor / seconds, "fraction")
                 memory += f"; {floor / seconds:.1%} of the HBM floor"
         emit(system, "slot_utilisation", utilisation, "fraction")
-        print(f"{system:<11} {speed[system]:>10.0f} {utilisation:>11.3f} {memory:>14}", flush=True)
-    for other in ("equal", "lockstep"):
-        if "continuous" in speed and other in speed:
-            ratio = speed["continuous"] / speed[other]
-            emit("continuous", f"speedup_vs_{other}", ratio, "x")
-            print(f"continuous / {other} tokens/s: {ratio:.2f}x")
+        print(f"{system:<20} {speed[system]:>10.0f} {utilisation:>11.3f} {memory:>14}", flush=True)
+    for reader in readers:
+        name = "" if len(readers) == 1 else f"/{reader}"
+        for other in (f"equal{name}", "lockstep"):
+            if f"continuous{name}" in speed and other in speed:
+                ratio = speed[f"continuous{name}"] / speed[other]
+                emit(f"continuous{name}", f"speedup_vs_{other.split('/')[0]}", ratio, "x")
+                print(f"continuous{name} / {other} tokens/s: {ratio:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -32,6 +32,8 @@ from pathlib import Path
 
 # On a GPU, let transformers have memory too: JAX would otherwise take 75% of it up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Time this checkout's attnrl_jax, not whichever one the environment installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -28,6 +28,8 @@ ENGINE = SamplerConfig(
     decode_chunk=3,
     page_size=16,
 )
+# ragged decode attention in items of one page: a slot's items span several blocks of 4
+RAGGED = dataclasses.replace(ENGINE, decode_attention="ragged", ragged_chunk=16)
 LOCKSTEP = dataclasses.replace(ENGINE, buckets=Buckets(rows=(8,), lengths=(16, 32, 64, 128)))
 LOCKSTEP = dataclasses.replace(LOCKSTEP, scheduler="lockstep")
 SEPS = SeparatorIds(
@@ -122,6 +124,22 @@ def test_fci_equals_the_lockstep_sampler(model):
     assert sum(s.fci is not None for s in ours) >= 4
 
 
+def test_ragged_decode_attention_equals_the_lockstep_sampler_with_fci(model):
+    """Tokens, log-probs and FCI as the lock-step sampler's, with each slot reading only its
+    own live pages (sampling/ragged.py), the FCI observer fed the ragged items."""
+    prompts = _prompts([3, 9, 40], seed=1, low=34)
+    requests = _mix()[:5] + [
+        Request(prompts[0], n=3, max_new_tokens=40),
+        Request(prompts[2], n=2, max_new_tokens=56),
+    ]
+    fci = SamplerFci(SEPS, FciConfig(), max_steps=16)
+    options = SamplingOptions(max_new_tokens=64, temperature=0.8, seed=11, fci=fci)
+    ours = sample(model.params(), model.config, requests, options, RAGGED)
+    reference = sample(model.params(), model.config, requests, options, LOCKSTEP)
+    _same(ours, reference, fci=True)
+    assert sum(s.fci is not None for s in ours) >= 4
+
+
 def test_prompt_pages_are_shared_and_all_returned(model):
     # A 40-token prompt: 2 full pages shared by the 4 samples, and each sample's own copy of
     # the partly filled third page, which its 8 new tokens fit in: 2 + 4 pages, not 4 x 3.
@@ -165,17 +183,35 @@ def test_admit_rows_caps_each_admission_and_changes_no_token(model):
     assert uncapped.most_admitted == 4  # every slot at once without the cap
 
 
+def test_a_call_of_few_rows_decodes_few_slots_with_the_same_tokens(model):
+    # Slots: the smallest row bucket (2, 4) holding the call's rows, at most 4.
+    a, b = _prompts([10, 5], seed=6)
+    options = SamplingOptions(max_new_tokens=12, seed=8)
+    alone, few = EngineStats(), EngineStats()
+    ours = sample(model.params(), model.config, [Request(a)], options, ENGINE, stats=few)
+    assert few.slots == 2 and few.slot_steps == 2 * 11  # token 0 comes from the prefill
+    more = [Request(a), Request(b, n=2), Request(b, n=5, index=7)]  # 8 rows: 4 slots
+    wide = sample(model.params(), model.config, more, options, ENGINE, stats=alone)
+    assert alone.slots == 4
+    _same(ours, wide[:1])
+    _same(ours, sample(model.params(), model.config, [Request(a)], options, LOCKSTEP))
+
+
 def test_steady_state_compiles_nothing(model):
     """Calls whose sizes fall in the buckets already used (any request count, budgets, n,
     settings) reuse the compiled admission and decode programs."""
     a, b, c, d = _prompts([10, 16, 3, 7], seed=4)
-    # Warm-up: each admission shape (contexts x rows, powers of two up to the 4 slots) once;
-    # every call here has a cache length of 32 (its longest row needs 17 to 32 positions).
+    # Warm-up: each admission shape (contexts x rows, powers of two up to the slots) once for
+    # each slot count (2 slots: calls of 1-2 rows; 4 slots: 3 or more). Every call here has a
+    # cache length of 32 (its longest row needs 17 to 32 positions). Rows of one budget
+    # finish together, so the rows waiting behind them are admitted in one later admission.
     for requests in (
-        [Request(a)],  # 1 x 1
+        [Request(a)],  # 2 slots: 1 x 1
         [Request(a, n=2)],  # 1 x 2
-        [Request(a, n=4)],  # 1 x 4
         [Request(a), Request(b)],  # 2 x 2
+        [Request(a, n=4), Request(b, max_new_tokens=2)],  # 4 slots: 1 x 4, then 1 x 1
+        [Request(a, n=4), Request(b, n=2, max_new_tokens=2)],  # 1 x 2
+        [Request(a, n=4), Request(b, max_new_tokens=2), Request(c, max_new_tokens=2)],  # 2 x 2
         [Request(a, n=3), Request(b)],  # 2 x 4
         [Request(p) for p in (a, b, c, d)],  # 4 x 4
     ):
@@ -185,6 +221,8 @@ def test_steady_state_compiles_nothing(model):
         ([Request(p, n=2) for p in (a, b, c)], dict(max_new_tokens=12, temperature=0.0)),
         ([Request(c, a[:4], n=1), Request(b[:5], n=5)], dict(max_new_tokens=12, top_p=0.9)),
         ([Request(d, n=7, max_new_tokens=2), Request(b)], dict(max_new_tokens=3, eos_ids=(1,))),
+        ([Request(b, n=2)], dict(max_new_tokens=10, seed=2)),
+        ([Request(c), Request(d, max_new_tokens=5)], dict(max_new_tokens=14)),
     ]
     compiles = []
 

@@ -18,7 +18,7 @@ batch (rows over data x fsdp) and the attention heads (Hkv over tensor).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,16 +86,41 @@ def decode_attend(
     attention `Observer`, or None for a layer nobody watches; `observed` is the observers' own
     state, threaded through untouched by the cache (None without observers).
     """
-    mask = cache_mask(positions)
-    limit = jnp.max(positions) + 1
+    read = cache_reader(positions, chunk, observe)
 
     def attend(layer: int, q, k, v, state):
         cache, observed = state
         rows = jnp.arange(q.shape[0])
         keys = cache.keys[layer].at[rows, :, :, positions].set(k[:, 0], mode="promise_in_bounds")
         values = cache.values[layer].at[rows, :, positions].set(v[:, 0], mode="promise_in_bounds")
+        out, observed = read(layer, q, keys, values, observed)
+        cache = KVCache(
+            cache.keys[:layer] + (keys,) + cache.keys[layer + 1 :],
+            cache.values[:layer] + (values,) + cache.values[layer + 1 :],
+        )
+        return out, (cache, observed)
+
+    return attend
+
+
+def cache_reader(
+    positions: jax.Array,
+    chunk: int,
+    observe: Callable[[int], Observer | None] | None = None,
+) -> Callable[[int, jax.Array, Any, Any, Any], tuple[jax.Array, Any]]:
+    """Decode attention over a cache already holding the new token, shared by the dense and
+    the paged cache: read(layer, q, keys, values, observed) -> (out, observed).
+
+    q [R, 1, Hq, D]; keys, values in the cache layout ([R, Hkv, D, S], [R, Hkv, S, D]) or
+    readers of those shapes (paged_cache.PagedReader); row r sees slots [0, positions[r]],
+    read `chunk` slots at a time, none past the furthest row's position.
+    """
+    mask = cache_mask(positions)
+    limit = jnp.max(positions) + 1
+
+    def read(layer: int, q, keys, values, observed):
         observer = None if observe is None else observe(layer)
-        out, observed = attention(
+        return attention(
             q,
             keys,
             values,
@@ -106,10 +131,5 @@ def decode_attend(
             observer=observer,
             observed=observed,
         )
-        cache = KVCache(
-            cache.keys[:layer] + (keys,) + cache.keys[layer + 1 :],
-            cache.values[:layer] + (values,) + cache.values[layer + 1 :],
-        )
-        return out, (cache, observed)
 
-    return attend
+    return read

@@ -301,6 +301,9 @@ def _decode(params, state, table, target, call, cfg, config, steps, fci, axes):
     page_size = state.pool.keys[0].shape[-1]
     cache_length = pages_per_slot * page_size
     chunk = chunk_size(pages_per_slot, page_size, config.attention_chunk)
+    ragged = None
+    if config.decode_attention == "ragged":  # items of whole pages, a block of one per slot
+        ragged = (chunk_size(pages_per_slot, page_size, config.ragged_chunk), slots_count)
     watch = make_watch(cfg, fci, call)
     feeds_last = watch.feeds_last
 
@@ -319,7 +322,7 @@ def _decode(params, state, table, target, call, cfg, config, steps, fci, axes):
             feeding = feeding & ~s.done  # a finished row's last token is never needed
         positions = jnp.clip(s.length + s.num - 1, 0, cache_length - 1)
         watched, observe = watch.begin(state.watched, positions, feeding)
-        attend = paged_decode_attend(table, positions, feeding, chunk, observe)
+        attend = paged_decode_attend(table, positions, feeding, chunk, observe, ragged)
         hidden, (pool, watched) = forward_hidden(
             params, cfg, s.token[:, None], positions[:, None], attend, (state.pool, watched)
         )

@@ -178,6 +178,14 @@ class StepMassObserver(NamedTuple):
         mass = step_mass(probs[:, :, :, 0], slots, self.max_steps)  # the one query per row
         return mass if rescale is None else acc * rescale[..., 0, None] + mass
 
+    def add_items(self, acc, probs, rescale, slots, k_starts) -> jax.Array:
+        """Ragged decode attention's items (sampling/ragged.py ItemObserver): probs [W, Hkv,
+        G, Ck] of rows `slots` [W] (R: padding) at keys k_starts [W] + [0, Ck)."""
+        rows = jnp.minimum(slots, self.slot_steps.shape[0] - 1)
+        keys = k_starts[:, None] + jnp.arange(probs.shape[-1])
+        mass = step_mass(probs, self.slot_steps[rows[:, None], keys], self.max_steps)
+        return acc * rescale[..., None] + jnp.zeros_like(acc).at[slots].add(mass, mode="drop")
+
     def finish(self, state: FciState, acc, total, q_start) -> FciState:
         i, current = self.index, state.current
         if total is not None:

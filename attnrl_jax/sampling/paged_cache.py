@@ -22,8 +22,9 @@ from jax.sharding import Mesh, NamedSharding
 
 from attnrl_jax.buckets import largest_divisor
 from attnrl_jax.models import sharding
-from attnrl_jax.models.attention import Attend, Observer, attention, cache_mask, causal_attend
-from attnrl_jax.sampling.cache import KVCache, constrain
+from attnrl_jax.models.attention import Attend, Observer, causal_attend
+from attnrl_jax.sampling.cache import KVCache, cache_reader, constrain
+from attnrl_jax.sampling.ragged import live_chunks, ragged_attention
 
 POOL_AXES = (None, "kv_heads", None, None)  # one batch shard: pages whole on every device
 SHARD_POOL_AXES = ("batch", "kv_heads", None, None)  # S shards: page blocks over data x fsdp
@@ -139,37 +140,43 @@ def paged_decode_attend(
     writes: jax.Array,
     chunk: int,
     observe: Callable[[int], Observer | None] | None = None,
+    ragged: tuple[int, int] | None = None,
 ) -> Attend:
     """One new token per slot: written at positions[b] of slot b's pages when writes[b] (else
     into the trash page), then attends over positions [0, positions[b]] of the gathered cache.
 
     q, k, v [B, 1, H, D]; table [B, M]; positions [B] int32 in [0, M*P); chunk: whole pages
     (`chunk_size`). The state is (pool, observed), as cache.decode_attend's (observe: see
-    there).
+    there). ragged (item chunk, block), both from `chunk_size` / the slot count: read with
+    ragged.py instead, each slot only its own live pages, and only the slots that write (the
+    others' output is 0); a layer whose observer cannot take ragged items reads gathered.
     """
-    mask = cache_mask(positions)
-    limit = jnp.max(positions) + 1
+    read = cache_reader(positions, chunk, observe)
     rows = jnp.arange(positions.shape[0])
+    counts = None if ragged is None else live_chunks(positions, writes, ragged[0])
 
     def attend(layer: int, q, k, v, state):
         pool, observed = state
         p = pool.keys[layer].shape[-1]
         pages = jnp.where(writes, table[rows, positions // p], 0)
         pool = _write(pool, layer, pages, positions % p, k[:, 0], v[:, 0])
+        observer = None if observe is None else observe(layer)
+        if ragged is not None and (observer is None or hasattr(observer, "add_items")):
+            out, observed = ragged_attention(
+                q,
+                pool.keys[layer],
+                pool.values[layer],
+                table,
+                positions,
+                counts,
+                *ragged,
+                observer=observer,
+                observed=observed,
+            )
+            return out, (pool, observed)
         keys = PagedReader(pool.keys[layer], table, True)
         values = PagedReader(pool.values[layer], table, False)
-        observer = None if observe is None else observe(layer)
-        out, observed = attention(
-            q,
-            keys,
-            values,
-            mask,
-            key_chunk=chunk,
-            key_limit=limit,
-            cache_layout=True,
-            observer=observer,
-            observed=observed,
-        )
+        out, observed = read(layer, q, keys, values, observed)
         return out, (pool, observed)
 
     return attend

@@ -49,8 +49,9 @@ class SamplerConfig:
     (the largest such divisor of S), and none past the furthest row's position.
     mesh / rules: run sharded (rows over data x fsdp, heads over tensor); None: one device.
 
-    scheduler: "continuous" (scheduler.py: buckets.max_rows slots, each taking the next waiting
-    row when its row finishes; a paged KV cache) or "lockstep" (this module: device batches of
+    scheduler: "continuous" (scheduler.py: slots for the call's rows, the smallest row bucket
+    up to buckets.max_rows, each taking the next waiting row when its row finishes; a paged KV
+    cache) or "lockstep" (this module: device batches of
     up to buckets.max_rows rows, each run until its longest row stops; a dense cache).
     Continuous only: decode_chunk: most decode steps between two host visits (admission and
     harvest); page_size: positions per KV page; kv_pages: pages in the pool, all batch shards
@@ -58,6 +59,9 @@ class SamplerConfig:
     row, plus a trash page per shard); admit_rows: most rows one admission prefills per batch
     shard (None: up to all of the shard's slots). Prefill memory grows with the rows admitted
     at once x their context length, so long continuation contexts want a small cap.
+    decode_attention: "gathered" (every slot's pages up to the furthest slot's position, in
+    key chunks of attention_chunk) or "ragged" (ragged.py: each slot its own live pages, in
+    items of ragged_chunk positions, whole pages).
     """
 
     buckets: Buckets = Buckets()
@@ -71,6 +75,8 @@ class SamplerConfig:
     page_size: int = 16
     kv_pages: int | None = None
     admit_rows: int | None = None
+    decode_attention: str = "gathered"
+    ragged_chunk: int = 64
 
     def __post_init__(self):
         if self.admit_rows is not None and self.admit_rows < 1:
@@ -82,7 +88,12 @@ class SamplerConfig:
             raise ValueError(
                 f"SamplerConfig.scheduler must be continuous or lockstep, got {self.scheduler!r}"
             )
-        for name in ("decode_chunk", "page_size"):
+        if self.decode_attention not in ("gathered", "ragged"):
+            raise ValueError(
+                "SamplerConfig.decode_attention must be gathered or ragged, "
+                f"got {self.decode_attention!r}"
+            )
+        for name in ("decode_chunk", "page_size", "ragged_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SamplerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.kv_pages is not None and self.kv_pages < 2:

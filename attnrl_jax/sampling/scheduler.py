@@ -41,16 +41,18 @@ from attnrl_jax.sampling.token_choice import SamplingParams
 class EngineStats:
     """Counts of one call (no timings): for utilisation and KV-memory reports.
 
-    slot_steps: decode steps x slots; token_steps: tokens chosen in decode steps (useful
-    work); chunks: decode chunks run; peak_pages: most pages allocated at once (x page_size
-    = positions of KV memory; on a mesh, the sum of each batch shard's peak); peak_needed:
-    most positions the live rows needed at once (their tokens, each request's context once
-    per batch shard holding its rows); worst_ratio: max over chunk ends of allocated /
+    slots: slots the call decoded (`slot_count`); slot_steps: decode steps x slots;
+    token_steps: tokens chosen in decode steps (useful work); chunks: decode chunks run;
+    peak_pages: most pages allocated at once (x page_size = positions of KV memory; on a
+    mesh, the sum of each batch shard's peak); peak_needed: most positions the live rows
+    needed at once (their tokens, each request's context once per batch shard holding its
+    rows); worst_ratio: max over chunk ends of allocated /
     needed positions; leaked_pages: pages still allocated after the call; most_admitted: most
     rows one admission prefilled in a batch shard (SamplerConfig.admit_rows caps it).
     """
 
     page_size: int = 0
+    slots: int = 0
     slot_steps: int = 0
     token_steps: int = 0
     chunks: int = 0
@@ -79,8 +81,12 @@ class RawRow:
 _unstack = jax.jit(unstack_layers)
 
 
-def slot_count(config: SamplerConfig) -> int:
-    return round_up(config.buckets.max_rows, config.batch_shards)
+def slot_count(config: SamplerConfig, rows: int) -> int:
+    """Slots for a call of `rows` rows: the smallest row bucket that holds them (at most
+    buckets.max_rows), rounded up to whole batch shards, so a few rows decode a few slots and
+    every call size reuses one of a few compiled programs."""
+    buckets = config.buckets
+    return buckets.fit_rows(min(max(rows, 1), buckets.max_rows), config.batch_shards)
 
 
 def run(
@@ -96,11 +102,12 @@ def run(
     stats: EngineStats | None = None,
 ) -> list[RawRow]:
     """Generates every row of `requests` (validated: contexts and budgets per request) in
-    config.buckets.max_rows slots; returns the rows in the order they finished."""
-    slots, page_size, steps = slot_count(config), config.page_size, config.decode_chunk
+    `slot_count` slots; returns the rows in the order they finished."""
+    slots = slot_count(config, sum(r.n for r in requests))
+    page_size, steps = config.page_size, config.decode_chunk
     shards = config.batch_shards
     totals = [len(c) + b for c, b in zip(contexts, budgets, strict=True)]
-    cache_length = round_up(config.buckets.fit_length(max(totals)), page_size)
+    cache_length = _cache_length(config, contexts, budgets, totals)
     per_slot = cache_length // page_size
     num_pages = config.kv_pages or slots * per_slot + shards
     pages = ShardedPages(num_pages, page_size, slots, per_slot, shards)
@@ -113,7 +120,7 @@ def run(
                 f"per batch shard ({shards} shards)"
             )
     stats = stats if stats is not None else EngineStats()
-    stats.page_size = page_size
+    stats.page_size, stats.slots = page_size, slots
     static_fci = None if options.fci is None else options.fci.static()
     eos = np.full(config.max_eos_ids, -1, np.int32)
     eos[: len(options.eos_ids)] = options.eos_ids
@@ -214,6 +221,16 @@ def run(
     stats.peak_pages = max(stats.peak_pages, pages.peak)
     stats.leaked_pages = pages.in_use
     return results
+
+
+def _cache_length(config: SamplerConfig, contexts, budgets, totals) -> int:
+    """Positions per slot (M pages x P): as the lock-step sampler's cache for the same rows
+    (padded context + padded budget, or a smaller length bucket holding the longest row),
+    rounded up to whole pages, so decode attention reads no more than lock-step's."""
+    buckets = config.buckets
+    context = buckets.fit_length(max(len(c) for c in contexts))
+    length = buckets.cache_length(context, buckets.fit_length(max(budgets)), max(totals))
+    return round_up(length, config.page_size)
 
 
 def _count_memory(stats: EngineStats, pages: ShardedPages, rows, contexts, count) -> None:
