@@ -126,7 +126,7 @@ def test_fci_equals_the_lockstep_sampler(model):
 
 def test_ragged_decode_attention_equals_the_lockstep_sampler_with_fci(model):
     """Tokens, log-probs and FCI as the lock-step sampler's, with each slot reading only its
-    own live pages (sampling/ragged.py), the FCI observer fed the ragged items."""
+    own live pages (sampling/ragged_attention.py), the FCI observer fed the ragged items."""
     prompts = _prompts([3, 9, 40], seed=1, low=34)
     requests = _mix()[:5] + [
         Request(prompts[0], n=3, max_new_tokens=40),

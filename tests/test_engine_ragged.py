@@ -1,4 +1,4 @@
-"""Ragged paged decode attention (sampling/ragged.py) against the one kernel over the dense
+"""Ragged paged decode attention (sampling/ragged_attention.py) against the one kernel over the dense
 cache each page table spells out: outputs, and the attention probabilities an observer sees.
 
 Float32; tolerances 1e-6: the same sums in another order (a slot's items in one block are
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from attnrl_jax.models.attention import attention, cache_mask
-from attnrl_jax.sampling.ragged import live_chunks, ragged_attention
+from attnrl_jax.sampling.ragged_attention import live_chunks, ragged_attention
 
 SLOTS, HQ, HKV, D, P, M, N = 5, 4, 2, 8, 4, 32, 160  # M pages per slot of P positions; N pages
 

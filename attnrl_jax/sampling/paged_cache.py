@@ -24,7 +24,7 @@ from attnrl_jax.buckets import largest_divisor
 from attnrl_jax.models import sharding
 from attnrl_jax.models.attention import Attend, Observer, causal_attend
 from attnrl_jax.sampling.cache import KVCache, cache_reader, constrain
-from attnrl_jax.sampling.ragged import live_chunks, ragged_attention
+from attnrl_jax.sampling.ragged_attention import live_chunks, ragged_attention
 
 POOL_AXES = (None, "kv_heads", None, None)  # one batch shard: pages whole on every device
 SHARD_POOL_AXES = ("batch", "kv_heads", None, None)  # S shards: page blocks over data x fsdp
@@ -148,7 +148,7 @@ def paged_decode_attend(
     q, k, v [B, 1, H, D]; table [B, M]; positions [B] int32 in [0, M*P); chunk: whole pages
     (`chunk_size`). The state is (pool, observed), as cache.decode_attend's (observe: see
     there). ragged (item chunk, block), both from `chunk_size` / the slot count: read with
-    ragged.py instead, each slot only its own live pages, and only the slots that write (the
+    ragged_attention.py instead, each slot only its own live pages, and only the slots that write (the
     others' output is 0); a layer whose observer cannot take ragged items reads gathered.
     """
     read = cache_reader(positions, chunk, observe)
