@@ -1,5 +1,5 @@
-"""Ragged paged decode attention (sampling/ragged_attention.py) against the one kernel over the dense
-cache each page table spells out: outputs, and the attention probabilities an observer sees.
+"""Ragged paged decode attention (sampling/ragged_attention.py) against the one kernel over the
+dense cache each page table spells out: outputs, and the attention probabilities an observer sees.
 
 Float32; tolerances 1e-6: the same sums in another order (a slot's items in one block are
 added before they join its running sums), over at most 96 of 128 keys.

@@ -179,8 +179,8 @@ class StepMassObserver(NamedTuple):
         return mass if rescale is None else acc * rescale[..., 0, None] + mass
 
     def add_items(self, acc, probs, rescale, slots, k_starts) -> jax.Array:
-        """Ragged decode attention's items (sampling/ragged_attention.py ItemObserver): probs [W, Hkv,
-        G, Ck] of rows `slots` [W] (R: padding) at keys k_starts [W] + [0, Ck)."""
+        """Ragged decode attention's items (ragged_attention.py ItemObserver): probs
+        [W, Hkv, G, Ck] of rows `slots` [W] (R: padding) at keys k_starts [W] + [0, Ck)."""
         rows = jnp.minimum(slots, self.slot_steps.shape[0] - 1)
         keys = k_starts[:, None] + jnp.arange(probs.shape[-1])
         mass = step_mass(probs, self.slot_steps[rows[:, None], keys], self.max_steps)

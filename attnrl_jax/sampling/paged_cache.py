@@ -148,8 +148,8 @@ def paged_decode_attend(
     q, k, v [B, 1, H, D]; table [B, M]; positions [B] int32 in [0, M*P); chunk: whole pages
     (`chunk_size`). The state is (pool, observed), as cache.decode_attend's (observe: see
     there). ragged (item chunk, block), both from `chunk_size` / the slot count: read with
-    ragged_attention.py instead, each slot only its own live pages, and only the slots that write (the
-    others' output is 0); a layer whose observer cannot take ragged items reads gathered.
+    ragged_attention.py instead, each slot only its own live pages, and only the slots that
+    write (the others' output is 0); a layer whose observer cannot take ragged items reads gathered.
     """
     read = cache_reader(positions, chunk, observe)
     rows = jnp.arange(positions.shape[0])

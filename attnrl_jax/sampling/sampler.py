@@ -60,8 +60,8 @@ class SamplerConfig:
     shard (None: up to all of the shard's slots). Prefill memory grows with the rows admitted
     at once x their context length, so long continuation contexts want a small cap.
     decode_attention: "gathered" (every slot's pages up to the furthest slot's position, in
-    key chunks of attention_chunk) or "ragged" (ragged_attention.py: each slot its own live pages, in
-    items of ragged_chunk positions, whole pages).
+    key chunks of attention_chunk) or "ragged" (ragged_attention.py: each slot its own live
+    pages, in items of ragged_chunk positions, whole pages).
     """
 
     buckets: Buckets = Buckets()
