@@ -3,9 +3,9 @@ local): python tests/shared_workdir_worker.py WORKDIR COORDINATOR PROCESS_ID STE
 
 Trains multihost_worker.config(WORKDIR) to STEPS (3 checkpoints kept) as jax.distributed process
 PROCESS_ID of 2, resuming from the workdir's newest intact checkpoint, and prints
-"process P restored step N" (N = 0: none). UNREADABLE: a step whose restore fails on process 1
-only, as if one of its files could not be read on that host. A DamagedCheckpoint ends the
-process as the train CLI does: "error: <one line>" on stderr, exit 1.
+"process P restored step N" (N = 0: none). UNREADABLE: a step whose arrays cannot be read on
+process 1 only (its host state can), as if one of its files could not be read on that host. A
+DamagedCheckpoint ends the process as the train CLI does: "error: <one line>" on stderr, exit 1.
 """
 
 import sys
@@ -28,14 +28,14 @@ def main(workdir: str, coordinator: str, process_id: str, steps: str, unreadable
     from attnrl_jax.train import build_trainer
 
     if unreadable and process_id == "1":
-        real = Checkpointer.restore
+        real = Checkpointer._read
 
-        def restore(self, step, state_target):
-            if step == int(unreadable):
+        def read(self, step, what, args):  # the host state reads, the arrays do not
+            if step == int(unreadable) and what == "arrays":
                 raise DamagedCheckpoint(step, self.directory, "cannot read its arrays (injected)")
-            return real(self, step, state_target)
+            return real(self, step, what, args)
 
-        Checkpointer.restore = restore
+        Checkpointer._read = read
     c = config(workdir)
     c.total_steps = int(steps)
     c.checkpoint.update(every=1, keep=3)

@@ -1,9 +1,10 @@
 """Two jax.distributed processes sharing one workdir: on gs:// (the local GCS emulator,
 tests/gcs_emulator.py) a run of 1 step, resumed to 2, writes the metrics of one uninterrupted
 process; then agreement on damaged checkpoints: both processes fall back to the same intact step
-(a damaged step in the bucket, set aside; a step only one process cannot read), or both stop with
-the same verdict naming the same steps when none is intact. Every process runs under a
-timeout, with fresh ports.
+(a damaged step in the bucket, set aside; a step only one process cannot read, in a local shared
+folder as on an NFS node and in the bucket), or both stop with the same verdict naming the same
+steps when none is intact; every process exits. Every process runs under a timeout, with fresh
+ports.
 """
 
 import contextlib
@@ -186,16 +187,27 @@ def local_copy(fell_back, tmp_path_factory):
     return workdir
 
 
-# Known bug, not fixed: both processes fall back to step 2, but process 0 then never reaches
-# the shutdown barrier and process 1 is aborted (exit -6). Skipped so the suite does not hang on
-# it; README's reliability table counts it as broken.
-@pytest.mark.skip(reason="known bug: one-sided unreadable checkpoint hangs process 0 at shutdown")
-@fault("2 processes: a checkpoint only one process cannot read", SURVIVED)
-def test_a_step_one_process_cannot_read_is_refused_by_both(local_copy):
-    results = launch(local_copy, 4, unreadable=3)
+def refused_by_both(workdir, results) -> None:
+    """Step 3 unreadable on process 1 only: both restored step 2, set 3 aside, trained to 4 and
+    exited (a process whose collectives drifted from the other's would hang or abort here)."""
     succeeded(results)
     assert restored(results) == ["process 0 restored step 2", "process 1 restored step 2"]
-    assert "another process could not read or verify it" in results[0][2]
+    assert "another process could not read or verify it" in results[0][2]  # process 0 speaks
+    steps = sorted(p.name for p in storage.path(f"{workdir}/checkpoints").iterdir())
+    assert steps == ["2", "2.damaged", "3", "3.damaged", "4"]  # keep=3: 1 rotated out
+    assert [m["step"] for m in metrics(workdir)] == [1, 2, 3, 4]
+
+
+@fault("2 processes: a checkpoint only one process cannot read (local shared folder)", SURVIVED)
+def test_a_step_one_process_cannot_read_is_refused_by_both(local_copy):
+    refused_by_both(local_copy, launch(local_copy, 4, unreadable=3))
+
+
+# local_copy first: it copies the bucket's workdir before this test changes it
+@fault("2 processes: a checkpoint only one process cannot read (gs:// workdir)", SURVIVED)
+def test_a_step_one_process_cannot_read_in_the_bucket(local_copy, fell_back):
+    workdir = fell_back[0]
+    refused_by_both(workdir, launch(workdir, 4, unreadable=3))
 
 
 @fault("2 processes: every checkpoint damaged (both stop, same steps named)", CLEAR)

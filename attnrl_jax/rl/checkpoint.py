@@ -19,6 +19,13 @@ host["integrity"]; restore verifies them and refuses non-finite state. `restore_
 back from the newest step: a damaged one is reported in one line and set aside as
 <step>.damaged (kept for inspection, no longer listed), the newest intact one is restored; when
 none is intact it stops with a DamagedCheckpoint naming every step and why, and renames nothing.
+
+With several jax.distributed processes every process must take the same collectives (orbax's
+barriers are collectives too) whatever fails on which process, or one of them waits forever. So
+restores read through `_reader`, an orbax Checkpointer with no barrier, each process its own
+files; the processes then agree (one all-gather) whether every read and local check passed, and
+all return or all raise. All walk process 0's list of steps, and process 0's rename of a damaged
+step is agreed on the same way.
 """
 
 from __future__ import annotations
@@ -60,6 +67,16 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "host", "pending")
         )
+        # reads without orbax's closing barrier (module docstring): a process whose read failed
+        # would never reach it, and its next collective would pair with the others' barrier
+        alone = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
+        composite = ocp.CompositeOptions(multiprocessing_options=alone)
+        self._reader = ocp.Checkpointer(
+            ocp.CompositeCheckpointHandler(composite_options=composite),
+            multiprocessing_options=alone,
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -76,40 +93,40 @@ class Checkpointer:
     def restore(self, step: int, state_target: Any) -> tuple[Any, dict, dict | None]:
         """(state with the target's shardings, host JSON, pending arrays or None), verified; a
         DamagedCheckpoint when a file is unreadable or a checksum or finiteness check fails.
+        With several processes, all return or all raise (module docstring).
 
         The host item says whether a pending batch was saved (host["pending"] is not None).
         """
-        host = self._read(step, "host state", ocp.args.Composite(host=ocp.args.JsonRestore()))
-        host = host["host"]
-        if not isinstance(host, dict) or "step" not in host:
-            raise DamagedCheckpoint(step, self.directory, "the host state is not a training state")
-        self._check(step, integrity.verify_host(host))
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_target)
-        items = {"state": ocp.args.StandardRestore(abstract)}
-        if host.get("pending") is not None:
-            items["pending"] = ocp.args.StandardRestore()
-        out = self._read(step, "arrays", ocp.args.Composite(**items))
-        self._check(step, integrity.verify_state(out["state"], host))
-        pending = out["pending"] if "pending" in items else None
-        self._check(step, integrity.verify_pending(pending, host))
-        return out["state"], host, pending
+        problem, read = None, None
+        try:  # this process's reads and checks, no collective
+            host = self._read_host(step)
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_target)
+            items = {"state": ocp.args.StandardRestore(abstract)}
+            if host.get("pending") is not None:
+                items["pending"] = ocp.args.StandardRestore()
+            out = self._read(step, "arrays", ocp.args.Composite(**items))
+            pending = out["pending"] if "pending" in items else None
+            self._check(step, integrity.verify_pending(pending, host))
+            read = out["state"], host, pending
+        except DamagedCheckpoint as e:
+            problem = e
+        self._agree(step, problem)
+        state, host, pending = read
+        # global checksums and finiteness (one program over the sharded arrays on every
+        # process): the same verdict everywhere, so no second agreement
+        self._check(step, integrity.verify_state(state, host))
+        return state, host, pending
 
     def restore_latest(self, state_target: Any) -> tuple[int, Any, dict, dict | None] | None:
         """(step, state, host, pending) of the newest intact checkpoint, or None when there is
         none at all. Damaged newer steps are reported and set aside (module docstring)."""
         damaged = []
-        for step in reversed(self.all_steps()):
-            problem = None
+        for step in reversed(self._shared_steps()):
             try:
                 restored = self.restore(step, state_target)
-            except DamagedCheckpoint as e:
-                problem = e
-            if not _agreed(problem is None):  # a file one host could not read damages it for all
-                problem = problem or DamagedCheckpoint(
-                    step, self.directory, "another process could not read or verify it"
-                )
-                say(f"{problem}; trying the previous checkpoint")
-                damaged.append(problem)
+            except DamagedCheckpoint as e:  # on every process (restore agrees)
+                say(f"{e}; trying the previous checkpoint")
+                damaged.append(e)
                 continue
             for e in damaged:
                 self._set_aside(e.step)
@@ -127,9 +144,42 @@ class Checkpointer:
             )
         return None
 
+    def _shared_steps(self) -> list[int]:
+        """Process 0's list of steps on every process: a process with a stale view of shared
+        storage would otherwise try other steps, and so other collectives. A step it does not
+        see fails its read, which damages the step for all."""
+        steps = self.all_steps()
+        if jax.process_count() == 1:
+            return steps
+        from jax.experimental import multihost_utils
+
+        count = int(multihost_utils.broadcast_one_to_all(np.array([len(steps)], np.int32))[0])
+        if count == 0:  # the same on every process: no second broadcast anywhere
+            return []
+        mine = np.array(steps if len(steps) == count else [0] * count, np.int32)
+        return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
+
+    def _agree(self, step: int, problem: DamagedCheckpoint | None) -> None:
+        """Raises on every process when any process has a problem with `step` (each names its
+        own, or says another process had one); returns on all otherwise."""
+        if _agreed(problem is None):
+            return
+        raise problem or DamagedCheckpoint(
+            step, self.directory, "another process could not read or verify it"
+        )
+
+    def _read_host(self, step: int) -> dict:
+        host = self._read(step, "host state", ocp.args.Composite(host=ocp.args.JsonRestore()))
+        host = host["host"]
+        if not isinstance(host, dict) or "step" not in host:
+            raise DamagedCheckpoint(step, self.directory, "the host state is not a training state")
+        self._check(step, integrity.verify_host(host))
+        return host
+
     def _read(self, step: int, what: str, args) -> dict:
+        """This process's read of `args` from step `step` (no collective)."""
         try:
-            return self.manager.restore(step, args=args)
+            return self._reader.restore(self.directory / str(step), args=args)
         except DamagedCheckpoint:
             raise
         except Exception as e:  # tensorstore/orbax: a missing, truncated or garbled file
@@ -145,17 +195,23 @@ class Checkpointer:
 
     def _set_aside(self, step: int) -> None:
         """Renames a damaged step to <step>.damaged[-n] (process 0; all processes reload)."""
+        failed = None
         if jax.process_index() == 0:
             target = self.directory / f"{step}.damaged"
             n = 1
             while target.exists():
                 target, n = self.directory / f"{step}.damaged-{n}", n + 1
-            storage.move_dir(self.directory / str(step), target)  # gs://: copy, delete
-            say(f"set the damaged checkpoint aside as {target}")
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"attnrl_jax set aside {step}")
+            try:
+                storage.move_dir(self.directory / str(step), target)  # gs://: copy, delete
+                say(f"set the damaged checkpoint aside as {target}")
+            except OSError as e:
+                failed = e
+        # also the barrier before the others reload: all wait for the rename, or all stop
+        if not _agreed(failed is None):
+            raise CheckpointDirError(
+                f"cannot set the damaged checkpoint {self.directory / str(step)} aside "
+                f"({failed or 'process 0 failed to rename it'})"
+            ) from failed
         self.manager.reload()
 
     def all_steps(self) -> list[int]:
@@ -164,22 +220,27 @@ class Checkpointer:
     def restore_params(self, step: int, params_target: Any) -> Any:
         """Only the params of checkpoint `step`, with params_target's shapes and shardings (no
         optimizer state: what export needs), verified like `restore`."""
-        host = self._read(step, "host state", ocp.args.Composite(host=ocp.args.JsonRestore()))
-        host = host["host"]
-        self._check(step, integrity.verify_host(host))
-        abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, params_target)}
-        restore = ocp.args.PyTreeRestore(
-            abstract,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-            partial_restore=True,
-        )
-        out = self._read(step, "params", ocp.args.Composite(state=restore))
+        problem, read = None, None
+        try:  # this process's reads, then agreement, as in `restore`
+            host = self._read_host(step)
+            abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, params_target)}
+            restore = ocp.args.PyTreeRestore(
+                abstract,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True,
+            )
+            read = self._read(step, "params", ocp.args.Composite(state=restore)), host
+        except DamagedCheckpoint as e:
+            problem = e
+        self._agree(step, problem)
+        out, host = read
         params = out["state"]["params"]
         self._check(step, integrity.verify_state({"params": params}, host, prefix="['params']"))
         return params
 
     def close(self) -> None:
         self.manager.close()
+        self._reader.close()
 
 
 class _FailedReads(logging.Filter):
