@@ -172,16 +172,17 @@ def role_accuracy(model, tokenizer, prompts, solutions) -> dict[str, tuple[float
 
 def warm_start(out: Path):
     from attnrl_jax.demo.__main__ import load_config
-    from attnrl_jax.demo.warm_start import WARM_START_STEPS, load_or_build_warm_start
+    from attnrl_jax.demo.warm_start import load_or_build_warm_start, recipe_for
     from attnrl_jax.rl.settings import resolve
 
     config = load_config(CONFIG)
     config.model.path = str(out / "warm_start_chain")
     config.workdir = str(out / "unused")
     c = resolve(config)
-    model, seconds = load_or_build_warm_start(c, Path(c.model.path), steps=WARM_START_STEPS)
+    model, seconds = load_or_build_warm_start(c, Path(c.model.path))
     if seconds:
-        print(f"warm start: {WARM_START_STEPS} supervised steps in {seconds:.0f} s", flush=True)
+        steps = recipe_for("chain").steps
+        print(f"warm start: {steps} supervised steps in {seconds:.0f} s", flush=True)
     return c, model
 
 

@@ -151,3 +151,22 @@ def test_make_chain_keeps_every_value_a_digit_under_many_draws():
     rng = np.random.default_rng(0)
     for _ in range(2000):
         assert all(0 <= v <= 9 for v in _evaluate(make_chain(rng)).values())
+
+
+def test_names_are_one_token_wherever_they_stand():
+    import re
+
+    from attnrl_jax.data.chain_task import NAMES, chain_tokenizer
+    from attnrl_jax.data.prompts import render_prompts
+
+    tok = chain_tokenizer()
+    for problem, solution, _ in STREAM[:20]:
+        text = render_prompts(tok, [problem.problem])[0] + solution
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = set(enc["offset_mapping"])
+        # each name standing alone in the text ("a=", "=a", "-a", " a?") is a token of its own
+        names = [m.start() for m in re.finditer(rf"(?<![A-Za-z])[{NAMES}](?![A-Za-z])", text)]
+        assert len(names) >= 3 * len(problem.problem.split(".")) - 3
+        assert all((i, i + 1) in spans for i in names)
+        # the instruction's words stay merged: not one token per character
+        assert len(enc["input_ids"]) < 0.8 * len(text)

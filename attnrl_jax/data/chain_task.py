@@ -217,10 +217,16 @@ def held_out_problems(num: int, num_train: int, seed: int = 0) -> list[tuple[Pro
     return [(p, s) for p, s, _ in held_out_chains(num, num_train, seed)]
 
 
+# a quantity's name wherever it stands ("a=", "=a", "-a", " a"): always the one token "a", so
+# looking a quantity up by name is matching one token (merged, "=a" and " a" would differ)
+NAME_TOKEN = rf"(?<!\p{{L}})[{NAMES}](?!\p{{L}})"
+
+
 def chain_tokenizer(vocab_size: int = 512):
-    """The project's tiny tokenizer with merges fitted to this task."""
+    """The project's tiny tokenizer with merges fitted to this task; names, digits and the
+    operators are tokens of their own."""
     corpus = [format_problem(p.problem) + " " + s for p, s in chain_problems(200, seed=0)]
-    return build_tiny_tokenizer(vocab_size, corpus=corpus)
+    return build_tiny_tokenizer(vocab_size, corpus=corpus, isolate=NAME_TOKEN)
 
 
 def chain_prompts(tokenizer, num: int, seed: int = 0) -> list[Prompt]:
