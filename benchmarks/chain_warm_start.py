@@ -8,7 +8,8 @@ have learned: held-out accuracy (avg@k at temperature 1, problems outside the tr
 `make demo` measures it) and greedy next-token accuracy by the role of the token on held-out gold
 solutions (benchmarks/mechanism.role_accuracy: name, definition, copied value, result). Appends
 one JSON line per variant to OUT/variants.jsonl (settings, loss every 50 steps, seconds, the
-measurements); --report prints them as a markdown table.
+measurements); --report prints them as a markdown table (BENCHMARKS.md's chain_warm_start),
+--report --json writes them as rows for benchmarks/tables.py.
 """
 
 from __future__ import annotations
@@ -98,31 +99,32 @@ def build_and_measure(args) -> dict:
     }
 
 
-def report(path: Path) -> str:
-    lines = [
-        "| variant | layers x hidden (heads) | training problems | steps x batch, lr | "
-        "slip-free first | loss at the end | held-out accuracy | name / definition / copied "
-        "value / result (next-token accuracy) | warm-start s |",
-        "|---|---|---:|---|---:|---:|---:|---|---:|",
-    ]
+def json_rows(path: Path) -> list[dict]:
+    """OUT/variants.jsonl as rows in the benchmarks' common format (table_defs.chain_warm_start)."""
+    rows = []
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        m, rc, roles = r["model"], r["recipe"], r["roles"]
-        role_text = " / ".join(f"{roles[k][0]:.2f}" for k in roles)
-        lines.append(
-            f"| {r['name']} | {m['layers']} x {m['hidden']} ({m['heads']}) | {r['problems']} | "
-            f"{rc['steps']} x {rc['batch_size']}, {rc['learning_rate']:g} | "
-            f"{rc['clean_fraction']:.0%} | {r['loss'][-1][1]:.3f} | {r['accuracy']:.3f} | "
-            f"{role_text} | {r['seconds']:.0f} |"
-        )
-    return "\n".join(lines)
+        params = {"variant": r["name"], **r["model"], "problems": r["problems"], **r["recipe"],
+                  "accuracy_metric": r["accuracy_metric"], "note": r["note"]}  # fmt: skip
+        metrics = [("held_out_accuracy", r["accuracy"], "fraction"),
+                   ("final_loss", r["loss"][-1][1], "nats/token"),
+                   ("warm_start_seconds", r["seconds"], "s")]  # fmt: skip
+        metrics += [(f"role_accuracy_{k.replace(' ', '_')}", v[0], "fraction")
+                    for k, v in r["roles"].items()]  # fmt: skip
+        rows += [
+            {"benchmark": "chain_warm_start", "system": "attnrl_jax", "params": params,
+             "metric": metric, "value": value, "unit": unit}
+            for metric, value, unit in metrics
+        ]  # fmt: skip
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--name", default="variant")
-    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--report", action="store_true", help="print the table of OUT's variants")
+    parser.add_argument("--json", type=Path, help="with --report: rows in the common format")
     parser.add_argument("--layers", type=int)
     parser.add_argument("--hidden", type=int)
     parser.add_argument("--heads", type=int)
@@ -140,7 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log = args.out / "variants.jsonl"
     if args.report:
-        print(report(log))
+        from benchmarks.table_defs import Rows, chain_warm_start
+
+        rows = json_rows(log)
+        print(chain_warm_start(Rows(log.name, rows)))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     row = build_and_measure(args)
