@@ -5,13 +5,16 @@ are digits or earlier quantities, and asks for the last one:
 
     a=3+4. b=a+2. c=5-1. d=b-c. What is d?
 
-A solution computes one quantity per step, copying the values of the quantities it uses from
-the steps that computed them ("b=a+2=7+2=9": compact, so a step is 5-9 tokens), steps
-separated by "\\n\\n", and ends with \\boxed{answer}. So later steps attend to the steps
-they use, and a wrong intermediate propagates to the answer through every step that depends on
-it; steps no later step uses are dead ends whose errors do not matter. The dependency graph
-(`ChainProblem.refs`) is the ground truth of benchmarks/mechanism.py. Every true value stays
-in 0-9.
+A solution computes one quantity per step: it restates the definition, copies the values of
+the quantities it uses from the steps that computed them, and ends with a memo of the name and
+its result ("b=a+2=7+2;b9"; with digits only, "a=3+4;a7"), steps separated by "\\n\\n", and
+ends with \\boxed{answer}. The memo puts each value right after its name, so looking a value
+up by name is one match on the name token (a 2-layer model can learn it; without the memo the
+value sat at the end of a step of varying length, and a 2-layer warm start never learned the
+look-up: BENCHMARKS.md). So later steps attend to the steps they use, and a wrong intermediate
+propagates to the answer through every step that depends on it; steps no later step uses are
+dead ends whose errors do not matter. The dependency graph (`ChainProblem.refs`) is the ground
+truth of benchmarks/mechanism.py. Every true value stays in 0-9.
 
 The careless teacher (`slip_rate`) writes one step's result off by one; the later steps carry
 the written value on, so the slip reaches the answer exactly when the slipped step lies on the
@@ -31,6 +34,7 @@ from attnrl_jax.data.records import Problem
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 
 NAMES = "abcdefghijkl"
+MEMO = ";"  # opens a step's memo: its name, then its written result
 MIN_STEPS, MAX_STEPS = 6, 12
 HELD_OUT_SEED_OFFSET = 10_000  # held-out problems come from another stream of the same task
 # how many earlier quantities a step uses (0, 1, 2), and how much more likely a quantity no
@@ -97,10 +101,12 @@ class ChainProblem:
             if slip is not None and slip[0] == k:
                 value += slip[1]
             written[s.name] = value
-            if any(isinstance(o, str) for o in (s.left, s.right)):
-                lines.append(f"{s.definition()}={vals[0]}{s.op}{vals[1]}={value}")
-            else:
-                lines.append(f"{s.definition()}={value}")
+            values = (
+                f"={vals[0]}{s.op}{vals[1]}"
+                if isinstance(s.left, str) or isinstance(s.right, str)
+                else ""
+            )
+            lines.append(f"{s.definition()}{values}{MEMO}{s.name}{value}")
         lines.append(f"The answer is \\boxed{{{written[self.steps[-1].name]}}}.")
         return "\n\n".join(lines)
 
