@@ -54,7 +54,14 @@ def build_and_measure(args) -> dict:
     base = recipe_for("chain")
     changes = {
         k: getattr(args, k)
-        for k in ("steps", "batch_size", "learning_rate", "slip_rate", "clean_fraction")
+        for k in (
+            "steps",
+            "batch_size",
+            "learning_rate",
+            "slip_rate",
+            "clean_fraction",
+            "short_fraction",
+        )
         if getattr(args, k) is not None
     }
     recipe = dataclasses.replace(base, **changes)
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning_rate", type=float)
     parser.add_argument("--slip_rate", type=float)
     parser.add_argument("--clean_fraction", type=float)
+    parser.add_argument("--short_fraction", type=float, help="curriculum: chains of 2-5 first")
     parser.add_argument("--held_out", type=int, default=128)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--role_problems", type=int, default=64)

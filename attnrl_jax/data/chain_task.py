@@ -9,12 +9,12 @@ A solution computes one quantity per step: it restates the definition, copies th
 the quantities it uses from the steps that computed them, and ends with a memo of the name and
 its result ("b=a+2=7+2;b9"; with digits only, "a=3+4;a7"), steps separated by "\\n\\n", and
 ends with \\boxed{answer}. The memo puts each value right after its name, so looking a value
-up by name is one match on the name token (a 2-layer model can learn it; without the memo the
-value sat at the end of a step of varying length, and a 2-layer warm start never learned the
-look-up: BENCHMARKS.md). So later steps attend to the steps they use, and a wrong intermediate
-propagates to the answer through every step that depends on it; steps no later step uses are
-dead ends whose errors do not matter. The dependency graph (`ChainProblem.refs`) is the ground
-truth of benchmarks/mechanism.py. Every true value stays in 0-9.
+up by name is one match on the name token, a circuit 2 attention layers can hold (without it a
+value sat at the end of a step of varying length). So later steps attend to the steps they use,
+and a wrong intermediate propagates to the answer through every step that depends on it; steps
+no later step uses are dead ends whose errors do not matter. The dependency graph
+(`ChainProblem.refs`) is the ground truth of benchmarks/mechanism.py. Every true value stays in
+0-9.
 
 The careless teacher (`slip_rate`) writes one step's result off by one; the later steps carry
 the written value on, so the slip reaches the answer exactly when the slipped step lies on the
@@ -124,9 +124,11 @@ def _literal_for(rng: np.random.Generator, x: int) -> tuple[int, bool]:
     return (int(rng.integers(1, 10 - x)) if add else int(rng.integers(1, x + 1))), add
 
 
-def make_chain(rng: np.random.Generator) -> ChainProblem:
-    """One problem of 6-12 steps drawn from `rng`."""
-    n = int(rng.integers(MIN_STEPS, MAX_STEPS + 1))
+def make_chain(
+    rng: np.random.Generator, steps: tuple[int, int] = (MIN_STEPS, MAX_STEPS)
+) -> ChainProblem:
+    """One problem of steps[0]..steps[1] steps (the task's: 6-12) drawn from `rng`."""
+    n = int(rng.integers(steps[0], steps[1] + 1))
     steps: list[ChainStep] = []
     used = np.zeros(n, bool)
     for k in range(n):
@@ -166,11 +168,14 @@ def make_chain(rng: np.random.Generator) -> ChainProblem:
 
 
 def make_problem(
-    rng: np.random.Generator, index: int, slip_rate: float = 0.0
+    rng: np.random.Generator,
+    index: int,
+    slip_rate: float = 0.0,
+    steps: tuple[int, int] = (MIN_STEPS, MAX_STEPS),
 ) -> tuple[Problem, str, ChainProblem]:
     """(problem, solution, its chain). With probability `slip_rate` the solution slips at a
     uniformly drawn step (see ChainProblem.solution); the problem does not depend on slip_rate."""
-    chain = make_chain(rng)
+    chain = make_chain(rng, steps)
     slips, slip_step, slip_up = (
         rng.random() < slip_rate,
         int(rng.integers(len(chain.steps))),
@@ -189,15 +194,20 @@ def written_answer(solution: str) -> str:
     return solution.rsplit("\\boxed{", 1)[1].split("}", 1)[0]
 
 
-def chain_problems(num: int, seed: int = 0, slip_rate: float = 0.0) -> list[tuple[Problem, str]]:
-    """The first `num` problems (with solutions, see make_problem) of the stream `seed`."""
-    return [(p, s) for p, s, _ in chain_stream(num, seed, slip_rate)]
+def chain_problems(
+    num: int, seed: int = 0, slip_rate: float = 0.0, steps: tuple[int, int] = (MIN_STEPS, MAX_STEPS)
+) -> list[tuple[Problem, str]]:
+    """The first `num` problems (with solutions, see make_problem) of the stream `seed`; steps:
+    shorter chains than the task's for a warm-start curriculum."""
+    return [(p, s) for p, s, _ in chain_stream(num, seed, slip_rate, steps)]
 
 
-def chain_stream(num: int, seed: int = 0, slip_rate: float = 0.0):
+def chain_stream(
+    num: int, seed: int = 0, slip_rate: float = 0.0, steps: tuple[int, int] = (MIN_STEPS, MAX_STEPS)
+):
     """The first `num` (problem, solution, chain) triples of the stream `seed`."""
     rng = np.random.default_rng(seed)
-    return [make_problem(rng, i, slip_rate) for i in range(num)]
+    return [make_problem(rng, i, slip_rate, steps) for i in range(num)]
 
 
 def held_out_chains(num: int, num_train: int, seed: int = 0):

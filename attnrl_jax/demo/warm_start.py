@@ -7,8 +7,9 @@ did; only the reward tells RL which steps are the slips. The result is a Hugging
 directory, written once per workdir and reused by later runs.
 
 Each built-in task has its recipe (RECIPES): the demo task's is 600 steps of 32 examples at
-learning rate 5e-3, all from the careless teacher; the chain task needs more (its steps look
-quantities up by name), see BENCHMARKS.md's chain section for the variants tried.
+learning rate 5e-3, all from the careless teacher; the chain task's steps look quantities up by
+name, which none of the recipes tried on a CPU taught (BENCHMARKS.md's chain section: the
+variants and what each learned).
 """
 
 from __future__ import annotations
@@ -47,9 +48,15 @@ class Recipe:
     # teacher's slips, which RL must learn to avoid, after)
     clean_fraction: float = 0.0
     warmup_steps: int = 20
+    # a curriculum: the first short_fraction of the steps train on chains of short_steps
+    # quantities (the chain task only: fewer distractors while the look-up is learned)
+    short_fraction: float = 0.0
+    short_steps: tuple[int, int] = (2, 5)
 
 
-RECIPES = {"demo": Recipe(), "chain": Recipe()}
+# chain: batches of 16 (the variant measured with the task's memo format; no variant tried on
+# this CPU learned the look-up, see BENCHMARKS.md's chain section)
+RECIPES = {"demo": Recipe(), "chain": Recipe(batch_size=16)}
 
 
 def recipe_for(task: str) -> Recipe:
@@ -59,10 +66,11 @@ def recipe_for(task: str) -> Recipe:
     return RECIPES[task]
 
 
-def _train(params, cfg, clean, slipped, recipe: Recipe, seed: int, on_step):
+def _train(params, cfg, clean, slipped, recipe: Recipe, seed: int, on_step, short=None):
     """recipe.steps AdamW steps: batches from `clean` (tokens, mask) for the first
-    clean_fraction of them, from `slipped` after. With clean_fraction 0 this is
-    rl/sft.supervised_warm_start's loop (same schedule and batch draws)."""
+    clean_fraction of them, from `slipped` after; from `short` for the first short_fraction.
+    Without those phases this is rl/sft.supervised_warm_start's loop (same schedule and
+    batch draws)."""
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, recipe.learning_rate, min(recipe.warmup_steps, recipe.steps // 10), recipe.steps,
         recipe.learning_rate / 10,
@@ -73,6 +81,8 @@ def _train(params, cfg, clean, slipped, recipe: Recipe, seed: int, on_step):
     switch = int(recipe.clean_fraction * recipe.steps)
     for step in range(recipe.steps):
         tokens, mask = clean if step < switch else slipped
+        if step < recipe.short_fraction * recipe.steps:
+            tokens, mask = short
         rows = rng.choice(len(tokens), recipe.batch_size, replace=len(tokens) < recipe.batch_size)
         params, opt_state, loss = sft_step(
             params, opt_state, tokens[rows], mask[rows], cfg=cfg, optimizer=optimizer
@@ -102,8 +112,10 @@ def build_warm_start(
     tokenizer = task.tokenizer(c.model.tiny.vocab_size)
     cfg = tiny_model_config(c, len(tokenizer))
 
-    def packed(slip_rate: float):
-        pairs = task.problems(c.data.num_demo_problems, seed=c.data.demo_seed, slip_rate=slip_rate)
+    def packed(slip_rate: float, **kw):
+        pairs = task.problems(
+            c.data.num_demo_problems, seed=c.data.demo_seed, slip_rate=slip_rate, **kw
+        )
         prompts = encode_prompts(tokenizer, [p.problem for p, _ in pairs])
         responses = tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"]
         return pack_examples(prompts, responses, tokenizer.eos_token_id)
@@ -123,7 +135,8 @@ def build_warm_start(
 
     slipped = packed(recipe.slip_rate)
     clean = packed(0.0) if recipe.clean_fraction > 0 else slipped
-    params = _train(params, cfg, clean, slipped, recipe, c.seed, on_step)
+    short = packed(recipe.slip_rate, steps=recipe.short_steps) if recipe.short_fraction else None
+    params = _train(params, cfg, clean, slipped, recipe, c.seed, on_step, short)
     bar.close()
     save_pretrained(from_params(cfg, jax.device_get(params)), path, tokenizer=tokenizer)
     return time.perf_counter() - start
