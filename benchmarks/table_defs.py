@@ -807,7 +807,8 @@ def chain_warm_start(rows: Rows) -> str:
         )
         clean = f"{p['clean_fraction']:.0%} slip-free" if p["clean_fraction"] else "-"
         out.append(
-            f"| {p['variant']} | {p['layers']} x {p['hidden']} ({p['heads']} heads) | "
+            f"| {p['variant']} | {p['layers']} x {p['hidden']} ({p['heads']} heads, "
+            f"{p['kv_heads']} kv) | "
             f"{p['problems']} | {p['steps']} x {p['batch_size']}, lr {p['learning_rate']:g} | "
             f"{clean} | {v('final_loss'):.3f} | {r['value']:.3f} | {roles} | "
             f"{v('warm_start_seconds'):.0f} | {p['note']} |"
