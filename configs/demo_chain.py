@@ -1,7 +1,7 @@
 """The chain task's demo setting: a tiny Qwen2 learning named multi-step chains on a CPU.
 
 Task `chain` (attnrl_jax/data/chain_task.py): 6-12 named quantities, each built from digits or
-earlier quantities ("b=a+2=7+2=9"), so later steps use earlier results and a wrong intermediate
+earlier quantities ("b=a+2=7+2;b9"), so later steps use earlier results and a wrong intermediate
 reaches the answer. `python -m attnrl_jax.demo --config configs/demo_chain.py` warm-starts the
 model on a careless teacher's solutions and trains with this config. Everything else is
 configs/demo.py's setting except: responses are longer (up to 148 tokens for the gold, so
