@@ -170,3 +170,11 @@ def test_names_are_one_token_wherever_they_stand():
         assert all((i, i + 1) in spans for i in names)
         # the instruction's words stay merged: not one token per character
         assert len(enc["input_ids"]) < 0.8 * len(text)
+
+
+def test_curriculum_chains_are_shorter_and_still_well_formed():
+    short = chain_stream(200, seed=5, steps=(2, 5))
+    assert {len(c.steps) for _, _, c in short} == {2, 3, 4, 5}
+    for problem, solution, chain in short:
+        assert written_answer(solution) == problem.answers[0] == str(chain.answer)
+        assert solution.count("\n\n") == len(chain.steps)
