@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attnrl_jax.data.chain_task import NAMES, held_out_chains  # noqa: E402
+from attnrl_jax.data.chain_task import MEMO, NAMES, held_out_chains  # noqa: E402
 from attnrl_jax.models.attention import attention, cache_mask, hide_keys  # noqa: E402
 from attnrl_jax.models.lm import forward_hidden, logits_from_hidden, unstack_layers  # noqa: E402
 from attnrl_jax.sampling.cache import KVCache, prefill_attend  # noqa: E402
@@ -133,18 +133,20 @@ ROLES = ("name", "definition", "copied value", "result")
 def token_roles(solution: str) -> list[str | None]:
     """Per character of a gold solution: "name" (the quantity's name), "definition" (its
     operands, copied from the prompt), "copied value" (the values of the quantities it uses,
-    copied from earlier steps), "result" (the computed value); None for separators and the
-    answer line."""
+    copied from earlier steps, with the operator between them), "result" (the computed value,
+    after the memo's name); None for separators, the memo's name and the answer line."""
     roles: list[str | None] = []
     lines = solution.split("\n\n")
     for i, line in enumerate(lines):
         if i == len(lines) - 1:
             roles += [None] * len(line)
             break
-        parts = line.split("=")  # name, definition, [copied values,] result
-        kinds = ["name", "definition", *(["copied value"] if len(parts) == 4 else []), "result"]
+        head, memo = line.split(MEMO)
+        parts = head.split("=")  # name, definition, [copied values]
+        kinds = ["name", "definition", *(["copied value"] if len(parts) == 3 else [])]
         for j, (part, kind) in enumerate(zip(parts, kinds, strict=True)):
             roles += [None] * (j > 0) + [kind] * len(part)  # the "=" before a part: None
+        roles += [None, None] + ["result"] * (len(memo) - 1)  # MEMO, the name, the result
         roles += [None, None]  # the separator
     return roles
 
@@ -172,16 +174,17 @@ def role_accuracy(model, tokenizer, prompts, solutions) -> dict[str, tuple[float
 
 def warm_start(out: Path):
     from attnrl_jax.demo.__main__ import load_config
-    from attnrl_jax.demo.warm_start import WARM_START_STEPS, load_or_build_warm_start
+    from attnrl_jax.demo.warm_start import load_or_build_warm_start, recipe_for
     from attnrl_jax.rl.settings import resolve
 
     config = load_config(CONFIG)
     config.model.path = str(out / "warm_start_chain")
     config.workdir = str(out / "unused")
     c = resolve(config)
-    model, seconds = load_or_build_warm_start(c, Path(c.model.path), steps=WARM_START_STEPS)
+    model, seconds = load_or_build_warm_start(c, Path(c.model.path))
     if seconds:
-        print(f"warm start: {WARM_START_STEPS} supervised steps in {seconds:.0f} s", flush=True)
+        steps = recipe_for("chain").steps
+        print(f"warm start: {steps} supervised steps in {seconds:.0f} s", flush=True)
     return c, model
 
 

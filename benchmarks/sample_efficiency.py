@@ -6,8 +6,8 @@
 Tasks: `demo` is the `make demo` setting (its warm start: 600 supervised steps); `weak` is the
 same task from a weak warm start (WEAK_WARM_START_STEPS steps), where most answers are wrong;
 `chain` is the chain task (configs/demo_chain.py: named quantities built from earlier ones, its
-warm start 600 supervised steps). Methods: configs/variants.py's, `first_two_steps` being the
-ICLR ablation (the `earliest` selector).
+warm start demo/warm_start.RECIPES["chain"]). Methods: configs/variants.py's, `first_two_steps`
+being the ICLR ablation (the `earliest` selector).
 Per task one warm start is shared by every run. A run (task, method, seed) trains from it with
 configs/demo.py and the method's keys from configs/variants.py (their step counts are not used)
 until it has generated --token_budget tokens, and measures held-out accuracy (avg@k on problems
@@ -77,12 +77,14 @@ def task_config(task: str, method: str, seed: int, out: Path):
 
 
 def warm_start(task: str, out: Path):
-    from attnrl_jax.demo.warm_start import WARM_START_STEPS, load_or_build_warm_start
+    from attnrl_jax.demo.warm_start import load_or_build_warm_start, recipe_for
 
     c = task_config(task, "attnrl", 0, out)
-    steps = WARM_START_STEPS if task == "demo" else WEAK_WARM_START_STEPS
+    # demo and chain: their task's recipe (demo/warm_start.RECIPES); weak: the demo's, shorter
+    steps = WEAK_WARM_START_STEPS if task == "weak" else None
     model, seconds = load_or_build_warm_start(c, Path(c.model.path), steps=steps)
     if seconds:
+        steps = steps or recipe_for(c.data.builtin_task or "demo").steps
         print(f"[{task}] warm start: {steps} supervised steps in {seconds:.0f} s", flush=True)
     return model
 

@@ -12,6 +12,7 @@ No JAX here: the test of the tables must stay fast.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -789,6 +790,38 @@ def mechanism_roles(rows: Rows) -> str:
     return _lines("| token | next-token accuracy (greedy) | tokens |", "|---|---:|---:|", out)
 
 
+def _variant_value(rows: Rows, variant: str, metric: str) -> float:
+    return rows.value(metric, variant=variant)
+
+
+def chain_warm_start(rows: Rows) -> str:
+    """benchmarks/chain_warm_start.py: each warm-start variant of the chain task, what it cost
+    and what it learned."""
+    out = []
+    for r in rows.matching("held_out_accuracy"):
+        p = r["params"]
+        v = functools.partial(_variant_value, rows, p["variant"])
+        roles = " / ".join(
+            f"{v('role_accuracy_' + k):.2f}"
+            for k in ("name", "definition", "copied_value", "result")
+        )
+        clean = f"{p['clean_fraction']:.0%} slip-free" if p["clean_fraction"] else "-"
+        out.append(
+            f"| {p['variant']} | {p['layers']} x {p['hidden']} ({p['heads']} heads, "
+            f"{p['kv_heads']} kv) | "
+            f"{p['problems']} | {p['steps']} x {p['batch_size']}, lr {p['learning_rate']:g} | "
+            f"{clean} | {v('final_loss'):.3f} | {r['value']:.3f} | {roles} | "
+            f"{v('warm_start_seconds'):.0f} | {p['note']} |"
+        )
+    return _lines(
+        "| variant | layers x hidden | training problems | steps x batch | teacher | loss at the "
+        "end | held-out accuracy | next-token accuracy: name / definition / copied value / "
+        "result | warm start (s, loaded) | note |",
+        "|---|---|---:|---|---|---:|---:|---|---:|---|",
+        out,
+    )
+
+
 # --- branching.py: selection + ADS + advantages, host reference vs jitted ----------------------
 
 BRANCHING_PHASES = {
@@ -894,6 +927,7 @@ TABLES: dict[str, Table] = {
     "mechanism": Table(("mechanism.json",), mechanism),
     "mechanism_auc": Table(("mechanism.json",), mechanism_auc),
     "mechanism_roles": Table(("mechanism.json",), mechanism_roles),
+    "chain_warm_start": Table(("chain_warm_start.json",), chain_warm_start),
     "demo": Table(("demo_summary.json",), demo),
     "demo_seeds": Table(("demo_seeds.json",), demo_seeds),
     "branching": Table(("cpu_branching.json",), branching),

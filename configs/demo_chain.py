@@ -1,12 +1,14 @@
 """The chain task's demo setting: a tiny Qwen2 learning named multi-step chains on a CPU.
 
 Task `chain` (attnrl_jax/data/chain_task.py): 6-12 named quantities, each built from digits or
-earlier quantities ("b=a+2=7+2=9"), so later steps use earlier results and a wrong intermediate
+earlier quantities ("b=a+2=7+2;b9"), so later steps use earlier results and a wrong intermediate
 reaches the answer. `python -m attnrl_jax.demo --config configs/demo_chain.py` warm-starts the
 model on a careless teacher's solutions and trains with this config. Everything else is
-configs/demo.py's setting except: responses are longer (up to 139 tokens for the gold, so
-160), and 8 initial prompts a step instead of 16 (a step generates ~3x the demo's tokens per
-prompt, so a CPU run at a fixed token budget still takes several optimizer steps).
+configs/demo.py's setting except: responses are longer (up to 148 tokens for the gold, so
+160), 8 initial prompts a step instead of 16 (a step generates ~3x the demo's tokens per
+prompt, so a CPU run at a fixed token budget still takes several optimizer steps), and 8192
+training problems instead of 2048 (the warm start sees each about twice rather than memorising
+a few; its recipe: demo/warm_start.RECIPES["chain"]).
 """
 
 import os
@@ -21,7 +23,8 @@ def get_config():
     c = demo_config()
     c.workdir = "/tmp/attnrl_demo_chain"
     c.data.train_files = "chain"
-    c.rollout.max_new_tokens = 160
+    c.data.num_demo_problems = 8192
+    c.rollout.max_new_tokens = 168
     # 8 prompts x 6 responses x 5 paths per expanded response, as the paper's 64 x 6 x 5
     c.ads.update(initial_prompt_batch_size=8, target_sequences=8 * 6 * 5)
     return c

@@ -63,10 +63,10 @@ def test_step_picks_stay_among_candidates():
 
 
 def test_token_roles_label_each_part_of_a_step():
-    solution = "a=6+1=7\n\nc=a-b=7-3=4\n\nThe answer is \\boxed{4}."
+    solution = "a=6+1;a7\n\nc=a-b=7-3;c4\n\nThe answer is \\boxed{4}."
     roles = mechanism.token_roles(solution)
     assert len(roles) == len(solution)
     labelled = "".join({"name": "N", "definition": "D", "copied value": "V", "result": "R",
                         None: "."}[r] for r in roles)  # fmt: skip
-    assert labelled[:22] == "N.DDD.R..N.DDD.VVV.R.."
-    assert set(labelled[22:]) == {"."}
+    assert labelled[:24] == "N.DDD..R..N.DDD.VVV..R.."
+    assert set(labelled[24:]) == {"."}

@@ -151,3 +151,30 @@ def test_make_chain_keeps_every_value_a_digit_under_many_draws():
     rng = np.random.default_rng(0)
     for _ in range(2000):
         assert all(0 <= v <= 9 for v in _evaluate(make_chain(rng)).values())
+
+
+def test_names_are_one_token_wherever_they_stand():
+    import re
+
+    from attnrl_jax.data.chain_task import NAMES, chain_tokenizer
+    from attnrl_jax.data.prompts import render_prompts
+
+    tok = chain_tokenizer()
+    for problem, solution, _ in STREAM[:20]:
+        text = render_prompts(tok, [problem.problem])[0] + solution
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = set(enc["offset_mapping"])
+        # each name standing alone in the text ("a=", "=a", "-a", " a?") is a token of its own
+        names = [m.start() for m in re.finditer(rf"(?<![A-Za-z])[{NAMES}](?![A-Za-z])", text)]
+        assert len(names) >= 3 * len(problem.problem.split(".")) - 3
+        assert all((i, i + 1) in spans for i in names)
+        # the instruction's words stay merged: not one token per character
+        assert len(enc["input_ids"]) < 0.8 * len(text)
+
+
+def test_curriculum_chains_are_shorter_and_still_well_formed():
+    short = chain_stream(200, seed=5, steps=(2, 5))
+    assert {len(c.steps) for _, _, c in short} == {2, 3, 4, 5}
+    for problem, solution, chain in short:
+        assert written_answer(solution) == problem.answers[0] == str(chain.answer)
+        assert solution.count("\n\n") == len(chain.steps)

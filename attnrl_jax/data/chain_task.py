@@ -5,13 +5,16 @@ are digits or earlier quantities, and asks for the last one:
 
     a=3+4. b=a+2. c=5-1. d=b-c. What is d?
 
-A solution computes one quantity per step, copying the values of the quantities it uses from
-the steps that computed them ("b=a+2=7+2=9": compact, so a step is 5-9 tokens), steps
-separated by "\\n\\n", and ends with \\boxed{answer}. So later steps attend to the steps
-they use, and a wrong intermediate propagates to the answer through every step that depends on
-it; steps no later step uses are dead ends whose errors do not matter. The dependency graph
-(`ChainProblem.refs`) is the ground truth of benchmarks/mechanism.py. Every true value stays
-in 0-9.
+A solution computes one quantity per step: it restates the definition, copies the values of
+the quantities it uses from the steps that computed them, and ends with a memo of the name and
+its result ("b=a+2=7+2;b9"; with digits only, "a=3+4;a7"), steps separated by "\\n\\n", and
+ends with \\boxed{answer}. The memo puts each value right after its name, so looking a value
+up by name is one match on the name token, a circuit 2 attention layers can hold (without it a
+value sat at the end of a step of varying length). So later steps attend to the steps they use,
+and a wrong intermediate propagates to the answer through every step that depends on it; steps
+no later step uses are dead ends whose errors do not matter. The dependency graph
+(`ChainProblem.refs`) is the ground truth of benchmarks/mechanism.py. Every true value stays in
+0-9.
 
 The careless teacher (`slip_rate`) writes one step's result off by one; the later steps carry
 the written value on, so the slip reaches the answer exactly when the slipped step lies on the
@@ -31,6 +34,7 @@ from attnrl_jax.data.records import Problem
 from attnrl_jax.data.tokenizer import build_tiny_tokenizer
 
 NAMES = "abcdefghijkl"
+MEMO = ";"  # opens a step's memo: its name, then its written result
 MIN_STEPS, MAX_STEPS = 6, 12
 HELD_OUT_SEED_OFFSET = 10_000  # held-out problems come from another stream of the same task
 # how many earlier quantities a step uses (0, 1, 2), and how much more likely a quantity no
@@ -97,10 +101,12 @@ class ChainProblem:
             if slip is not None and slip[0] == k:
                 value += slip[1]
             written[s.name] = value
-            if any(isinstance(o, str) for o in (s.left, s.right)):
-                lines.append(f"{s.definition()}={vals[0]}{s.op}{vals[1]}={value}")
-            else:
-                lines.append(f"{s.definition()}={value}")
+            values = (
+                f"={vals[0]}{s.op}{vals[1]}"
+                if isinstance(s.left, str) or isinstance(s.right, str)
+                else ""
+            )
+            lines.append(f"{s.definition()}{values}{MEMO}{s.name}{value}")
         lines.append(f"The answer is \\boxed{{{written[self.steps[-1].name]}}}.")
         return "\n\n".join(lines)
 
@@ -118,9 +124,11 @@ def _literal_for(rng: np.random.Generator, x: int) -> tuple[int, bool]:
     return (int(rng.integers(1, 10 - x)) if add else int(rng.integers(1, x + 1))), add
 
 
-def make_chain(rng: np.random.Generator) -> ChainProblem:
-    """One problem of 6-12 steps drawn from `rng`."""
-    n = int(rng.integers(MIN_STEPS, MAX_STEPS + 1))
+def make_chain(
+    rng: np.random.Generator, steps: tuple[int, int] = (MIN_STEPS, MAX_STEPS)
+) -> ChainProblem:
+    """One problem of steps[0]..steps[1] steps (the task's: 6-12) drawn from `rng`."""
+    n = int(rng.integers(steps[0], steps[1] + 1))
     steps: list[ChainStep] = []
     used = np.zeros(n, bool)
     for k in range(n):
@@ -160,11 +168,14 @@ def make_chain(rng: np.random.Generator) -> ChainProblem:
 
 
 def make_problem(
-    rng: np.random.Generator, index: int, slip_rate: float = 0.0
+    rng: np.random.Generator,
+    index: int,
+    slip_rate: float = 0.0,
+    steps: tuple[int, int] = (MIN_STEPS, MAX_STEPS),
 ) -> tuple[Problem, str, ChainProblem]:
     """(problem, solution, its chain). With probability `slip_rate` the solution slips at a
     uniformly drawn step (see ChainProblem.solution); the problem does not depend on slip_rate."""
-    chain = make_chain(rng)
+    chain = make_chain(rng, steps)
     slips, slip_step, slip_up = (
         rng.random() < slip_rate,
         int(rng.integers(len(chain.steps))),
@@ -183,15 +194,20 @@ def written_answer(solution: str) -> str:
     return solution.rsplit("\\boxed{", 1)[1].split("}", 1)[0]
 
 
-def chain_problems(num: int, seed: int = 0, slip_rate: float = 0.0) -> list[tuple[Problem, str]]:
-    """The first `num` problems (with solutions, see make_problem) of the stream `seed`."""
-    return [(p, s) for p, s, _ in chain_stream(num, seed, slip_rate)]
+def chain_problems(
+    num: int, seed: int = 0, slip_rate: float = 0.0, steps: tuple[int, int] = (MIN_STEPS, MAX_STEPS)
+) -> list[tuple[Problem, str]]:
+    """The first `num` problems (with solutions, see make_problem) of the stream `seed`; steps:
+    shorter chains than the task's for a warm-start curriculum."""
+    return [(p, s) for p, s, _ in chain_stream(num, seed, slip_rate, steps)]
 
 
-def chain_stream(num: int, seed: int = 0, slip_rate: float = 0.0):
+def chain_stream(
+    num: int, seed: int = 0, slip_rate: float = 0.0, steps: tuple[int, int] = (MIN_STEPS, MAX_STEPS)
+):
     """The first `num` (problem, solution, chain) triples of the stream `seed`."""
     rng = np.random.default_rng(seed)
-    return [make_problem(rng, i, slip_rate) for i in range(num)]
+    return [make_problem(rng, i, slip_rate, steps) for i in range(num)]
 
 
 def held_out_chains(num: int, num_train: int, seed: int = 0):
@@ -217,10 +233,16 @@ def held_out_problems(num: int, num_train: int, seed: int = 0) -> list[tuple[Pro
     return [(p, s) for p, s, _ in held_out_chains(num, num_train, seed)]
 
 
+# a quantity's name wherever it stands ("a=", "=a", "-a", " a"): always the one token "a", so
+# looking a quantity up by name is matching one token (merged, "=a" and " a" would differ)
+NAME_TOKEN = rf"(?<!\p{{L}})[{NAMES}](?!\p{{L}})"
+
+
 def chain_tokenizer(vocab_size: int = 512):
-    """The project's tiny tokenizer with merges fitted to this task."""
+    """The project's tiny tokenizer with merges fitted to this task; names, digits and the
+    operators are tokens of their own."""
     corpus = [format_problem(p.problem) + " " + s for p, s in chain_problems(200, seed=0)]
-    return build_tiny_tokenizer(vocab_size, corpus=corpus)
+    return build_tiny_tokenizer(vocab_size, corpus=corpus, isolate=NAME_TOKEN)
 
 
 def chain_prompts(tokenizer, num: int, seed: int = 0) -> list[Prompt]:

@@ -56,17 +56,22 @@ _CORPUS = (
 
 
 def build_tiny_tokenizer(
-    vocab_size: int = 512, corpus: Iterable[str] | None = None
+    vocab_size: int = 512, corpus: Iterable[str] | None = None, isolate: str | None = None
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `corpus` (default: the built-in math corpus).
+
+    isolate: a regex whose matches become tokens of their own before the Qwen2 split (a task's
+    one-letter names then stay one token wherever they stand, never merged with "=" or " ").
 
     Special tokens take ids 0..4 (`<|endoftext|>` is id 0, used as both eos and pad); the 256 byte
     symbols follow, then merges up to `vocab_size`. Any text encodes (byte fallback is inherent).
     """
     texts = list(_CORPUS if corpus is None else corpus)
     tok = Tokenizer(models.BPE())
+    first = [pre_tokenizers.Split(Regex(isolate), behavior="isolated")] if isolate else []
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
+            *first,
             pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]

@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None, config: ml_collections.ConfigDict | None
     parser = argparse.ArgumentParser(description="AttnRL on a tiny model and a built-in task")
     parser.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     parser.add_argument("--rl_steps", type=int, default=None, help="default: the demo config's")
-    parser.add_argument("--warm_start_steps", type=int, default=WARM_START_STEPS)
+    parser.add_argument(
+        "--warm_start_steps", type=int, default=None,
+        help=f"default: the task's recipe (demo: {WARM_START_STEPS}; demo/warm_start.RECIPES)",
+    )  # fmt: skip
     parser.add_argument("--held_out", type=int, default=128, help="held-out problems")
     parser.add_argument(
         "--config", type=Path, default=DEMO_CONFIG, help="configs/demo_chain.py: the chain task"
