@@ -115,22 +115,25 @@ def _speedup(rows: Rows, model: str, batch: int) -> float:
     return ours / _tokens_per_s(rows, "transformers", model, batch)
 
 
-def sampler_cpu(rows: Rows, repeat: Rows) -> str:
+def sampler_cpu(rows: Rows) -> str:
+    """sampler.py on CPU: the default engine (continuous batching), the lock-step scheduler and
+    transformers on the same requests (equal lengths, EOS off)."""
     out = []
     for model in rows.param_values("model"):
         for batch in rows.param_values("batch", model=model):
+            ours = _tokens_per_s(rows, "attnrl_jax", model, batch)
+            lockstep = _tokens_per_s(rows, "attnrl_jax_lockstep", model, batch)
             ratio = _bold(_x(_speedup(rows, model, batch)), batch == SAMPLER_TARGET_BATCH)
             out.append(
-                f"| {model} | {batch} "
-                f"| {_f(_tokens_per_s(rows, 'attnrl_jax', model, batch), 0)} "
+                f"| {model} | {batch} | {_f(ours, 0)} | {_f(lockstep, 0)} "
                 f"| {_f(_tokens_per_s(rows, 'transformers', model, batch), 0)} "
-                f"| {ratio} | {_x(_speedup(repeat, model, batch))} "
+                f"| {ratio} | {_x(ours / lockstep)} "
                 f"| {_f(rows.value('compile_time', 'attnrl_jax', model=model, batch=batch), 1)} |"
             )
     return _lines(
-        "| model | batch | attnrl_jax tokens/s | transformers tokens/s | ratio "
-        "| repeat run ratio | compile (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | engine tokens/s | lock-step tokens/s | transformers tokens/s "
+        "| engine / transformers | engine / lock-step | compile (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         out,
     )
 
@@ -829,6 +832,12 @@ BRANCHING_PHASES = {
     "ads": "ADS (mean FCI, expansion plan, attention filter)",
     "advantages": "tree values + advantages + zero-advantage filter",
 }
+BRANCHING_HOST_ROWS = {  # host work of the step outside the total (per response before / batched)
+    "layouts": "host, outside the total: step layouts of 600 responses (per response / batched)",
+    "fci_finish": "host, outside the total: the sampler's FCI finished for 600 rows (batched)",
+    "tree_sources": "host, outside the total: build_problems' flat tree sources",
+    "assembly_objects": "host, outside the total: assembly + every Segment / TrainingPath read",
+}
 BRANCHING_TARGET_MS = 50.0  # the issue's target for the jitted total on this CPU
 
 
@@ -847,6 +856,10 @@ def branching(rows: Rows) -> str:
     out.append(f"| host: token-level tree assembly (jitted path only) | | {_f(assembly, 1)} |")
     end_to_end = jitted + packing + assembly
     out.append(f"| total with the host parts | {_f(host, 1)} | {_f(end_to_end, 1)} |")
+    for phase, label in BRANCHING_HOST_ROWS.items():
+        before = rows.find("ms", "host_per_response", phase=phase)
+        now = rows.value("ms", "host_vectorised", phase=phase)
+        out.append(f"| {label} | {'' if before is None else _f(before, 1)} | {_f(now, 1)} |")
     return _lines("| phase | host reference, ms | jitted, ms |", "|---|---:|---:|", out)
 
 
@@ -868,6 +881,48 @@ ENGINE_SYSTEMS = {
     "equal": "continuous engine, equal lengths (same total)",
     "lockstep": "lock-step sampler, the mix",
 }
+
+
+def engine_readers(rows: Rows) -> str:
+    """engine_mix.py --decode_attention gathered,ragged --systems continuous,equal."""
+    out = []
+    for reader in ("gathered", "ragged"):
+        mix = rows.value("useful_tokens_per_s", f"continuous/{reader}")
+        equal = rows.value("useful_tokens_per_s", f"equal/{reader}")
+        out.append(f"| {reader} | {_f(mix, 0)} | {_f(equal, 0)} | {_x(mix / equal)} |")
+    return _lines(
+        "| decode attention | the mix, tokens/s | equal lengths, tokens/s | mix / equal |",
+        "|---|---:|---:|---:|",
+        out,
+    )
+
+
+def step_packing(*runs: dict) -> str:
+    """step_breakdown.py --modes off_policy, one run per (packing, tokens_per_row): the
+    update's time per real trained token (the token weight sum, the same in either layout)."""
+    out = []
+    for run in runs:
+        mode = run["modes"]["off_policy"]
+        phase, per = mode["phase_s"], mode["per_trained_token"]
+        steps = [s for s in run["per_step"]["off_policy"] if s["step"] not in
+                 mode["steps_not_averaged"]]  # fmt: skip
+        row_tokens = sum(s["row_tokens"] for s in steps) / len(steps)
+        trained = per["trained_tokens"] / len(steps)
+        budget = next((o.split("=")[1] for o in run["overrides"] if "tokens_per_row" in o), "0")
+        out.append(
+            f"| {mode['packing']['trained_with']} | {budget} | {len(steps)} | {_f(row_tokens, 0)} "
+            f"| {_f(trained, 0)} | {_f(per['slot_ratio'], 2)} | {_f(phase['update']['mean'], 3)} "
+            f"| {_f(phase['reference']['mean'] + phase['proximal']['mean'], 3)} "
+            f"| {_f(per['update_ms_per_1k'], 1)} | {_f(per['step_ms_per_1k'], 1)} |"
+        )
+    return _lines(
+        "| packing | tokens_per_row | steps averaged | row tokens / step | trained tokens / step "
+        "| computed slots / row tokens | update s | reference + proximal s "
+        "| update ms per 1k trained tokens (incl. reference, proximal) "
+        "| step ms per 1k trained tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        out,
+    )
 
 
 def engine_mix(rows: Rows) -> str:
@@ -900,7 +955,7 @@ def engine_mix(rows: Rows) -> str:
 
 
 TABLES: dict[str, Table] = {
-    "sampler_cpu": Table(("cpu_sampler.json", "cpu_sampler_repeat.json"), sampler_cpu),
+    "sampler_cpu": Table(("cpu_sampler.json",), sampler_cpu),
     "sampler_gpu": Table(("h200_sampler_gpu.json",), sampler_gpu),
     "scoring_cpu": Table(("cpu_scoring.json",), scoring_cpu),
     "scoring_gpu": Table(("h200_scoring_gpu.json",), scoring_gpu),
@@ -933,4 +988,14 @@ TABLES: dict[str, Table] = {
     "branching": Table(("cpu_branching.json",), branching),
     "ab_revisions": Table(("ab_revisions_cpu.json",), ab_revisions),
     "engine_mix": Table(("cpu_engine_mix.json",), engine_mix),
+    "engine_readers": Table(("engine_mix_readers.json",), engine_readers),
+    "step_packing": Table(
+        (
+            "step_packing_path_cpu.json",
+            "step_packing_tree_cpu.json",
+            "step_packing_path_budget_cpu.json",
+            "step_packing_tree_budget_cpu.json",
+        ),
+        step_packing,
+    ),
 }
