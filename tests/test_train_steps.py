@@ -53,7 +53,10 @@ def test_steps_after_warmup_compile_nothing(tmp_path):
         trainer.close()
     engine = ("jit(sample_batch)", "jit(admit)", "jit(decode_chunk)", "jit(empty_state)")
     sampler = [m for step in compiled for m in step if m.startswith(engine, len("Compiling "))]
-    assert len(sampler) == len(set(sampler)), "the sampler compiled one shape twice"
+    # empty_state takes no arrays: its message ("... types ()") is the same for every slot
+    # count and cache length (static arguments), so it cannot tell a repeat from a new shape.
+    shaped = [m for m in sampler if not m.startswith("Compiling jit(empty_state)")]
+    assert len(shaped) == len(set(shaped)), "the sampler compiled one shape twice"
     later = [m for step in compiled[1:] for m in step if m not in sampler]
     assert later == [], "recompiled after warm-up:\n" + "\n".join(m[:300] for m in later)
     shapes = {(m["prompt_batch_size"], m["rows"], m["expanded"]) for m in metrics[1:]}
