@@ -247,9 +247,6 @@ def _pack(
     eos = np.full(config.max_eos_ids, -1, np.int32)
     eos[: len(options.eos_ids)] = options.eos_ids
 
-    def per_row(value, dtype):
-        return np.full(num_rows, value, dtype)
-
     batch = DeviceBatch(
         contexts=tokens,
         context_lengths=lengths,
@@ -257,10 +254,8 @@ def _pack(
         budget=row_arrays[1],
         request_index=row_arrays[2],
         sample_index=row_arrays[3],
-        sampling=SamplingParams(
-            per_row(options.temperature, np.float32),
-            per_row(options.top_p, np.float32),
-            per_row(options.top_k, np.int32),
+        sampling=SamplingParams.same_for(
+            num_rows, options.temperature, options.top_p, options.top_k
         ),
         seed=np.int32(options.seed),
         eos_ids=eos,

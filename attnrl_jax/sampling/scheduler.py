@@ -286,9 +286,6 @@ def _admission(admitted, requests, contexts, budgets, options, config, slots):
             writes[a, start : len(contexts[i])] = True
             places[b] = a
 
-    def per_row(value, dtype):
-        return np.full(shards * num_rows, value, dtype)
-
     batch = Admission(
         contexts=tokens,
         context_lengths=lengths,
@@ -298,10 +295,8 @@ def _admission(admitted, requests, contexts, budgets, options, config, slots):
         budget=ints[2],
         request_index=ints[3],
         sample_index=ints[4],
-        sampling=SamplingParams(
-            per_row(options.temperature, np.float32),
-            per_row(options.top_p, np.float32),
-            per_row(options.top_k, np.int32),
+        sampling=SamplingParams.same_for(
+            shards * num_rows, options.temperature, options.top_p, options.top_k
         ),
     )
     return batch, [places[b] for b, *_ in admitted]

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _ONE_BITS = 0x3F800000  # float32 1.0 as int32; weights lie in [0, 1]
 _BISECTIONS = 30  # 2**30 > _ONE_BITS + 1: the bisection below ends on an exact float
@@ -36,6 +37,15 @@ class SamplingParams(NamedTuple):
     temperature: jax.Array
     top_p: jax.Array
     top_k: jax.Array
+
+    @classmethod
+    def same_for(cls, rows: int, temperature: float, top_p: float, top_k: int) -> SamplingParams:
+        """Host arrays [rows] holding one call's settings for every row."""
+        return cls(
+            np.full(rows, temperature, np.float32),
+            np.full(rows, top_p, np.float32),
+            np.full(rows, top_k, np.int32),
+        )
 
 
 def _largest_cutoff(weights: jax.Array, enough) -> jax.Array:
