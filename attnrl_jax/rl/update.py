@@ -265,15 +265,16 @@ def run_updates(
         make_rows(problems[first : first + minibatch_problems], packing, budget)
         for first in range(0, len(problems), minibatch_problems)
     ]
-    rows = [row for mini in row_minis for row in mini]
-    if not rows:
+    num_rows = sum(len(mini) for mini in row_minis)
+    if not num_rows:
         return params, opt_state, metrics
+    row_tokens = int(sum(mini.lengths.sum() for mini in row_minis))
     if budget:
         length = budget
         row_minis = [pack_rows(mini, length) for mini in row_minis]
     else:
-        length = row_length_bucket(max(len(r.tokens) for r in rows))
-    nodes = power_of_two(max(len(r.ancestors) for mini in row_minis for r in mini), 8)
+        length = row_length_bucket(max(int(mini.lengths.max(initial=0)) for mini in row_minis))
+    nodes = power_of_two(max(int(mini.num_nodes.max(initial=0)) for mini in row_minis), 8)
     temp = jnp.float32(temperature)
     minis = [  # per mini-batch, its micro-batches on the device
         [
@@ -326,10 +327,9 @@ def run_updates(
     if tokens:
         metrics.update({k: v / tokens for k, v in sums.items()})
         metrics["grad_norm"] = float(np.mean(norms))
-    row_tokens = int(sum(len(r.tokens) for r in rows))
     metrics.update(
         updates=len(norms),
-        rows=len(rows),
+        rows=num_rows,
         row_tokens=row_tokens,
         trained_tokens=tokens,
         slot_ratio=slots / row_tokens,
