@@ -62,6 +62,24 @@ class SeparatorIds:
         tables[1, list(self.newline)] = True
         return tables[0], tables[1]
 
+    @cached_property
+    def _codes(self) -> np.ndarray:
+        """uint8 table: bit 1 for double-newline ids, bit 2 for newline ids; one slot past the
+        largest id, which ids outside the table read (0: no separator)."""
+        double, single = self._tables
+        return (double.astype(np.uint8) | (single.astype(np.uint8) << 1)).astype(np.uint8)
+
+    def separator_codes(self, ids: np.ndarray) -> np.ndarray:
+        """uint8 shaped like int `ids`: bit 1 "\\n\\n", bit 2 "\\n" (one gather; negative ids
+        and ids past the table read 0)."""
+        codes = self._codes
+        ids = np.asarray(ids)
+        if ids.dtype.kind == "i":  # negatives become huge, then clip to the last slot
+            ids = ids.view(np.dtype(f"u{ids.dtype.itemsize}"))
+        if ids.dtype.itemsize > 4:
+            ids = np.minimum(ids, len(codes) - 1).view(np.int64)
+        return np.take(codes, ids, mode="clip")
+
     def is_separator(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(contains "\\n\\n", contains "\\n"): two bool arrays shaped like int `ids`."""
         double, single = self._tables
@@ -296,6 +314,8 @@ def segment_batch(
 
     The separator set is chosen per response (double newline, else newline, else every token);
     a response's last token always ends a step; `</think>` matches never span two responses.
+    Per token there is one table lookup and one scan for separators (and one comparison for the
+    first `</think>` id); everything after works on the separator positions only.
     """
     b = len(responses)
     prompt = np.asarray(prompt_lens, np.int64).reshape(-1)
@@ -304,37 +324,77 @@ def segment_batch(
     if (prompt < 0).any():
         raise ValueError(f"prompt_len must be >= 0, got {int(prompt.min())}")
     lengths = np.fromiter(map(len, responses), np.int64, b)
-    ids = np.concatenate([np.zeros(0, np.int64), *responses], dtype=np.int64, casting="unsafe")
-    owner = np.repeat(np.arange(b), lengths)
-    first_token = np.cumsum(lengths) - lengths
-    local = np.arange(len(ids)) - first_token[owner]
-    double, single = seps.is_separator(ids)
-    has_double = np.bincount(owner[double], minlength=b) > 0
-    has_single = np.bincount(owner[single], minlength=b) > 0
-    is_sep = np.where(has_double[owner], double, np.where(has_single[owner], single, True))
-    is_end = is_sep | (local == lengths[owner] - 1)
-    at = np.flatnonzero(is_end)
-    num_steps = np.bincount(owner[at], minlength=b).astype(np.int32)
+    token_at = np.zeros(b + 1, np.int64)
+    np.cumsum(lengths, out=token_at[1:])
+    ids = _concat_ids(responses)
+    code = seps.separator_codes(ids)  # bit 1: "\n\n", bit 2: "\n"
+    at = np.flatnonzero(code)
+    at_code = code[at]
+    double = at[(at_code & 1) > 0]
+    has_double = np.diff(np.searchsorted(double, token_at)) > 0
+    has_single = has_double  # when every separator found is a double newline
+    if len(double) < len(at):
+        single = at[(at_code & 2) > 0]
+        has_single = np.diff(np.searchsorted(single, token_at)) > 0
+    if (has_double | ~has_single).all():  # no response falls back to single newlines
+        ends = double
+    else:
+        owner = np.repeat(np.arange(b), np.diff(np.searchsorted(at, token_at)))
+        wanted = np.where(has_double, 1, np.where(has_single, 2, 0)).astype(np.uint8)
+        ends = at[(at_code & wanted[owner]) > 0]  # the chosen separators, in order
+    # plus each response's last token (when not a chosen separator), and every token of a
+    # response without any separator
+    nonempty = lengths > 0
+    every = nonempty & ~has_double & ~has_single
+    last = token_at[1:] - 1
+    cut = has_double | has_single
+    found = np.searchsorted(ends, last)
+    listed = found < len(ends)
+    listed[listed] = ends[found[listed]] == last[listed]
+    extra_last = np.flatnonzero(cut & nonempty & ~listed)
+    all_rows = np.flatnonzero(every)
+    run = np.repeat(token_at[all_rows] - _offsets(lengths[all_rows])[:-1], lengths[all_rows])
+    extra = np.sort(np.concatenate([last[extra_last], run + np.arange(len(run))]))
+    ends = np.insert(ends, np.searchsorted(ends, extra), extra)
+    num_steps = np.diff(np.searchsorted(ends, token_at)).astype(np.int32)
     first = np.zeros(b + 1, np.int64)
     np.cumsum(num_steps, out=first[1:])
     think = np.full(b, -1, np.int64)
     m = len(seps.think_end)
     if m and len(ids) >= m:
-        windows = np.lib.stride_tricks.sliding_window_view(ids, m)
-        hits = np.flatnonzero((windows == np.asarray(seps.think_end)).all(axis=1))
-        hits = hits[owner[hits] == owner[hits + m - 1]]  # within one response
-        last = np.full(b, -1, np.int64)
-        np.maximum.at(last, owner[hits], hits + m - 1)  # the last match's final token
-        ends_before = np.concatenate([[0], np.cumsum(is_end)])  # step ends before a token
-        found = last >= 0
-        think[found] = 1 + ends_before[last[found]] - ends_before[first_token[found]]
+        pattern = np.asarray(seps.think_end)
+        hits = np.flatnonzero(ids[: len(ids) - m + 1] == pattern[0])
+        for j in range(1, m):  # the pattern's length, not the data's
+            hits = hits[ids[hits + j] == pattern[j]]
+        hit_owner = np.searchsorted(token_at, hits, side="right") - 1
+        hits = hits[hit_owner == np.searchsorted(token_at, hits + m - 1, side="right") - 1]
+        final = np.full(b, -1, np.int64)
+        np.maximum.at(final, np.searchsorted(token_at, hits, side="right") - 1, hits + m - 1)
+        has = final >= 0
+        # the step holding the match's final token: 1 + step ends before it in its response
+        think[has] = 1 + np.searchsorted(ends, final[has]) - first[:-1][has]
     return StepLayouts(
         prompt_len=prompt.astype(np.int32),
         num_steps=num_steps,
         think_end_step=think.astype(np.int32),
-        ends=(prompt[owner[at]] + local[at] + 1).astype(np.int32),
+        ends=(np.repeat(prompt - token_at[:-1] + 1, num_steps) + ends).astype(np.int32),
         first=first,
     )
+
+
+def _concat_ids(responses) -> np.ndarray:
+    """The responses' ids as one integer array (their own dtype when they share one: the
+    sampler's int32 rows are not widened)."""
+    arrays = [np.asarray(r) for r in responses]
+    if arrays and all(a.dtype == arrays[0].dtype for a in arrays) and arrays[0].dtype.kind in "iu":
+        return np.concatenate(arrays)
+    return np.concatenate([np.zeros(0, np.int64), *arrays], dtype=np.int64, casting="unsafe")
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
 
 
 def token_step_ids(layout: StepLayout, total_len: int) -> np.ndarray:
