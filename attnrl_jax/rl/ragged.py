@@ -56,6 +56,10 @@ class Ragged(Sequence):
         i %= len(self)
         return self.values[self.first[i] : self.first[i + 1]]
 
+    def split(self, k: int) -> tuple[Ragged, Ragged]:
+        """(rows [:k], rows [k:]) as two Ragged of the same values (no copy)."""
+        return Ragged(self.values, self.first[: k + 1]), Ragged(self.values, self.first[k:])
+
     def __iter__(self) -> Iterator[np.ndarray]:
         bounds = self.first.tolist()
         return (self.values[a:b] for a, b in zip(bounds, bounds[1:], strict=False))
@@ -70,3 +74,41 @@ def gather_runs(begin: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.n
     np.cumsum(length, out=first[1:])
     index = np.repeat(np.asarray(begin, np.int64) - first[:-1], length) + np.arange(first[-1])
     return index, first
+
+
+class Runs(Sequence):
+    """Row i is values[begin[i] : begin[i] + lengths[i]] (a view, not a copy): runs anywhere in
+    one flat array, e.g. tree nodes' tokens in the batch's token pool, read without gathering.
+
+    values: [N] any dtype; begin, lengths: int64[rows] (runs inside values, not checked per
+    row: the builder checks them for a whole batch at once). A Sequence of numpy arrays like
+    Ragged; `flat` gathers every row, one after another (a copy).
+    """
+
+    __slots__ = ("values", "begin", "lengths")
+
+    def __init__(self, values: np.ndarray, begin: np.ndarray, lengths: np.ndarray):
+        self.values = values
+        self.begin = np.asarray(begin, np.int64)
+        self.lengths = np.asarray(lengths, np.int64)
+        if self.begin.shape != self.lengths.shape or self.begin.ndim != 1:
+            raise ValueError(f"Runs need 1D begin and lengths of one shape, got "
+                             f"{self.begin.shape} and {self.lengths.shape}")  # fmt: skip
+
+    @property
+    def flat(self) -> np.ndarray:
+        """Every row's values, one after another (one gather)."""
+        return self.values[gather_runs(self.begin, self.lengths)[0]]
+
+    def __len__(self) -> int:
+        return len(self.begin)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"row {i} out of range for {len(self)} rows")
+        a = int(self.begin[i])
+        return self.values[a : a + int(self.lengths[i])]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        ends = (self.begin + self.lengths).tolist()
+        return (self.values[a:b] for a, b in zip(self.begin.tolist(), ends, strict=True))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from attnrl_jax.rl.ragged import Ragged
+from attnrl_jax.rl.ragged import Ragged, Runs
 from attnrl_jax.rl.rows import Rows
 
 if TYPE_CHECKING:  # packed.py imports this module
@@ -70,8 +70,10 @@ def _offsets(counts) -> np.ndarray:
 
 
 def _as_runs(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values, begin, length) of per-segment arrays: a Ragged as is (no copy), else one
-    concatenation."""
+    """(values, begin, length) of per-segment arrays: Runs or a Ragged as they are (no copy),
+    else one concatenation."""
+    if isinstance(rows, Runs):
+        return rows.values, rows.begin, rows.lengths
     if not isinstance(rows, Ragged):
         rows = Ragged.of([np.asarray(r) for r in rows])
     return rows.values, rows.first[:-1], rows.lengths

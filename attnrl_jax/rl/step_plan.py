@@ -159,10 +159,11 @@ def build_problems(
     continuations[i][b] / continuation_rewards[i][b]: the samples and float[T] 0/1 rewards of
     branch point b of response i (`attach`). Values, advantages and the filter are one
     jitted call each over all problems; the host concatenates the responses' and samples'
-    tokens and log-probs once (flat arrays with offsets), gathers every kept node's tokens,
-    log-probs and versions with one index array (`tree_nodes.assemble`), and the trees make
-    Segment / TrainingPath objects only when read. A TrainProblem's segment_logp /
-    segment_version are `Ragged` rows (a Sequence of per-segment arrays).
+    tokens and log-probs once (flat arrays with offsets), every kept node's tokens, log-probs
+    and versions are runs of those arrays (`tree_nodes.assemble`: views, nothing gathered;
+    training rows gather them straight into the rows), and the trees make Segment /
+    TrainingPath objects only when read. A TrainProblem's segment_logp / segment_version are
+    `Runs` (tree methods) or `Ragged` (GRPO) rows: Sequences of per-segment arrays with `flat`.
     """
     g = rc.group_size
     p = len(gen.prompts)
@@ -236,13 +237,16 @@ def _tree_sources(gen, rewards, plan, continuations, continuation_rewards, versi
         raise ValueError("continuation rewards do not match the continuation samples")
     samples = [s for group in groups for s in group]
     cont_reward = np.concatenate([np.zeros(0), *graded])
-    tokens = Ragged.of(gen.responses, np.int32)
-    cont_tokens = Ragged.of([s.token_ids for s in samples], np.int32)
-    logp = Ragged.of(gen.logprobs, np.float32)
-    cont_logp = Ragged.of([s.logprobs for s in samples], np.float32)
+    # one concatenation per field: responses, then continuations (split into two views)
+    tokens, cont_tokens = Ragged.of([*gen.responses, *(s.token_ids for s in samples)],
+                                    np.int32).split(b)  # fmt: skip
+    logp, cont_logp = Ragged.of([*gen.logprobs, *(s.logprobs for s in samples)],
+                                np.float32).split(b)  # fmt: skip
 
     def versions(rows, v):
-        return Ragged(np.full(len(rows.values), v, np.int32), rows.first)
+        return Ragged(
+            np.full(int(rows.first[-1] - rows.first[0]), v, np.int32), rows.first - rows.first[0]
+        )
 
     problem_sizes = np.full(len(gen.prompts), gen.group_size, np.int64)
     sources = TreeSources.of(

@@ -10,11 +10,12 @@ Outputs, for a problem's expanded responses:
   per-token source marker (True: original-response token, whose behaviour log-prob is the stored one
   from the scoring pass; False: continuation token, log-prob from the continuation's sampler).
 
-Assembly computes every node's fields for the whole batch with index arrays (`_node_table`) and
-gathers every node's tokens (and other per-token fields, e.g. behaviour log-probs) from the flat
-`TreeSources` with one index array (`assemble`); a ProblemTree keeps its node columns and makes
-the Segment / TrainingPath objects when first read. A path's per-token arrays are built from its
-segments when first read (training rows are built from the segments).
+Assembly computes every node's fields for the whole batch with index arrays (`_node_table`); a
+node's tokens (and other per-token fields, e.g. behaviour log-probs) are a run of the flat
+`TreeSources` pool, kept as views (`Runs`: begin and length per node, nothing gathered), which
+training rows read straight from the pool (rl/row_build.py); a ProblemTree keeps its node
+columns and makes the Segment / TrainingPath objects when first read. A path's per-token
+arrays are built from its segments when first read.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from attnrl_jax.rl.ragged import Ragged, gather_runs
+from attnrl_jax.rl.ragged import Ragged, Runs
 
 if TYPE_CHECKING:  # tree.py imports this module
     from attnrl_jax.rl.tree import Response, TreeInputs, TreeValues
@@ -124,7 +125,11 @@ class ProblemTree:
 
     @classmethod
     def from_nodes(
-        cls, root_value: float, nodes: dict[str, np.ndarray], tokens: Ragged, chain_id: np.ndarray
+        cls,
+        root_value: float,
+        nodes: dict[str, np.ndarray],
+        tokens: Ragged | Runs,
+        chain_id: np.ndarray,
     ) -> ProblemTree:
         """nodes: per-node columns in node order (response, parent, start, branch, continuation,
         value, path_count, advantage, reward, depth, leaf; see `_node_table`); tokens: node i's
@@ -140,8 +145,9 @@ class ProblemTree:
         return self._nodes
 
     @property
-    def node_tokens(self) -> Ragged:
-        """Row i: the token ids of segment i (int32 views)."""
+    def node_tokens(self) -> Ragged | Runs:
+        """Row i: the token ids of segment i (int32 views; of the batch's token pool for an
+        assembled tree)."""
         if self._tokens is None:
             self._tokens = Ragged.of([s.tokens for s in self.segments], np.int32)
         return self._tokens
@@ -208,12 +214,12 @@ class TreeSources:
 
     @classmethod
     def from_responses(cls, problems: Sequence[Sequence[Response]]) -> TreeSources:
-        """The sources of Response / Continuation objects (one concatenation each)."""
+        """The sources of Response / Continuation objects (one concatenation of all tokens)."""
         flat = [x for responses in problems for x in responses]
         groups = [conts for x in flat for conts in x.continuations]
         conts = [c for group in groups for c in group]
-        responses = Ragged.of([np.asarray(x.tokens) for x in flat], np.int32)
-        continuations = Ragged.of([np.asarray(c.tokens) for c in conts], np.int32)
+        rows = [np.asarray(x.tokens) for x in flat] + [np.asarray(c.tokens) for c in conts]
+        responses, continuations = Ragged.of(rows, np.int32).split(len(flat))
         return cls.of(
             problem_sizes=np.fromiter(map(len, problems), np.int64, len(problems)),
             points=np.fromiter((len(x.branch_points) for x in flat), np.int64, len(flat)),
@@ -235,7 +241,9 @@ class TreeSources:
     ) -> TreeSources:
         """From counts (responses per problem [P], branch points per response [B],
         continuations per point [sum points]), rewards, and per field the (responses,
-        continuations) Ragged rows; the fields' rows must have the same lengths."""
+        continuations) Ragged rows; the fields' rows must have the same lengths. A field whose
+        continuations follow its responses in one array (`Ragged.split`) is used without a
+        copy; others are concatenated once."""
         responses, continuations = pool["tokens"]
         for name, (r, c) in pool.items():
             if not (np.array_equal(r.lengths, responses.lengths)
@@ -247,20 +255,23 @@ class TreeSources:
             np.cumsum(counts, out=out[1:])
             return out
 
-        base = int(responses.first[-1])
+        def flat(r, c):  # responses then continuations, from index 0
+            if r.values is c.values and r.first[-1] == c.first[0]:
+                return r.values[r.first[0] : c.first[-1]]
+            return np.concatenate([r.values[r.first[0] : r.first[-1]],
+                                   c.values[c.first[0] : c.first[-1]]])  # fmt: skip
+
+        base = int(responses.first[-1] - responses.first[0])
         return cls(
             problem_first=offsets(problem_sizes),
             point_first=offsets(points),
             cont_first=offsets(conts),
-            response_at=responses.first[:-1],
-            cont_at=base + continuations.first[:-1],
+            response_at=responses.first[:-1] - responses.first[0],
+            cont_at=base + continuations.first[:-1] - continuations.first[0],
             cont_len=continuations.lengths,
             reward=np.asarray(reward, np.float64),
             cont_reward=np.asarray(cont_reward, np.float64),
-            pool={
-                name: np.concatenate([r.values[: r.first[-1]], c.values[: c.first[-1]]])
-                for name, (r, c) in pool.items()
-            },
+            pool={name: flat(r, c) for name, (r, c) in pool.items()},
         )
 
 
@@ -289,9 +300,10 @@ def assemble(
     inputs: TreeInputs,
     values: TreeValues,
     which: Sequence[int] | np.ndarray | None = None,
-) -> tuple[list[ProblemTree], dict[str, list[Ragged]]]:
+) -> tuple[list[ProblemTree], dict[str, list[Runs]]]:
     """(trees of problems `which`, per pool field other than "tokens" each tree's node rows):
-    e.g. fields["logp"][k][i] are the pool's "logp" values of segment i of tree k."""
+    e.g. fields["logp"][k][i] are the pool's "logp" values of segment i of tree k. Node
+    tokens and fields are `Runs`, views of the sources' pool: assembly copies no token."""
     which = np.arange(len(sources.problem_first) - 1) if which is None else which
     which = np.asarray(which, np.int64)
     inputs, values = jax.device_get((inputs, values))
@@ -311,18 +323,21 @@ def assemble(
     cont_len = sources.cont_len[c] if len(sources.cont_len) else np.zeros(len(c), np.int64)
     begin = np.where(cont, cont_at, sources.response_at[i] + node["start"])
     length = np.where(cont, cont_len, node.pop("end") - node["start"])
-    index, first = gather_runs(begin, length)
-    gathered = {name: pool[index] for name, pool in sources.pool.items()}
+    size = len(sources.pool["tokens"])
+    if len(begin) and ((begin < 0).any() or (begin + length > size).any() or (length < 0).any()):
+        raise ValueError(f"tree nodes' token runs fall outside the sources' {size} tokens")
     bounds = np.zeros(len(which) + 1, np.int64)
     np.cumsum(per_problem, out=bounds[1:])
     roots = values.root_value[which].tolist()
-    trees, fields = [], {name: [] for name in gathered if name != "tokens"}
+    trees, fields = [], {name: [] for name in sources.pool if name != "tokens"}
     for k, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
-        rows = {name: Ragged(col, first[lo : hi + 1]) for name, col in gathered.items()}
+        # views of the pool: no token is copied until something reads it
+        runs = {name: Runs(pool, begin[lo:hi], length[lo:hi]) for name, pool in
+                sources.pool.items()}  # fmt: skip
         columns = {name: col[lo:hi] for name, col in node.items()}
-        trees.append(ProblemTree.from_nodes(roots[k], columns, rows.pop("tokens"), chain_id[k]))
-        for name, ragged in rows.items():
-            fields[name].append(ragged)
+        trees.append(ProblemTree.from_nodes(roots[k], columns, runs.pop("tokens"), chain_id[k]))
+        for name, rows in runs.items():
+            fields[name].append(rows)
     return trees, fields
 
 
