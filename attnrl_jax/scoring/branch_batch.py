@@ -142,6 +142,8 @@ def _pad_ragged(values, counts, skip, rows, columns, name, unit):
         raise ValueError(
             f"{name} of response {i} has {lengths[i]} entries, need >= {need[i]} {unit}"
         )
+    if b and (lengths == lengths[0]).all() and counts.max() <= columns:  # as one 2D array
+        return _padded_host(np.stack(values), counts, skip, rows, columns)
     cat = np.concatenate(list(values) or [[]], dtype=np.float32)
     # row-major order of the output's valid cells is the order of the kept input entries
     local = np.arange(len(cat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -154,10 +156,10 @@ def _pad_ragged(values, counts, skip, rows, columns, name, unit):
 
 
 def _padded_host(values, counts, skip, rows, columns):
-    x = np.asarray(values[: len(counts), skip : skip + columns], np.float32)
+    x = values[: len(counts), skip : skip + columns]
     out = np.zeros((rows, columns), np.float32)
-    out[: x.shape[0], : x.shape[1]] = x
-    out[: len(counts)] = np.where(np.arange(columns) < counts[:, None], out[: len(counts)], 0.0)
+    keep = np.arange(x.shape[1]) < counts[:, None]
+    np.copyto(out[: len(counts), : x.shape[1]], x, casting="unsafe", where=keep)
     return out
 
 

@@ -276,19 +276,26 @@ class StepLayouts:
 
     def padded_bounds(self, rows: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
         """(starts, ends) int32[rows, columns]: absolute [start, end) of response step c + 1 in
-        column c of row i (zeros elsewhere), by boolean-mask assignment (row-major order is the
-        flat order; rows >= B, columns >= every S)."""
+        column c of row i (zeros elsewhere): the ends by one boolean-mask assignment (row-major
+        order is the flat order), the starts shifted from them (rows >= B, columns >= every
+        S)."""
         if rows < len(self) or columns < int(self.num_steps.max(initial=0)):
             raise ValueError(
                 f"padded_bounds({rows}, {columns}) cannot hold {len(self)} layouts of up to "
                 f"{int(self.num_steps.max(initial=0))} steps"
             )
-        starts_flat = self.ends - self.step_sizes
-        mask = np.zeros((rows, columns), bool)
-        mask[: len(self)] = np.arange(columns) < self.num_steps[:, None]
-        starts = np.zeros((rows, columns), np.int32)
+        b = len(self)
+        mask = np.arange(columns) < self.num_steps[:, None]
         ends = np.zeros((rows, columns), np.int32)
-        starts[mask], ends[mask] = starts_flat, self.ends
+        ends[:b][mask] = self.ends
+        # a step starts where the one before it ends; the first where the prompt ends
+        starts = np.zeros((rows, columns), np.int32)
+        starts[:b, 1:] = ends[:b, :-1]
+        steps = self.num_steps.astype(np.int64)
+        short = np.flatnonzero(steps < columns)
+        starts[short, steps[short]] = 0  # the column after a row's last step
+        if columns:
+            starts[:b, 0] = np.where(steps > 0, self.prompt_len, 0)
         return starts, ends
 
 
