@@ -29,7 +29,10 @@ per-response form as "host_per_response" where it is still expressible):
   fci_finish   sampling.fci_decode.finish of 600 decode rows [600, 2,048] (mean pooling)
   tree_sources build_problems' flat sources: TreeSources.of + pack_tree_inputs from arrays
   assembly_objects  assemble_trees + reading every tree's segments and paths (the objects
-               rl/packed.py reads today; "assembly" above builds the trees lazily)
+               tests/reference_packed.py reads; "assembly" above builds the trees lazily)
+  rows_tree, rows_path  training rows of all 100 problems' trees (600 responses), tree-packed
+               and per path: the former per-object code (tests/reference_packed.py, its trees'
+               objects made beforehand) as "host_per_response" vs packed.make_rows
 
     python benchmarks/branching.py --json benchmarks/results/cpu_branching.json
 """
@@ -53,16 +56,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout; the host references in tests/
 
 import reference_ads as ref_ads  # noqa: E402
+import reference_packed as ref_packed  # noqa: E402
 import reference_selection as ref_sel  # noqa: E402
 import reference_tree as ref_tree  # noqa: E402
 
 from attnrl_jax.buckets import power_of_two  # noqa: E402
 from attnrl_jax.rl import ads  # noqa: E402
+from attnrl_jax.rl.packed import TrainProblem, make_rows  # noqa: E402
 from attnrl_jax.rl.ragged import Ragged  # noqa: E402
 from attnrl_jax.rl.tree import (  # noqa: E402
     Continuation,
     Response,
     TreeSources,
+    assemble,
     assemble_trees,
     pack_tree_inputs,
     tree_inputs,
@@ -190,6 +196,46 @@ def host_vectorised_parts(problems, responses, args, t_host, values) -> dict:
         return [(t.segments, t.paths) for t in assemble_trees(src, t_host, values)]
 
     out["host_vectorised", "assembly_objects"] = timed(objects, args.rounds)
+    out.update(row_building(problems, args, t_host, values))
+    return out
+
+
+def row_building(problems, args, t_host, values) -> dict:
+    """Seconds of the training rows of every problem (no zero-advantage filter), each packing:
+    the former per-object code (tests/reference_packed.py, reading the trees' Segment /
+    TrainingPath objects, made before the timing) vs packed.make_rows (flat node arrays, token
+    fields gathered from the pool). Trees, log-probs and versions as build_problems makes
+    them: one pool per field, nodes as views of it."""
+    rng = np.random.default_rng(3)
+    flat = [x for responses in problems for x in responses]
+    conts = [c for x in flat for group in x.continuations for c in group]
+    tokens = Ragged.of([x.tokens for x in flat] + [c.tokens for c in conts], np.int32)
+    logp = Ragged(-rng.random(len(tokens.values), dtype=np.float32), tokens.first)
+    version = Ragged(np.zeros(len(tokens.values), np.int32), tokens.first)
+    src = TreeSources.of(
+        np.array([len(x) for x in problems]),
+        np.array([len(x.branch_points) for x in flat]),
+        np.array([len(g) for x in flat for g in x.continuations], np.int64),
+        np.array([x.reward for x in flat]),
+        np.array([c.reward for c in conts]),
+        pool={name: rows.split(len(flat)) for name, rows in
+              (("tokens", tokens), ("logp", logp), ("version", version))},
+    )  # fmt: skip
+    trees, fields = assemble(src, t_host, values)
+    train = [
+        TrainProblem(rng.integers(1, 1000, args.prompt).astype(np.int32), tree, lp, ver)
+        for tree, lp, ver in zip(trees, fields["logp"], fields["version"], strict=True)
+    ]
+    for t in trees:  # the reference reads objects: make them outside its timing
+        _ = t.segments, t.paths
+    out = {}
+    for packing in ("tree", "path"):
+        out["host_per_response", f"rows_{packing}"] = timed(
+            lambda p=packing: ref_packed.make_rows(train, p), args.rounds
+        )
+        out["host_vectorised", f"rows_{packing}"] = timed(
+            lambda p=packing: make_rows(train, p), args.rounds
+        )
     return out
 
 

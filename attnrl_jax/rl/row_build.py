@@ -272,12 +272,18 @@ def _materialise(t, row_problem, run_row, is_prompt, node, node_id, weight, pare
     prompt), node_id (in the row), weight per run; parent_run: the run of each run's parent
     node (the row's prompt run for root children and for the prompt), None for path rows (a
     run's first token is predicted from the token before it); sizes / node_first: the rows'
-    DFS subtree sizes (see Rows). row_problem int64[rows]."""
+    DFS subtree sizes (see Rows). row_problem int64[rows].
+
+    Per token: one np.repeat per field (int32 index arithmetic where sizes allow), one gather
+    per pool field through one shared source index, the prompts' tokens (a small set)
+    written over afterwards."""
     node_ok = np.maximum(node, 0)
     prompt_len = t.prompts.lengths[row_problem]  # per row
     length = np.where(is_prompt, prompt_len[run_row], t.length[node_ok])
     run_at = _offsets(length)
     total = int(run_at[-1])
+    big = max(total, *(len(x) for x in t.pools.values()), len(t.prompts.values))
+    index = np.int32 if big < 2**31 - 1 else np.int64
     row_first = run_at[:-1][is_prompt]
     dest = run_at[:-1] - row_first[run_row]  # row-local start of each run
     if parent_run is None:
@@ -285,32 +291,44 @@ def _materialise(t, row_problem, run_row, is_prompt, node, node_id, weight, pare
     else:  # the last token of the parent, or of its nearest non-empty ancestor
         first_pred = _last_index(dest, length, is_prompt, parent_run)[parent_run]
     first_pred = np.where(is_prompt, 0, first_pred)
-    offs = np.arange(total) - np.repeat(run_at[:-1], length)  # index within the run
-    predictor = np.repeat(dest - 1, length) + offs
+    ramp = np.arange(total, dtype=index)
+
+    def runs_of(start):  # per token: start of its run + its index in the run
+        return np.repeat((start - run_at[:-1]).astype(index), length) + ramp
+
+    predictor = runs_of(dest - 1)
     filled = length > 0
     predictor[run_at[:-1][filled]] = first_pred[filled]
     pos0 = np.where(is_prompt, 0, prompt_len[run_row] + t.start[node_ok])
-    # tokens / log-probs / versions: prompt tokens from the prompts, the rest from the pools
-    prompt_tok = np.repeat(is_prompt, length)
-    pro, seg = np.flatnonzero(prompt_tok), np.flatnonzero(~prompt_tok)
-    seg_node = np.repeat(node[~is_prompt], length[~is_prompt])
-    seg_offs = offs[seg]
-    tokens = np.empty(total, np.int32)
-    tokens[pro] = t.prompts.values[np.repeat(t.prompts.first[row_problem], prompt_len) + offs[pro]]
-    out = {"tokens": tokens, "logp": np.zeros(total, np.float32),
-           "version": np.full(total, -1, np.int32)}  # fmt: skip
-    for name, x in out.items():
-        x[seg] = t.pools[name][t.begin[name][seg_node] + seg_offs]
     fields = {
-        "tokens": tokens,
-        "positions": np.repeat(pos0, length) + offs,
-        "nodes": np.repeat(node_id, length),
+        "positions": runs_of(pos0),
+        "nodes": np.repeat(node_id.astype(np.int32), length),
         "predictor": predictor,
         "weights": np.repeat(weight.astype(np.float32), length),
-        "advantages": np.repeat(np.where(is_prompt, 0, t.advantage[node_ok]), length),
-        "old_logp": out["logp"],
-        "versions": out["version"],
+        "advantages": np.repeat(
+            np.where(is_prompt, 0, t.advantage[node_ok]).astype(np.float32), length
+        ),  # fmt: skip
     }
+    # pool fields: every token gathered (prompt tokens read clipped garbage), then the prompts'
+    # tokens written over (a small set); one source index for the fields of one layout
+    prompt_first = _offsets(prompt_len)
+    in_prompt = np.arange(int(prompt_first[-1])) - np.repeat(prompt_first[:-1], prompt_len)
+    prompt_at = np.repeat(row_first, prompt_len) + in_prompt
+    sources: dict = {}
+    for name, pad in (("tokens", 0), ("logp", 0), ("version", -1)):
+        pool, begin = t.pools[name], t.begin[name]
+        key = "tokens" if np.array_equal(begin, t.begin["tokens"]) else name
+        if key not in sources:
+            sources[key] = runs_of(np.where(is_prompt, 0, begin[node_ok]))
+        if len(pool):
+            out = np.take(pool, sources[key], mode="clip").astype(FIELDS[name], copy=False)
+        else:
+            out = np.zeros(total, FIELDS[name])
+        out[prompt_at] = pad
+        fields[name] = out
+    prompt_src = np.repeat(t.prompts.first[row_problem], prompt_len) + in_prompt
+    fields["tokens"][prompt_at] = t.prompts.values[prompt_src]
+    fields["old_logp"], fields["versions"] = fields.pop("logp"), fields.pop("version")
     return Rows(fields, np.append(row_first, total), sizes, node_first)
 
 

@@ -230,12 +230,13 @@ def stack_rows(rows: Sequence[Row] | Rows, num_rows: int, length: int, max_nodes
             f"row {r} ({lengths[r]} tokens, {nodes[r]} nodes) exceeds [{length}, {max_nodes}]"
         )
     b = len(rows)
-    at = np.repeat(np.arange(b) * length - rows.first[:-1], lengths) + np.arange(rows.first[-1])
+    # row-major order of a row-prefix mask is the flat order: one mask for every field
+    mask = np.arange(length) < lengths[:, None]
     out = {}
     for name, (dtype, pad) in TOKEN_FIELDS.items():
-        x = np.full(num_rows * length, pad, dtype)
-        x[at] = rows.fields[name]
-        out[name] = x.reshape(num_rows, length)
+        x = np.full((num_rows, length), pad, dtype)
+        x[:b][mask] = rows.fields[name]
+        out[name] = x
     sizes = np.zeros(num_rows * max_nodes, np.int32)
     node_at = np.repeat(np.arange(b) * max_nodes - rows.node_first[:-1], nodes)
     sizes[node_at + np.arange(rows.node_first[-1])] = rows.sizes
