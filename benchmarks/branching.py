@@ -180,8 +180,8 @@ def host_vectorised_parts(problems, responses, args, t_host, values) -> dict:
     cont_reward = np.array([c.reward for c in conts])
     sizes = np.array([len(x) for x in problems])
 
-    def sources():
-        resp, cont = Ragged.of(tokens, np.int32), Ragged.of(cont_tokens, np.int32)
+    def sources():  # as build_problems: one concatenation, responses then continuations
+        resp, cont = Ragged.of([*tokens, *cont_tokens], np.int32).split(len(tokens))
         pool = {"tokens": (resp, cont)}
         src = TreeSources.of(sizes, points, per_point, reward, cont_reward, pool)
         packed = pack_tree_inputs(
