@@ -1,9 +1,10 @@
-"""Ragged rows (flat values + offsets) and the run gather that builds them."""
+"""Ragged rows (flat values + offsets), Runs (views anywhere in one array) and the run gather
+that builds them."""
 
 import numpy as np
 import pytest
 
-from attnrl_jax.rl.ragged import Ragged, gather_runs
+from attnrl_jax.rl.ragged import Ragged, Runs, gather_runs
 
 
 def test_ragged_rows_are_views_of_the_flat_values():
@@ -33,3 +34,25 @@ def test_gather_runs_lists_each_run_in_order():
     got = Ragged(values[index], first)
     for b, n, row in zip(begin, length, got, strict=True):
         np.testing.assert_array_equal(row, values[b : b + n])
+
+
+def test_split_gives_two_views_of_one_array():
+    r = Ragged.of([np.arange(3), np.zeros(0), np.arange(5, 7), np.arange(9, 10)], np.int32)
+    head, tail = r.split(2)
+    assert [x.tolist() for x in head] == [[0, 1, 2], []]
+    assert [x.tolist() for x in tail] == [[5, 6], [9]]
+    assert head.values is tail.values is r.values and tail.flat.tolist() == [5, 6, 9]
+
+
+def test_runs_are_views_and_flat_gathers_them_in_order():
+    values = np.arange(100, 120)
+    runs = Runs(values, np.array([5, 0, 12, 12]), np.array([3, 2, 0, 4]))
+    want = [[105, 106, 107], [100, 101], [], [112, 113, 114, 115]]
+    assert len(runs) == 4 and [x.tolist() for x in runs] == want
+    assert [runs[i].tolist() for i in range(4)] == want and runs[-1].tolist() == want[-1]
+    assert np.shares_memory(runs[0], values)
+    assert runs.flat.tolist() == [v for row in want for v in row]
+    with pytest.raises(IndexError):
+        runs[4]
+    with pytest.raises(ValueError, match="one shape"):
+        Runs(values, np.array([0, 1]), np.array([1]))

@@ -59,8 +59,12 @@ def assembled_problems(rng, merge: bool) -> list[TrainProblem]:
     flat = [x for responses in batch for x in responses]
     groups = [g for x in flat for g in x.continuations]
     conts = [c for g in groups for c in g]
-    tokens = Ragged.of([x.tokens for x in flat], np.int32)
-    cont_tokens = Ragged.of([c.tokens for c in conts], np.int32)
+    if rng.random() < 0.5:  # two arrays, or one split in two (build_problems' form)
+        tokens = Ragged.of([x.tokens for x in flat], np.int32)
+        cont_tokens = Ragged.of([c.tokens for c in conts], np.int32)
+    else:
+        rows = [x.tokens for x in flat] + [c.tokens for c in conts]
+        tokens, cont_tokens = Ragged.of(rows, np.int32).split(len(flat))
 
     def random_like(rows, low, high, dtype):
         return Ragged(rng.uniform(low, high, len(rows.values)).astype(dtype), rows.first)
