@@ -190,3 +190,17 @@ def test_stack_rows_refuses_what_the_reference_refuses():
         assert isinstance(want, str)
         assert outcome(stack_rows, rows, *args) == want
         assert outcome(stack_rows, list(rows), *args) == want
+
+
+def test_rows_slices_and_takes_equal_their_rows():
+    rng = np.random.default_rng(4)
+    problems = assembled_problems(rng, merge=False)
+    while len(ref.make_rows(problems, "tree")) < 3:
+        problems = assembled_problems(rng, merge=False)
+    rows = make_rows(problems, "tree")
+    n = len(rows)
+    cases = [slice(0, 2), slice(1, None), slice(3, 1), slice(None, None, 2), slice(-2, None)]
+    for sl in [*cases, slice(n, n + 4)]:
+        assert_rows_equal([rows[i] for i in range(n)[sl]], rows[sl], sl)
+    order = rng.permutation(n)
+    assert_rows_equal([rows[int(i)] for i in order], rows.take(order), "take")

@@ -131,7 +131,15 @@ class Rows(Sequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return self.take(np.arange(len(self))[i])
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                return self.take(np.arange(len(self))[i])
+            stop = max(start, stop)  # contiguous rows: views, no copy
+            a, b = self.first[start], self.first[stop]
+            c, d = self.node_first[start], self.node_first[stop]
+            fields = {k: v[a:b] for k, v in self.fields.items()}
+            return Rows(fields, self.first[start : stop + 1] - a, self.sizes[c:d],
+                        self.node_first[start : stop + 1] - c)  # fmt: skip
         if not -len(self) <= i < len(self):
             raise IndexError(f"row {i} out of range for {len(self)} rows")
         i %= len(self)
