@@ -10,11 +10,12 @@ Two layouts of the same training data (ALGORITHM.md section 5), both fed to one 
   denominator) equal the per-path ones exactly.
 - "tree" under a token budget (`train.tokens_per_row`): a response whose tree row would be
   longer is split into several tree rows, each a root-connected piece (the prompt, a set of whole
-  leaf paths and their ancestors; split_paths). A segment's weight in a row is the number of
-  that row's paths through it, so its weights sum over rows to its path count and the weighted
-  sums stay exact; a shared prefix is repeated once per row holding it, not once per path. A
-  budget as large as the tree gives the unsplit row; one path's length gives about one row per
-  path. Every path must fit the budget alone (as per-path rows must).
+  leaf paths and their ancestors, grouped greedily in DFS order of the leaves). A segment's
+  weight in a row is the number of that row's paths through it, so its weights sum over rows to
+  its path count and the weighted sums stay exact; a shared prefix is repeated once per row
+  holding it, not once per path. A budget as large as the tree gives the unsplit row; one
+  path's length gives about one row per path. Every path must fit the budget alone (as per-path
+  rows must).
 
 Attention in a packed row follows the tree: a token attends to itself and earlier tokens of its
 own node and to every token of its ancestors (the prompt is everyone's ancestor). A row carries

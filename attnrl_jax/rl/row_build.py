@@ -7,10 +7,11 @@ advantage and a token run in a flat pool per node; the training paths as node li
 - the DFS pre-order of every response's nodes: one lexsort of each node's root path;
 - a row's "runs": the prompt, then its nodes' token runs; each run's per-token fields are a
   constant, an arange or a gather from the pool (one np.repeat / take each over all rows);
-- split tree rows: the greedy grouping of a response's paths (split_paths) is a scan with
-  resets, computed group by group for all responses at once: a path adds the tokens it does not
-  share with the previous path (paths in DFS order of their leaves), so a group ends where the
-  running sum passes the budget (one searchsorted per group index).
+- split tree rows: the greedy grouping of a response's paths (split_paths in
+  tests/reference_packed.py) is a scan with resets, computed group by group for all responses
+  at once: a path adds the tokens it does not share with the previous path (paths in DFS order
+  of their leaves), so a group ends where the running sum passes the budget (one searchsorted
+  per group index).
 The loops left are over tree depth (ancestor chains, subtree sizes, empty-node predictors) and
 over the group index of split rows: their counts are the trees' depth (branch points + 2) and
 the most rows one response splits into, not the number of responses, paths or nodes.
