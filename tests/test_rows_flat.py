@@ -156,6 +156,7 @@ def test_flat_rows_equal_the_per_object_rows(seed):
                         assert want == got, what
                         continue
                     assert_rows_equal(want, got, what)
+                    assert all(p.tree.num_paths == len(p.tree.paths) for p in problems)
                     assert tokens_processed(problems, packing, budget) == sum(
                         len(r.tokens) for r in want
                     )

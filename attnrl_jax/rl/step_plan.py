@@ -205,7 +205,7 @@ def build_problems(
     stats = TreeStats(
         problems=p,
         kept=len(problems_out),
-        sequences=sum(len(t.paths) for t in trees),
+        sequences=sum(t.num_paths for t in trees),
         mean_leaf_reward=leaf_sum / max(leaves, 1),
     )
     return problems_out, stats

@@ -153,6 +153,13 @@ class ProblemTree:
         return self._tokens
 
     @property
+    def num_paths(self) -> int:
+        """len(paths), counted from the node columns when there are any (no object made)."""
+        if self._nodes is not None:
+            return int(np.count_nonzero(self._nodes["leaf"]))
+        return len(self.paths)
+
+    @property
     def segments(self) -> tuple[Segment, ...]:
         if self._segments is None:
             n = self._nodes
