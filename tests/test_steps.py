@@ -252,6 +252,8 @@ def test_segment_batch_equals_per_response_reference(think_end):
         bounds, think = reference_segment(p, r, seps)
         assert flat[i].bounds == bounds and flat[i].think_end_step == think, (p, r)
         assert segment_steps(p, r, seps) == flat[i]
+    # the sampler's form: every response an int32 array (cut without widening the ids)
+    assert segment_batch(prompts, [np.asarray(r, np.int32) for r in responses], seps) == flat
     with pytest.raises(ValueError, match="prompt lengths"):
         segment_batch([1], [[A], [B]], seps)
     with pytest.raises(ValueError, match="prompt_len"):
@@ -291,3 +293,13 @@ def test_pad_step_ids_of_flat_layouts_equals_each_row():
         pad_step_ids(layouts, total_len=width - 4)
     with pytest.raises(ValueError, match="at least one"):
         pad_step_ids([])
+
+
+def test_separator_codes_read_zero_outside_the_table():
+    seps = SeparatorIds(double_newline=(3,), newline=(3, 5), think_end=())
+    for dtype in (np.int8, np.int32, np.int64, np.uint16, np.uint64):
+        ids = np.array([0, 3, 5, 6, 100], dtype)
+        assert seps.separator_codes(ids).tolist() == [0, 3, 2, 0, 0], dtype
+    big = np.array([-1, -(2**40), 2**40, 3], np.int64)
+    assert seps.separator_codes(big).tolist() == [0, 0, 0, 3]
+    assert seps.separator_codes(np.array([-1, -128, 5], np.int8)).tolist() == [0, 0, 2]
