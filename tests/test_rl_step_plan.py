@@ -137,6 +137,10 @@ def test_all_correct_problems_use_the_attention_filter(seps):
     assert plan.num_filtered == 0
 
 
+FIELDS = ("response", "parent", "start", "branch", "continuation", "value", "path_count",
+          "advantage")  # fmt: skip
+
+
 def test_grpo_groups(seps):
     gen = generation(seps)
     rc = rollout_config(tree=False, scoring=ScoringConfig(with_fci=False))
@@ -152,6 +156,17 @@ def test_grpo_groups(seps):
     np.testing.assert_allclose(adv[0], (1 - 1 / 3) / (std + 1e-6), rtol=1e-6)
     tree = grpo_tree([np.arange(3)] * 2, np.array([1.0, 1.0]))
     assert [s.advantage for s in tree.segments] == [0.0, 0.0]
+    # build_problems' trees (node columns) are grpo_tree's (objects), field by field
+    got = problems[0].tree
+    want = grpo_tree(gen.responses[:3], rewards[:3].astype(np.float32),
+                     advantages=grpo_advantages(rewards[:3].astype(np.float32)))  # fmt: skip
+    assert got.root_value == want.root_value and got.num_paths == len(want.paths) == 3
+    for a, b in zip(got.segments, want.segments, strict=True):
+        assert np.array_equal(a.tokens, b.tokens) and a.tokens.dtype == b.tokens.dtype
+        assert [getattr(a, f) for f in FIELDS] == [getattr(b, f) for f in FIELDS]
+    for a, b in zip(got.paths, want.paths, strict=True):
+        assert (a.response, a.branch, a.continuation, a.segments, a.reward) == (
+            b.response, b.branch, b.continuation, b.segments, b.reward)  # fmt: skip
 
 
 def test_pending_generation_round_trip(seps):

@@ -30,11 +30,18 @@ import numpy as np
 
 from attnrl_jax.buckets import power_of_two
 from attnrl_jax.rl import ads
-from attnrl_jax.rl.grpo import grpo_advantages, grpo_tree, keep_groups
+from attnrl_jax.rl.grpo import grpo_advantages, keep_groups
 from attnrl_jax.rl.packed import TrainProblem
-from attnrl_jax.rl.ragged import Ragged
+from attnrl_jax.rl.ragged import Ragged, Runs
 from attnrl_jax.rl.rollout import Generation, RolloutConfig
-from attnrl_jax.rl.tree import TreeSources, assemble, pack_tree_inputs, tree_values
+from attnrl_jax.rl.tree import (
+    ORIGINAL,
+    ProblemTree,
+    TreeSources,
+    assemble,
+    pack_tree_inputs,
+    tree_values,
+)
 from attnrl_jax.sampling import Request, Sample
 from attnrl_jax.scoring.selection import select, selection_inputs
 
@@ -188,10 +195,7 @@ def build_problems(
         keep = keep_groups(by_problem, adv, lengths, rc.ads.zero_advantage_filter)
         adv, keep = jax.device_get((adv, keep))
         kept = np.flatnonzero(keep)
-        trees = [
-            grpo_tree(gen.responses[j * g : (j + 1) * g], by_problem[j], advantages=adv[j])
-            for j in kept
-        ]
+        trees = _grpo_trees(Ragged.of(gen.responses, np.int32), by_problem, adv, kept)
         versions = np.full(len(logp.values), gen.version, np.int32)
         # a GRPO tree's segments are its G whole responses, in order
         segment_logp = [Ragged(logp.values, logp.first[j * g : (j + 1) * g + 1]) for j in kept]
@@ -209,6 +213,33 @@ def build_problems(
         mean_leaf_reward=leaf_sum / max(leaves, 1),
     )
     return problems_out, stats
+
+
+def _grpo_trees(tokens: Ragged, rewards: np.ndarray, adv: np.ndarray, kept: np.ndarray) -> list:
+    """The GRPO groups `kept` of [P, G] rewards / advantages as ProblemTrees from node columns
+    (what grpo.grpo_tree builds from objects: each response one segment under the root, one
+    path each), their tokens views of `tokens` (response rows, problem by problem)."""
+    g = rewards.shape[1]
+    fixed = {
+        "response": np.arange(g),
+        "parent": np.full(g, -1),
+        "start": np.zeros(g, np.int64),
+        "branch": np.full(g, ORIGINAL),
+        "continuation": np.full(g, ORIGINAL),
+        "path_count": np.ones(g, np.int64),
+        "depth": np.zeros(g, np.int64),
+        "leaf": np.ones(g, bool),
+    }
+    chain_id = np.arange(g)[:, None]
+    begin, lengths = tokens.first[:-1], tokens.lengths
+    trees = []
+    for j in kept.tolist():
+        r = rewards[j]
+        nodes = {**fixed, "value": r, "reward": r, "advantage": np.asarray(adv[j])}
+        at = slice(j * g, (j + 1) * g)
+        runs = Runs(tokens.values, begin[at], lengths[at])
+        trees.append(ProblemTree.from_nodes(float(np.mean(r)), nodes, runs, chain_id))
+    return trees
 
 
 def _tree_sources(gen, rewards, plan, continuations, continuation_rewards, version):
