@@ -93,8 +93,8 @@ def plan_branches(
     `rng` (the trainer's (seed, step) generator), split between ADS and selection.
     Host-side: padding the layouts / entropies into arrays (selection_inputs: index arrays, no
     loop per response) and turning the offsets into the plan's tuples. The Generation's FCI is
-    one padded host array: it goes to the device in one copy and is padded there (the device
-    seam of selection_inputs).
+    one padded array: the sampler's stays on its device, a host one goes to the device in one
+    copy; either is padded there (the device seam of selection_inputs).
     """
     g = rc.group_size
     p = len(gen.prompts)
@@ -106,7 +106,9 @@ def plan_branches(
     if gen.entropies is None and method == "entropy":
         raise ValueError("method 'entropy' needs per-token entropies from the scoring pass")
     problems = power_of_two(p, 8)
-    fci = None if gen.fci is None else jax.device_put(_bucketed(gen, problems * g))
+    fci = gen.fci  # the sampler's device array as it is; a host one copied once, bucketed
+    if isinstance(fci, np.ndarray):
+        fci = jax.device_put(_bucketed(gen, problems * g))
     inputs = selection_inputs(gen.layouts, fci, gen.entropies, rows=problems * g)
     padded = np.zeros((problems, g), np.float32)
     padded[:p] = np.asarray(rewards).reshape(p, g)

@@ -357,7 +357,9 @@ def finish(
             f"{len(fresh)} fresh flags"
         )
     if max_steps != option.max_steps:
-        raise ValueError(f"finish: raw rows of {max_steps} steps, option.max_steps={option.max_steps}")
+        raise ValueError(
+            f"finish: raw rows of {max_steps} steps, option.max_steps {option.max_steps}"
+        )
     inputs = finish_inputs(layouts, fresh, response_ids, option)
     scores = finish_scores(np.asarray(raw, np.float32), inputs, option.config, num_layers)
     return np.asarray(jax.device_get(scores)), inputs.exact

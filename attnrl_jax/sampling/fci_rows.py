@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, Sharding
+from jax.sharding import NamedSharding, PartitionSpec, Sharding
 
 from attnrl_jax.buckets import power_of_two
 from attnrl_jax.models.transfer import to_device, to_host
@@ -71,9 +71,7 @@ class FciRow(NamedTuple):
 class FciBuffer:
     """Raw FCI [R_pad, S_max] of a call's fresh rows on the device (module docstring)."""
 
-    def __init__(
-        self, fresh_rows: dict[tuple[int, int], int], rows: int, raw: jax.Array, sharding
-    ):
+    def __init__(self, fresh_rows: dict[tuple[int, int], int], rows: int, raw: jax.Array, sharding):
         self.fresh_rows = fresh_rows  # (request, sample) -> buffer row
         self.rows = rows
         self.raw = raw
@@ -133,3 +131,47 @@ def _scatter(buffer: jax.Array, raw: jax.Array, dest: jax.Array, sharding) -> ja
     if isinstance(sharding, NamedSharding):  # on a mesh: the buffer stays replicated
         out = jax.lax.with_sharding_constraint(out, sharding)
     return out
+
+
+def gather_rows(scores: jax.Array, rows: Sequence[int]) -> jax.Array:
+    """float32[power_of_two(len(rows), 8), S_max]: row j = scores[rows[j]] (zeros past the
+    rows), gathered on the device (one small index upload)."""
+    index = np.full(power_of_two(len(rows), 8), scores.shape[0], np.int32)
+    index[: len(rows)] = rows
+    return _gather(scores, to_device(index, _beside(scores)))
+
+
+def with_rows(scores: jax.Array, rows: Sequence[int], values: Sequence[np.ndarray]) -> jax.Array:
+    """scores [N, S] with row rows[j] replaced by the host vector values[j] (float[<= W], zeros
+    after): one upload of [N, W], W = max(S, the longest value), so the program depends on (N,
+    S, W) only, not on how many rows are replaced."""
+    lengths = np.fromiter(map(len, values), np.int64, len(values))
+    width = max(scores.shape[1], int(lengths.max(initial=0)))
+    block = np.zeros((len(values), width), np.float32)
+    block[np.arange(width) < lengths[:, None]] = np.concatenate(
+        [np.zeros(0, np.float32), *values], dtype=np.float32
+    )
+    host = np.zeros((scores.shape[0], width), np.float32)
+    take = np.zeros(scores.shape[0], bool)
+    host[np.asarray(rows, np.int64)] = block
+    take[np.asarray(rows, np.int64)] = True
+    placed = jax.tree.map(lambda x: to_device(x, _beside(scores)), (host, take))
+    return _merge(scores, *placed)
+
+
+def _beside(x: jax.Array) -> Sharding:
+    """Where host arrays used with x go: its device, or replicated over its mesh."""
+    if isinstance(x.sharding, NamedSharding):
+        return NamedSharding(x.sharding.mesh, PartitionSpec())
+    return x.sharding
+
+
+@jax.jit
+def _gather(scores: jax.Array, index: jax.Array) -> jax.Array:
+    return scores.at[index].get(mode="fill", fill_value=0.0)
+
+
+@jax.jit
+def _merge(scores: jax.Array, host: jax.Array, take: jax.Array) -> jax.Array:
+    padded = jnp.pad(scores, ((0, 0), (0, host.shape[1] - scores.shape[1])))
+    return jnp.where(take[:, None], host, padded)

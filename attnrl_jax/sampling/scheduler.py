@@ -10,9 +10,9 @@
 One device->host read per chunk (its tokens, log-probs and the slots' counters: the host's
 bookkeeping and the Samples' host arrays); nothing per token. With FCI, the raw FCI of the
 chunk's finished fresh rows stays on the device: one jitted scatter into the call's buffer
-(fci_rows.py), indexed by a small host array. Rows are admitted longest budget first (the long rows start early
-and the short ones fill the gaps), the n samples of a request together where slots allow.
-Rows wait when the page pool cannot promise their worst case (SamplerConfig.kv_pages).
+(fci_rows.py), indexed by a small host array. Rows are admitted longest budget first (the long
+rows start early and the short ones fill the gaps), the n samples of a request together where
+slots allow. Rows wait when the page pool cannot promise their worst case (SamplerConfig.kv_pages).
 
 On a mesh the slots and the pool split evenly over the S = data x fsdp batch shards
 (shard_pages.py): a request's rows go to one shard, the one with most free pages when its
@@ -213,7 +213,8 @@ def run(
         _count_memory(stats, pages, rows, contexts, count)
         complete = done & ((fed == num) | (static_fci is None)) & live
         if fci_rows is not None and complete.any():  # the finished rows' raw FCI, on device
-            fci_rows.add(out.fci, fci_rows.dest([r if c else None for r, c in zip(rows, complete)]))
+            harvested = [r if c else None for r, c in zip(rows, complete, strict=True)]
+            fci_rows.add(out.fci, fci_rows.dest(harvested))
         for b in np.flatnonzero(complete):
             i, sample = rows[b]
             ids = np.concatenate(tokens[b]).astype(np.int32)
