@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import jax
@@ -42,7 +42,7 @@ class CallFci:
     forward for rows without exact FCI) and the rows' lengths need no device read.
     """
 
-    scores: jax.Array
+    scores: jax.Array = field(repr=False)  # a repr would read it to the host
     exact: np.ndarray
     ends: np.ndarray
 

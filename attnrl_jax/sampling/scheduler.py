@@ -102,10 +102,10 @@ def run(
     separators: np.ndarray | None,
     progress: Callable[[int], None] | None = None,
     stats: EngineStats | None = None,
-    fci_rows: FciBuffer | None = None,
+    fci_buffer: FciBuffer | None = None,
 ) -> list[RawRow]:
     """Generates every row of `requests` (validated: contexts and budgets per request) in
-    `slot_count` slots; returns the rows in the order they finished. fci_rows (with FCI): the
+    `slot_count` slots; returns the rows in the order they finished. fci_buffer (with FCI): the
     call's device buffer, given each finished fresh row's raw FCI."""
     slots = slot_count(config, sum(r.n for r in requests))
     page_size, steps = config.page_size, config.decode_chunk
@@ -212,9 +212,9 @@ def run(
         count = np.where(live, num, count)
         _count_memory(stats, pages, rows, contexts, count)
         complete = done & ((fed == num) | (static_fci is None)) & live
-        if fci_rows is not None and complete.any():  # the finished rows' raw FCI, on device
+        if fci_buffer is not None and complete.any():  # the finished rows' raw FCI, on device
             harvested = [r if c else None for r, c in zip(rows, complete, strict=True)]
-            fci_rows.add(out.fci, fci_rows.dest(harvested))
+            fci_buffer.add(out.fci, fci_buffer.dest(harvested))
         for b in np.flatnonzero(complete):
             i, sample = rows[b]
             ids = np.concatenate(tokens[b]).astype(np.int32)
