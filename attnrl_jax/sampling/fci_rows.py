@@ -8,10 +8,12 @@ Row k of the buffer is the call's k-th fresh row (requests without a prefix, in 
 sample order); continuations have no row (they get no FCI). Decode chunks leave their raw FCI
 [slots, S_max] on the device: `add` scatters the harvested rows into the buffer by a small host
 index array (one jitted scatter; rows not harvested now point past the buffer and are dropped).
-`finish` uploads the step layouts as small int arrays (fci_decode.finish_inputs, from the tokens,
-which are host-side anyway) and finishes every row in one jitted call. Shapes: R_pad is a power
-of two at least the engine's row bucket, S_max is static, so the compiled programs do not change
-from call to call. The host reads FCI only when asked (`CallFci.host`: one copy for the call).
+`finish` uploads the step layouts as int arrays (fci_decode.finish_inputs: int32 step sizes
+[R_pad, S_max], int32 counts and think steps and a bool exactness mask [R_pad], built from the
+tokens, which are host-side anyway) and finishes every row in one jitted call. Shapes: R_pad
+is a power of two at least the engine's row bucket, S_max is static, so the compiled programs
+do not change from call to call. The host reads FCI only when asked (`CallFci.host`: one copy
+for the call).
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ class FciRow(NamedTuple):
 class FciBuffer:
     """Raw FCI [R_pad, S_max] of a call's fresh rows on the device (module docstring)."""
 
-    def __init__(self, fresh_rows: dict[tuple[int, int], int], rows: int, raw: jax.Array, sharding):
+    def __init__(
+        self, fresh_rows: dict[tuple[int, int], int], rows: int, raw: jax.Array, sharding: Sharding
+    ):
         self.fresh_rows = fresh_rows  # (request, sample) -> buffer row
         self.rows = rows
         self.raw = raw
