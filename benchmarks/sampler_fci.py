@@ -66,6 +66,8 @@ def run(args, name: str) -> list[dict]:
             params, cfg, requests, SamplingOptions(**base, fci=option if fci else None)
         )
         assert all(len(s.token_ids) == args.new_tokens for s in samples[fci])
+        rows = [s.fci_row for s in samples[fci] if s.fci_row is not None]
+        return rows[0].call.scores if rows else None  # the FCI finish runs async: timed too
 
     def call_score(with_fci, fci_run=False):
         # timed on the plain run's tokens; checked on the FCI run's own tokens (on a GPU the two

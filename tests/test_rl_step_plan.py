@@ -3,6 +3,8 @@ per response, stitched behaviour log-probs and versions, GRPO groups, the MC val
 pending batch's save format (rl/checkpoint.py), and the jitted plan and trees against the former
 host bodies (tests/reference_pipeline.py)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -388,3 +390,57 @@ def test_generation_holds_fci_as_one_padded_array(seps):
     with pytest.raises(ValueError, match="cannot hold"):
         ro.Generation(gen.prompts, gen.responses, gen.logprobs, None, gen.fci[:, :2],
                       gen.layouts, 1)  # fmt: skip
+
+
+def _on_device(gen, rows, columns):
+    """gen with its FCI as the sampler gives it: a device array padded to [rows, columns]."""
+    padded = np.zeros((rows, columns), np.float32)
+    padded[: gen.fci.shape[0], : gen.fci.shape[1]] = gen.fci
+    return dataclasses.replace(gen, fci=jax.device_put(padded))
+
+
+def test_plan_takes_device_fci_without_a_host_copy(seps, monkeypatch):
+    """A Generation holding the sampler's device FCI plans the same branches as the host one;
+    selection runs with device->host transfers disallowed, and the plan fetches no float
+    [rows, steps] array (only offsets, masks and scalars)."""
+    gen, rewards = long_generation(seps, prompts=10, seed=3)
+    device_gen = _on_device(gen, 64, 256)
+    rc = rollout_config(group_size=6, ads=ads.ADSConfig(all_correct="attention"))
+    state = ads.AttentionFilterState(2.0, 3)
+    want = sp.plan_branches(gen, rewards, state, np.random.default_rng(4), rc)
+    fetched = []
+    real_get = jax.device_get
+
+    def spy(tree):
+        fetched.extend(jax.tree.leaves(tree))
+        return real_get(tree)
+
+    monkeypatch.setattr(jax, "device_get", spy)
+    got = sp.plan_branches(device_gen, rewards, state, np.random.default_rng(4), rc)
+    assert got == want and any(want.branch_points)
+    assert not [x.shape for x in fetched if np.ndim(x) == 2 and x.dtype == np.float32]
+    monkeypatch.setattr(jax, "device_get", real_get)
+    with jax.transfer_guard_device_to_host("disallow"):
+        inputs = selection_inputs(device_gen.layouts, device_gen.fci, rows=16 * 6)
+        offsets, valid = select(inputs, jax.random.key(0), rc.selection)
+    host = selection_inputs(gen.layouts, gen.fci, rows=16 * 6)
+    np.testing.assert_array_equal(np.asarray(inputs.fci), host.fci)
+    want = jax.device_get(select(host, jax.random.key(0), rc.selection))
+    np.testing.assert_array_equal(jax.device_get(offsets), want[0])
+
+
+def test_device_fci_generation_saves_and_restores(seps):
+    """The checkpoint of a Generation whose FCI is a padded device array holds its [B, W] host
+    copy (the one copy on this path) and restores to the host Generation's values."""
+    gen = generation(seps)
+    device_gen = _on_device(gen, 8, 16)
+    np.testing.assert_array_equal(
+        device_gen.fci_host(), np.pad(gen.fci, ((0, 0), (0, 16 - gen.fci.shape[1])))
+    )
+    arrays, meta = generation_to_state(device_gen)
+    assert arrays["fci"].shape == (2 * G, 16)
+    back = generation_from_state(arrays, meta, seps)
+    np.testing.assert_array_equal(back.fci[:, : gen.fci.shape[1]], gen.fci)
+    assert not back.fci[:, gen.fci.shape[1] :].any() and back.layouts == gen.layouts
+    with pytest.raises(ValueError, match="cannot hold"):
+        dataclasses.replace(gen, fci=jax.device_put(np.zeros((2 * G - 1, 16), np.float32)))

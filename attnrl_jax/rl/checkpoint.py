@@ -331,8 +331,8 @@ def generation_to_state(gen: Generation) -> tuple[dict, dict]:
     }
     if gen.entropies is not None:
         arrays["entropies"] = pad(gen.entropies, np.float32)
-    if gen.fci is not None:
-        arrays["fci"] = np.asarray(gen.fci, np.float32)
+    if gen.fci is not None:  # the one host copy of a device FCI array (fci_host)
+        arrays["fci"] = gen.fci_host()
     meta = {"prompts": [prompt_to_json(p) for p in gen.prompts], "version": gen.version}
     return arrays, meta
 

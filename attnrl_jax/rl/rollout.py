@@ -10,6 +10,11 @@ of the tempered distribution); otherwise the initial responses keep the sampler'
 (the same distribution at temperature 1, as continuations already do) and have no entropies.
 Responses the sampler cannot score exactly (no "\n\n" step separator, more steps than its
 bucket) are scored with FCI by the scoring forward.
+
+With the native engine the sampler's FCI stays on the device: the Generation carries the call's
+one FCI array (fci_rows.CallFci.scores, the scoring forward's rows merged in on the device), and
+branch selection takes it without a host copy. `Generation.fci_host` makes the host copy where
+one is needed (a checkpoint of the pending Generation).
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+import jax
 import numpy as np
 
 from attnrl_jax.data.pipeline import Prompt
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params
+from attnrl_jax.models.transfer import to_host
 from attnrl_jax.rl import ads
-from attnrl_jax.sampling import Request, Sample, SamplerFci, SamplingOptions
+from attnrl_jax.sampling import Request, Sample, SamplerFci, SamplingOptions, fci_rows
 from attnrl_jax.sampling.engine import RolloutEngine
 from attnrl_jax.scoring.branch_batch import pad_step_scores
 from attnrl_jax.scoring.forward import ScoringConfig, score_sequences
@@ -111,17 +118,18 @@ class Generation:
 
     Response i belongs to prompt i // G. logprobs / entropies: float32[R_i] per response;
     entropies is None when no scoring forward ran (fci_source "sampler", see the module doc).
-    layouts: the B responses' StepLayouts (flat arrays). fci: float32[B, W] host array, W >=
-    S_max + 1: response i's FCI in columns 0..S_i (step 0 first), zeros after; None when the
-    scoring pass ran without FCI. Per-response sequences of layouts or FCI vectors are accepted
-    and stacked / padded once (W = S_max + 1).
+    layouts: the B responses' StepLayouts (flat arrays). fci: float32[B', W], B' >= B and W >=
+    S_max + 1: response i's FCI in row i, columns 0..S_i (step 0 first), zeros after (and in
+    rows past B); None when the scoring pass ran without FCI. A host array, or a jax array (the
+    sampler's, kept on its device; its padded shape is taken as it is). Per-response sequences
+    of layouts or FCI vectors are accepted and stacked / padded once (B' = B, W = S_max + 1).
     """
 
     prompts: tuple[Prompt, ...]
     responses: tuple[np.ndarray, ...]
     logprobs: tuple[np.ndarray, ...]
     entropies: tuple[np.ndarray, ...] | None
-    fci: np.ndarray | None
+    fci: np.ndarray | jax.Array | None
     layouts: StepLayouts
     version: int
 
@@ -130,8 +138,18 @@ class Generation:
         if len(layouts) != len(self.responses):
             raise ValueError(f"{len(layouts)} layouts for {len(self.responses)} responses")
         object.__setattr__(self, "layouts", layouts)
-        if self.fci is not None:
+        if isinstance(self.fci, jax.Array):
+            need = (len(layouts), int(layouts.num_steps.max(initial=0)) + 1)
+            if self.fci.ndim != 2 or self.fci.shape[0] < need[0] or self.fci.shape[1] < need[1]:
+                raise ValueError(f"fci of shape {self.fci.shape} cannot hold {need} (rows, steps)")
+        elif self.fci is not None:
             object.__setattr__(self, "fci", pad_step_scores(self.fci, layouts.num_steps))
+
+    def fci_host(self) -> np.ndarray | None:
+        """float32[B, W]: the FCI on the host (one device->host copy when it is on a device)."""
+        if self.fci is None:
+            return None
+        return np.asarray(to_host(self.fci[: len(self.responses)]), np.float32)
 
     @property
     def group_size(self) -> int:
@@ -216,9 +234,10 @@ def _generation_from_sampler(
     """FCI from the sampler; the scoring forward only for the rows without it (with FCI) and,
     when rc.needs_scoring_forward, for the others' log-probs and entropies (without FCI)."""
     flat = [s for group in samples for s in group]
-    missing = [i for i, s in enumerate(flat) if s.fci is None]
-    rest = [i for i, s in enumerate(flat) if s.fci is not None]
-    fci = [s.fci for s in flat]
+    missing = [i for i, s in enumerate(flat) if not s.has_fci]
+    rest = [i for i, s in enumerate(flat) if s.has_fci]
+    on_device = _device_fci(flat)
+    fci = [None if on_device is not None else s.fci for s in flat]
     logprobs = [s.logprobs for s in flat]
     entropies = [None] * len(flat) if rc.needs_scoring_forward else None
 
@@ -238,15 +257,33 @@ def _generation_from_sampler(
     run(missing, rc.scoring)
     if entropies is not None:
         run(rest, replace(rc.scoring, with_fci=False))
+    if on_device is not None:  # the scoring forward's rows merged in on the device
+        scored = [fci[i] for i in missing]
+        fci = fci_rows.with_rows(on_device, missing, scored) if missing else on_device
     return Generation(
         prompts=tuple(prompts),
         responses=tuple(responses),
         logprobs=tuple(logprobs),
         entropies=None if entropies is None else tuple(entropies),
-        fci=fci,  # padded into one array once (Generation)
+        fci=fci,  # a device array, or host vectors padded into one array once (Generation)
         layouts=segment_batch([len(p) for p in prompt_ids], responses, seps),
         version=version,
     )
+
+
+def _device_fci(flat: Sequence[Sample]) -> jax.Array | None:
+    """The samples' FCI as one device array (row i: flat[i], zeros where not exact), when they
+    all come from one native sampler call; None when an engine gave host arrays. The call's
+    array itself when its fresh rows are these samples in order (the trainer's calls put the
+    initial requests first), else its rows gathered on the device."""
+    refs = [s.fci_row for s in flat]
+    if not refs or any(r is None for r in refs) or len({id(r.call) for r in refs}) != 1:
+        return None
+    scores = refs[0].call.scores
+    rows = [r.row for r in refs]
+    if rows == list(range(len(rows))):
+        return scores
+    return fci_rows.gather_rows(scores, rows)
 
 
 def golds_of(gen: Generation) -> list[tuple[str, ...]]:

@@ -100,8 +100,8 @@ def plan_branches(
     `rng` (the trainer's (seed, step) generator), split between ADS and selection.
     Host-side: padding the layouts / entropies into arrays (selection_inputs: index arrays, no
     loop per response) and turning the offsets into the plan's tuples. The Generation's FCI is
-    one padded host array: it goes to the device in one copy and is padded there (the device
-    seam of selection_inputs).
+    one padded array: the sampler's stays on its device, a host one goes to the device in one
+    copy; either is padded there (the device seam of selection_inputs).
     """
     g = rc.group_size
     p = len(gen.prompts)
@@ -113,7 +113,11 @@ def plan_branches(
     if gen.entropies is None and method == "entropy":
         raise ValueError("method 'entropy' needs per-token entropies from the scoring pass")
     problems = power_of_two(p, 8)
-    fci = None if gen.fci is None else jax.device_put(_bucketed(gen, problems * g))
+    fci = gen.fci  # the sampler's device array as it is; a host one copied once, bucketed
+    if isinstance(fci, jax.Array) and not fci.is_fully_addressable:
+        fci = gen.fci_host()  # several processes: selection's outputs must be readable here
+    if isinstance(fci, np.ndarray):
+        fci = jax.device_put(_bucketed(fci, gen.layouts.num_steps, problems * g))
     inputs = selection_inputs(gen.layouts, fci, gen.entropies, rows=problems * g)
     padded = np.zeros((problems, g), np.float32)
     padded[:p] = np.asarray(rewards).reshape(p, g)
@@ -133,14 +137,14 @@ def plan_branches(
     return BranchPlan(points, state, int(filtered.sum()))
 
 
-def _bucketed(gen: Generation, rows: int) -> np.ndarray:
-    """The Generation's FCI [B, W] as float32[rows, S_pad + 1] (S_pad: selection_inputs' step
-    bucket): the step's one FCI copy to the device has a bucketed shape (no compile per B or
-    per S_max)."""
-    columns = power_of_two(int(gen.layouts.num_steps.max(initial=0)), 16) + 1
+def _bucketed(fci: np.ndarray, num_steps: np.ndarray, rows: int) -> np.ndarray:
+    """A Generation's host FCI [B, W] as float32[rows, S_pad + 1] (S_pad: selection_inputs'
+    step bucket): the step's one FCI copy to the device has a bucketed shape (no compile per B
+    or per S_max)."""
+    columns = power_of_two(int(num_steps.max(initial=0)), 16) + 1
     out = np.zeros((rows, columns), np.float32)
-    width = min(columns, gen.fci.shape[1])
-    out[: len(gen.fci), :width] = gen.fci[:, :width]
+    width = min(columns, fci.shape[1])
+    out[: len(fci), :width] = fci[:, :width]
     return out
 
 

@@ -14,6 +14,7 @@ list on the host, the page pool on the device), shard_pages.py (a page table per
 a mesh), sampler.py (the lock-step scheduler: one
 compiled prefill + decode loop per padded batch), fci_decode.py (FCI of fresh samples
 accumulated while decoding by an attention observer, the `SamplingOptions.fci` option),
+fci_rows.py (a call's FCI rows gathered and finished on the device, one array per call),
 cache.py (the lock-step KV cache with a length per row, as attention hooks; it knows nothing of
 FCI), token_choice.py (greedy / temperature / top-k / top-p and the behaviour log-prob),
 buckets.py (the padded sizes that keep compiles few, from `attnrl_jax.buckets`).

@@ -14,7 +14,8 @@ unweighted sums of the step in progress; at the step's end it is folded into `to
 c_j, for key steps k <= j - delta only (those are complete), and reset. After the last token,
 y = c_k total and the aggregate over heads and layers equals the scoring forward's FCI state.
 
-Exactness conditions, checked on the host for all rows at once (`finish`):
+Exactness conditions, checked on the host for all rows at once from their tokens (`finish_inputs`;
+the arithmetic runs on the device, `finish_scores`):
 - Steps are tracked with the "\\n\\n" separators only. A response without any falls back to "\\n"
   or to every token (steps.py), a choice that depends on the whole response: those rows get no
   FCI here (None) and the caller scores them with the scoring forward.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -262,6 +264,78 @@ def aggregate(state: FciState, spec: DecodeFci) -> jax.Array:
     return sum(jnp.mean(t, axis=1) for t in state.total)
 
 
+class FinishInputs(NamedTuple):
+    """What `finish_scores` needs besides the raw rows, built on the host from the tokens.
+
+    sizes: int32[rows, S_max], the token count of step c of row r in column c (the prompt in
+    column 0; 0 outside the row's steps); counts, think: int32[rows], S_r and the think-end step
+    (-1: none, or not exact); exact: bool[rows] (padding rows False).
+    """
+
+    sizes: np.ndarray
+    counts: np.ndarray
+    think: np.ndarray
+    exact: np.ndarray
+
+
+def finish_inputs(
+    layouts: StepLayouts,
+    fresh: np.ndarray,
+    response_ids: Sequence[np.ndarray],
+    option: SamplerFci,
+    rows: int | None = None,
+) -> FinishInputs:
+    """FinishInputs of R rows (padded to `rows`, default R) for step slots option.max_steps.
+
+    A row is exact when it is `fresh` (not a continuation), has a "\\n\\n" separator, and has at
+    most max_steps - 1 response steps. Array operations over the flat layouts (no loop per row).
+    """
+    count, max_steps = len(layouts), option.max_steps
+    rows = count if rows is None else rows
+    if len(response_ids) != count or len(fresh) != count or rows < count:
+        raise ValueError(
+            f"finish_inputs: {count} layouts, {len(response_ids)} responses, {len(fresh)} fresh "
+            f"flags, {rows} rows"
+        )
+    lengths = np.fromiter(map(len, response_ids), np.int64, count)
+    ids = np.concatenate([np.zeros(0, np.int64), *response_ids], dtype=np.int64, casting="unsafe")
+    double = np.isin(ids, option.seps.double_newline)
+    has_double = np.bincount(np.repeat(np.arange(count), lengths)[double], minlength=count) > 0
+    counts = layouts.num_steps.astype(np.int64)
+    exact = np.zeros(rows, bool)
+    exact[:count] = np.asarray(fresh, bool) & has_double & (counts + 1 <= max_steps)
+    sizes = np.zeros((rows, max_steps), np.int32)
+    sizes[:count, 0] = layouts.prompt_len
+    owner = np.repeat(np.arange(count), counts)
+    step_mask = exact[:count, None] & (np.arange(1, max_steps) <= counts[:, None])
+    sizes[:count, 1:][step_mask] = layouts.step_sizes[exact[owner]]
+    padded = np.zeros((2, rows), np.int32)
+    padded[0, :count] = counts
+    padded[1] = -1
+    padded[1, :count] = np.where(exact[:count], layouts.think_end_step, -1)
+    return FinishInputs(sizes, padded[0], padded[1], exact)
+
+
+@partial(jax.jit, static_argnames=("config", "num_layers"))
+def finish_scores(
+    raw: jax.Array, inputs: FinishInputs, config: FciConfig, num_layers: int
+) -> jax.Array:
+    """FCI of the rows on the device: float32[rows, S_max], row r's FCI in scoring's layout (step
+    0 first, masks applied) in columns 0..S_r, zeros after and in rows that are not exact.
+
+    raw [rows, S_max]: `aggregate` of the decode rows. One compile per (rows, S_max, config):
+    callers pad rows to a bucket.
+    """
+    columns = jnp.arange(raw.shape[1])
+    mask = inputs.exact[:, None] & (columns[None, :] <= inputs.counts[:, None])
+    key_weight = jnp.ones(raw.shape, jnp.float32)
+    if config.pooling == "mean":  # c_k = 1 / |step k|, step 0 = the prompt
+        sizes = inputs.sizes.astype(jnp.float32)
+        key_weight = jnp.where(mask, 1.0 / jnp.maximum(sizes, 1.0), 1.0)
+    scores = finish_fci(raw.astype(jnp.float32) * key_weight, inputs.think, config, num_layers)
+    return jnp.where(mask, scores, 0.0)
+
+
 def finish(
     raw: np.ndarray,
     layouts: StepLayouts,
@@ -270,13 +344,11 @@ def finish(
     option: SamplerFci,
     num_layers: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """FCI of R rows at once: (scores float32[R, S_max], exact bool[R]).
+    """FCI of R rows at once, on the host: (scores float32[R, S_max], exact bool[R]).
 
-    Row r of scores is its FCI in scoring's layout (step 0 first, masks applied) in columns
-    0..S_r, zeros after; rows the decode loop cannot give exactly (not `fresh`: a continuation;
-    no "\\n\\n" separator; more steps than max_steps - 1) are all zeros with exact False.
-    raw [R, S_max]: `aggregate` of the device rows; layouts: segment_batch of the R rows;
-    response_ids[r]: row r's tokens. Array operations over the flat layouts (no loop per row).
+    `finish_inputs` + `finish_scores` with host arrays in and out (the sampler keeps its rows on
+    the device: sampling/fci_rows.py). raw [R, S_max]; layouts: segment_batch of the R rows;
+    response_ids[r]: row r's tokens; rows that are not exact are all zeros.
     """
     rows, max_steps = raw.shape
     if len(layouts) != rows or len(response_ids) != rows or len(fresh) != rows:
@@ -284,21 +356,10 @@ def finish(
             f"finish: {rows} raw rows, {len(layouts)} layouts, {len(response_ids)} responses, "
             f"{len(fresh)} fresh flags"
         )
-    lengths = np.fromiter(map(len, response_ids), np.int64, rows)
-    ids = np.concatenate([np.zeros(0, np.int64), *response_ids], dtype=np.int64, casting="unsafe")
-    double = np.isin(ids, option.seps.double_newline)
-    has_double = np.bincount(np.repeat(np.arange(rows), lengths)[double], minlength=rows) > 0
-    counts = layouts.num_steps.astype(np.int64)
-    exact = np.asarray(fresh, bool) & has_double & (counts + 1 <= max_steps)
-    columns = np.arange(max_steps)
-    mask = exact[:, None] & (columns <= counts[:, None])  # step 0..S of the exact rows
-    key_weight = np.ones((rows, max_steps), np.float32)
-    if option.config.pooling == "mean":  # c_k = 1 / |step k|, step 0 = the prompt
-        sizes = np.zeros((rows, max_steps), np.float32)
-        sizes[:, 0] = layouts.prompt_len
-        owner = np.repeat(np.arange(rows), counts)
-        sizes[mask & (columns >= 1)] = layouts.step_sizes[exact[owner]]
-        key_weight = np.where(mask, 1.0 / np.maximum(sizes, 1.0), 1.0).astype(np.float32)
-    think = np.where(exact, layouts.think_end_step, -1).astype(np.int32)
-    scores = finish_fci(raw * key_weight, think, option.config, num_layers)
-    return np.where(mask, scores, 0.0).astype(np.float32), exact
+    if max_steps != option.max_steps:
+        raise ValueError(
+            f"finish: raw rows of {max_steps} steps, option.max_steps {option.max_steps}"
+        )
+    inputs = finish_inputs(layouts, fresh, response_ids, option)
+    scores = finish_scores(np.asarray(raw, np.float32), inputs, option.config, num_layers)
+    return np.asarray(jax.device_get(scores)), inputs.exact

@@ -16,16 +16,17 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
 from attnrl_jax.models.config import ModelConfig
 from attnrl_jax.models.lm import Params
 from attnrl_jax.models.transfer import replicated_to_device, rows_to_device, to_host
-from attnrl_jax.sampling import fci_decode, scheduler
+from attnrl_jax.sampling import scheduler
 from attnrl_jax.sampling.fci_decode import SamplerFci
+from attnrl_jax.sampling.fci_rows import FciBuffer, FciRow
 from attnrl_jax.sampling.sampler import DeviceBatch, SamplerConfig, sample_batch
 from attnrl_jax.sampling.scheduler import EngineStats, RawRow
 from attnrl_jax.sampling.token_choice import SamplingParams
-from attnrl_jax.scoring.steps import segment_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,20 +83,56 @@ class SamplingOptions:
             raise TypeError(f"SamplingOptions.fci must be a SamplerFci, got {type(self.fci)}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Sample:
-    """One generated row: tokens after the context, their log-probs (see token_choice.py)."""
+    """One generated row: tokens after the context, their log-probs (see token_choice.py).
+
+    With SamplingOptions.fci, `fci` is its per-step FCI float32[S + 1] (step 0 = prompt), as
+    the scoring forward returns it; None without the option, for continuations, and for
+    responses the decode loop cannot score exactly (no "\\n\\n" separator, or too many steps):
+    score those with scoring.forward.score_sequences. The native sampler keeps the FCI of a
+    call on the device (`fci_row`: its row of the call's fci_rows.CallFci); reading `fci` makes
+    the call's one host copy. An engine may pass a host array as `fci` instead.
+    """
 
     request: int  # position of its request in the call
     sample: int  # 0 .. n-1
     token_ids: np.ndarray  # [T] int32
     logprobs: np.ndarray  # [T] float32
     finish_reason: str  # "eos" (ended with an EOS id) or "length" (budget or model limit)
-    # With SamplingOptions.fci: per-step FCI float32[S + 1] (step 0 = prompt), as the scoring
-    # forward returns it. None without the option, for continuations, and for responses the
-    # decode loop cannot score exactly (no "\n\n" separator, or too many steps): score those
-    # with scoring.forward.score_sequences.
-    fci: np.ndarray | None = None
+    stored_fci: np.ndarray | FciRow | None
+
+    def __init__(
+        self,
+        request: int,
+        sample: int,
+        token_ids: np.ndarray,
+        logprobs: np.ndarray,
+        finish_reason: str,
+        fci: np.ndarray | FciRow | None = None,
+    ):
+        values = (request, sample, token_ids, logprobs, finish_reason, fci)
+        for name, value in zip(self.__dataclass_fields__, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    @property
+    def fci(self) -> np.ndarray | None:
+        """float32[S + 1] host FCI or None (see the class docstring)."""
+        if isinstance(self.stored_fci, FciRow):
+            return self.stored_fci.call.row(self.stored_fci.row)
+        return self.stored_fci
+
+    @property
+    def fci_row(self) -> FciRow | None:
+        """Its FCI on the device (the native sampler), None for a host array or no FCI."""
+        return self.stored_fci if isinstance(self.stored_fci, FciRow) else None
+
+    @property
+    def has_fci(self) -> bool:
+        """Whether `fci` is not None, without reading device FCI."""
+        if isinstance(self.stored_fci, FciRow):
+            return bool(self.stored_fci.call.exact[self.stored_fci.row])
+        return self.stored_fci is not None
 
 
 def check_request(request: Request, cfg: ModelConfig) -> list[int]:
@@ -148,26 +185,38 @@ def sample(
         min(r.max_new_tokens or options.max_new_tokens, cfg.max_position_embeddings - len(c))
         for r, c in zip(requests, contexts, strict=True)
     ]
-    separators = None
+    separators, buffer = None, None
     if options.fci is not None:
         options.fci.config.layer_mask(cfg.num_layers)  # a bad layer subset fails before compiling
         separators = options.fci.separator_table(cfg.vocab_size)
+        buffer = FciBuffer.for_call(
+            requests, options.fci, config.buckets.max_rows, _fci_sharding(params, config)
+        )
     if config.scheduler == "continuous":
         rows = scheduler.run(
-            params, cfg, requests, contexts, budgets, options, config, separators, progress, stats
-        )
+            params, cfg, requests, contexts, budgets, options, config, separators, progress,
+            stats, buffer,
+        )  # fmt: skip
     else:
         rows = _lockstep(
-            params, cfg, requests, contexts, budgets, options, config, separators, progress
-        )
-    return _samples(rows, requests, options, cfg)
+            params, cfg, requests, contexts, budgets, options, config, separators, progress,
+            buffer,
+        )  # fmt: skip
+    return _samples(rows, requests, options, cfg, buffer)
+
+
+def _fci_sharding(params: Params, config: SamplerConfig) -> Sharding:
+    """Where a call's FCI rows live: replicated over the mesh, or on the params' device."""
+    if config.mesh is not None:
+        return NamedSharding(config.mesh, PartitionSpec())
+    return SingleDeviceSharding(scheduler.device_of(params, config))
 
 
 def _lockstep(
-    params, cfg, requests, contexts, budgets, options, config, separators, progress
+    params, cfg, requests, contexts, budgets, options, config, separators, progress, buffer
 ) -> list[RawRow]:
     """Device batches of up to buckets.max_rows rows (longest context first), each run to its
-    longest row's end by `sampler.sample_batch`."""
+    longest row's end by `sampler.sample_batch`; their raw FCI stays on the device (`buffer`)."""
     by_length = sorted(range(len(requests)), key=lambda i: -len(contexts[i]))
     rows = [(i, s) for i in by_length for s in range(requests[i].n)]
     raw = []
@@ -178,34 +227,35 @@ def _lockstep(
         )
         static_fci = None if options.fci is None else options.fci.static()
         result = sample_batch(params, batch, cfg, config, new_tokens, cache_length, static_fci)
-        tokens, logprobs, counts, raw_fci = to_host(result)
+        tokens, logprobs, counts = to_host((result.tokens, result.logprobs, result.num_tokens))
+        if buffer is not None:
+            padded = chunk + [None] * (len(counts) - len(chunk))
+            buffer.add(result.fci, buffer.dest(padded))
         for r, (i, s) in enumerate(chunk):
-            fci = None if raw_fci is None else raw_fci[r]
-            raw.append(
-                RawRow(i, s, tokens[r, : counts[r]].copy(), logprobs[r, : counts[r]].copy(), fci)
-            )
+            raw.append(RawRow(i, s, tokens[r, : counts[r]].copy(), logprobs[r, : counts[r]].copy()))
         if progress is not None:
             progress(len(chunk))
     return raw
 
 
 def _samples(
-    rows: list[RawRow], requests: Sequence[Request], options: SamplingOptions, cfg: ModelConfig
+    rows: list[RawRow],
+    requests: Sequence[Request],
+    options: SamplingOptions,
+    cfg: ModelConfig,
+    buffer: FciBuffer | None,
 ) -> list[Sample]:
-    """Samples in request then sample order, with finish reasons and (with FCI) finished FCI."""
+    """Samples in request then sample order, with finish reasons and (with FCI) each fresh
+    row's place in the call's FCI, finished on the device for every row at once."""
     rows = sorted(rows, key=lambda r: (r.request, r.sample))
     fci = [None] * len(rows)
-    if options.fci is not None and rows:
-        # one segmentation and one FCI finish for every row; each Sample's FCI is a view of
-        # its row of the one padded array
-        ids = [r.token_ids for r in rows]
-        prompts = [len(requests[r.request].prompt_ids) for r in rows]
-        fresh = np.array([len(requests[r.request].prefix_ids) == 0 for r in rows])
-        layouts = segment_batch(prompts, ids, options.fci.seps)
-        raw = np.stack([r.fci for r in rows])
-        scores, exact = fci_decode.finish(raw, layouts, fresh, ids, options.fci, cfg.num_layers)
-        ends = (layouts.num_steps + 1).tolist()
-        fci = [scores[k, : ends[k]] if ok else None for k, ok in enumerate(exact.tolist())]
+    if buffer is not None:
+        ids = {(r.request, r.sample): r.token_ids for r in rows}
+        call = buffer.finish(requests, ids, options.fci, cfg.num_layers)
+        fci = [
+            None if (k := buffer.fresh_rows.get((r.request, r.sample))) is None else FciRow(call, k)
+            for r in rows
+        ]
     eos = set(options.eos_ids)
     samples = []
     for r, f in zip(rows, fci, strict=True):

@@ -7,10 +7,12 @@
         run one decode chunk of at most K steps                -> continuous.decode_chunk
         read the chunk's tokens back; finished rows become raw results, their pages return
 
-One device->host read per chunk (its tokens, log-probs, the slots' counters, FCI of finished
-rows); nothing per token. Rows are admitted longest budget first (the long rows start early
-and the short ones fill the gaps), the n samples of a request together where slots allow.
-Rows wait when the page pool cannot promise their worst case (SamplerConfig.kv_pages).
+One device->host read per chunk (its tokens, log-probs and the slots' counters: the host's
+bookkeeping and the Samples' host arrays); nothing per token. With FCI, the raw FCI of the
+chunk's finished fresh rows stays on the device: one jitted scatter into the call's buffer
+(fci_rows.py), indexed by a small host array. Rows are admitted longest budget first (the long
+rows start early and the short ones fill the gaps), the n samples of a request together where
+slots allow. Rows wait when the page pool cannot promise their worst case (SamplerConfig.kv_pages).
 
 On a mesh the slots and the pool split evenly over the S = data x fsdp batch shards
 (shard_pages.py): a request's rows go to one shard, the one with most free pages when its
@@ -32,6 +34,7 @@ from attnrl_jax.models.lm import Params, unstack_layers
 from attnrl_jax.models.transfer import replicated_to_device, rows_to_device, to_host
 from attnrl_jax.sampling import continuous
 from attnrl_jax.sampling.continuous import Admission, Call
+from attnrl_jax.sampling.fci_rows import FciBuffer
 from attnrl_jax.sampling.sampler import SamplerConfig
 from attnrl_jax.sampling.shard_pages import ShardedPages
 from attnrl_jax.sampling.token_choice import SamplingParams
@@ -75,7 +78,6 @@ class RawRow:
     sample: int
     token_ids: np.ndarray  # [T] int32
     logprobs: np.ndarray  # [T] float32
-    fci: np.ndarray | None  # [S_max] raw watch result (with FCI)
 
 
 _unstack = jax.jit(unstack_layers)
@@ -100,9 +102,11 @@ def run(
     separators: np.ndarray | None,
     progress: Callable[[int], None] | None = None,
     stats: EngineStats | None = None,
+    fci_buffer: FciBuffer | None = None,
 ) -> list[RawRow]:
     """Generates every row of `requests` (validated: contexts and budgets per request) in
-    `slot_count` slots; returns the rows in the order they finished."""
+    `slot_count` slots; returns the rows in the order they finished. fci_buffer (with FCI): the
+    call's device buffer, given each finished fresh row's raw FCI."""
     slots = slot_count(config, sum(r.n for r in requests))
     page_size, steps = config.page_size, config.decode_chunk
     shards = config.batch_shards
@@ -124,7 +128,7 @@ def run(
     static_fci = None if options.fci is None else options.fci.static()
     eos = np.full(config.max_eos_ids, -1, np.int32)
     eos[: len(options.eos_ids)] = options.eos_ids
-    device = _device_of(params, config)
+    device = device_of(params, config)
     call = Call(*_shared((np.int32(options.seed), eos, separators), config, device))
     state = continuous.empty_state(
         call, cfg, config, slots, num_pages, page_size, cache_length, static_fci
@@ -190,8 +194,8 @@ def run(
             params, state, table, target, call, cfg, config, steps, static_fci
         )
         s = state.slots
-        host = to_host((out, s.num, s.done, s.fed, first))
-        (chunk_tokens, chunk_logprobs, raw_fci, steps_run), num, done, fed, first = host
+        host = to_host((out._replace(fci=None), s.num, s.done, s.fed, first))
+        (chunk_tokens, chunk_logprobs, _, steps_run), num, done, fed, first = host
         if admitted:
             for a, (b, *_) in zip(places, admitted, strict=True):
                 tokens[b] = [first[0][a : a + 1]]
@@ -208,12 +212,14 @@ def run(
         count = np.where(live, num, count)
         _count_memory(stats, pages, rows, contexts, count)
         complete = done & ((fed == num) | (static_fci is None)) & live
+        if fci_buffer is not None and complete.any():  # the finished rows' raw FCI, on device
+            harvested = [r if c else None for r, c in zip(rows, complete, strict=True)]
+            fci_buffer.add(out.fci, fci_buffer.dest(harvested))
         for b in np.flatnonzero(complete):
             i, sample = rows[b]
             ids = np.concatenate(tokens[b]).astype(np.int32)
             lps = np.concatenate(logprobs[b]).astype(np.float32)
-            fci = None if raw_fci is None else raw_fci[b].copy()
-            results.append(RawRow(i, sample, ids, lps, fci))
+            results.append(RawRow(i, sample, ids, lps))
             pages.release(b)
             rows[b], tokens[b], logprobs[b] = None, [], []
         if progress is not None and complete.any():
@@ -302,7 +308,7 @@ def _admission(admitted, requests, contexts, budgets, options, config, slots):
     return batch, [places[b] for b, *_ in admitted]
 
 
-def _device_of(params: Params, config: SamplerConfig):
+def device_of(params: Params, config: SamplerConfig):
     """Without a mesh: the params' device, so every argument is committed to it (a program is
     cached per committed/uncommitted argument pattern: mixing them compiles twice)."""
     if config.mesh is not None:
