@@ -316,3 +316,16 @@ def is_primary() -> bool:
     import jax
 
     return jax.process_index() == 0
+
+
+def all_agree(ok: bool) -> bool:
+    """Whether `ok` holds on every process of the job: one all-gather when there are several
+    (every process must call it at the same point of its run), nothing for one process."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)], np.int32))))

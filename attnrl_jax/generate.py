@@ -41,11 +41,11 @@ from tqdm import tqdm
 
 from attnrl_jax import storage
 from attnrl_jax.data.sources import DataError, read_json_lines
+from attnrl_jax.evaluate import load_engine
 from attnrl_jax.models.config import DTYPES
-from attnrl_jax.models.hf_io import CheckpointError, load_pretrained
+from attnrl_jax.models.hf_io import CheckpointError, read_config
 from attnrl_jax.models.sharding import make_mesh
 from attnrl_jax.sampling import Buckets, Request, SamplerConfig, SamplingOptions
-from attnrl_jax.sampling.engine import NativeEngine
 from attnrl_jax.sampling.eos import eos_ids
 from attnrl_jax.sampling.requests import check_request
 
@@ -168,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     config = _sampler_config(args)
     if args.n < 1:
         raise InputError(f"--n must be >= 1, got {args.n}")
-    model = load_pretrained(args.model, dtype=DTYPES[args.dtype], mesh=config.mesh)
+    # config.json alone for the checks: the weights load once the input is known to be good
+    model_cfg = read_config(args.model)
     tokenizer = _load_tokenizer(args.model)
     options = SamplingOptions(
         max_new_tokens=args.max_new_tokens,
@@ -176,18 +177,18 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         top_k=args.top_k,
         seed=args.seed,
-        eos_ids=eos_ids(tokenizer, args.model, model.config.eos_token_id, chat=args.chat_template),
+        eos_ids=eos_ids(tokenizer, args.model, model_cfg.eos_token_id, chat=args.chat_template),
     )
     try:
         options.check(config)
     except ValueError as e:
         raise InputError(str(e)) from None
     requests = read_requests(args.input, tokenizer, args.chat_template, args.n)
-    limit = model.config.max_position_embeddings
+    limit = model_cfg.max_position_embeddings
     for request in requests:
         where = f"{args.input} line {request.index + 1}"
         try:
-            context = check_request(request, model.config)
+            context = check_request(request, model_cfg)
         except ValueError as e:
             raise InputError(f"{where}: {e}") from None
         if request.max_new_tokens is not None and len(context) + request.max_new_tokens > limit:
@@ -196,8 +197,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(context)} tokens passes the model's position limit of {limit}"
             )
 
-    engine = NativeEngine(model.config, model.params(), config)
-    del model  # on a mesh the engine holds its own (decode layout) copy: free the loaded one
+    # the engine holds the only copy of the weights (on a mesh: its decode layout's)
+    engine = load_engine(args.model, args.dtype, config)
     bar = tqdm(total=len(requests) * args.n, unit="sample", file=sys.stderr, dynamic_ncols=True)
     with bar:
         samples = engine.generate(requests, options, bar.update)

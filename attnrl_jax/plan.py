@@ -1,9 +1,10 @@
 """`python -m attnrl_jax.plan --config=FILE[:VARIANT] [--config.key=value ...] --topology=v5e:2x4
 [--json OUT] [--phases=grad,apply]`: will this run fit? Compiles every device program of the run
 (or those --phases names) ahead of time for a Cloud TPU topology (through libtpu, the `tpu`
-extra), `cpu:N` (N forced XLA:CPU devices, an estimate for N GPUs of --hbm_gib each) or `gpu:N`
-(this machine's first N GPUs, XLA:GPU: run it where they are) and prints per-device memory by
-phase:
+extra), `cpu:N` (N forced XLA:CPU devices, an estimate for N GPUs of --hbm_gib each) or a GPU
+kind and count, `h100:N`, `h200:N`, `a100-40:N`, `a100-80:N`, `l4:N` (this machine's first N
+GPUs, XLA:GPU, against that kind's memory: run it where they are; `gpu:N` with --hbm_gib for
+another kind) and prints per-device memory by phase:
 
     sample               the continuous engine's admission (rollout.sampler_rows slots, all
                          admitted at once) or decode chunk, whichever needs more; its KV page
@@ -240,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags.DEFINE_string(
         "topology",
         None,
-        "v5e:2x4, v6e:2x4, v5p:2x2x2, v4:2x2x1, cpu:N or gpu:N",
+        "v5e:2x4, v6e:2x4, v5p:2x2x2, v4:2x2x1, cpu:N, h100:N, h200:N, a100-40:N, a100-80:N, "
+        "l4:N, or gpu:N with --hbm_gib",
         flag_values=values,
     )
     flags.DEFINE_string("json", None, "write the rows as a JSON list here", flag_values=values)

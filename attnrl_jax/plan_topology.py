@@ -1,5 +1,5 @@
 """What the plan compiles for: a topology named on the command line ("v5e:2x4", "cpu:8",
-"gpu:1"), its devices (compile-only TPU devices from libtpu, or this machine's CPU / GPU
+"h100:8"), its devices (compile-only TPU devices from libtpu, or this machine's CPU / GPU
 devices), the environment its backend needs, and the config's mesh on it. Bad input is a
 PlanError naming it, raised before anything compiles."""
 
@@ -12,6 +12,12 @@ import re
 
 # HBM per chip (GiB) of the TPU generations libtpu can describe.
 TPU_HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
+# Memory per GPU (GiB) of the GPU kinds a plan may name ("h100:8"): NVIDIA's published product
+# figures (H100 SXM and PCIe 80 GB, H200 141 GB, A100 40 GB and 80 GB, L4 24 GB), checked
+# 2026-12 against NVIDIA's MLCommons system descriptions ("NVIDIA H200-SXM-141GB") and spec
+# pages citing NVIDIA's datasheets. CUDA exposes a little less than the product figure; the
+# plan's 90% limit leaves room for that. A kind compiles for this machine's GPUs (XLA:GPU).
+GPU_HBM_GIB = {"h100": 80.0, "h200": 141.0, "a100-40": 40.0, "a100-80": 80.0, "l4": 24.0}
 CPU_HBM_GIB = 80.0  # cpu:N stands in for N 80 GB GPUs unless --hbm_gib says otherwise
 LOCAL = ("cpu", "gpu")  # this machine's devices, counted, not a TPU topology
 
@@ -22,7 +28,7 @@ class PlanError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-    """`name` as given ("v5e:2x4", "cpu:8", "gpu:1"); platform "tpu", "cpu" or "gpu"."""
+    """`name` as given ("v5e:2x4", "cpu:8", "h100:8"); platform "tpu", "cpu" or "gpu"."""
 
     name: str
     platform: str
@@ -31,20 +37,30 @@ class Topology:
 
 
 def parse_topology(name: str, hbm_gib: float | None = None) -> Topology:
-    """'v5e:2x4' (a TPU generation and its chip grid), 'cpu:8' or 'gpu:1'."""
-    found = re.fullmatch(r"([a-z0-9]+):(\d+(?:x\d+)*)", name.strip().lower())
+    """'v5e:2x4' (a TPU generation and its chip grid), 'cpu:8', a GPU kind and count ('h100:8',
+    GPU_HBM_GIB), or 'gpu:1' with hbm_gib (a GPU of another kind)."""
+    found = re.fullmatch(r"([a-z0-9-]+):(\d+(?:x\d+)*)", name.strip().lower())
     if found is None:
-        raise PlanError(f"topology {name!r}: expected GENERATION:AxB[xC] (v5e:2x4), cpu:N or gpu:N")
+        raise PlanError(
+            f"topology {name!r}: expected GENERATION:AxB[xC] (v5e:2x4), cpu:N or a GPU kind:N "
+            f"({', '.join(GPU_HBM_GIB)})"
+        )
     kind, dims = found.group(1), [int(d) for d in found.group(2).split("x")]
     devices = math.prod(dims)
-    if kind in LOCAL:
+    if kind in LOCAL or kind in GPU_HBM_GIB:
         if len(dims) != 1 or devices < 1:
             raise PlanError(f"topology {name!r}: {kind} takes one device count, e.g. {kind}:8")
-        return Topology(name, kind, devices, hbm_gib or CPU_HBM_GIB)
+        if kind == "gpu" and hbm_gib is None:  # 80 GiB was assumed before: wrong for most
+            raise PlanError(
+                f"topology {name!r}: name the GPU kind for its memory "
+                f"({', '.join(f'{k}:{devices}' for k in GPU_HBM_GIB)}) or give --hbm_gib"
+            )
+        memory = GPU_HBM_GIB.get(kind, CPU_HBM_GIB)
+        return Topology(name, "cpu" if kind == "cpu" else "gpu", devices, hbm_gib or memory)
     if kind not in TPU_HBM_GIB:
         raise PlanError(
             f"unknown TPU generation {kind!r} in topology {name!r}; known: {sorted(TPU_HBM_GIB)} "
-            "(or cpu:N, gpu:N)"
+            f"(or cpu:N, a GPU kind:N: {', '.join(GPU_HBM_GIB)})"
         )
     if devices < 1:
         raise PlanError(f"topology {name!r} has no chips")

@@ -99,9 +99,9 @@ def fail(message: str, code: int) -> None:
 
 def main(argv: Sequence[str]) -> None:
     """The command line: a user error (config, data, model, paths) is one line and exit code 2,
-    a failed run (damaged checkpoints, a non-finite step) one line and exit code 1, SIGINT /
-    SIGTERM one line naming the restore point and 130 / 143. --debug (or ATTNRL_DEBUG=1) shows
-    the traceback instead."""
+    a failed run (damaged checkpoints, a non-finite step, a failed metrics write) one line and
+    exit code 1, SIGINT / SIGTERM one line naming the restore point and 130 / 143. --debug (or
+    ATTNRL_DEBUG=1) shows the traceback instead."""
     from absl import logging
 
     from attnrl_jax.data.sources import DataError
@@ -110,11 +110,13 @@ def main(argv: Sequence[str]) -> None:
     from attnrl_jax.rl.checkpoint import CheckpointDirError
     from attnrl_jax.rl.integrity import DamagedCheckpoint
     from attnrl_jax.rl.interrupt import Interrupted
+    from attnrl_jax.rl.metrics_log import MetricsWriteError
     from attnrl_jax.rl.trainer import NonFiniteStep
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     user = (ConfigError, DataError, CheckpointError, ExportError, CheckpointDirError)
-    failed = (DamagedCheckpoint, NonFiniteStep, DistributedError)  # e.g. a peer never arrived
+    # e.g. a peer never arrived, metrics.jsonl not writable on process 0
+    failed = (DamagedCheckpoint, NonFiniteStep, DistributedError, MetricsWriteError)
     try:
         _main()
     except Exception as e:

@@ -21,15 +21,17 @@ from attnrl_jax.scoring.steps import SeparatorIds
 
 VOCAB = 101
 MAX_POSITIONS = 128
+# ragged decode attention (the default) in items of one page: a slot's items span several
+# blocks of 4
 ENGINE = SamplerConfig(
     Buckets(rows=(2, 4), lengths=(16, 32, 64, 128)),
     query_chunk=16,
     attention_chunk=16,
     decode_chunk=3,
     page_size=16,
+    ragged_chunk=16,
 )
-# ragged decode attention in items of one page: a slot's items span several blocks of 4
-RAGGED = dataclasses.replace(ENGINE, decode_attention="ragged", ragged_chunk=16)
+GATHERED = dataclasses.replace(ENGINE, decode_attention="gathered")
 LOCKSTEP = dataclasses.replace(ENGINE, buckets=Buckets(rows=(8,), lengths=(16, 32, 64, 128)))
 LOCKSTEP = dataclasses.replace(LOCKSTEP, scheduler="lockstep")
 SEPS = SeparatorIds(
@@ -124,9 +126,9 @@ def test_fci_equals_the_lockstep_sampler(model):
     assert sum(s.fci is not None for s in ours) >= 4
 
 
-def test_ragged_decode_attention_equals_the_lockstep_sampler_with_fci(model):
-    """Tokens, log-probs and FCI as the lock-step sampler's, with each slot reading only its
-    own live pages (sampling/ragged_attention.py), the FCI observer fed the ragged items."""
+def test_gathered_decode_attention_equals_the_lockstep_sampler_with_fci(model):
+    """Tokens, log-probs and FCI as the lock-step sampler's with the gathered reader (every
+    slot's pages up to the furthest slot's position), the option beside the ragged default."""
     prompts = _prompts([3, 9, 40], seed=1, low=34)
     requests = _mix()[:5] + [
         Request(prompts[0], n=3, max_new_tokens=40),
@@ -134,7 +136,7 @@ def test_ragged_decode_attention_equals_the_lockstep_sampler_with_fci(model):
     ]
     fci = SamplerFci(SEPS, FciConfig(), max_steps=16)
     options = SamplingOptions(max_new_tokens=64, temperature=0.8, seed=11, fci=fci)
-    ours = sample(model.params(), model.config, requests, options, RAGGED)
+    ours = sample(model.params(), model.config, requests, options, GATHERED)
     reference = sample(model.params(), model.config, requests, options, LOCKSTEP)
     _same(ours, reference, fci=True)
     assert sum(s.fci is not None for s in ours) >= 4
@@ -273,3 +275,6 @@ def test_bad_engine_settings_raise():
         SamplerConfig(decode_chunk=0)
     with pytest.raises(ValueError, match="kv_pages must be >= 2"):
         SamplerConfig(kv_pages=1)
+    with pytest.raises(ValueError, match="decode_attention must be gathered or ragged, got 'de"):
+        SamplerConfig(decode_attention="dense")
+    assert SamplerConfig().decode_attention == "ragged"  # faster in idle runs (BENCHMARKS.md)

@@ -106,11 +106,36 @@ def test_topology_and_mesh_parsing():
     assert parse_topology("v5p:2x2x2").num_devices == 8
     assert parse_topology("cpu:8", hbm_gib=40).hbm_gib == 40
     assert mesh_sizes({"data": 1, "fsdp": -1, "tensor": 2}, 8) == (1, 4, 2)
-    assert parse_topology("gpu:2").platform == "gpu"
     with pytest.raises(PlanError, match="expected GENERATION"):
         parse_topology("v5e-8")
     with pytest.raises(PlanError, match="gpu takes one device count"):
-        parse_topology("gpu:2x2")
+        parse_topology("gpu:2x2", hbm_gib=80)
+    with pytest.raises(PlanError, match="h200 takes one device count"):
+        parse_topology("h200:2x2")
+
+
+@pytest.mark.parametrize(
+    "name, devices, hbm_gib",
+    [("h100:8", 8, 80.0), ("H200:1", 1, 141.0), ("a100-40:4", 4, 40.0), ("a100-80:2", 2, 80.0),
+     ("l4:1", 1, 24.0)],
+)  # fmt: skip
+def test_gpu_kinds_have_their_memory(name, devices, hbm_gib):
+    topology = parse_topology(name)
+    assert (topology.platform, topology.num_devices, topology.hbm_gib) == ("gpu", devices, hbm_gib)
+    assert parse_topology(name, hbm_gib=70).hbm_gib == 70  # --hbm_gib wins
+
+
+def test_gpu_without_a_kind_needs_its_memory():
+    with pytest.raises(PlanError) as caught:
+        parse_topology("gpu:2")
+    assert str(caught.value) == (
+        "topology 'gpu:2': name the GPU kind for its memory "
+        "(h100:2, h200:2, a100-40:2, a100-80:2, l4:2) or give --hbm_gib"
+    )
+    topology = parse_topology("gpu:2", hbm_gib=46)  # a kind not listed, e.g. an L40S
+    assert (topology.platform, topology.num_devices, topology.hbm_gib) == ("gpu", 2, 46)
+    with pytest.raises(PlanError, match="unknown TPU generation 'h300'.*h100, h200, a100-40"):
+        parse_topology("h300:1")
     with pytest.raises(PlanError, match="uses 4 of"):
         mesh_sizes({"data": 1, "fsdp": 4, "tensor": 1}, 8)
 
@@ -123,7 +148,10 @@ def test_phases_are_parsed_in_plan_order():
 
 
 def test_gpu_topology_without_gpus_is_one_line(model_dir, capsys):
-    """gpu:N compiles for this machine's GPUs (XLA:GPU); the test host has none."""
+    """A GPU kind compiles for this machine's GPUs (XLA:GPU); the test host has none."""
+    assert main(["plan", *SMALL, f"--config.model.path={model_dir}", "--topology=h100:1"]) == 2
+    err = capsys.readouterr().err
+    assert "h100:1: JAX sees 0 GPUs here" in err and err.count("\n") == 1
     assert main(["plan", *SMALL, f"--config.model.path={model_dir}", "--topology=gpu:1"]) == 2
     err = capsys.readouterr().err
-    assert "gpu:1: JAX sees 0 GPUs here" in err and err.count("\n") == 1
+    assert "'gpu:1': name the GPU kind for its memory" in err and err.count("\n") == 1

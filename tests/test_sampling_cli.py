@@ -1,7 +1,10 @@
 """`python -m attnrl_jax.generate`: the documented output, and clear errors on bad input."""
 
+import gc
 import json
+import weakref
 
+import jax
 import numpy as np
 import pytest
 from hf_reference import saved_checkpoint
@@ -156,3 +159,32 @@ def test_bad_options_are_reported(tmp_path, capsys, model_dir):
         assert _generate(model_dir, src, tmp_path / "out.jsonl", *args) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_the_engine_holds_the_only_copy_of_the_weights(tmp_path, model_dir, monkeypatch):
+    """On a mesh whose fsdp axis splits the loaded params, generate samples from the engine's
+    decode-layout copy alone: no reference to the loaded params is kept beside it."""
+    from attnrl_jax.models import hf_io
+    from attnrl_jax.sampling.engine import NativeEngine
+
+    loaded, seen, real_load, real_generate = [], [], hf_io.load_pretrained, NativeEngine.generate
+
+    def spy(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        loaded.extend(weakref.ref(x) for x in jax.tree.leaves(model.params()))
+        return model
+
+    def generate(engine, *args, **kwargs):  # what is alive while the engine samples
+        gc.collect()
+        held = jax.tree.leaves(engine.params)
+        seen.append(([r() is not None for r in loaded], [x.sharding for x in held]))
+        return real_generate(engine, *args, **kwargs)
+
+    monkeypatch.setattr(hf_io, "load_pretrained", spy)
+    monkeypatch.setattr(NativeEngine, "generate", generate)
+    src, out = _write(tmp_path / "in.jsonl", [{"prompt_ids": [5, 6, 7]}]), tmp_path / "out.jsonl"
+    assert _generate(model_dir, src, out, "--mesh", "1,-1,1", "--max_new_tokens", "4") == 0
+    ((alive, shardings),) = seen
+    assert loaded and not any(alive)
+    assert all(s.is_fully_replicated for s in shardings)  # the decode copy (a tiny model)
+    assert len(out.read_text().splitlines()) == 1

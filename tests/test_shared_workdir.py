@@ -3,8 +3,8 @@ tests/gcs_emulator.py) a run of 1 step, resumed to 2, writes the metrics of one 
 process; then agreement on damaged checkpoints: both processes fall back to the same intact step
 (a damaged step in the bucket, set aside; a step only one process cannot read, in a local shared
 folder as on an NFS node and in the bucket), or both stop with the same verdict naming the same
-steps when none is intact; every process exits. Every process runs under a timeout, with fresh
-ports.
+steps when none is intact; every process exits. A metrics write that fails on process 0 alone
+stops both with one line. Every process runs under a timeout, with fresh ports.
 """
 
 import contextlib
@@ -38,12 +38,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(workdir, steps: int, unreadable: int | None = None) -> list[tuple[int, str, str]]:
-    """(exit code, stdout, stderr) of each of the 2 processes training `workdir` to `steps`."""
+def launch(workdir, steps: int, fault: int | str | None = None) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of each of the 2 processes training `workdir` to `steps`
+    (fault: the worker's FAULT, tests/shared_workdir_worker.py)."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", JAX_PLATFORMS="cpu")
     env.update(HF_HUB_OFFLINE="1", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     address = f"127.0.0.1:{free_port()}"
-    extra = [] if unreadable is None else [str(unreadable)]
+    extra = [] if fault is None else [str(fault)]
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as files:
         logs = [
             tuple(files.enter_context(open(f"{tmp}/{i}.{k}", "w+")) for k in ("out", "err"))
@@ -200,14 +201,14 @@ def refused_by_both(workdir, results) -> None:
 
 @fault("2 processes: a checkpoint only one process cannot read (local shared folder)", SURVIVED)
 def test_a_step_one_process_cannot_read_is_refused_by_both(local_copy):
-    refused_by_both(local_copy, launch(local_copy, 4, unreadable=3))
+    refused_by_both(local_copy, launch(local_copy, 4, fault=3))
 
 
 # local_copy first: it copies the bucket's workdir before this test changes it
 @fault("2 processes: a checkpoint only one process cannot read (gs:// workdir)", SURVIVED)
 def test_a_step_one_process_cannot_read_in_the_bucket(local_copy, fell_back):
     workdir = fell_back[0]
-    refused_by_both(workdir, launch(workdir, 4, unreadable=3))
+    refused_by_both(workdir, launch(workdir, 4, fault=3))
 
 
 @fault("2 processes: every checkpoint damaged (both stop, same steps named)", CLEAR)
@@ -226,3 +227,21 @@ def test_no_intact_step_stops_both_with_the_same_line(local_copy):
     assert all(x[0].startswith(head) for x in lines)
     assert named[0] == named[1] == sorted(s for s in steps if s.isdigit())
     assert sorted(p.name for p in (local_copy / "checkpoints").iterdir()) == steps  # no rename
+
+
+@fault("2 processes: metrics.jsonl write fails on process 0 only (disk full)", CLEAR)
+def test_a_failed_metrics_write_on_process_0_stops_both(tmp_path):
+    """Process 0 alone writes metrics.jsonl; its failed write of step 2 stops both processes
+    (exit 1, one line naming the file and the cause) where process 1 would otherwise wait in
+    step 3's collectives. Step 1's line and checkpoint are kept, so a re-run resumes there."""
+    workdir = tmp_path / "run"
+    results = launch(workdir, 3, fault="metrics@2")
+    assert [code for code, _, _ in results] == [1, 1], results[1][2][-3000:]
+    lines = [[x for x in err.splitlines() if x.startswith("error: ")] for _, _, err in results]
+    head = f"error: cannot write the metrics of step 2 to {workdir / 'metrics.jsonl'} "
+    assert lines == [
+        [head + "(OSError: [Errno 28] No space left on device (injected))"],
+        [head + "(failed on process 0)"],
+    ]
+    assert [m["step"] for m in metrics(workdir)] == [1]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1"]

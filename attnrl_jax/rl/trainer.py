@@ -47,9 +47,7 @@ metrics.jsonl, TensorBoard events and the progress bar; checkpoints are written 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +66,7 @@ from attnrl_jax.rl import step_plan as sp
 from attnrl_jax.rl.checkpoint import Checkpointer, check_writable, say
 from attnrl_jax.rl.devices import build_rollout_mesh
 from attnrl_jax.rl.interrupt import SignalGuard
+from attnrl_jax.rl.metrics_log import MetricsLog
 from attnrl_jax.rl.nonfinite import NonFiniteGuard, NonFiniteStep
 from attnrl_jax.rl.phases import PhaseTimes
 from attnrl_jax.rl.rollout_schedule import RolloutSchedule
@@ -310,17 +309,16 @@ class Trainer(RolloutSchedule, TrainerState, NonFiniteGuard):
         bar = tqdm(
             total=total_steps, initial=self.step, disable=not (progress and primary), desc="train"
         )
-        path = self.workdir / "metrics.jsonl"
         guard = SignalGuard()
-        with guard, storage.JsonlLog(path) if primary else contextlib.nullcontext() as f:
+        # written by process 0; every process agrees on each write (metrics_log.py)
+        with guard, MetricsLog(self.workdir / "metrics.jsonl", primary) as f:
             while self.step < total_steps:
                 metrics = self.train_step()
                 if self._eval_due(total_steps):
                     start = time.perf_counter()
                     metrics.update(self.eval_fn(self.engine))
                     metrics["time_eval"] = time.perf_counter() - start
-                if primary:
-                    f.write(json.dumps(metrics) + "\n")
+                f.write(metrics)
                 if self.log_fn is not None and primary:
                     self.log_fn(metrics)
                 bar.update(1)
@@ -329,8 +327,7 @@ class Trainer(RolloutSchedule, TrainerState, NonFiniteGuard):
                 if self.step % every == 0 or self.step == total_steps:
                     with guard.saving():  # a signal now waits for the save to complete
                         self.save()
-                    if primary:  # object storage: the metrics of every saved step uploaded
-                        f.flush()
+                    f.flush()  # object storage: the metrics of every saved step uploaded
                 out.append(metrics)
         bar.close()
         return out

@@ -59,9 +59,10 @@ class SamplerConfig:
     row, plus a trash page per shard); admit_rows: most rows one admission prefills per batch
     shard (None: up to all of the shard's slots). Prefill memory grows with the rows admitted
     at once x their context length, so long continuation contexts want a small cap.
-    decode_attention: "gathered" (every slot's pages up to the furthest slot's position, in
-    key chunks of attention_chunk) or "ragged" (ragged_attention.py: each slot its own live
-    pages, in items of ragged_chunk positions, whole pages).
+    decode_attention: "ragged" (the default; ragged_attention.py: each slot its own live
+    pages, in items of ragged_chunk positions, whole pages) or "gathered" (every slot's pages
+    up to the furthest slot's position, in key chunks of attention_chunk). Both are exact; on
+    idle CPU runs ragged was faster on a length mix and on equal lengths (BENCHMARKS.md).
     """
 
     buckets: Buckets = Buckets()
@@ -75,7 +76,7 @@ class SamplerConfig:
     page_size: int = 16
     kv_pages: int | None = None
     admit_rows: int | None = None
-    decode_attention: str = "gathered"
+    decode_attention: str = "ragged"
     ragged_chunk: int = 64
 
     def __post_init__(self):
