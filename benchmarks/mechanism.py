@@ -151,21 +151,40 @@ def token_roles(solution: str) -> list[str | None]:
     return roles
 
 
-def role_accuracy(model, tokenizer, prompts, solutions) -> dict[str, tuple[float, int]]:
-    """Teacher-forced greedy accuracy of the next token, by the role of its last character."""
+def greedy_predictions(model, rows: list[list[int]]) -> list[np.ndarray]:
+    """Each row's greedy next-token prediction at every position ([len(row)] each), from one
+    forward over all rows right-padded (causal attention: the padding after a row changes none
+    of its predictions)."""
     from attnrl_jax.models.lm import forward
 
+    tokens = np.zeros((len(rows), -(-max(map(len, rows)) // 16) * 16), np.int32)
+    for r, ids in enumerate(rows):
+        tokens[r, : len(ids)] = ids
+    predicted = np.asarray(jnp.argmax(forward(model.params(), model.config, tokens), -1))
+    return [predicted[r, : len(ids)] for r, ids in enumerate(rows)]
+
+
+def role_accuracy(model, tokenizer, prompts, solutions) -> dict[str, tuple[float, int]]:
+    """Teacher-forced greedy accuracy of the next token, by the role of its last character:
+    {role: (accuracy, tokens)}."""
+    encoded = [
+        tokenizer(s, add_special_tokens=False, return_offsets_mapping=True) for s in solutions
+    ]
+    rows = [list(p) + e["input_ids"] for p, e in zip(prompts, encoded, strict=True)]
+    return score_roles(greedy_predictions(model, rows), prompts, solutions, encoded)
+
+
+def score_roles(predicted, prompts, solutions, encoded) -> dict[str, tuple[float, int]]:
+    """role_accuracy from the predictions: predicted[r][t] is row r's guess for token t + 1;
+    encoded: the tokenizer's output for each solution (input_ids, offset_mapping)."""
     hits = {r: [] for r in ROLES}
-    for prompt, solution in zip(prompts, solutions, strict=True):
-        enc = tokenizer(solution, add_special_tokens=False, return_offsets_mapping=True)
-        ids, spans = enc["input_ids"], enc["offset_mapping"]
-        tokens = jnp.asarray([list(prompt) + ids], jnp.int32)
-        predicted = np.asarray(jnp.argmax(forward(model.params(), model.config, tokens)[0], -1))
+    for guess, prompt, solution, enc in zip(predicted, prompts, solutions, encoded, strict=True):
         roles = token_roles(solution)
+        ids, spans = enc["input_ids"], enc["offset_mapping"]
         for t, (token, (_, end)) in enumerate(zip(ids, spans, strict=True)):
             role = roles[end - 1]
             if role is not None:
-                hits[role].append(predicted[len(prompt) + t - 1] == token)
+                hits[role].append(guess[len(prompt) + t - 1] == token)
     return {r: (float(np.mean(h)), len(h)) for r, h in hits.items()}
 
 

@@ -809,10 +809,12 @@ def chain_warm_start(rows: Rows) -> str:
             for k in ("name", "definition", "copied_value", "result")
         )
         clean = f"{p['clean_fraction']:.0%} slip-free" if p["clean_fraction"] else "-"
+        warmup = f", warm-up {p['warmup_steps']}" if p.get("warmup_steps", 20) != 20 else ""
         out.append(
             f"| {p['variant']} | {p['layers']} x {p['hidden']} ({p['heads']} heads, "
             f"{p['kv_heads']} kv) | "
-            f"{p['problems']} | {p['steps']} x {p['batch_size']}, lr {p['learning_rate']:g} | "
+            f"{p['problems']} | {p['steps']} x {p['batch_size']}, "
+            f"lr {p['learning_rate']:g}{warmup} | "
             f"{clean} | {v('final_loss'):.3f} | {r['value']:.3f} | {roles} | "
             f"{v('warm_start_seconds'):.0f} | {p['note']} |"
         )

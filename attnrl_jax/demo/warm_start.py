@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -66,11 +67,14 @@ def recipe_for(task: str) -> Recipe:
     return RECIPES[task]
 
 
-def _train(params, cfg, clean, slipped, recipe: Recipe, seed: int, on_step, short=None):
+def _train(
+    params, cfg, clean, slipped, recipe: Recipe, seed: int, on_step, short=None, checkpoint=None
+):
     """recipe.steps AdamW steps: batches from `clean` (tokens, mask) for the first
     clean_fraction of them, from `slipped` after; from `short` for the first short_fraction.
     Without those phases this is rl/sft.supervised_warm_start's loop (same schedule and
-    batch draws)."""
+    batch draws). checkpoint: (every, fn): fn(step, params) after every `every` steps (params
+    are donated to the next step: fn must use them before it returns)."""
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, recipe.learning_rate, min(recipe.warmup_steps, recipe.steps // 10), recipe.steps,
         recipe.learning_rate / 10,
@@ -88,6 +92,8 @@ def _train(params, cfg, clean, slipped, recipe: Recipe, seed: int, on_step, shor
             params, opt_state, tokens[rows], mask[rows], cfg=cfg, optimizer=optimizer
         )
         on_step(step + 1, float(loss))
+        if checkpoint is not None and (step + 1) % checkpoint[0] == 0:
+            checkpoint[1](step + 1, params)
     return params
 
 
@@ -98,11 +104,13 @@ def build_warm_start(
     steps: int | None = None,
     recipe: Recipe | None = None,
     log: Callable[[int, float], None] | None = None,
+    checkpoint: tuple[int, Callable[[int, Any], None]] | None = None,
 ) -> float:
     """Train the warm start for run config `c` (its built-in task, model.tiny,
     data.num_demo_problems, data.demo_seed, seed) and save it with its tokenizer to `path`;
     returns the seconds it took. recipe: default the task's; steps: instead of its steps;
-    log(step, loss) after every step."""
+    log(step, loss) after every step; checkpoint (every, fn): fn(step, params) every `every`
+    steps (benchmarks/chain_warm_start.py measures the run's intermediate models)."""
     start = time.perf_counter()
     name = c.data.builtin_task or "demo"
     task = builtin_task(name)
@@ -136,7 +144,7 @@ def build_warm_start(
     slipped = packed(recipe.slip_rate)
     clean = packed(0.0) if recipe.clean_fraction > 0 else slipped
     short = packed(recipe.slip_rate, steps=recipe.short_steps) if recipe.short_fraction else None
-    params = _train(params, cfg, clean, slipped, recipe, c.seed, on_step, short)
+    params = _train(params, cfg, clean, slipped, recipe, c.seed, on_step, short, checkpoint)
     bar.close()
     save_pretrained(from_params(cfg, jax.device_get(params)), path, tokenizer=tokenizer)
     return time.perf_counter() - start
