@@ -809,7 +809,9 @@ def chain_warm_start(rows: Rows) -> str:
             for k in ("name", "definition", "copied_value", "result")
         )
         clean = f"{p['clean_fraction']:.0%} slip-free" if p["clean_fraction"] else "-"
-        warmup = f", warm-up {p['warmup_steps']}" if p.get("warmup_steps", 20) != 20 else ""
+        # the schedule's warm-up: at most a tenth of the steps (demo/warm_start._train)
+        w = min(p.get("warmup_steps", 20), p["steps"] // 10)
+        warmup = f", warm-up {w}" if w != min(20, p["steps"] // 10) else ""
         out.append(
             f"| {p['variant']} | {p['layers']} x {p['hidden']} ({p['heads']} heads, "
             f"{p['kv_heads']} kv) | "
