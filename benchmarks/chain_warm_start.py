@@ -159,6 +159,19 @@ def json_rows(path: Path) -> list[dict]:
              "metric": metric, "value": value, "unit": unit}
             for metric, value, unit in metrics
         ]  # fmt: skip
+        # the learning curve (--checkpoint_every): the loss of the batch at that step and the
+        # intermediate model's next-token accuracy by role
+        loss_at = {step: loss for step, loss, *_ in r["loss"]}
+        for point in r.get("checkpoints", []):
+            at = params | {"step": point["step"]}
+            metrics = [("checkpoint_loss", loss_at.get(point["step"]), "nats/token")]
+            metrics += [(f"checkpoint_role_accuracy_{k.replace(' ', '_')}", v[0], "fraction")
+                        for k, v in point["roles"].items()]  # fmt: skip
+            rows += [
+                {"benchmark": "chain_warm_start", "system": "attnrl_jax", "params": at,
+                 "metric": metric, "value": value, "unit": unit}
+                for metric, value, unit in metrics
+            ]  # fmt: skip
     return rows
 
 
@@ -194,10 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log = args.out / "variants.jsonl"
     if args.report:
-        from benchmarks.table_defs import Rows, chain_warm_start
+        from benchmarks.table_defs import Rows, chain_warm_start, chain_warm_start_curve
 
         rows = json_rows(log)
         print(chain_warm_start(Rows(log.name, rows)))
+        print(chain_warm_start_curve(Rows(log.name, rows)))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
         return

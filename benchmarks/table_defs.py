@@ -829,6 +829,28 @@ def chain_warm_start(rows: Rows) -> str:
     )
 
 
+def chain_warm_start_curve(rows: Rows) -> str:
+    """benchmarks/chain_warm_start.py --checkpoint_every: each variant's intermediate models, the
+    loss of the batch at that step and the next-token accuracy by role."""
+    out = []
+    for r in rows.matching("checkpoint_role_accuracy_name"):
+        p = r["params"]
+        at = {"variant": p["variant"], "step": p["step"]}
+        roles = " / ".join(
+            f"{rows.value('checkpoint_role_accuracy_' + k, **at):.2f}"
+            for k in ("name", "definition", "copied_value", "result")
+        )
+        loss = rows.value("checkpoint_loss", **at)
+        loss = "-" if loss is None else f"{loss:.3f}"
+        out.append(f"| {p['variant']} | {p['step']} | {loss} | {roles} |")
+    return _lines(
+        "| variant | step | loss (that step's batch) | next-token accuracy: name / definition / "
+        "copied value / result |",
+        "|---|---:|---:|---|",
+        out,
+    )
+
+
 # --- branching.py: selection + ADS + advantages, host reference vs jitted ----------------------
 
 BRANCHING_PHASES = {
@@ -987,6 +1009,7 @@ TABLES: dict[str, Table] = {
     "mechanism_auc": Table(("mechanism.json",), mechanism_auc),
     "mechanism_roles": Table(("mechanism.json",), mechanism_roles),
     "chain_warm_start": Table(("chain_warm_start.json",), chain_warm_start),
+    "chain_warm_start_curve": Table(("chain_warm_start.json",), chain_warm_start_curve),
     "demo": Table(("demo_summary.json",), demo),
     "demo_seeds": Table(("demo_seeds.json",), demo_seeds),
     "branching": Table(("cpu_branching.json",), branching),
