@@ -1006,6 +1006,8 @@ TABLES: dict[str, Table] = {
         ("sample_efficiency_chain.json",), sample_efficiency_phases
     ),
     "mechanism": Table(("mechanism.json",), mechanism),
+    # the same check with --hide value: only the picked step's memo value is hidden
+    "mechanism_value": Table(("mechanism_value.json",), mechanism),
     "mechanism_auc": Table(("mechanism.json",), mechanism_auc),
     "mechanism_roles": Table(("mechanism.json",), mechanism_roles),
     "chain_warm_start": Table(("chain_warm_start.json",), chain_warm_start),

@@ -64,3 +64,19 @@ def test_scores_count_every_role_token_and_only_right_guesses():
                 guess[len(prompt) + t - 1] = -1
     scores = mechanism.score_roles(wrong, PROMPTS, SOLUTIONS, ENCODED)
     assert scores["result"] == (0.0, steps) and scores["definition"] == (1.0, 3 * steps)
+
+
+def test_value_span_is_the_memo_value_of_the_step():
+    solution = "a=6+1;a7\n\nc=a-b=7-3;c4\n\nThe answer is \\boxed{4}."
+    response = TOKENIZER(solution, add_special_tokens=False)["input_ids"]
+    texts = [TOKENIZER.decode([t]) for t in response]
+    sep = [i + 1 for i, t in enumerate(texts) if t == "\n\n"]  # steps end after their separator
+    prompt_len = 5
+    bounds = [(0, prompt_len), (prompt_len, prompt_len + sep[0])]
+    bounds.append((prompt_len + sep[0], prompt_len + sep[1]))
+    for k, value in ((1, "7"), (2, "4")):
+        a, b = mechanism.value_span(TOKENIZER, response, bounds, prompt_len, k)
+        assert TOKENIZER.decode(response[a - prompt_len : b - prompt_len]) == value
+    # a step without a memo hides nothing
+    plain = TOKENIZER("a=6+1\n\n", add_special_tokens=False)["input_ids"]
+    assert mechanism.value_span(TOKENIZER, plain, [(0, 0), (0, len(plain))], 0, 1) == (0, 0)
