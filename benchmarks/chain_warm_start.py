@@ -8,8 +8,10 @@ have learned: held-out accuracy (avg@k at temperature 1, problems outside the tr
 `make demo` measures it) and greedy next-token accuracy by the role of the token on held-out gold
 solutions (benchmarks/mechanism.role_accuracy: name, definition, copied value, result). Appends
 one JSON line per variant to OUT/variants.jsonl (settings, loss every 50 steps, seconds, the
-measurements); --report prints them as a markdown table (BENCHMARKS.md's chain_warm_start),
---report --json writes them as rows for benchmarks/tables.py.
+measurements; with --checkpoint_every N also the model every N steps, saved into
+OUT/NAME_steps/STEP, and its next-token accuracy by role: one run's learning curve); --report
+prints them as a markdown table (BENCHMARKS.md's chain_warm_start), --report --json writes
+them as rows for benchmarks/tables.py.
 """
 
 from __future__ import annotations
@@ -28,16 +30,20 @@ CONFIG = ROOT / "configs" / "demo_chain.py"
 
 
 def build_and_measure(args) -> dict:
+    import jax
     from transformers import AutoTokenizer
 
+    from attnrl_jax.data.builtin_tasks import builtin_task
     from attnrl_jax.data.chain_task import held_out_chains
     from attnrl_jax.data.prompts import encode_prompts
     from attnrl_jax.demo.__main__ import held_out_config, load_config
     from attnrl_jax.demo.warm_start import build_warm_start, recipe_for
     from attnrl_jax.eval.training import held_out_accuracy_fn
-    from attnrl_jax.models import load_pretrained
+    from attnrl_jax.models import load_pretrained, save_pretrained
+    from attnrl_jax.models.lm import from_params
     from attnrl_jax.rl.settings import resolve
     from attnrl_jax.sampling.eos import eos_ids
+    from attnrl_jax.train import tiny_model_config
     from benchmarks.mechanism import role_accuracy
 
     config = load_config(CONFIG)
@@ -61,17 +67,47 @@ def build_and_measure(args) -> dict:
             "slip_rate",
             "clean_fraction",
             "short_fraction",
+            "warmup_steps",
         )
         if getattr(args, k) is not None
     }
     recipe = dataclasses.replace(base, **changes)
     losses: list[tuple[int, float]] = []
+    recent: list[float] = []
+    held = held_out_chains(args.role_problems, c.data.num_demo_problems, c.data.demo_seed)
+    solutions = [s for _, s, _ in held]
+    task_tokenizer = builtin_task("chain").tokenizer(c.model.tiny.vocab_size)
+    cfg = tiny_model_config(c, len(task_tokenizer))
+    held_prompts = encode_prompts(task_tokenizer, [p.problem for p, _, _ in held])
+    checkpoints: list[dict] = []
+    checkpoint_seconds = [0.0]
 
     def log(step: int, loss: float) -> None:
+        recent.append(loss)
         if step % 50 == 0 or step == recipe.steps:
             losses.append((step, loss))
+            mean = sum(recent[-50:]) / len(recent[-50:])
+            print(f"[{args.name}] step {step} loss {loss:.3f} mean50 {mean:.3f}", flush=True)
 
-    seconds = build_warm_start(c, path, recipe=recipe, log=log)
+    def checkpoint(step: int, params) -> None:
+        # save the intermediate model and measure what it has learned by role (cheap: one
+        # forward); the seconds this takes are not counted as the warm start's
+        start = time.perf_counter()
+        model = from_params(cfg, jax.device_get(params))
+        save_pretrained(
+            model, args.out / f"{args.name}_steps" / str(step), tokenizer=task_tokenizer
+        )
+        roles = role_accuracy(model, task_tokenizer, held_prompts, solutions)
+        checkpoints.append({"step": step, "roles": roles})
+        checkpoint_seconds[0] += time.perf_counter() - start
+        print(f"[{args.name}] step {step} roles "
+              + " / ".join(f"{v[0]:.2f}" for v in roles.values()), flush=True)  # fmt: skip
+
+    every = args.checkpoint_every
+    seconds = build_warm_start(
+        c, path, recipe=recipe, log=log, checkpoint=(every, checkpoint) if every else None
+    )
+    seconds -= checkpoint_seconds[0]
     print(f"[{args.name}] {recipe.steps} steps in {seconds:.0f} s; loss {losses[-1]}", flush=True)
     model = load_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -80,9 +116,8 @@ def build_and_measure(args) -> dict:
     accuracy = held_out_accuracy_fn(
         held_out_config(c, args.held_out, args.k), tokenizer, model.config, eos
     )(model.params())
-    held = held_out_chains(args.role_problems, c.data.num_demo_problems, c.data.demo_seed)
     prompts = encode_prompts(tokenizer, [p.problem for p, _, _ in held])
-    roles = role_accuracy(model, tokenizer, prompts, [s for _, s, _ in held])
+    roles = role_accuracy(model, tokenizer, prompts, solutions)
     print(f"[{args.name}] held-out accuracy {accuracy:.3f}; roles {roles}", flush=True)
     t = c.model.tiny
     return {
@@ -102,6 +137,7 @@ def build_and_measure(args) -> dict:
         "accuracy_metric": f"avg@{args.k}, temperature {c.rollout.temperature}, "
         f"{args.held_out} held-out problems",
         "roles": roles,
+        "checkpoints": checkpoints,
         "note": args.note,
     }
 
@@ -123,6 +159,19 @@ def json_rows(path: Path) -> list[dict]:
              "metric": metric, "value": value, "unit": unit}
             for metric, value, unit in metrics
         ]  # fmt: skip
+        # the learning curve (--checkpoint_every): the loss of the batch at that step and the
+        # intermediate model's next-token accuracy by role
+        loss_at = {step: loss for step, loss, *_ in r["loss"]}
+        for point in r.get("checkpoints", []):
+            at = params | {"step": point["step"]}
+            metrics = [("checkpoint_loss", loss_at.get(point["step"]), "nats/token")]
+            metrics += [(f"checkpoint_role_accuracy_{k.replace(' ', '_')}", v[0], "fraction")
+                        for k, v in point["roles"].items()]  # fmt: skip
+            rows += [
+                {"benchmark": "chain_warm_start", "system": "attnrl_jax", "params": at,
+                 "metric": metric, "value": value, "unit": unit}
+                for metric, value, unit in metrics
+            ]  # fmt: skip
     return rows
 
 
@@ -143,6 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slip_rate", type=float)
     parser.add_argument("--clean_fraction", type=float)
     parser.add_argument("--short_fraction", type=float, help="curriculum: chains of 2-5 first")
+    parser.add_argument("--warmup_steps", type=int)
+    parser.add_argument(
+        "--checkpoint_every",
+        type=int,
+        default=0,
+        help="save the model every N steps into OUT/NAME_steps/STEP and measure its next-token "
+        "accuracy by role (the run's learning curve)",
+    )
     parser.add_argument("--held_out", type=int, default=128)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--role_problems", type=int, default=64)
@@ -150,10 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log = args.out / "variants.jsonl"
     if args.report:
-        from benchmarks.table_defs import Rows, chain_warm_start
+        from benchmarks.table_defs import Rows, chain_warm_start, chain_warm_start_curve
 
         rows = json_rows(log)
         print(chain_warm_start(Rows(log.name, rows)))
+        print(chain_warm_start_curve(Rows(log.name, rows)))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
         return

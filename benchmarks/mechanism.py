@@ -22,7 +22,9 @@ branch point; the answer step uses the last quantity only), and each rule picks 
 (b) The paper's Fig. 3: the response is cut after the picked step and regenerated twice from
     there with the same random draws, once as is and once with every later token's attention to
     the picked step's tokens hidden (models/attention.hide_keys); the accuracy of both and the
-    paired drop (its standard error over responses).
+    paired drop (its standard error over responses). --hide value hides only the step's memo
+    value (the "5" of ";c5", what later steps look up by name), so the step sequence stays
+    readable and only the use of the value is disrupted.
 """
 
 from __future__ import annotations
@@ -151,21 +153,40 @@ def token_roles(solution: str) -> list[str | None]:
     return roles
 
 
-def role_accuracy(model, tokenizer, prompts, solutions) -> dict[str, tuple[float, int]]:
-    """Teacher-forced greedy accuracy of the next token, by the role of its last character."""
+def greedy_predictions(model, rows: list[list[int]]) -> list[np.ndarray]:
+    """Each row's greedy next-token prediction at every position ([len(row)] each), from one
+    forward over all rows right-padded (causal attention: the padding after a row changes none
+    of its predictions)."""
     from attnrl_jax.models.lm import forward
 
+    tokens = np.zeros((len(rows), -(-max(map(len, rows)) // 16) * 16), np.int32)
+    for r, ids in enumerate(rows):
+        tokens[r, : len(ids)] = ids
+    predicted = np.asarray(jnp.argmax(forward(model.params(), model.config, tokens), -1))
+    return [predicted[r, : len(ids)] for r, ids in enumerate(rows)]
+
+
+def role_accuracy(model, tokenizer, prompts, solutions) -> dict[str, tuple[float, int]]:
+    """Teacher-forced greedy accuracy of the next token, by the role of its last character:
+    {role: (accuracy, tokens)}."""
+    encoded = [
+        tokenizer(s, add_special_tokens=False, return_offsets_mapping=True) for s in solutions
+    ]
+    rows = [list(p) + e["input_ids"] for p, e in zip(prompts, encoded, strict=True)]
+    return score_roles(greedy_predictions(model, rows), prompts, solutions, encoded)
+
+
+def score_roles(predicted, prompts, solutions, encoded) -> dict[str, tuple[float, int]]:
+    """role_accuracy from the predictions: predicted[r][t] is row r's guess for token t + 1;
+    encoded: the tokenizer's output for each solution (input_ids, offset_mapping)."""
     hits = {r: [] for r in ROLES}
-    for prompt, solution in zip(prompts, solutions, strict=True):
-        enc = tokenizer(solution, add_special_tokens=False, return_offsets_mapping=True)
-        ids, spans = enc["input_ids"], enc["offset_mapping"]
-        tokens = jnp.asarray([list(prompt) + ids], jnp.int32)
-        predicted = np.asarray(jnp.argmax(forward(model.params(), model.config, tokens)[0], -1))
+    for guess, prompt, solution, enc in zip(predicted, prompts, solutions, encoded, strict=True):
         roles = token_roles(solution)
+        ids, spans = enc["input_ids"], enc["offset_mapping"]
         for t, (token, (_, end)) in enumerate(zip(ids, spans, strict=True)):
             role = roles[end - 1]
             if role is not None:
-                hits[role].append(predicted[len(prompt) + t - 1] == token)
+                hits[role].append(guess[len(prompt) + t - 1] == token)
     return {r: (float(np.mean(h)), len(h)) for r, h in hits.items()}
 
 
@@ -220,6 +241,19 @@ def pick_steps(item: dict, rng: np.random.Generator, delta: int) -> dict[str, in
         "random": int(rng.choice(cand)),
         "random_scored": int(rng.choice(scored if len(scored) else cand)),
     }
+
+
+def value_span(tokenizer, response, bounds, prompt_len: int, k: int) -> tuple[int, int]:
+    """The positions [start, end) of step k's memo value (the "5" of ";c5"): what later steps
+    look up by name. bounds: the response's step layout (absolute positions); an empty range at
+    the step's start when the step has no memo."""
+    start, end = bounds[k]
+    texts = [tokenizer.decode([t]) for t in response[start - prompt_len : end - prompt_len]]
+    if MEMO not in texts[:-2]:
+        return start, start
+    first = texts.index(MEMO) + 2  # after the memo and its name
+    stop = next((i for i in range(first, len(texts)) if "\n" in texts[i]), len(texts))
+    return start + first, start + stop
 
 
 def check(args) -> list[dict]:
@@ -305,6 +339,7 @@ def check(args) -> list[dict]:
                     aucs.append(a)
         out[f"auc_{name}"] = (float(np.mean(aucs)) if aucs else None, len(aucs))
     # (b) the Fig. 3 disruption
+    drops: dict[str, np.ndarray] = {}
     for j, rule in enumerate(RULES):
         contexts, budgets, hidden, golds = [], [], [], []
         for it, p in zip(good, picks, strict=True):
@@ -313,7 +348,11 @@ def check(args) -> list[dict]:
             prefix = it["response"][: end - len(prompt)]
             contexts.append(list(prompt) + list(prefix))
             budgets.append(max_new - len(prefix))
-            hidden.append((start, end))
+            hidden.append(
+                (start, end)
+                if args.hide == "step"
+                else value_span(tokenizer, it["response"], it["bounds"], len(prompt), p[rule])
+            )
             golds.append(held[it["i"]][0].answers)
         sub = jax.random.fold_in(key, 1 + j)
         acc = {}
@@ -324,18 +363,26 @@ def check(args) -> list[dict]:
                 for ctx, c, g, it in zip(contexts, cont, golds, good, strict=True)
             ], float)  # fmt: skip
         drop = acc["kept"] - acc["hidden"]
+        drops[rule] = drop
         out[rule] |= {
             "acc_kept": float(acc["kept"].mean()),
             "acc_hidden": float(acc["hidden"].mean()),
             "drop": float(drop.mean()),
             "drop_se": float(drop.std(ddof=1) / np.sqrt(len(drop))),
         }
+        if rule != "fci":  # FCI's drop minus this rule's, paired over the same responses
+            diff = drops["fci"] - drop
+            out[rule] |= {
+                "fci_drop_minus_this": float(diff.mean()),
+                "fci_drop_minus_this_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+            }
         print(f"{rule}: {out[rule]}", flush=True)
     return json_rows(out, args)
 
 
 def json_rows(out: dict, args) -> list[dict]:
     params = {"task": "chain", "problems": args.problems, "samples": args.samples,
+              "hide": args.hide,
               "responses": out["responses"], "parsed": out["parsed"], "seed": args.seed,
               "machine": platform.machine(), "date": datetime.date.today().isoformat()}  # fmt: skip
     rows = [("warm_start_accuracy", out["accuracy"], "fraction", {})]
@@ -364,6 +411,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--problems", type=int, default=128, help="held-out problems")
     parser.add_argument("--samples", type=int, default=2, help="responses per problem")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hide",
+        choices=("step", "value"),
+        default="step",
+        help="(b) hides the picked step's tokens (the paper's Fig. 3) or only its memo's value",
+    )
     parser.add_argument(
         "--role_problems", type=int, default=64, help="gold solutions for the role accuracy"
     )

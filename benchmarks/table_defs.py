@@ -809,10 +809,14 @@ def chain_warm_start(rows: Rows) -> str:
             for k in ("name", "definition", "copied_value", "result")
         )
         clean = f"{p['clean_fraction']:.0%} slip-free" if p["clean_fraction"] else "-"
+        # the schedule's warm-up: at most a tenth of the steps (demo/warm_start._train)
+        w = min(p.get("warmup_steps", 20), p["steps"] // 10)
+        warmup = f", warm-up {w}" if w != min(20, p["steps"] // 10) else ""
         out.append(
             f"| {p['variant']} | {p['layers']} x {p['hidden']} ({p['heads']} heads, "
             f"{p['kv_heads']} kv) | "
-            f"{p['problems']} | {p['steps']} x {p['batch_size']}, lr {p['learning_rate']:g} | "
+            f"{p['problems']} | {p['steps']} x {p['batch_size']}, "
+            f"lr {p['learning_rate']:g}{warmup} | "
             f"{clean} | {v('final_loss'):.3f} | {r['value']:.3f} | {roles} | "
             f"{v('warm_start_seconds'):.0f} | {p['note']} |"
         )
@@ -821,6 +825,28 @@ def chain_warm_start(rows: Rows) -> str:
         "end | held-out accuracy | next-token accuracy: name / definition / copied value / "
         "result | warm start (s, loaded) | note |",
         "|---|---|---:|---|---|---:|---:|---|---:|---|",
+        out,
+    )
+
+
+def chain_warm_start_curve(rows: Rows) -> str:
+    """benchmarks/chain_warm_start.py --checkpoint_every: each variant's intermediate models, the
+    loss of the batch at that step and the next-token accuracy by role."""
+    out = []
+    for r in rows.matching("checkpoint_role_accuracy_name"):
+        p = r["params"]
+        at = {"variant": p["variant"], "step": p["step"]}
+        roles = " / ".join(
+            f"{rows.value('checkpoint_role_accuracy_' + k, **at):.2f}"
+            for k in ("name", "definition", "copied_value", "result")
+        )
+        loss = rows.value("checkpoint_loss", **at)
+        loss = "-" if loss is None else f"{loss:.3f}"
+        out.append(f"| {p['variant']} | {p['step']} | {loss} | {roles} |")
+    return _lines(
+        "| variant | step | loss (that step's batch) | next-token accuracy: name / definition / "
+        "copied value / result |",
+        "|---|---:|---:|---|",
         out,
     )
 
@@ -984,9 +1010,12 @@ TABLES: dict[str, Table] = {
         ("sample_efficiency_chain.json",), sample_efficiency_phases
     ),
     "mechanism": Table(("mechanism.json",), mechanism),
+    # the same check with --hide value: only the picked step's memo value is hidden
+    "mechanism_value": Table(("mechanism_value.json",), mechanism),
     "mechanism_auc": Table(("mechanism.json",), mechanism_auc),
     "mechanism_roles": Table(("mechanism.json",), mechanism_roles),
     "chain_warm_start": Table(("chain_warm_start.json",), chain_warm_start),
+    "chain_warm_start_curve": Table(("chain_warm_start.json",), chain_warm_start_curve),
     "demo": Table(("demo_summary.json",), demo),
     "demo_seeds": Table(("demo_seeds.json",), demo_seeds),
     "branching": Table(("cpu_branching.json",), branching),
