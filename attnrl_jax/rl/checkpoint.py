@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 from attnrl_jax import storage
 from attnrl_jax.data.pipeline import Prompt
 from attnrl_jax.data.records import Problem
+from attnrl_jax.distributed import all_agree
 from attnrl_jax.rl import integrity
 from attnrl_jax.rl.integrity import DamagedCheckpoint
 from attnrl_jax.rl.rollout import Generation
@@ -162,7 +163,7 @@ class Checkpointer:
     def _agree(self, step: int, problem: DamagedCheckpoint | None) -> None:
         """Raises on every process when any process has a problem with `step` (each names its
         own, or says another process had one); returns on all otherwise."""
-        if _agreed(problem is None):
+        if all_agree(problem is None):
             return
         raise problem or DamagedCheckpoint(
             step, self.directory, "another process could not read or verify it"
@@ -207,7 +208,7 @@ class Checkpointer:
             except OSError as e:
                 failed = e
         # also the barrier before the others reload: all wait for the rename, or all stop
-        if not _agreed(failed is None):
+        if not all_agree(failed is None):
             raise CheckpointDirError(
                 f"cannot set the damaged checkpoint {self.directory / str(step)} aside "
                 f"({failed or 'process 0 failed to rename it'})"
@@ -263,15 +264,6 @@ def _quiet_failed_reads(directory: Path) -> None:
     log = logging.getLogger("asyncio")
     if not any(isinstance(f, _FailedReads) and f.directory == str(directory) for f in log.filters):
         log.addFilter(_FailedReads(directory))
-
-
-def _agreed(ok: bool) -> bool:
-    """Whether `ok` holds on every process (one all-gather with several)."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-
-    return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)], np.int32))))
 
 
 def say(message: str) -> None:
