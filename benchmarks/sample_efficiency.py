@@ -18,13 +18,16 @@ do not change with it (data.demo_seed).
 Wall time is the training steps' time without JAX compilation (CompileWatch) and without the
 evaluations, so the method that happens to run first does not pay for everyone's compiles.
 Each finished run is appended to OUT/runs.jsonl, and runs already there are skipped: an
-interrupted benchmark resumes. --report reads runs.jsonl and writes OUT/*.png plus a markdown
-table (stdout) and, with --json, rows in the benchmarks' common format.
+interrupted benchmark resumes. `--shard K/N` runs every N-th run of the list from the K-th, so
+that N processes (one per core, e.g. under `taskset`) share one OUT. --report reads runs.jsonl
+and writes OUT/*.png plus a markdown table (stdout) and, with --json, rows in the benchmarks'
+common format.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import sys
@@ -157,6 +160,13 @@ def read_runs(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def append_run(path: Path, record: dict) -> None:
+    """One line per run; locked, since --shard processes append to the same file."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps(record) + "\n")
+
+
 def run_all(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     runs_path, base_path = args.out / "runs.jsonl", args.out / "warm_starts.json"
@@ -173,19 +183,16 @@ def run_all(args) -> None:
         print(f"[{task}] warm start held-out accuracy {bases[task]:.3f}", flush=True)
     # seeds outermost, so that an interrupted benchmark has whole seeds of every task and method;
     # methods interleaved, so that drift in the machine's load hits every method alike
-    for seed in args.seeds:
-        for task in args.tasks:
-            for method in args.methods:
-                if (task, method, seed) in done:
-                    continue
-                start = time.perf_counter()
-                fractions = tuple(i / args.eval_points for i in range(1, args.eval_points + 1))
-                record = run_one(
-                    task, method, seed, args.out, args.token_budget, held[task], fractions
-                )
-                record["elapsed_seconds"] = time.perf_counter() - start
-                with open(runs_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+    jobs = [(t, m, s) for s in args.seeds for t in args.tasks for m in args.methods]
+    shard, shards = args.shard
+    fractions = tuple(i / args.eval_points for i in range(1, args.eval_points + 1))
+    for task, method, seed in jobs[shard::shards]:
+        if (task, method, seed) in done:
+            continue
+        start = time.perf_counter()
+        record = run_one(task, method, seed, args.out, args.token_budget, held[task], fractions)
+        record["elapsed_seconds"] = time.perf_counter() - start
+        append_run(runs_path, record)
 
 
 # ----- report -----
@@ -267,36 +274,43 @@ def json_rows(rows: list[dict], budget: int | None) -> list[dict]:
     return out
 
 
+ENDPOINTS = {  # run -> the accuracy a paired comparison compares
+    "final": lambda run: run["curve"][-1]["accuracy"],  # at the budget (the primary endpoint)
+    "mean": lambda run: float(np.mean([p["accuracy"] for p in run["curve"]])),  # over the run
+}
+
+
 def paired(runs: list[dict], budget: int | None) -> list[dict]:
-    """PAIRS on each task: final accuracy differences over the seeds both methods ran, their
-    mean and sd, a paired t-test and the exact sign-flip test (two-sided)."""
+    """PAIRS on each task and ENDPOINTS: accuracy differences over the seeds both methods ran,
+    their mean and sd, a paired t-test and the exact sign-flip test (two-sided)."""
     import itertools
 
     from scipy import stats
 
-    final = {(r["task"], r["method"], r["seed"]): r["curve"][-1]["accuracy"] for r in runs}
     out = []
-    for task in TASKS:
-        for method, baseline in PAIRS:
-            seeds = sorted(s for t, m, s in final if t == task and m == method
-                           and (task, baseline, s) in final)  # fmt: skip
-            if len(seeds) < 2:
-                continue
-            d = np.array([final[task, method, s] - final[task, baseline, s] for s in seeds])
-            t_p = float(stats.ttest_1samp(d, 0.0).pvalue) if d.std() > 0 else None
-            flips = [abs(np.dot(d, signs)) for signs in itertools.product((1, -1), repeat=len(d))]
-            flip_p = float(np.mean([f >= abs(d.sum()) - 1e-12 for f in flips]))
-            params = {"task": task, "method": method, "baseline": baseline, "seeds": len(seeds),
-                      "token_budget": budget}  # fmt: skip
-            for metric, value in (
-                ("paired_difference_mean", float(d.mean())),
-                ("paired_difference_sd", float(d.std(ddof=1))),
-                ("paired_t_p", t_p),
-                ("paired_sign_flip_p", flip_p),
-            ):
-                row = {"benchmark": "sample_efficiency_paired", "system": "attnrl_jax"}
-                out.append(row | {"params": params, "metric": metric, "value": value,
-                                  "unit": "avg@k"})  # fmt: skip
+    for endpoint, accuracy in ENDPOINTS.items():
+        value = {(r["task"], r["method"], r["seed"]): accuracy(r) for r in runs}
+        for task in TASKS:
+            for method, baseline in PAIRS:
+                seeds = sorted(s for t, m, s in value if t == task and m == method
+                               and (task, baseline, s) in value)  # fmt: skip
+                if len(seeds) < 2:
+                    continue
+                d = np.array([value[task, method, s] - value[task, baseline, s] for s in seeds])
+                t_p = float(stats.ttest_1samp(d, 0.0).pvalue) if d.std() > 0 else None
+                signs = itertools.product((1, -1), repeat=len(d))
+                flip_p = float(np.mean([abs(np.dot(d, s)) >= abs(d.sum()) - 1e-12 for s in signs]))
+                params = {"task": task, "method": method, "baseline": baseline, "seeds": len(seeds),
+                          "token_budget": budget, "endpoint": endpoint}  # fmt: skip
+                for metric, v in (
+                    ("paired_difference_mean", float(d.mean())),
+                    ("paired_difference_sd", float(d.std(ddof=1))),
+                    ("paired_t_p", t_p),
+                    ("paired_sign_flip_p", flip_p),
+                ):
+                    row = {"benchmark": "sample_efficiency_paired", "system": "attnrl_jax"}
+                    out.append(row | {"params": params, "metric": metric, "value": v,
+                                      "unit": "avg@k"})  # fmt: skip
     return out
 
 
@@ -389,6 +403,12 @@ def main(argv: list[str] | None = None) -> None:
 
         return parse
 
+    def shard(text: str) -> tuple[int, int]:
+        k, _, n = text.partition("/")
+        if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+            raise argparse.ArgumentTypeError(f"{text!r}: want K/N with 0 <= K < N, e.g. 0/2")
+        return int(k), int(n)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="runs.jsonl, warm starts, plots")
     parser.add_argument("--tasks", type=names(TASKS), default=list(TASKS))
@@ -398,6 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held_out", type=int, default=128, help="held-out problems")
     parser.add_argument("--k", type=int, default=4, help="samples per held-out problem")
     parser.add_argument("--eval_points", type=int, default=3, help="evaluations per run")
+    parser.add_argument(
+        "--shard", type=shard, default=(0, 1), help="K/N: this process's share of the runs"
+    )
     parser.add_argument("--report", action="store_true", help="only summarize runs.jsonl")
     parser.add_argument("--json", type=Path, help="--report: rows in the common format")
     args = parser.parse_args(argv)

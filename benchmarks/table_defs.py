@@ -689,22 +689,30 @@ def sample_efficiency(rows: Rows) -> str:
     return "\n".join(lines)
 
 
+PAIRED_ENDPOINTS = {"final": "at the budget", "mean": "mean over the run's evaluations"}
+
+
 def sample_efficiency_paired(rows: Rows) -> str:
-    """benchmarks/sample_efficiency.py: paired differences of final accuracy over common seeds."""
+    """benchmarks/sample_efficiency.py: paired differences of held-out accuracy over common seeds,
+    at the budget (rows without an endpoint: the studies before endpoints were named) and, where
+    recorded, averaged over each run's evaluations."""
     lines = [
-        "| task | comparison | paired seeds | difference: mean ± sd (points) | paired t-test p "
-        "| sign-flip p (exact) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| task | comparison | accuracy compared | paired seeds | difference: mean ± sd (points) "
+        "| paired t-test p | sign-flip p (exact) |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows.matching("paired_difference_mean"):
         at = {k: r["params"][k] for k in ("task", "method", "baseline")}
+        endpoint = r["params"].get("endpoint", "final")
+        if "endpoint" in r["params"]:
+            at["endpoint"] = endpoint
         metrics = ("paired_difference_sd", "paired_t_p", "paired_sign_flip_p")
         sd, p_t, p_flip = (rows.value(m, **at) for m in metrics)
         p_text = "-" if p_t is None else f"{p_t:.3f}"
         lines.append(
             f"| {at['task']} | {METHOD_LABELS[at['method']]} vs {METHOD_LABELS[at['baseline']]} "
-            f"| {r['params']['seeds']} | {100 * r['value']:+.1f} ± {100 * sd:.1f} | {p_text} "
-            f"| {p_flip:.3f} |"
+            f"| {PAIRED_ENDPOINTS[endpoint]} | {r['params']['seeds']} | {100 * r['value']:+.1f} "
+            f"± {100 * sd:.1f} | {p_text} | {p_flip:.3f} |"
         )
     return "\n".join(lines)
 

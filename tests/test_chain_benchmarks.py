@@ -17,18 +17,23 @@ import sample_efficiency  # noqa: E402
 from table_defs import Rows, sample_efficiency_paired  # noqa: E402
 
 
-def _run(method: str, seed: int, accuracy: float) -> dict:
-    return {"task": "chain", "method": method, "seed": seed, "curve": [{"accuracy": accuracy}]}
+def _run(method: str, seed: int, accuracy: float, earlier: float = 0.0) -> dict:
+    curve = [{"accuracy": earlier}, {"accuracy": accuracy}]
+    return {"task": "chain", "method": method, "seed": seed, "curve": curve}
 
 
 def test_paired_differences_t_test_and_exact_sign_flip():
     base = [0.30, 0.35, 0.40, 0.33, 0.37]
     diffs = [0.05, 0.04, 0.06, 0.05, 0.03]
     runs = [_run("treerl", s, a) for s, a in enumerate(base)]
-    runs += [_run("treerl_atb", s, a + d) for s, (a, d) in enumerate(zip(base, diffs, strict=True))]
+    # the earlier evaluation differs by -0.01 on every seed: the "mean" endpoint sees both
+    runs += [
+        _run("treerl_atb", s, a + d, earlier=-0.01)
+        for s, (a, d) in enumerate(zip(base, diffs, strict=True))
+    ]
     runs.append(_run("attnrl", 0, 0.5))  # one seed: no paired row
     rows = Rows("x", sample_efficiency.paired(runs, 1000))
-    at = {"task": "chain", "method": "treerl_atb", "baseline": "treerl"}
+    at = {"task": "chain", "method": "treerl_atb", "baseline": "treerl", "endpoint": "final"}
     assert rows.value("paired_difference_mean", **at) == pytest.approx(np.mean(diffs))
     assert rows.value("paired_difference_sd", **at) == pytest.approx(np.std(diffs, ddof=1))
     # t = mean / (sd / sqrt 5) = 0.046 / (0.01140 / 2.236) = 9.02 -> p = 0.00084 (4 dof)
@@ -36,10 +41,35 @@ def test_paired_differences_t_test_and_exact_sign_flip():
     # all five differences positive: only the all-plus and all-minus sign patterns reach |sum|
     assert rows.value("paired_sign_flip_p", **at) == pytest.approx(2 / 32)
     assert not rows.matching(method="attnrl")
+    mean = at | {"endpoint": "mean"}
+    assert rows.value("paired_difference_mean", **mean) == pytest.approx(np.mean(diffs) / 2 - 0.005)
     table = sample_efficiency_paired(rows)
     assert (
-        "| chain | TreeRL + ATB vs TreeRL (entropy branching) | 5 | +4.6 ± 1.1 | 0.001 |" in table
+        "| chain | TreeRL + ATB vs TreeRL (entropy branching) | at the budget | 5 | +4.6 ± 1.1 "
+        "| 0.001 |" in table
     )
+    assert "| mean over the run's evaluations | 5 | +1.8 ± 0.6 |" in table
+
+
+def test_shards_split_the_runs_between_processes(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(sample_efficiency, "warm_start", lambda task, out: None)
+    monkeypatch.setattr(sample_efficiency, "task_config", lambda *a: None)
+    monkeypatch.setattr(sample_efficiency, "held_out_accuracy", lambda *a: lambda p: 0.5)
+    monkeypatch.setattr(
+        sample_efficiency,
+        "run_one",
+        lambda t, m, s, *a: ran.append((m, s)) or {"task": t, "method": m, "seed": s},
+    )
+    (tmp_path / "warm_starts.json").write_text('{"chain": 0.5}')
+    argv = ["--out", str(tmp_path), "--tasks", "chain", "--methods", "treerl,attnrl,grpo"]
+    for k in (0, 1):
+        sample_efficiency.main([*argv, "--seeds", "0,1", "--shard", f"{k}/2"])
+    assert ran[:3] == [("treerl", 0), ("grpo", 0), ("attnrl", 1)]
+    assert sorted(ran) == sorted((m, s) for m in ("treerl", "attnrl", "grpo") for s in (0, 1))
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 6
+    with pytest.raises(SystemExit):
+        sample_efficiency.main([*argv, "--shard", "2/2"])
 
 
 def test_auc_counts_ties_as_half_and_needs_both_classes():
