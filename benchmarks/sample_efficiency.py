@@ -42,7 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
 
 from table_defs import METHOD_LABELS as LABELS  # noqa: E402  (benchmarks/, the script's dir)
-from table_defs import Rows, sample_efficiency, sample_efficiency_paired  # noqa: E402
+from table_defs import (  # noqa: E402
+    Rows,
+    sample_efficiency,
+    sample_efficiency_curve,
+    sample_efficiency_paired,
+)
 
 METHODS = (
     "grpo", "treerl", "treerl_off_policy", "treerl_atb", "first_two_steps", "no_attention_filter",
@@ -58,6 +63,7 @@ STEP_KEYS = (
 )  # fmt: skip
 PHASE_SHARES = ("sampling", "scoring", "update")  # of time_step, per method (FCI: sampling)
 # the paired comparisons the chain study reports (issue 16): method against baseline
+# the first two are the study's primary comparisons: their p-values also get Holm's correction
 PAIRS = (("treerl_atb", "treerl"), ("attnrl", "treerl"), ("first_two_steps", "treerl"),
          ("treerl_atb", "first_two_steps"))  # fmt: skip
 
@@ -217,6 +223,7 @@ def summarize(runs: list[dict], bases: dict) -> list[dict]:
             if not group:
                 continue
             final = [r["curve"][-1]["accuracy"] for r in group]
+            points = min(len(r["curve"]) for r in group)
             steps = [s for r in group for s in r["steps"]]
             mc = [s["mc_valid_ratio"] for s in steps if s["mc_valid_ratio"] is not None]
             rows.append({
@@ -237,6 +244,11 @@ def summarize(runs: list[dict], bases: dict) -> list[dict]:
                     for phase in PHASE_SHARES
                     if all(s.get(f"time_{phase}") is not None for s in steps)
                 },
+                "curve": [  # (mean tokens, mean accuracy, sd) at each evaluation
+                    (np.mean([r["curve"][i]["tokens"] for r in group]),)
+                    + mean_spread([r["curve"][i]["accuracy"] for r in group])[:2]
+                    for i in range(points)
+                ],
                 "prompts_first_last": (
                     float(np.mean([r["steps"][0]["prompt_batch_size"] for r in group])),
                     float(np.mean([r["steps"][-1]["prompt_batch_size"] for r in group])),
@@ -268,6 +280,22 @@ def json_rows(rows: list[dict], budget: int | None) -> list[dict]:
             metrics[f"time_share_{phase}"] = (share, "fraction of step time")
         if r["sampling_s_per_ktoken"] is not None:
             metrics["sampling_s_per_ktoken"] = (r["sampling_s_per_ktoken"], "s per 1k tokens")
+        for i, (tokens, mean, sd) in enumerate(r["curve"], 1):
+            for metric, value, unit in (
+                ("evaluation_tokens", tokens, "tokens"),
+                ("evaluation_accuracy_mean", mean, "avg@k"),
+                ("evaluation_accuracy_sd", sd, "avg@k"),
+            ):
+                out.append(
+                    {
+                        "benchmark": "sample_efficiency",
+                        "system": "attnrl_jax",
+                        "params": params | {"evaluation": i},
+                        "metric": metric,
+                        "value": float(value),
+                        "unit": unit,
+                    }  # fmt: skip
+                )
         for metric, (value, unit) in metrics.items():
             row = {"benchmark": "sample_efficiency", "system": "attnrl_jax", "params": params}
             out.append(row | {"metric": metric, "value": value, "unit": unit})
@@ -280,9 +308,21 @@ ENDPOINTS = {  # run -> the accuracy a paired comparison compares
 }
 
 
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None: no test, left out)."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        out[i] = running
+    return out
+
+
 def paired(runs: list[dict], budget: int | None) -> list[dict]:
     """PAIRS on each task and ENDPOINTS: accuracy differences over the seeds both methods ran,
-    their mean and sd, a paired t-test and the exact sign-flip test (two-sided)."""
+    their mean and sd, a paired t-test and the exact sign-flip test (two-sided); the first two
+    pairs' p-values also Holm-adjusted as one family."""
     import itertools
 
     from scipy import stats
@@ -291,6 +331,7 @@ def paired(runs: list[dict], budget: int | None) -> list[dict]:
     for endpoint, accuracy in ENDPOINTS.items():
         value = {(r["task"], r["method"], r["seed"]): accuracy(r) for r in runs}
         for task in TASKS:
+            tests = []
             for method, baseline in PAIRS:
                 seeds = sorted(s for t, m, s in value if t == task and m == method
                                and (task, baseline, s) in value)  # fmt: skip
@@ -302,16 +343,26 @@ def paired(runs: list[dict], budget: int | None) -> list[dict]:
                 flip_p = float(np.mean([abs(np.dot(d, s)) >= abs(d.sum()) - 1e-12 for s in signs]))
                 params = {"task": task, "method": method, "baseline": baseline, "seeds": len(seeds),
                           "token_budget": budget, "endpoint": endpoint}  # fmt: skip
+                tests.append((method, baseline, params, t_p, flip_p))
                 for metric, v in (
                     ("paired_difference_mean", float(d.mean())),
                     ("paired_difference_sd", float(d.std(ddof=1))),
                     ("paired_t_p", t_p),
                     ("paired_sign_flip_p", flip_p),
                 ):
-                    row = {"benchmark": "sample_efficiency_paired", "system": "attnrl_jax"}
-                    out.append(row | {"params": params, "metric": metric, "value": v,
-                                      "unit": "avg@k"})  # fmt: skip
+                    out.append(_paired_row(params, metric, v))
+            primary = [t for t in tests if (t[0], t[1]) in PAIRS[:2]]
+            if len(primary) == 2:
+                for column, metric in ((3, "paired_t_p_holm"), (4, "paired_sign_flip_p_holm")):
+                    adjusted = holm([t[column] for t in primary])
+                    for t, v in zip(primary, adjusted, strict=True):
+                        out.append(_paired_row(t[2], metric, v))
     return out
+
+
+def _paired_row(params: dict, metric: str, value: float | None) -> dict:
+    return {"benchmark": "sample_efficiency_paired", "system": "attnrl_jax", "params": params,
+            "metric": metric, "value": value, "unit": "avg@k"}  # fmt: skip
 
 
 def plot(runs: list[dict], bases: dict, out: Path) -> list[Path]:
@@ -386,6 +437,7 @@ def report(args) -> None:
     rows = json_rows(summarize(runs, bases), budget) + paired(runs, budget)
     print(sample_efficiency(Rows("sample_efficiency", rows)))
     print(sample_efficiency_paired(Rows("sample_efficiency", rows)))
+    print(sample_efficiency_curve(Rows("sample_efficiency", rows)))
     for path in plot(runs, bases, args.out):
         print(f"plot: {path}")
     if args.json:

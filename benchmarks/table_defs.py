@@ -695,25 +695,59 @@ PAIRED_ENDPOINTS = {"final": "at the budget", "mean": "mean over the run's evalu
 def sample_efficiency_paired(rows: Rows) -> str:
     """benchmarks/sample_efficiency.py: paired differences of held-out accuracy over common seeds,
     at the budget (rows without an endpoint: the studies before endpoints were named) and, where
-    recorded, averaged over each run's evaluations."""
+    recorded, averaged over each run's evaluations; in brackets Holm's adjustment over the two
+    primary comparisons, where recorded."""
     lines = [
         "| task | comparison | accuracy compared | paired seeds | difference: mean ± sd (points) "
-        "| paired t-test p | sign-flip p (exact) |",
+        "| paired t-test p (Holm) | sign-flip p, exact (Holm) |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
+
+    def p_text(p: float | None, adjusted: float | None) -> str:
+        text = "-" if p is None else f"{p:.3f}"
+        return text if adjusted is None else f"{text} ({adjusted:.3f})"
+
     for r in rows.matching("paired_difference_mean"):
         at = {k: r["params"][k] for k in ("task", "method", "baseline")}
         endpoint = r["params"].get("endpoint", "final")
         if "endpoint" in r["params"]:
             at["endpoint"] = endpoint
-        metrics = ("paired_difference_sd", "paired_t_p", "paired_sign_flip_p")
-        sd, p_t, p_flip = (rows.value(m, **at) for m in metrics)
-        p_text = "-" if p_t is None else f"{p_t:.3f}"
+        sd, p_t, p_flip, holm_t, holm_flip = (
+            rows.find(m, **at)
+            for m in ("paired_difference_sd", "paired_t_p", "paired_sign_flip_p",
+                      "paired_t_p_holm", "paired_sign_flip_p_holm")
+        )  # fmt: skip
         lines.append(
             f"| {at['task']} | {METHOD_LABELS[at['method']]} vs {METHOD_LABELS[at['baseline']]} "
             f"| {PAIRED_ENDPOINTS[endpoint]} | {r['params']['seeds']} | {100 * r['value']:+.1f} "
-            f"± {100 * sd:.1f} | {p_text} | {p_flip:.3f} |"
+            f"± {100 * sd:.1f} | {p_text(p_t, holm_t)} | {p_text(p_flip, holm_flip)} |"
         )
+    return "\n".join(lines)
+
+
+def sample_efficiency_curve(rows: Rows) -> str:
+    """benchmarks/sample_efficiency.py: each method's held-out accuracy at each evaluation
+    (mean ± sd over seeds; the tokens are the runs' mean at that evaluation)."""
+    points = sorted({r["params"]["evaluation"] for r in rows.matching("evaluation_tokens")})
+    lines = [
+        "| task | method | " + " | ".join(f"evaluation {i}" for i in points) + " |",
+        "|---|---|" + "---:|" * len(points),
+    ]
+    for task in rows.param_values("task", evaluation=points[0]):
+        for method in rows.param_values("method", task=task, evaluation=points[0]):
+            cells = []
+            for i in points:
+                at = {"task": task, "method": method, "evaluation": i}
+                if not rows.matching("evaluation_tokens", **at):
+                    cells.append("")
+                    continue
+                tokens, mean, sd = (
+                    rows.value(m, **at)
+                    for m in ("evaluation_tokens", "evaluation_accuracy_mean",
+                              "evaluation_accuracy_sd")
+                )  # fmt: skip
+                cells.append(f"{mean:.3f} ± {sd:.3f} ({tokens / 1000:.0f}k)")
+            lines.append(f"| {task} | {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -1016,6 +1050,18 @@ TABLES: dict[str, Table] = {
     ),
     "sample_efficiency_chain_phases": Table(
         ("sample_efficiency_chain.json",), sample_efficiency_phases
+    ),
+    "sample_efficiency_chain_300k": Table(
+        ("sample_efficiency_chain_300k.json",), sample_efficiency
+    ),
+    "sample_efficiency_chain_300k_paired": Table(
+        ("sample_efficiency_chain_300k.json",), sample_efficiency_paired
+    ),
+    "sample_efficiency_chain_300k_curve": Table(
+        ("sample_efficiency_chain_300k.json",), sample_efficiency_curve
+    ),
+    "sample_efficiency_chain_300k_phases": Table(
+        ("sample_efficiency_chain_300k.json",), sample_efficiency_phases
     ),
     "mechanism": Table(("mechanism.json",), mechanism),
     # the same check with --hide value: only the picked step's memo value is hidden

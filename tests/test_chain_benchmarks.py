@@ -49,6 +49,27 @@ def test_paired_differences_t_test_and_exact_sign_flip():
         "| 0.001 |" in table
     )
     assert "| mean over the run's evaluations | 5 | +1.8 ± 0.6 |" in table
+    # one primary comparison only (attnrl ran one seed): no Holm adjustment to make
+    assert not rows.matching("paired_t_p_holm")
+
+
+def test_holm_adjusts_the_two_primary_comparisons():
+    assert sample_efficiency.holm([0.01, 0.04]) == pytest.approx([0.02, 0.04])
+    assert sample_efficiency.holm([0.04, 0.01]) == pytest.approx([0.04, 0.02])
+    assert sample_efficiency.holm([0.03, 0.02]) == pytest.approx([0.04, 0.04])  # monotone
+    assert sample_efficiency.holm([0.6, None]) == [0.6, None]
+    base = [0.30, 0.35, 0.40, 0.33, 0.37]
+    runs = [_run("treerl", s, a) for s, a in enumerate(base)]
+    runs += [_run("treerl_atb", s, a + 0.05 + 0.01 * s) for s, a in enumerate(base)]
+    runs += [_run("attnrl", s, a + (-0.02, 0.03, 0.01, -0.01, 0.02)[s]) for s, a in enumerate(base)]
+    rows = Rows("x", sample_efficiency.paired(runs, 1000))
+    at = {"task": "chain", "baseline": "treerl", "endpoint": "final"}
+    p_atb, p_attn = (rows.value("paired_t_p", method=m, **at) for m in ("treerl_atb", "attnrl"))
+    assert p_atb < p_attn
+    assert rows.value("paired_t_p_holm", method="treerl_atb", **at) == pytest.approx(2 * p_atb)
+    assert rows.value("paired_t_p_holm", method="attnrl", **at) == pytest.approx(p_attn)
+    table = sample_efficiency_paired(rows)
+    assert f"| {p_atb:.3f} ({2 * p_atb:.3f}) |" in table
 
 
 def test_shards_split_the_runs_between_processes(tmp_path, monkeypatch):
