@@ -12,9 +12,9 @@ memorising a few).
 
 The warm start (demo/warm_start.RECIPES["chain"]: 1500 supervised steps of 16, lr 2e-3, the
 first half slip-free) is longer than the demo's because looking quantities up by name forms only
-after a loss plateau of ~300 steps: about 19 minutes on the loaded 2-core CPU where it was
-measured, roughly 12-14 idle (estimated, not measured idle), once per workdir. It reaches
-held-out accuracy ~0.66, its teacher's (BENCHMARKS.md's chain section).
+after a loss plateau of ~300 steps: 1134 s (19 minutes) on the loaded 2-core CPU where it
+was measured (not yet timed on an idle machine), once per workdir. It reaches held-out accuracy
+~0.66, its teacher's (BENCHMARKS.md's chain section).
 """
 
 import os
