@@ -47,6 +47,7 @@ from table_defs import (  # noqa: E402
     sample_efficiency,
     sample_efficiency_curve,
     sample_efficiency_paired,
+    sample_efficiency_seeds,
 )
 
 METHODS = (
@@ -244,6 +245,7 @@ def summarize(runs: list[dict], bases: dict) -> list[dict]:
                     for phase in PHASE_SHARES
                     if all(s.get(f"time_{phase}") is not None for s in steps)
                 },
+                "by_seed": {r["seed"]: r["curve"][-1]["accuracy"] for r in group},
                 "curve": [  # (mean tokens, mean accuracy, sd) at each evaluation
                     (np.mean([r["curve"][i]["tokens"] for r in group]),)
                     + mean_spread([r["curve"][i]["accuracy"] for r in group])[:2]
@@ -280,6 +282,17 @@ def json_rows(rows: list[dict], budget: int | None) -> list[dict]:
             metrics[f"time_share_{phase}"] = (share, "fraction of step time")
         if r["sampling_s_per_ktoken"] is not None:
             metrics["sampling_s_per_ktoken"] = (r["sampling_s_per_ktoken"], "s per 1k tokens")
+        for seed, accuracy in r["by_seed"].items():
+            out.append(
+                {
+                    "benchmark": "sample_efficiency",
+                    "system": "attnrl_jax",
+                    "params": params | {"seed": seed},
+                    "metric": "final_accuracy_of_seed",
+                    "value": accuracy,
+                    "unit": "avg@k",
+                }  # fmt: skip
+            )
         for i, (tokens, mean, sd) in enumerate(r["curve"], 1):
             for metric, value, unit in (
                 ("evaluation_tokens", tokens, "tokens"),
@@ -377,6 +390,7 @@ def plot(runs: list[dict], bases: dict, out: Path) -> list[Path]:
     for x_key, x_label, name in (
         ("tokens", "generated tokens", "accuracy_vs_tokens.png"),
         ("wall", "training wall time without compiles (s)", "accuracy_vs_wall.png"),
+        ("step", "optimizer steps", "accuracy_vs_steps.png"),
     ):
         fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
         for ax, task in zip(axes[0], tasks, strict=True):
@@ -438,6 +452,7 @@ def report(args) -> None:
     print(sample_efficiency(Rows("sample_efficiency", rows)))
     print(sample_efficiency_paired(Rows("sample_efficiency", rows)))
     print(sample_efficiency_curve(Rows("sample_efficiency", rows)))
+    print(sample_efficiency_seeds(Rows("sample_efficiency", rows)))
     for path in plot(runs, bases, args.out):
         print(f"plot: {path}")
     if args.json:

@@ -751,6 +751,24 @@ def sample_efficiency_curve(rows: Rows) -> str:
     return "\n".join(lines)
 
 
+def sample_efficiency_seeds(rows: Rows) -> str:
+    """benchmarks/sample_efficiency.py: each run's held-out accuracy at the budget, by seed."""
+    seeds = sorted({r["params"]["seed"] for r in rows.matching("final_accuracy_of_seed")})
+    lines = [
+        "| task | method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|---|" + "---:|" * len(seeds),
+    ]
+    for task in rows.param_values("task", seed=seeds[0]):
+        for method in rows.param_values("method", task=task):
+            at = {"task": task, "method": method}
+            if not rows.matching("final_accuracy_of_seed", **at):
+                continue
+            cells = [rows.find("final_accuracy_of_seed", seed=s, **at) for s in seeds]
+            text = ["" if c is None else f"{c:.3f}" for c in cells]
+            lines.append(f"| {task} | {METHOD_LABELS[method]} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
 def sample_efficiency_phases(rows: Rows) -> str:
     """benchmarks/sample_efficiency.py: where each method's step time goes (runs that recorded
     phase times); FCI is computed inside the sampler (fci_source "sampler"), entropies for
@@ -1059,6 +1077,9 @@ TABLES: dict[str, Table] = {
     ),
     "sample_efficiency_chain_300k_curve": Table(
         ("sample_efficiency_chain_300k.json",), sample_efficiency_curve
+    ),
+    "sample_efficiency_chain_300k_seeds": Table(
+        ("sample_efficiency_chain_300k.json",), sample_efficiency_seeds
     ),
     "sample_efficiency_chain_300k_phases": Table(
         ("sample_efficiency_chain_300k.json",), sample_efficiency_phases

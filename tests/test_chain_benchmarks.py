@@ -14,7 +14,12 @@ sys.path.insert(0, str(BENCH))
 
 import mechanism  # noqa: E402
 import sample_efficiency  # noqa: E402
-from table_defs import Rows, sample_efficiency_paired  # noqa: E402
+from table_defs import (  # noqa: E402
+    Rows,
+    sample_efficiency_curve,
+    sample_efficiency_paired,
+    sample_efficiency_seeds,
+)
 
 
 def _run(method: str, seed: int, accuracy: float, earlier: float = 0.0) -> dict:
@@ -121,3 +126,31 @@ def test_token_roles_label_each_part_of_a_step():
                         None: "."}[r] for r in roles)  # fmt: skip
     assert labelled[:24] == "N.DDD..R..N.DDD.VVV..R.."
     assert set(labelled[24:]) == {"."}
+
+
+def _full_run(method: str, seed: int, accuracies: list[float]) -> dict:
+    step = {"tokens_generated": 100, "valid_ratio": 1.0, "prompt_batch_size": 8, "sequences": 40,
+            "mc_valid_ratio": 0.5, "time_step": 2.0, "time_sampling": 1.0, "time_scoring": 0.5,
+            "time_update": 0.5}  # fmt: skip
+    curve = [{"step": i + 1, "tokens": 100 * (i + 1), "wall": 2.0 * (i + 1), "accuracy": a}
+             for i, a in enumerate(accuracies)]  # fmt: skip
+    return {"task": "chain", "method": method, "seed": seed, "curve": curve,
+            "steps": [step] * len(accuracies)}  # fmt: skip
+
+
+def test_curve_and_seed_tables_from_runs():
+    runs = [_full_run("treerl", 0, [0.5, 0.6]), _full_run("treerl", 3, [0.7, 0.8])]
+    runs.append(_full_run("attnrl", 0, [0.4, 0.2]))
+    rows = Rows("x", sample_efficiency.json_rows(sample_efficiency.summarize(runs, {}), 200))
+    at = {"task": "chain", "method": "treerl", "evaluation": 2}
+    assert rows.value("evaluation_accuracy_mean", **at) == pytest.approx(0.7)
+    assert rows.value("evaluation_accuracy_sd", **at) == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert rows.value("evaluation_tokens", **at) == 200
+    curve = sample_efficiency_curve(rows)
+    assert (
+        "| chain | TreeRL (entropy branching) | 0.600 ± 0.141 (0k) | 0.700 ± 0.141 (0k) |" in curve
+    )
+    seeds = sample_efficiency_seeds(rows)
+    assert "| task | method | seed 0 | seed 3 |" in seeds
+    assert "| chain | TreeRL (entropy branching) | 0.600 | 0.800 |" in seeds
+    assert "| chain | AttnRL | 0.200 |  |" in seeds
