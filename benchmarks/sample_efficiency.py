@@ -61,7 +61,7 @@ EVAL_FRACTIONS = (1 / 3, 2 / 3, 1.0)
 STEP_KEYS = (
     "tokens_generated", "valid_ratio", "prompt_batch_size", "sequences", "mc_valid_ratio",
     "reward", "accuracy", "time_step", "time_sampling", "time_scoring", "time_update",
-    "clip_frac", "approx_kl", "kl", "grad_norm",  # the update's health (None where not logged)
+    "clip_frac", "approx_kl", "kl", "grad_norm", "entropy",  # update health; None: not logged
 )  # fmt: skip
 PHASE_SHARES = ("sampling", "scoring", "update")  # of time_step, per method (FCI: sampling)
 # the paired comparisons the chain study reports (issue 16): method against baseline
