@@ -48,6 +48,7 @@ from table_defs import (  # noqa: E402
     sample_efficiency_curve,
     sample_efficiency_paired,
     sample_efficiency_seeds,
+    sample_efficiency_steps,
 )
 
 METHODS = (
@@ -333,7 +334,7 @@ def holm(p_values: list[float | None]) -> list[float | None]:
     return out
 
 
-def paired(runs: list[dict], budget: int | None) -> list[dict]:
+def paired(runs: list[dict], budget: int | None, endpoints: dict | None = None) -> list[dict]:
     """PAIRS on each task and ENDPOINTS: accuracy differences over the seeds both methods ran,
     their mean and sd, a paired t-test and the exact sign-flip test (two-sided); the first two
     pairs' p-values also Holm-adjusted as one family."""
@@ -342,7 +343,7 @@ def paired(runs: list[dict], budget: int | None) -> list[dict]:
     from scipy import stats
 
     out = []
-    for endpoint, accuracy in ENDPOINTS.items():
+    for endpoint, accuracy in (endpoints or ENDPOINTS).items():
         value = {(r["task"], r["method"], r["seed"]): accuracy(r) for r in runs}
         for task in TASKS:
             tests = []
@@ -443,6 +444,41 @@ def plot(runs: list[dict], bases: dict, out: Path) -> list[Path]:
     return paths
 
 
+def fewest_steps(runs: list[dict], task: str) -> int:
+    return min(r["curve"][-1]["step"] for r in runs if r["task"] == task)
+
+
+def accuracy_at_step(run: dict, step: float, base: float) -> float:
+    """The run's evaluations (and the warm start `base` at step 0), linearly interpolated."""
+    steps = [0] + [p["step"] for p in run["curve"]]
+    return float(np.interp(step, steps, [base] + [p["accuracy"] for p in run["curve"]]))
+
+
+def at_equal_steps(runs: list[dict], bases: dict, budget: int | None) -> list[dict]:
+    """Held-out accuracy after the same number of optimizer steps for every method
+    (accuracy_at_step at the fewest steps any run of the task took). Methods whose trees cost
+    fewer tokens take more steps within the budget; this separates what a step buys from how
+    many steps the budget buys."""
+    out = []
+    for task in TASKS:
+        if not any(r["task"] == task for r in runs):
+            continue
+        step = fewest_steps(runs, task)
+        for method in METHODS:
+            accuracy = [accuracy_at_step(r, step, bases[task]) for r in runs
+                        if r["task"] == task and r["method"] == method]  # fmt: skip
+            if not accuracy:
+                continue
+            params = {"task": task, "method": method, "seeds": len(accuracy), "step": step,
+                      "token_budget": budget}  # fmt: skip
+            for metric, value in (("accuracy_at_step_mean", float(np.mean(accuracy))),
+                                  ("accuracy_at_step_sd", mean_spread(accuracy)[1])):  # fmt: skip
+                out.append({"benchmark": "sample_efficiency_steps", "system": "attnrl_jax",
+                            "params": params, "metric": metric, "value": value,
+                            "unit": "avg@k"})  # fmt: skip
+    return out
+
+
 def report(args) -> None:
     runs = read_runs(args.out / "runs.jsonl")
     if not runs:
@@ -450,10 +486,16 @@ def report(args) -> None:
     bases = json.loads((args.out / "warm_starts.json").read_text())
     budget = max(r["token_budget"] for r in runs)
     rows = json_rows(summarize(runs, bases), budget) + paired(runs, budget)
+    rows += at_equal_steps(runs, bases, budget)
+    for task in {r["task"] for r in runs}:  # exploratory: the pairs after equal optimizer steps
+        step = fewest_steps(runs, task)
+        by_steps = {"steps": lambda r, s=step: accuracy_at_step(r, s, bases[r["task"]])}
+        rows += paired([r for r in runs if r["task"] == task], budget, by_steps)
     print(sample_efficiency(Rows("sample_efficiency", rows)))
     print(sample_efficiency_paired(Rows("sample_efficiency", rows)))
     print(sample_efficiency_curve(Rows("sample_efficiency", rows)))
     print(sample_efficiency_seeds(Rows("sample_efficiency", rows)))
+    print(sample_efficiency_steps(Rows("sample_efficiency", rows)))
     for path in plot(runs, bases, args.out):
         print(f"plot: {path}")
     if args.json:

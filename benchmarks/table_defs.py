@@ -689,7 +689,11 @@ def sample_efficiency(rows: Rows) -> str:
     return "\n".join(lines)
 
 
-PAIRED_ENDPOINTS = {"final": "at the budget", "mean": "mean over the run's evaluations"}
+PAIRED_ENDPOINTS = {
+    "final": "at the budget",
+    "mean": "mean over the run's evaluations",
+    "steps": "after equal optimizer steps (exploratory)",
+}
 
 
 def sample_efficiency_paired(rows: Rows) -> str:
@@ -766,6 +770,22 @@ def sample_efficiency_seeds(rows: Rows) -> str:
             cells = [rows.find("final_accuracy_of_seed", seed=s, **at) for s in seeds]
             text = ["" if c is None else f"{c:.3f}" for c in cells]
             lines.append(f"| {task} | {METHOD_LABELS[method]} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
+def sample_efficiency_steps(rows: Rows) -> str:
+    """benchmarks/sample_efficiency.at_equal_steps: accuracy after the same optimizer steps."""
+    lines = [
+        "| task | method | seeds | optimizer steps | held-out accuracy after them: mean ± sd |",
+        "|---|---|---:|---:|---|",
+    ]
+    for r in rows.matching("accuracy_at_step_mean"):
+        at = {k: r["params"][k] for k in ("task", "method")}
+        sd = rows.value("accuracy_at_step_sd", **at)
+        lines.append(
+            f"| {at['task']} | {METHOD_LABELS[at['method']]} | {r['params']['seeds']} "
+            f"| {r['params']['step']} | {r['value']:.3f} ± {sd:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -1080,6 +1100,9 @@ TABLES: dict[str, Table] = {
     ),
     "sample_efficiency_chain_300k_seeds": Table(
         ("sample_efficiency_chain_300k.json",), sample_efficiency_seeds
+    ),
+    "sample_efficiency_chain_300k_steps": Table(
+        ("sample_efficiency_chain_300k.json",), sample_efficiency_steps
     ),
     "sample_efficiency_chain_300k_phases": Table(
         ("sample_efficiency_chain_300k.json",), sample_efficiency_phases

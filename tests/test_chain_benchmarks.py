@@ -154,3 +154,14 @@ def test_curve_and_seed_tables_from_runs():
     assert "| task | method | seed 0 | seed 3 |" in seeds
     assert "| chain | TreeRL (entropy branching) | 0.600 | 0.800 |" in seeds
     assert "| chain | AttnRL | 0.200 |  |" in seeds
+
+
+def test_accuracy_after_equal_steps_interpolates_from_the_warm_start():
+    # evaluations at steps 1 and 2 (_full_run): a run whose last step is 2 sets the common step
+    short = _full_run("treerl_atb", 0, [0.6, 0.8])
+    long = _full_run("treerl", 0, [0.5, 0.6, 0.7, 0.9])
+    assert sample_efficiency.accuracy_at_step(long, 2, 0.4) == pytest.approx(0.6)
+    assert sample_efficiency.accuracy_at_step(long, 0.5, 0.4) == pytest.approx(0.45)
+    rows = Rows("x", sample_efficiency.at_equal_steps([short, long], {"chain": 0.4}, 400))
+    assert rows.value("accuracy_at_step_mean", method="treerl") == pytest.approx(0.6)
+    assert rows.row("accuracy_at_step_mean", method="treerl_atb")["params"]["step"] == 2
