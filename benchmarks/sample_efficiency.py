@@ -285,36 +285,22 @@ def json_rows(rows: list[dict], budget: int | None) -> list[dict]:
         if r["sampling_s_per_ktoken"] is not None:
             metrics["sampling_s_per_ktoken"] = (r["sampling_s_per_ktoken"], "s per 1k tokens")
         for seed, accuracy in r["by_seed"].items():
-            out.append(
-                {
-                    "benchmark": "sample_efficiency",
-                    "system": "attnrl_jax",
-                    "params": params | {"seed": seed},
-                    "metric": "final_accuracy_of_seed",
-                    "value": accuracy,
-                    "unit": "avg@k",
-                }  # fmt: skip
-            )
+            out.append(_row("sample_efficiency", params | {"seed": seed},
+                            "final_accuracy_of_seed", accuracy))  # fmt: skip
         for i, (tokens, mean, sd) in enumerate(r["curve"], 1):
-            for metric, value, unit in (
-                ("evaluation_tokens", tokens, "tokens"),
-                ("evaluation_accuracy_mean", mean, "avg@k"),
-                ("evaluation_accuracy_sd", sd, "avg@k"),
-            ):
-                out.append(
-                    {
-                        "benchmark": "sample_efficiency",
-                        "system": "attnrl_jax",
-                        "params": params | {"evaluation": i},
-                        "metric": metric,
-                        "value": float(value),
-                        "unit": unit,
-                    }  # fmt: skip
-                )
+            at = params | {"evaluation": i}
+            out.append(_row("sample_efficiency", at, "evaluation_tokens", float(tokens), "tokens"))
+            out.append(_row("sample_efficiency", at, "evaluation_accuracy_mean", float(mean)))
+            out.append(_row("sample_efficiency", at, "evaluation_accuracy_sd", float(sd)))
         for metric, (value, unit) in metrics.items():
-            row = {"benchmark": "sample_efficiency", "system": "attnrl_jax", "params": params}
-            out.append(row | {"metric": metric, "value": value, "unit": unit})
+            out.append(_row("sample_efficiency", params, metric, value, unit))
     return out
+
+
+def _row(benchmark: str, params: dict, metric: str, value, unit: str = "avg@k") -> dict:
+    """One row in the benchmarks' common format."""
+    return {"benchmark": benchmark, "system": "attnrl_jax", "params": params, "metric": metric,
+            "value": value, "unit": unit}  # fmt: skip
 
 
 ENDPOINTS = {  # run -> the accuracy a paired comparison compares
@@ -365,19 +351,14 @@ def paired(runs: list[dict], budget: int | None, endpoints: dict | None = None) 
                     ("paired_t_p", t_p),
                     ("paired_sign_flip_p", flip_p),
                 ):
-                    out.append(_paired_row(params, metric, v))
+                    out.append(_row("sample_efficiency_paired", params, metric, v))
             primary = [t for t in tests if (t[0], t[1]) in PAIRS[:2]]
             if len(primary) == 2:
                 for column, metric in ((3, "paired_t_p_holm"), (4, "paired_sign_flip_p_holm")):
                     adjusted = holm([t[column] for t in primary])
                     for t, v in zip(primary, adjusted, strict=True):
-                        out.append(_paired_row(t[2], metric, v))
+                        out.append(_row("sample_efficiency_paired", t[2], metric, v))
     return out
-
-
-def _paired_row(params: dict, metric: str, value: float | None) -> dict:
-    return {"benchmark": "sample_efficiency_paired", "system": "attnrl_jax", "params": params,
-            "metric": metric, "value": value, "unit": "avg@k"}  # fmt: skip
 
 
 def plot(runs: list[dict], bases: dict, out: Path) -> list[Path]:
@@ -471,11 +452,9 @@ def at_equal_steps(runs: list[dict], bases: dict, budget: int | None) -> list[di
                 continue
             params = {"task": task, "method": method, "seeds": len(accuracy), "step": step,
                       "token_budget": budget}  # fmt: skip
-            for metric, value in (("accuracy_at_step_mean", float(np.mean(accuracy))),
-                                  ("accuracy_at_step_sd", mean_spread(accuracy)[1])):  # fmt: skip
-                out.append({"benchmark": "sample_efficiency_steps", "system": "attnrl_jax",
-                            "params": params, "metric": metric, "value": value,
-                            "unit": "avg@k"})  # fmt: skip
+            mean, sd = mean_spread(accuracy)[:2]
+            out.append(_row("sample_efficiency_steps", params, "accuracy_at_step_mean", mean))
+            out.append(_row("sample_efficiency_steps", params, "accuracy_at_step_sd", sd))
     return out
 
 
