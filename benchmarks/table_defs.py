@@ -699,8 +699,8 @@ PAIRED_ENDPOINTS = {
 def sample_efficiency_paired(rows: Rows) -> str:
     """benchmarks/sample_efficiency.py: paired differences of held-out accuracy over common seeds,
     at the budget (rows without an endpoint: the studies before endpoints were named) and, where
-    recorded, averaged over each run's evaluations; in brackets Holm's adjustment over the two
-    primary comparisons, where recorded."""
+    recorded, averaged over each run's evaluations or after equal optimizer steps
+    (PAIRED_ENDPOINTS); in brackets Holm's adjustment over the two primary comparisons."""
     lines = [
         "| task | comparison | accuracy compared | paired seeds | difference: mean ± sd (points) "
         "| paired t-test p (Holm) | sign-flip p, exact (Holm) |",
