@@ -466,10 +466,10 @@ def report(args) -> None:
     budget = max(r["token_budget"] for r in runs)
     rows = json_rows(summarize(runs, bases), budget) + paired(runs, budget)
     rows += at_equal_steps(runs, bases, budget)
-    for task in {r["task"] for r in runs}:  # exploratory: the pairs after equal optimizer steps
-        step = fewest_steps(runs, task)
-        by_steps = {"steps": lambda r, s=step: accuracy_at_step(r, s, bases[r["task"]])}
-        rows += paired([r for r in runs if r["task"] == task], budget, by_steps)
+    # exploratory: the pairs after equal optimizer steps
+    steps = {task: fewest_steps(runs, task) for task in {r["task"] for r in runs}}
+    by_steps = {"steps": lambda r: accuracy_at_step(r, steps[r["task"]], bases[r["task"]])}
+    rows += paired(runs, budget, by_steps)
     print(sample_efficiency(Rows("sample_efficiency", rows)))
     print(sample_efficiency_paired(Rows("sample_efficiency", rows)))
     print(sample_efficiency_curve(Rows("sample_efficiency", rows)))
